@@ -1,0 +1,1 @@
+//! An embedded, in-memory Kubernetes-compatible API server.

@@ -1,0 +1,16 @@
+//! Charon: a Kubernetes-native batch scheduler.
+//!
+//! The crate is split into a pure core (schedule math, partitions, names, the resource types)
+//! that takes the current time as an argument, and thin adapters that talk to Kubernetes.
+
+pub mod cli;
+pub mod crd;
+pub mod instance;
+pub mod names;
+pub mod partition;
+pub mod preview;
+pub mod resources;
+pub mod retry;
+pub mod schedule;
+pub mod telemetry;
+pub mod trigger;

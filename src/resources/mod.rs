@@ -1,0 +1,1 @@
+//! Placeholder until the resource types land (being written now).
