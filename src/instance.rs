@@ -13,62 +13,8 @@ use chrono::{DateTime, Duration, Utc};
 use crate::names;
 use crate::retry::{AttemptOutcome, RetryCounters, RetryPolicy, Verdict};
 
-/// `status.state` of a WorkflowInstance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Waiting for its retry delay to pass or for a concurrency slot.
-    #[default]
-    Queued,
-    /// Taking the snapshot of what the execution will run.
-    Prepare,
-    /// The execution's Job is being created.
-    Submitting,
-    /// The Job exists; its pod has not started the container yet.
-    Submitted,
-    /// The main container runs.
-    Running,
-    /// The container exited with a code; deciding whether to retry.
-    Terminated,
-    /// The attempt broke without an exit code; deciding whether to retry.
-    Failed,
-    /// Terminal: exit code 0.
-    Done,
-    /// Terminal: gave up.
-    Error,
-    /// Terminal: a person stopped it.
-    Halted,
-}
-
-impl State {
-    /// Whether the instance is finished.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, State::Done | State::Error | State::Halted)
-    }
-
-    /// Whether the instance holds a concurrency slot (it has or is about to have a Job).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            State::Prepare | State::Submitting | State::Submitted | State::Running
-        )
-    }
-
-    /// The name used in `status.state`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "Queued",
-            State::Prepare => "Prepare",
-            State::Submitting => "Submitting",
-            State::Submitted => "Submitted",
-            State::Running => "Running",
-            State::Terminated => "Terminated",
-            State::Failed => "Failed",
-            State::Done => "Done",
-            State::Error => "Error",
-            State::Halted => "Halted",
-        }
-    }
-}
+/// `status.state` of a WorkflowInstance (the resource's enum: one definition for both).
+pub use crate::resources::InstanceState as State;
 
 /// The part of an instance's status the state machine owns.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -4,6 +4,7 @@
 //! that takes the current time as an argument, and thin adapters that talk to Kubernetes.
 
 pub mod cli;
+pub mod concurrency;
 pub mod crd;
 pub mod instance;
 pub mod names;

@@ -10,17 +10,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::schedule::Schedule;
 
-/// What to do with partitions that became due while nobody was triggering them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CatchUp {
-    /// Trigger every missed partition, oldest first.
-    #[default]
-    All,
-    /// Trigger only the newest due partition.
-    Latest,
-    /// Trigger a due partition only when it is on time.
-    None,
-}
+/// `spec.catchUp`: what to do with partitions that became due while nobody was triggering
+/// them (the resource's enum: one definition for both).
+pub use crate::resources::CatchUpPolicy as CatchUp;
 
 /// How late a trigger may be and still count as on time under [`CatchUp::None`].
 pub const ON_TIME_TOLERANCE: Duration = Duration::minutes(1);

@@ -15,6 +15,9 @@ fn utc(s: &str) -> DateTime<Utc> {
     s.parse().expect("test timestamp")
 }
 
+/// Decides each attempt's outcome from (parameter, try number).
+type Script = Box<dyn Fn(&str, u32) -> AttemptOutcome>;
+
 /// A Job in the fake cluster: when it started and how its attempt ends.
 struct FakeJob {
     started: DateTime<Utc>,
@@ -30,12 +33,11 @@ struct World {
     jobs: BTreeMap<String, FakeJob>,
     jobs_created: usize,
     max_active: usize,
-    /// Decides each attempt's outcome from (parameter, try number).
-    script: Box<dyn Fn(&str, u32) -> AttemptOutcome>,
+    script: Script,
 }
 
 impl World {
-    fn new(schedule: Schedule, script: Box<dyn Fn(&str, u32) -> AttemptOutcome>) -> World {
+    fn new(schedule: Schedule, script: Script) -> World {
         World {
             schedule,
             policy: RetryPolicy::default(),
@@ -51,7 +53,9 @@ impl World {
     fn job_status(&self, instance: &Instance, now: DateTime<Utc>) -> JobStatus {
         match instance.job.as_ref().and_then(|j| self.jobs.get(j)) {
             None => JobStatus::Missing,
-            Some(job) if now >= job.started + job.runs_for => JobStatus::Finished(job.outcome.clone()),
+            Some(job) if now >= job.started + job.runs_for => {
+                JobStatus::Finished(job.outcome.clone())
+            }
             Some(job) => JobStatus::Running(Some(job.started)),
         }
     }
@@ -69,9 +73,9 @@ impl World {
                     .filter(|(_, i)| i.state.is_active())
                     .count();
                 let slot = match self.concurrency {
-                    Some(limit) if !current.state.is_active() && active >= limit => {
-                        Err(format!("waiting for a slot: {active} of {limit} active (spec.concurrency)"))
-                    }
+                    Some(limit) if !current.state.is_active() && active >= limit => Err(format!(
+                        "waiting for a slot: {active} of {limit} active (spec.concurrency)"
+                    )),
                     _ => Ok(()),
                 };
                 let observation = Observation {
@@ -81,7 +85,8 @@ impl World {
                     job: self.job_status(&current, now),
                     running_timeout: None,
                 };
-                let step = instance::step(&current, &observation, &self.policy, now, &mut |n| n - 1);
+                let step =
+                    instance::step(&current, &observation, &self.policy, now, &mut |n| n - 1);
                 for action in &step.actions {
                     match action {
                         Action::CreateJob { name: job, .. } => {
@@ -90,7 +95,11 @@ impl World {
                                 let outcome = (self.script)(&parameter, step.instance.tries);
                                 self.jobs.insert(
                                     job.clone(),
-                                    FakeJob { started: now, runs_for: Duration::minutes(5), outcome },
+                                    FakeJob {
+                                        started: now,
+                                        runs_for: Duration::minutes(5),
+                                        outcome,
+                                    },
                                 );
                             }
                         }
@@ -104,7 +113,11 @@ impl World {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 self.instances.insert(name, (parameter, step.instance));
-                let active = self.instances.values().filter(|(_, i)| i.state.is_active()).count();
+                let active = self
+                    .instances
+                    .values()
+                    .filter(|(_, i)| i.state.is_active())
+                    .count();
                 self.max_active = self.max_active.max(active);
             }
         }
@@ -123,13 +136,26 @@ impl World {
         let mut cursor = created;
         let mut now = created;
         while now < end {
-            let plan = plan_natural(&self.schedule, TriggerPolicy::default(), cursor, None, now, 1000);
+            let plan = plan_natural(
+                &self.schedule,
+                TriggerPolicy::default(),
+                cursor,
+                None,
+                now,
+                1000,
+            );
             for due in &plan.trigger {
                 let parameter = self.schedule.parameter(due.logical);
                 let name = names::instance_name("hb", &parameter);
                 // Creating an existing instance is refused: exactly once per partition.
                 self.instances.entry(name.clone()).or_insert_with(|| {
-                    (parameter, Instance { name, ..Default::default() })
+                    (
+                        parameter,
+                        Instance {
+                            name,
+                            ..Default::default()
+                        },
+                    )
                 });
             }
             cursor = plan.cursor;
@@ -151,7 +177,12 @@ fn forty_eight_hours_of_an_hourly_workflow() {
     let mut world = World::new(schedule, Box::new(|_, _| AttemptOutcome::Exited(0)));
     world.run(utc("2024-01-01T00:00:00Z"), utc("2024-01-03T00:30:00Z"));
     assert_eq!(world.instances.len(), 48);
-    assert!(world.instances.values().all(|(_, i)| i.state == State::Done && i.tries == 1));
+    assert!(
+        world
+            .instances
+            .values()
+            .all(|(_, i)| i.state == State::Done && i.tries == 1)
+    );
     assert_eq!(world.jobs_created, 48);
     let first = &world.instances["hb-2024-01-01t00"];
     assert_eq!(first.0, "2024-01-01T00");
@@ -171,11 +202,21 @@ fn retries_follow_the_exit_codes() {
     world.run(utc("2024-01-01T00:00:00Z"), utc("2024-01-05T00:30:00Z"));
     let get = |p: &str| world.instances[&names::instance_name("hb", p)].1.clone();
     let missing_deps = get("2024-01-01");
-    assert_eq!((missing_deps.state, missing_deps.tries, missing_deps.counters.cost), (State::Done, 2, 0.1));
+    assert_eq!(
+        (
+            missing_deps.state,
+            missing_deps.tries,
+            missing_deps.counters.cost
+        ),
+        (State::Done, 2, 0.1)
+    );
     let fatal = get("2024-01-02");
     assert_eq!((fatal.state, fatal.tries), (State::Error, 1));
     let flaky = get("2024-01-03");
-    assert_eq!((flaky.state, flaky.tries, flaky.counters.cost), (State::Done, 3, 2.0));
+    assert_eq!(
+        (flaky.state, flaky.tries, flaky.counters.cost),
+        (State::Done, 3, 2.0)
+    );
     // Only the last Job of each instance is kept.
     assert_eq!(world.jobs.len(), world.instances.len());
 }
@@ -203,6 +244,14 @@ fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
         .map(|(p, _)| p.clone())
         .min()
         .expect("some waiting");
-    assert!(newest_done < oldest_waiting, "{newest_done} finished before {oldest_waiting}");
-    assert!(world.instances.values().any(|(_, i)| i.state == State::Queued));
+    assert!(
+        newest_done < oldest_waiting,
+        "{newest_done} finished before {oldest_waiting}"
+    );
+    assert!(
+        world
+            .instances
+            .values()
+            .any(|(_, i)| i.state == State::Queued)
+    );
 }

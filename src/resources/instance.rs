@@ -1,0 +1,267 @@
+//! `WorkflowInstance`: one partition of one workflow; its status is the state machine of
+//! SPEC §4 and the record of what already ran.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::EnvVar;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// One partition of one workflow: the unit that must eventually succeed. Created by the
+/// controller (natural triggers), a person (ad-hoc) or a Backfill; its name is derived from
+/// the workflow and the parameter, so a partition is never triggered twice at once.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "charon.dev",
+    version = "v1alpha1",
+    kind = "WorkflowInstance",
+    namespaced,
+    doc = "One partition of one workflow: the unit that must eventually succeed. Its status is the instance state machine and the record of every attempt.",
+    status = "WorkflowInstanceStatus",
+    shortname = "cwfi",
+    category = "charon",
+    printcolumn = r#"{"name":"Workflow","type":"string","jsonPath":".spec.workflow"}"#,
+    printcolumn = r#"{"name":"Parameter","type":"string","jsonPath":".spec.parameter"}"#,
+    printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.trigger.type"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Tries","type":"integer","jsonPath":".status.tries"}"#,
+    printcolumn = r#"{"name":"Cost","type":"number","jsonPath":".status.cost","priority":1}"#,
+    printcolumn = r#"{"name":"Job","type":"string","jsonPath":".status.job","priority":1}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowInstanceSpec {
+    /// Name of the Workflow in the same namespace.
+    #[schemars(length(min = 1))]
+    pub workflow: String,
+    /// The partition as text, exactly as the container sees it in CHARON_PARAMETER.
+    #[schemars(length(min = 1))]
+    pub parameter: String,
+    /// The partition's logical instant (RFC 3339, UTC).
+    pub logical_time: DateTime<Utc>,
+    /// What asked for this run.
+    pub trigger: Trigger,
+    /// Stop retrying, delete the running Job and end in Halted. Default false.
+    #[serde(default)]
+    pub halted: bool,
+    /// Environment variables of the trigger, overlaying the workflow's env for this instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// `spec.trigger`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Trigger {
+    /// natural (the schedule), adhoc (a person asked) or backfill (a Backfill asked).
+    #[serde(rename = "type")]
+    pub trigger_type: TriggerType,
+    /// natural, adhoc-<unix ms>-<5 random digits>, or the Backfill's name.
+    #[schemars(length(min = 1))]
+    pub id: String,
+}
+
+/// `spec.trigger.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerType {
+    /// The schedule.
+    Natural,
+    /// A person asked.
+    Adhoc,
+    /// A Backfill asked.
+    Backfill,
+}
+
+impl TriggerType {
+    /// The value used in labels and CHARON_TRIGGER_TYPE.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerType::Natural => "natural",
+            TriggerType::Adhoc => "adhoc",
+            TriggerType::Backfill => "backfill",
+        }
+    }
+}
+
+/// `status.state`, the states of SPEC §4.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum InstanceState {
+    /// Waiting for its retry delay or a concurrency slot.
+    #[default]
+    Queued,
+    /// Snapshotting what the execution will run.
+    Prepare,
+    /// Creating the execution's Job.
+    Submitting,
+    /// The Job exists; the container has not started.
+    Submitted,
+    /// The container runs.
+    Running,
+    /// The container exited; deciding whether to retry.
+    Terminated,
+    /// The attempt broke without an exit code; deciding whether to retry.
+    Failed,
+    /// Terminal: exit code 0.
+    Done,
+    /// Terminal: gave up.
+    Error,
+    /// Terminal: a person stopped it.
+    Halted,
+}
+
+impl InstanceState {
+    /// Whether the instance is finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Done | InstanceState::Error | InstanceState::Halted
+        )
+    }
+
+    /// Whether the instance holds a concurrency slot (it has or is about to have a Job).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Prepare
+                | InstanceState::Submitting
+                | InstanceState::Submitted
+                | InstanceState::Running
+        )
+    }
+
+    /// The name used in `status.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Queued => "Queued",
+            InstanceState::Prepare => "Prepare",
+            InstanceState::Submitting => "Submitting",
+            InstanceState::Submitted => "Submitted",
+            InstanceState::Running => "Running",
+            InstanceState::Terminated => "Terminated",
+            InstanceState::Failed => "Failed",
+            InstanceState::Done => "Done",
+            InstanceState::Error => "Error",
+            InstanceState::Halted => "Halted",
+        }
+    }
+}
+
+/// Written by the controller: the record of what ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowInstanceStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Typed conditions (for example Ready once the instance is Done).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where the instance is in its lifecycle.
+    #[serde(default)]
+    pub state: InstanceState,
+    /// Executions started in the current run.
+    #[serde(default)]
+    pub tries: u32,
+    /// Accumulated retry cost of the current run.
+    #[serde(default)]
+    pub cost: f64,
+    /// Failures in a row in the current run.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Infrastructure failures (retried without cost) in the current run.
+    #[serde(default)]
+    pub infrastructure_failures: u32,
+    /// Exit code of the last attempt that had one.
+    #[serde(default)]
+    pub last_exit_code: Option<i32>,
+    /// Earliest time of the next attempt while Queued after a failure.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The current or last Job (kept so `kubectl logs job/<name>` works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Number of the latest execution, counted across runs so Job names never repeat.
+    #[serde(default)]
+    pub execution: u32,
+    /// What a person reads about the current state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the current attempt's container started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<DateTime<Utc>>,
+    /// When the current run started (first attempt prepared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the current run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What the current execution runs, snapshotted from the workflow in Prepare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<ExecutionSnapshot>,
+    /// State transitions, oldest first, bounded by the workflow's spec.history.limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// Earlier runs of this partition, kept when an ad-hoc or backfill trigger re-opens it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunRecord>,
+}
+
+/// `status.snapshot`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionSnapshot {
+    /// Image of the execution.
+    pub image: String,
+    /// Command after `{}` substitution.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments after `{}` substitution.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The workflow generation the snapshot was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_generation: Option<i64>,
+}
+
+/// One entry of `status.history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// When the transition happened.
+    pub at: DateTime<Utc>,
+    /// State before.
+    pub from: InstanceState,
+    /// State after.
+    pub to: InstanceState,
+    /// CamelCase reason, as in the Event.
+    pub reason: String,
+    /// What a person reads.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// One entry of `status.runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// What triggered that run.
+    pub trigger: Trigger,
+    /// How it ended.
+    pub state: InstanceState,
+    /// Executions it started.
+    pub tries: u32,
+    /// Retry cost it accumulated.
+    pub cost: f64,
+    /// Exit code of its last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i32>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,319 @@
+//! `Workflow`: a schedule plus a container template (SPEC §1, §2, §8, §10).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, preserve_unknown_object};
+
+/// A periodic workflow: every partition of `schedule` becomes one WorkflowInstance that is
+/// retried until its container exits 0.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "charon.dev",
+    version = "v1alpha1",
+    kind = "Workflow",
+    namespaced,
+    doc = "A periodic workflow: a schedule (cron or alias, time zone, offset) plus a container template. Every partition of the schedule becomes one WorkflowInstance that is retried until its container exits 0.",
+    status = "WorkflowStatus",
+    shortname = "cwf",
+    category = "charon",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.timeZone","priority":1}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastTriggered.parameter"}"#,
+    printcolumn = r#"{"name":"Next","type":"string","jsonPath":".status.nextTrigger.parameter"}"#,
+    printcolumn = r#"{"name":"Next At","type":"date","jsonPath":".status.nextTrigger.triggerAt","priority":1}"#,
+    printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.active"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    /// When partitions occur: a 5-field cron expression (lists, ranges, steps, month and
+    /// weekday names) or an alias (@hourly, @daily, @weekly, @monthly, @yearly; with or without
+    /// @, singular or plural), read in timeZone.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+
+    /// IANA time zone the schedule is read in, e.g. Europe/Stockholm. Parameters of non-UTC
+    /// workflows are local dates, or local date-times with their UTC offset. Default UTC.
+    #[serde(default = "default_time_zone")]
+    #[schemars(default = "default_time_zone")]
+    pub time_zone: String,
+
+    /// ISO-8601 duration, optionally signed (P1DT2H, -PT30M): partition i is triggered at
+    /// i + offset. Default: one period for aliases (PT1H for @hourly, P1D for @daily, ...),
+    /// PT0S for plain cron expressions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[-+]?P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$"
+    ))]
+    pub offset: Option<String>,
+
+    /// Stop triggering new partitions. Partitions that fall due while suspended are skipped,
+    /// never caught up. Backfills still run. Default false.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// What to do with partitions missed while the controller was down: All (every one,
+    /// oldest first), Latest (only the newest), None (none). Default All.
+    #[serde(default)]
+    pub catch_up: CatchUpPolicy,
+
+    /// Most instances of this workflow active at once; others wait in Queued, older
+    /// partitions first. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+
+    /// ISO-8601 duration an attempt may run before it is stopped and counted as failed; also
+    /// set as the Job's activeDeadlineSeconds. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$"
+    ))]
+    pub running_timeout: Option<String>,
+
+    /// Retry policy: exit code meanings and the retry budget.
+    #[serde(default)]
+    pub retry: RetryPolicySpec,
+
+    /// How long finished instances are kept and how much history each keeps.
+    #[serde(default)]
+    pub history: HistorySpec,
+
+    /// Also inject the STYX_* environment variables of Styx, for migrated images. Default false.
+    #[serde(default)]
+    pub styx_compatible_env: bool,
+
+    /// The container every execution runs.
+    pub template: WorkflowTemplate,
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+
+/// `spec.catchUp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CatchUpPolicy {
+    /// Trigger every missed partition, oldest first.
+    #[default]
+    All,
+    /// Trigger only the newest missed partition.
+    Latest,
+    /// Trigger no missed partition.
+    None,
+}
+
+/// `spec.retry`: Styx's exit-code semantics; the numbers are configurable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicySpec {
+    /// Give up (state Error) once the accumulated retry cost reaches this. A missing-dependency
+    /// exit costs 0.1, any other failure 1.0. Default 50.
+    #[serde(default = "default_max_cost")]
+    #[schemars(default = "default_max_cost", range(min = 0))]
+    pub max_cost: f64,
+    /// Exit code meaning "inputs not there yet": retried after 10 minutes at cost 0.1. Default 20.
+    #[serde(default = "default_missing_dependency_exit_code")]
+    #[schemars(default = "default_missing_dependency_exit_code")]
+    pub missing_dependency_exit_code: i32,
+    /// Exit codes that end the instance in Error at once. Default [50].
+    #[serde(default = "default_fatal_exit_codes")]
+    #[schemars(default = "default_fatal_exit_codes")]
+    pub fatal_exit_codes: Vec<i32>,
+    /// Infrastructure failures before the container ran (image pull back-off, eviction, lost
+    /// node) are retried without cost at most this many times. Default 10.
+    #[serde(default = "default_infrastructure_attempts")]
+    #[schemars(default = "default_infrastructure_attempts")]
+    pub infrastructure_attempts: u32,
+}
+
+fn default_max_cost() -> f64 {
+    50.0
+}
+fn default_missing_dependency_exit_code() -> i32 {
+    20
+}
+fn default_fatal_exit_codes() -> Vec<i32> {
+    vec![50]
+}
+fn default_infrastructure_attempts() -> u32 {
+    10
+}
+
+impl Default for RetryPolicySpec {
+    fn default() -> Self {
+        RetryPolicySpec {
+            max_cost: default_max_cost(),
+            missing_dependency_exit_code: default_missing_dependency_exit_code(),
+            fatal_exit_codes: default_fatal_exit_codes(),
+            infrastructure_attempts: default_infrastructure_attempts(),
+        }
+    }
+}
+
+/// `spec.history`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// ISO-8601 duration after which finished instances (and their Jobs) are deleted. Default P7D.
+    #[serde(default = "default_ttl")]
+    #[schemars(
+        default = "default_ttl",
+        regex(pattern = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$")
+    )]
+    pub ttl: String,
+    /// Most entries kept in an instance's status.history; older ones are dropped. Default 50.
+    #[serde(default = "default_history_limit")]
+    #[schemars(default = "default_history_limit", range(min = 1, max = 1000))]
+    pub limit: u32,
+}
+
+fn default_ttl() -> String {
+    "P7D".to_string()
+}
+fn default_history_limit() -> u32 {
+    50
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        HistorySpec {
+            ttl: default_ttl(),
+            limit: default_history_limit(),
+        }
+    }
+}
+
+/// `spec.template`: what every execution runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowTemplate {
+    /// Container image.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Entrypoint; elements exactly "{}" are replaced by the parameter. Default: the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments; elements exactly "{}" are replaced by the parameter ("--date={}" stays
+    /// literal: use $(CHARON_PARAMETER) inside strings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables; trigger env and the reserved CHARON_* variables take precedence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Environment variables from ConfigMaps and Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Compute resources of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// When to pull the image: Always, IfNotPresent or Never. Default: Kubernetes' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Secrets for pulling the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Service account the pod runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Node labels the pod must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// A Secret mounted read-only into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretMount>,
+    /// Raw fields merged onto the generated pod template (metadata and spec), for anything
+    /// the template does not cover. Charon's own labels, env and restart policy win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub pod_overrides: Option<serde_json::Value>,
+}
+
+/// `spec.template.imagePullPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node lacks the image.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// `spec.template.secret`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretMount {
+    /// Name of the Secret in the workflow's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Absolute path the Secret's keys appear under.
+    #[schemars(regex(pattern = r"^/"))]
+    pub mount_path: String,
+}
+
+/// Written by the controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Valid: whether the spec can be scheduled (False names the field and the reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The partition triggered last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_triggered: Option<TriggeredPartition>,
+    /// The partition triggered next, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_trigger: Option<NextTrigger>,
+    /// Instances of this workflow currently holding a slot (preparing, submitted or running).
+    #[serde(default)]
+    pub active: u32,
+    /// Every partition due at or before this instant has been triggered or deliberately
+    /// skipped (suspend, catch-up policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_cursor: Option<DateTime<Utc>>,
+    /// The schedule, time zone and offset the cursor was computed with; a change makes the
+    /// controller re-check partitions after lastTriggered so none is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_with: Option<String>,
+}
+
+/// `status.lastTriggered`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggeredPartition {
+    /// The partition's parameter.
+    pub parameter: String,
+    /// The partition's logical instant.
+    pub logical_time: DateTime<Utc>,
+    /// When it was triggered.
+    pub at: DateTime<Utc>,
+}
+
+/// `status.nextTrigger`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NextTrigger {
+    /// The partition's parameter.
+    pub parameter: String,
+    /// The partition's logical instant.
+    pub logical_time: DateTime<Utc>,
+    /// When it will be triggered (logical instant + offset).
+    pub trigger_at: DateTime<Utc>,
+}
