@@ -3,6 +3,7 @@
 //! The crate is split into a pure core (schedule math, partitions, names, the resource types)
 //! that takes the current time as an argument, and thin adapters that talk to Kubernetes.
 
+pub mod backfill;
 pub mod cli;
 pub mod concurrency;
 pub mod crd;

@@ -144,8 +144,109 @@ pub fn plan_natural(
     }
 }
 
+/// What an ad-hoc trigger of a partition does (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdhocDecision {
+    /// No instance exists: create it.
+    Create {
+        /// The aligned partition.
+        logical: DateTime<Utc>,
+        /// Its parameter, re-rendered in the workflow's zone.
+        parameter: String,
+    },
+    /// The instance finished: re-open it as a new run.
+    Reopen {
+        /// The aligned partition.
+        logical: DateTime<Utc>,
+        /// Its parameter.
+        parameter: String,
+    },
+}
+
+/// Decides an ad-hoc trigger of `text` at `now`: the parameter is parsed leniently and moved
+/// back to its partition; a partition not yet due is refused unless `allow_future`; an active
+/// one is refused with how to retry it instead. `existing(parameter)` is the state of the
+/// partition's instance, if it has one.
+pub fn plan_adhoc(
+    schedule: &Schedule,
+    text: &str,
+    allow_future: bool,
+    now: DateTime<Utc>,
+    existing: &dyn Fn(&str) -> Option<(String, crate::resources::InstanceState)>,
+) -> Result<AdhocDecision, String> {
+    let logical = schedule.parse_parameter(text).map_err(|e| e.to_string())?;
+    let parameter = schedule.parameter(logical);
+    let due = schedule
+        .trigger_at(logical)
+        .ok_or_else(|| format!("partition {parameter} has no trigger time"))?;
+    if due > now && !allow_future {
+        return Err(format!(
+            "partition {parameter} is not due until {}; pass --allow-future to run it early",
+            crate::partition::rfc3339(due)
+        ));
+    }
+    match existing(&parameter) {
+        None => Ok(AdhocDecision::Create { logical, parameter }),
+        Some((_, state)) if state.is_terminal() => Ok(AdhocDecision::Reopen { logical, parameter }),
+        Some((instance, state)) => Err(format!(
+            "partition {parameter} is already active (instance {instance} is {}); to skip its retry delay run `charon retry {instance}`",
+            state.as_str()
+        )),
+    }
+}
+
+/// A new ad-hoc trigger id: `adhoc-<unix ms>-<5 random digits>`.
+pub fn adhoc_id(now: DateTime<Utc>, random_below: &mut dyn FnMut(u32) -> u32) -> String {
+    format!(
+        "adhoc-{}-{:05}",
+        now.timestamp_millis(),
+        random_below(100_000)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn adhoc_triggers() {
+        use crate::resources::InstanceState;
+        let s = hourly();
+        let now = utc("2024-01-03T00:00:00Z");
+        let none = |_: &str| None;
+        assert_eq!(
+            plan_adhoc(&s, "2024-01-02T05:30", false, now, &none),
+            Ok(AdhocDecision::Create {
+                logical: utc("2024-01-02T05:00:00Z"),
+                parameter: "2024-01-02T05".into()
+            })
+        );
+        let future = plan_adhoc(&s, "2024-01-03T00", false, now, &none).unwrap_err();
+        assert_eq!(
+            future,
+            "partition 2024-01-03T00 is not due until 2024-01-03T01:00:00Z; pass --allow-future to run it early"
+        );
+        assert!(plan_adhoc(&s, "2024-01-03T00", true, now, &none).is_ok());
+        let running = |_: &str| Some(("hb-2024-01-02t05".to_string(), InstanceState::Running));
+        let active = plan_adhoc(&s, "2024-01-02T05", false, now, &running).unwrap_err();
+        assert!(
+            active.contains("already active") && active.contains("charon retry hb-2024-01-02t05"),
+            "{active}"
+        );
+        let done = |_: &str| Some(("hb-2024-01-02t05".to_string(), InstanceState::Done));
+        assert!(matches!(
+            plan_adhoc(&s, "2024-01-02T05", false, now, &done),
+            Ok(AdhocDecision::Reopen { .. })
+        ));
+        assert!(
+            plan_adhoc(&s, "tomorrow", false, now, &none)
+                .unwrap_err()
+                .contains("cannot parse")
+        );
+        assert_eq!(
+            adhoc_id(utc("2024-01-03T00:00:00Z"), &mut |_| 42),
+            "adhoc-1704240000000-00042"
+        );
+    }
+
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
