@@ -34,6 +34,8 @@ pub enum Command {
     },
     /// Show the next partitions of a schedule: when each is triggered and its parameter.
     Preview(PreviewArgs),
+    /// Run a local Kubernetes-compatible API server with Charon's CRDs (no cluster needed).
+    Dev(crate::dev::DevArgs),
 }
 
 /// Parses the process arguments, runs the command and maps failures to a one-line error.
@@ -67,6 +69,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Preview(args) => {
             let out = crate::preview::run(&args, chrono::Utc::now())?;
             stdout.write_all(out.as_bytes())?;
+        }
+        Command::Dev(args) => {
+            drop(stdout);
+            tokio::runtime::Runtime::new()?.block_on(crate::dev::run(args))?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod backfill;
 pub mod cli;
 pub mod concurrency;
 pub mod crd;
+pub mod dev;
 pub mod instance;
 pub mod job;
 pub mod names;

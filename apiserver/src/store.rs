@@ -1,0 +1,490 @@
+//! In-memory object storage with one monotonically increasing resourceVersion, optimistic
+//! concurrency, generations, finalizers and a bounded event history for watches.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::error::ApiError;
+use crate::registry::{self, ResourceType};
+use crate::selector::Selector;
+
+/// Watch events kept for clients that resume from a resourceVersion; older ones are compacted
+/// and such clients get 410 Gone.
+const HISTORY: usize = 10_000;
+
+/// A change to one object.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The resourceVersion of the change.
+    pub rv: u64,
+    /// `group/plural` of the object.
+    pub type_key: String,
+    /// Its namespace ("" when cluster-scoped).
+    pub namespace: String,
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: &'static str,
+    /// The object after the change (before it, for DELETED).
+    pub object: Value,
+}
+
+type Key = (String, String, String); // (type key, namespace, name)
+
+struct Inner {
+    rv: u64,
+    types: Vec<ResourceType>,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Event>,
+    /// Events up to and including this version were dropped from `history`.
+    compacted: u64,
+}
+
+/// The server's state.
+pub struct Store {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+}
+
+/// `group/plural`, the key of a type in the store.
+pub fn type_key(t: &ResourceType) -> String {
+    format!("{}/{}", t.group, t.plural)
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Store {
+            inner: Mutex::new(Inner {
+                rv: 1,
+                types: registry::builtins(),
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                compacted: 0,
+            }),
+            events,
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn name_of(obj: &Value) -> String {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Subscribes to changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Every served type.
+    pub fn types(&self) -> Vec<ResourceType> {
+        self.lock().types.clone()
+    }
+
+    /// The type served at `group/version/plural`.
+    pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
+        self.lock()
+            .types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+    }
+
+    /// The current resourceVersion.
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    fn record(
+        &self,
+        inner: &mut Inner,
+        t: &ResourceType,
+        namespace: &str,
+        kind: &'static str,
+        object: Value,
+    ) {
+        let event = Event {
+            rv: inner.rv,
+            type_key: type_key(t),
+            namespace: namespace.to_string(),
+            kind,
+            object,
+        };
+        inner.history.push_back(event.clone());
+        while inner.history.len() > HISTORY {
+            if let Some(old) = inner.history.pop_front() {
+                inner.compacted = old.rv;
+            }
+        }
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Events for `t` in `namespace` ("" = all) after `rv`; `Err` when compacted (410 Gone).
+    pub fn events_since(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        rv: u64,
+    ) -> Result<Vec<Event>, ApiError> {
+        let inner = self.lock();
+        if rv < inner.compacted {
+            return Err(ApiError::gone(rv));
+        }
+        let key = type_key(t);
+        Ok(inner
+            .history
+            .iter()
+            .filter(|e| {
+                e.rv > rv && e.type_key == key && (namespace.is_empty() || e.namespace == namespace)
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// Forgets every event so far: clients resuming from an older version get 410 Gone.
+    pub fn compact(&self) {
+        let mut inner = self.lock();
+        inner.compacted = inner.rv;
+        inner.history.clear();
+    }
+
+    /// One object.
+    pub fn get(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.lock()
+            .objects
+            .get(&(type_key(t), namespace.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(t, name))
+    }
+
+    /// Objects of `t` in `namespace` ("" = all) matching the selectors, and the list's version.
+    pub fn list(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        labels: &Selector,
+        fields: &Selector,
+    ) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let key = type_key(t);
+        let items = inner
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == key && (namespace.is_empty() || ns == namespace))
+            .map(|(_, v)| v.clone())
+            .filter(|v| labels.matches_labels(v) && fields.matches_fields(v))
+            .collect();
+        (items, inner.rv)
+    }
+
+    /// Creates an object.
+    pub fn create(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let mut name = name_of(&obj);
+        if name.is_empty() {
+            let prefix = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if prefix.is_empty() {
+                return Err(ApiError::invalid_object(
+                    t,
+                    "",
+                    vec![(
+                        "metadata.name",
+                        "Required value: name or generateName is required".to_string(),
+                    )],
+                ));
+            }
+            let suffix: String = uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(5)
+                .collect();
+            name = format!("{prefix}{suffix}");
+        }
+        crate::validation::validate_name(t, &name)?;
+        if t.namespaced {
+            let ns_type = inner
+                .types
+                .iter()
+                .find(|x| x.plural == "namespaces" && x.group.is_empty())
+                .cloned();
+            if let Some(ns_type) = ns_type
+                && !inner.objects.contains_key(&(
+                    type_key(&ns_type),
+                    String::new(),
+                    namespace.to_string(),
+                ))
+            {
+                return Err(ApiError::namespace_not_found(namespace));
+            }
+        }
+        let key = (
+            type_key(t),
+            if t.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
+        if inner.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(t, &name));
+        }
+        if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
+            crate::validation::validate_crd(&obj)
+                .map_err(|causes| ApiError::invalid_object(t, &name, causes))?;
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        let meta = obj
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("object must be a JSON object"))?;
+        meta.insert("apiVersion".into(), json!(t.api_version()));
+        meta.insert("kind".into(), json!(t.kind));
+        let m = meta.entry("metadata").or_insert_with(|| json!({}));
+        let m = m
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        m.insert("name".into(), json!(name));
+        if t.namespaced {
+            m.insert("namespace".into(), json!(namespace));
+        } else {
+            m.remove("namespace");
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("resourceVersion".into(), json!(rv.to_string()));
+        m.insert("creationTimestamp".into(), json!(now()));
+        m.insert("generation".into(), json!(1));
+        m.remove("deletionTimestamp");
+        if t.status_subresource {
+            // Status is written through /status only.
+            meta.remove("status");
+        }
+        if t.plural == "namespaces" && t.group.is_empty() {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        if t.plural == "customresourcedefinitions" {
+            self.register_crd(&mut inner, &mut obj)?;
+        }
+        inner.objects.insert(key.clone(), obj.clone());
+        self.record(&mut inner, t, &key.1, "ADDED", obj.clone());
+        Ok(obj)
+    }
+
+    fn register_crd(&self, inner: &mut Inner, crd: &mut Value) -> Result<(), ApiError> {
+        let served = registry::from_crd(crd).map_err(ApiError::bad_request)?;
+        for t in served {
+            inner.types.retain(|x| {
+                !(x.group == t.group && x.version == t.version && x.plural == t.plural)
+            });
+            inner.types.push(t);
+        }
+        let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+        let time = now();
+        crd["status"] = json!({
+            "acceptedNames": names,
+            "storedVersions": crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten()
+                .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                .filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>(),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": time},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time},
+            ],
+        });
+        Ok(())
+    }
+
+    /// Replaces an object (or only its status when `status_only`). A resourceVersion in the
+    /// new object must match the stored one.
+    pub fn update(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        mut obj: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (
+            type_key(t),
+            if t.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let current = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(t, name))?;
+        if let Some(rv) = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && !rv.is_empty()
+            && Some(rv)
+                != current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+        {
+            return Err(ApiError::conflict(t, name));
+        }
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("object must be a JSON object"));
+        }
+        if t.status_subresource {
+            if status_only {
+                let status = obj.get("status").cloned();
+                obj = current.clone();
+                match status {
+                    Some(s) => obj["status"] = s,
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            } else {
+                match current.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            }
+        }
+        // Server-owned metadata survives any client write.
+        let mut meta: Map<String, Value> = obj
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "generation",
+        ] {
+            match current.pointer(&format!("/metadata/{field}")) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        let spec_changed = if t.status_subresource {
+            obj.get("spec") != current.get("spec")
+        } else {
+            strip(&obj) != strip(&current)
+        };
+        if spec_changed && !status_only {
+            let generation = current
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            meta.insert("generation".into(), json!(generation + 1));
+        }
+        obj["apiVersion"] = json!(t.api_version());
+        obj["kind"] = json!(t.kind);
+        let unchanged = {
+            let mut candidate = obj.clone();
+            candidate["metadata"] = Value::Object(meta.clone());
+            candidate["metadata"]["resourceVersion"] =
+                current["metadata"]["resourceVersion"].clone();
+            candidate == current
+        };
+        if unchanged {
+            // A no-op write does not bump the resourceVersion, like the real server.
+            return Ok(current);
+        }
+        inner.rv += 1;
+        meta.insert("resourceVersion".into(), json!(inner.rv.to_string()));
+        obj["metadata"] = Value::Object(meta);
+        // An object being deleted goes once its last finalizer is removed.
+        let finalizers_empty = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
+        if obj.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
+            inner.objects.remove(&key);
+            self.record(&mut inner, t, &key.1, "DELETED", obj.clone());
+            return Ok(obj);
+        }
+        inner.objects.insert(key.clone(), obj.clone());
+        self.record(&mut inner, t, &key.1, "MODIFIED", obj.clone());
+        Ok(obj)
+    }
+
+    /// Deletes an object; with finalizers it only gets a deletionTimestamp.
+    pub fn delete(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (
+            type_key(t),
+            if t.namespaced {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let mut obj = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(t, name))?;
+        let has_finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        inner.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        if has_finalizers {
+            if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                inner.objects.insert(key.clone(), obj.clone());
+                self.record(&mut inner, t, &key.1, "MODIFIED", obj.clone());
+            }
+            return Ok(obj);
+        }
+        inner.objects.remove(&key);
+        self.record(&mut inner, t, &key.1, "DELETED", obj.clone());
+        Ok(obj)
+    }
+}
+
+fn strip(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("metadata");
+        o.remove("status");
+    }
+    v
+}
