@@ -76,6 +76,15 @@ async fn route(
                 "compiler": "gc", "platform": "linux/amd64",
             }),
         )),
+        ["openapi", "v3"] => Ok(json_response(StatusCode::OK, &crate::openapi::root(store))),
+        ["openapi", "v3", "api", version] => crate::openapi::group_version(store, "", version)
+            .map(|doc| json_response(StatusCode::OK, &doc))
+            .ok_or_else(|| ApiError::no_route(uri.path())),
+        ["openapi", "v3", "apis", group, version] => {
+            crate::openapi::group_version(store, group, version)
+                .map(|doc| json_response(StatusCode::OK, &doc))
+                .ok_or_else(|| ApiError::no_route(uri.path()))
+        }
         ["healthz"] | ["readyz"] | ["livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["api"] => Ok(json_response(
             StatusCode::OK,

@@ -5,12 +5,15 @@
 //! shaped like the real server's. It knows nothing about Charon: tests and `charon dev` use it
 //! where no cluster exists.
 //!
-//! Not yet: OpenAPI documents, server-side tables, schema validation of custom objects,
+//! OpenAPI v3 documents are minimal: each kind's schema and its PATCH path.
+//!
+//! Not yet: protobuf request bodies, server-side tables, schema validation of custom objects,
 //! strategic merge (treated as merge), full server-side apply, Job controller, garbage
 //! collector, simulated kubelet, fault injection.
 
 mod error;
 mod http;
+mod openapi;
 mod registry;
 mod selector;
 mod store;

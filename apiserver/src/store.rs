@@ -106,6 +106,29 @@ impl Store {
             .cloned()
     }
 
+    /// The openAPIV3Schema a CRD declares for `t`, if `t` is a custom resource.
+    pub fn crd_schema(&self, t: &ResourceType) -> Option<Value> {
+        let inner = self.lock();
+        inner
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| k == "apiextensions.k8s.io/customresourcedefinitions")
+            .map(|(_, crd)| crd)
+            .find(|crd| {
+                crd.pointer("/spec/group").and_then(Value::as_str) == Some(t.group.as_str())
+                    && crd.pointer("/spec/names/plural").and_then(Value::as_str)
+                        == Some(t.plural.as_str())
+            })
+            .and_then(|crd| {
+                crd.pointer("/spec/versions")?
+                    .as_array()?
+                    .iter()
+                    .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))?
+                    .pointer("/schema/openAPIV3Schema")
+                    .cloned()
+            })
+    }
+
     /// The current resourceVersion.
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
