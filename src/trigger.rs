@@ -253,6 +253,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn policy(catch_up: CatchUp, suspended: bool) -> TriggerPolicy {
+        TriggerPolicy {
+            catch_up,
+            suspended,
+        }
+    }
+
     fn hourly() -> Schedule {
         Schedule::new("@hourly", None, None).unwrap()
     }
@@ -265,27 +272,14 @@ mod tests {
     fn a_new_workflow_starts_with_the_first_partition_due_after_creation() {
         let s = hourly();
         let created = utc("2024-05-01T10:22:00Z");
-        let plan = plan_natural(
-            &s,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: false,
-            },
-            created,
-            None,
-            created,
-            100,
-        );
+        let plan = plan_natural(&s, policy(CatchUp::All, false), created, None, created, 100);
         assert!(plan.trigger.is_empty());
         let next = plan.next.unwrap();
         assert_eq!(s.parameter(next.logical), "2024-05-01T10");
         assert_eq!(next.trigger_at, utc("2024-05-01T11:00:00Z"));
         let at_eleven = plan_natural(
             &s,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: false,
-            },
+            policy(CatchUp::All, false),
             plan.cursor,
             None,
             next.trigger_at,
@@ -304,17 +298,7 @@ mod tests {
         let s = hourly();
         let cursor = utc("2024-05-01T11:00:00Z"); // …T10 was triggered at 11:00
         let now = utc("2024-05-01T16:00:30Z"); // down for five hours
-        let all = plan_natural(
-            &s,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: false,
-            },
-            cursor,
-            None,
-            now,
-            100,
-        );
+        let all = plan_natural(&s, policy(CatchUp::All, false), cursor, None, now, 100);
         assert_eq!(
             params(&s, &all.trigger),
             [
@@ -325,30 +309,10 @@ mod tests {
                 "2024-05-01T15"
             ]
         );
-        let latest = plan_natural(
-            &s,
-            TriggerPolicy {
-                catch_up: CatchUp::Latest,
-                suspended: false,
-            },
-            cursor,
-            None,
-            now,
-            100,
-        );
+        let latest = plan_natural(&s, policy(CatchUp::Latest, false), cursor, None, now, 100);
         assert_eq!(params(&s, &latest.trigger), ["2024-05-01T15"]);
         assert_eq!(latest.skipped.len(), 4);
-        let none = plan_natural(
-            &s,
-            TriggerPolicy {
-                catch_up: CatchUp::None,
-                suspended: false,
-            },
-            cursor,
-            None,
-            now,
-            100,
-        );
+        let none = plan_natural(&s, policy(CatchUp::None, false), cursor, None, now, 100);
         assert_eq!(
             params(&s, &none.trigger),
             ["2024-05-01T15"],
@@ -356,10 +320,7 @@ mod tests {
         );
         let none_late = plan_natural(
             &s,
-            TriggerPolicy {
-                catch_up: CatchUp::None,
-                suspended: false,
-            },
+            policy(CatchUp::None, false),
             cursor,
             None,
             utc("2024-05-01T16:05:00Z"),
@@ -377,10 +338,7 @@ mod tests {
         let s = hourly();
         let plan = plan_natural(
             &s,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: true,
-            },
+            policy(CatchUp::All, true),
             utc("2024-05-01T11:00:00Z"),
             None,
             utc("2024-05-01T14:00:00Z"),
@@ -390,10 +348,7 @@ mod tests {
         assert_eq!(plan.skipped.len(), 3);
         let resumed = plan_natural(
             &s,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: false,
-            },
+            policy(CatchUp::All, false),
             plan.cursor,
             None,
             utc("2024-05-01T15:00:00Z"),
@@ -409,17 +364,7 @@ mod tests {
         let now = utc("2024-05-02T00:00:00Z");
         let mut triggered = Vec::new();
         loop {
-            let plan = plan_natural(
-                &s,
-                TriggerPolicy {
-                    catch_up: CatchUp::All,
-                    suspended: false,
-                },
-                cursor,
-                None,
-                now,
-                5,
-            );
+            let plan = plan_natural(&s, policy(CatchUp::All, false), cursor, None, now, 5);
             triggered.extend(params(&s, &plan.trigger));
             cursor = plan.cursor;
             if !plan.more {
@@ -438,10 +383,7 @@ mod tests {
         let daily = Schedule::new("@daily", None, None).unwrap();
         let plan = plan_natural(
             &daily,
-            TriggerPolicy {
-                catch_up: CatchUp::All,
-                suspended: false,
-            },
+            policy(CatchUp::All, false),
             changed_at,
             None,
             utc("2024-05-02T00:00:00Z"),
@@ -490,17 +432,7 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         let end = utc("2025-01-01T00:00:00Z");
         while now < end {
-            let plan = plan_natural(
-                &s,
-                TriggerPolicy {
-                    catch_up: CatchUp::All,
-                    suspended: false,
-                },
-                cursor,
-                None,
-                now,
-                1000,
-            );
+            let plan = plan_natural(&s, policy(CatchUp::All, false), cursor, None, now, 1000);
             for d in &plan.trigger {
                 assert!(seen.insert(d.logical), "{} twice", d.logical);
             }

@@ -68,6 +68,12 @@ impl Default for Store {
     }
 }
 
+/// Where an object of `t` lives: cluster-scoped objects ignore the namespace.
+fn object_key(t: &ResourceType, namespace: &str, name: &str) -> Key {
+    let namespace = if t.namespaced { namespace } else { "" };
+    (type_key(t), namespace.to_string(), name.to_string())
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -192,7 +198,7 @@ impl Store {
     pub fn get(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
         self.lock()
             .objects
-            .get(&(type_key(t), namespace.to_string(), name.to_string()))
+            .get(&object_key(t, namespace, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, name))
     }
@@ -266,15 +272,7 @@ impl Store {
                 return Err(ApiError::namespace_not_found(namespace));
             }
         }
-        let key = (
-            type_key(t),
-            if t.namespaced {
-                namespace.to_string()
-            } else {
-                String::new()
-            },
-            name.clone(),
-        );
+        let key = object_key(t, namespace, &name);
         if inner.objects.contains_key(&key) {
             return Err(ApiError::already_exists(t, &name));
         }
@@ -353,15 +351,7 @@ impl Store {
         status_only: bool,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let key = (
-            type_key(t),
-            if t.namespaced {
-                namespace.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let key = object_key(t, namespace, name);
         let current = inner
             .objects
             .get(&key)
@@ -469,15 +459,7 @@ impl Store {
     /// Deletes an object; with finalizers it only gets a deletionTimestamp.
     pub fn delete(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let key = (
-            type_key(t),
-            if t.namespaced {
-                namespace.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let key = object_key(t, namespace, name);
         let mut obj = inner
             .objects
             .get(&key)
