@@ -310,6 +310,9 @@ async fn resource(
     }
 }
 
+/// How often an idle watch that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
 fn watch_line(kind: &str, object: &Value) -> Bytes {
     let mut line = json!({"type": kind, "object": object}).to_string();
     line.push('\n');
@@ -393,7 +396,10 @@ fn watch(
             .map(|e| Ok::<Bytes, std::io::Error>(watch_line(e.kind, &e.object)));
         futures::future::ready(line)
     });
-    let ticker = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(1)))
+    let ticker = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + BOOKMARK_EVERY,
+        BOOKMARK_EVERY,
+    ))
         .filter(move |_| futures::future::ready(bookmarks))
         .map(move |_| {
             let rv = app.store.current_rv();

@@ -219,9 +219,16 @@ async fn watches_resume_and_expire() {
     )
     .await
     .expect("create");
-    match stream.next().await {
-        Some(Ok(WatchEvent::Added(cm))) => assert_eq!(cm.metadata.name.as_deref(), Some("two")),
-        other => panic!("expected ADDED two, got {other:?}"),
+    // Bookmarks may come first: they only carry the current resourceVersion.
+    loop {
+        match stream.next().await {
+            Some(Ok(WatchEvent::Bookmark(_))) => continue,
+            Some(Ok(WatchEvent::Added(cm))) => {
+                assert_eq!(cm.metadata.name.as_deref(), Some("two"));
+                break;
+            }
+            other => panic!("expected ADDED two, got {other:?}"),
+        }
     }
     drop(stream);
 
