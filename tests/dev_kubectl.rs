@@ -78,6 +78,20 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
         &["get", "cwf", "-o", "jsonpath={.items[*].metadata.name}"],
     );
     assert_eq!(names, "fails-fatally hello hourly-report waits-for-input");
+    // Printer columns come back as a server-side table.
+    let table = ok(&dev, &["get", "cwf", "hourly-report", "-o", "wide"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header[..4],
+        ["NAME", "SCHEDULE", "ZONE", "SUSPENDED"],
+        "{table}"
+    );
+    assert!(table.contains("Europe/Stockholm"), "{table}");
     // Re-applying a change updates the object and bumps its generation.
     let schedule = ok(
         &dev,

@@ -217,7 +217,19 @@ async fn resource(
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     };
     let ok = |v: &Value| Ok(json_response(StatusCode::OK, v));
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let as_table = crate::table::wanted(accept)
+        && !query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let table = |items: &[Value], rv: Option<u64>| {
+        crate::table::render(items, &store.printer_columns(&t), rv, chrono::Utc::now())
+    };
     match (method.clone(), name) {
+        (Method::GET, Some(name)) if as_table => {
+            ok(&table(&[store.get(&t, namespace, name)?], None))
+        }
         (Method::GET, Some(name)) => ok(&store.get(&t, namespace, name)?),
         (Method::GET, None) => {
             let labels =
@@ -230,6 +242,9 @@ async fn resource(
                 return watch(app, &t, namespace, query, labels, fields);
             }
             let (items, rv) = store.list(&t, namespace, &labels, &fields);
+            if as_table {
+                return ok(&table(&items, Some(rv)));
+            }
             ok(&json!({
                 "kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items,

@@ -7,7 +7,9 @@
 //!
 //! OpenAPI v3 documents are minimal: each kind's schema and its PATCH path.
 //!
-//! Not yet: protobuf request bodies, server-side tables, schema validation of custom objects,
+//! `kubectl get` receives server-side tables built from a CRD's printer columns.
+//!
+//! Not yet: protobuf request bodies, tables with built-in kinds' own columns, schema validation of custom objects,
 //! strategic merge (treated as merge), full server-side apply, Job controller, garbage
 //! collector, simulated kubelet, fault injection.
 
@@ -17,6 +19,7 @@ mod openapi;
 mod registry;
 mod selector;
 mod store;
+mod table;
 mod validation;
 
 use std::net::SocketAddr;

@@ -112,8 +112,26 @@ impl Store {
             .cloned()
     }
 
+    /// The additionalPrinterColumns a CRD declares for `t` (empty for built-ins).
+    pub fn printer_columns(&self, t: &ResourceType) -> Vec<Value> {
+        self.crd_version(t)
+            .and_then(|v| {
+                v.get("additionalPrinterColumns")
+                    .and_then(Value::as_array)
+                    .cloned()
+            })
+            .unwrap_or_default()
+    }
+
     /// The openAPIV3Schema a CRD declares for `t`, if `t` is a custom resource.
     pub fn crd_schema(&self, t: &ResourceType) -> Option<Value> {
+        self.crd_version(t)?
+            .pointer("/schema/openAPIV3Schema")
+            .cloned()
+    }
+
+    /// The entry of `spec.versions` of the CRD that serves `t`.
+    fn crd_version(&self, t: &ResourceType) -> Option<Value> {
         let inner = self.lock();
         inner
             .objects
@@ -129,8 +147,7 @@ impl Store {
                 crd.pointer("/spec/versions")?
                     .as_array()?
                     .iter()
-                    .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))?
-                    .pointer("/schema/openAPIV3Schema")
+                    .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))
                     .cloned()
             })
     }

@@ -1,0 +1,193 @@
+//! Server-side tables (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`): the Name
+//! column plus a CRD's additionalPrinterColumns, dates shown as ages, as `kubectl get` expects.
+
+use serde_json::{Value, json};
+
+/// Whether the client asked for a Table.
+pub fn wanted(accept: &str) -> bool {
+    accept
+        .split(',')
+        .any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
+}
+
+/// Renders `items` with `columns` (a CRD's additionalPrinterColumns; empty gives Name and Age).
+pub fn render(
+    items: &[Value],
+    columns: &[Value],
+    list_rv: Option<u64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let mut columns: Vec<Value> = columns.to_vec();
+    if columns.is_empty() {
+        columns.push(
+            json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}),
+        );
+    }
+    let mut definitions = vec![json!({
+        "name": "Name", "type": "string", "format": "name", "priority": 0,
+        "description": "Name must be unique within a namespace.",
+    })];
+    for c in &columns {
+        definitions.push(json!({
+            "name": c["name"], "type": c["type"], "format": c.get("format").cloned().unwrap_or(json!("")),
+            "priority": c.get("priority").cloned().unwrap_or(json!(0)),
+            "description": c.get("description").cloned().unwrap_or_else(|| json!(format!(
+                "Custom resource definition column (in JSONPath format): {}",
+                c["jsonPath"].as_str().unwrap_or_default()
+            ))),
+        }));
+    }
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let mut cells = vec![item.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            for c in &columns {
+                let value = jsonpath(item, c["jsonPath"].as_str().unwrap_or_default());
+                cells.push(cell(c["type"].as_str().unwrap_or("string"), value, now));
+            }
+            json!({
+                "cells": cells,
+                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]},
+            })
+        })
+        .collect();
+    let mut metadata = json!({});
+    if let Some(rv) = list_rv {
+        metadata["resourceVersion"] = json!(rv.to_string());
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows})
+}
+
+fn cell(kind: &str, value: Option<Value>, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let Some(value) = value else {
+        return Value::Null;
+    };
+    match (kind, &value) {
+        ("date", Value::String(text)) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => json!(human_duration(now.signed_duration_since(t))),
+            Err(_) => json!("<invalid>"),
+        },
+        ("string", Value::String(_)) => value,
+        ("string", other) => json!(other.to_string()),
+        _ => value,
+    }
+}
+
+/// Ages as kubectl prints them (`45s`, `5m10s`, `3h`, `2d4h`, `2y`).
+pub fn human_duration(d: chrono::Duration) -> String {
+    let seconds = d.num_seconds();
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let days = (hours / 24) % 365;
+        return if days == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{days}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// The subset of JSONPath printer columns use: `.a.b`, `.a[0]`, `.a[?(@.k=="v")].b`.
+pub fn jsonpath(obj: &Value, path: &str) -> Option<Value> {
+    let mut current = obj.clone();
+    let mut rest = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            let key = &after[..end];
+            current = current.get(key)?.clone();
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after.find(']')?;
+            let inner = &after[..end];
+            rest = &after[end + 1..];
+            if let Some(filter) = inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                let (key, want) = filter.split_once("==")?;
+                let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+                current = current
+                    .as_array()?
+                    .iter()
+                    .find(|e| e.get(key.trim()).and_then(Value::as_str) == Some(want))?
+                    .clone();
+            } else {
+                let index: usize = inner.trim().parse().ok()?;
+                current = current.as_array()?.get(index)?.clone();
+            }
+        } else {
+            return None;
+        }
+    }
+    Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_ages() {
+        let obj = json!({"spec": {"schedule": "@hourly", "list": [1, 2]},
+            "status": {"conditions": [{"type": "Other", "status": "False"}, {"type": "Valid", "status": "True"}]}});
+        assert_eq!(jsonpath(&obj, ".spec.schedule"), Some(json!("@hourly")));
+        assert_eq!(jsonpath(&obj, ".spec.list[1]"), Some(json!(2)));
+        assert_eq!(
+            jsonpath(&obj, ".status.conditions[?(@.type==\"Valid\")].status"),
+            Some(json!("True"))
+        );
+        assert_eq!(jsonpath(&obj, ".status.missing"), None);
+        let d = chrono::Duration::seconds;
+        assert_eq!(human_duration(d(45)), "45s");
+        assert_eq!(human_duration(d(310)), "5m10s");
+        assert_eq!(human_duration(d(3 * 3600)), "3h");
+        assert_eq!(human_duration(d(52 * 3600)), "2d4h");
+        assert_eq!(human_duration(d(-5)), "<invalid>");
+    }
+}
