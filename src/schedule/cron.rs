@@ -83,10 +83,14 @@ impl PartialEq for CronExpr {
     }
 }
 
-fn parser() -> CronParser {
+/// The parser for 5-field expressions. `dom_and_dow` follows Vixie cron: when either day
+/// field starts with `*` (`*`, `*/2`), a day must match both fields; only when both are
+/// restricted does either suffice.
+fn parser(dom_and_dow: bool) -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
+        .dom_and_dow(dom_and_dow)
         .build()
 }
 
@@ -117,7 +121,7 @@ impl CronExpr {
         if fields.len() != 5 {
             return Err(format!("expected 5 fields, got {}", fields.len()));
         }
-        let parser = parser();
+        let parser = parser(fields[2].starts_with('*') || fields[4].starts_with('*'));
         let cron = match parser.parse(&expression) {
             Ok(cron) => cron,
             Err(whole) => return Err(explain_field_error(&parser, &fields, &whole.to_string())),
@@ -252,6 +256,25 @@ mod tests {
                 "{text:?}: got {err:?}, want {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn day_fields_follow_vixie_cron() {
+        let at = |d: u32| {
+            chrono::NaiveDate::from_ymd_opt(2024, 1, d)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .unwrap()
+        };
+        // Both restricted: either matches (the 1st, and every Monday).
+        let either = CronExpr::parse("0 0 1 * MON").unwrap();
+        assert_eq!(either.next_naive(at(1), false), Some(at(8)));
+        // `*/2` starts with `*`: both must match (odd days that are Mondays).
+        let both = CronExpr::parse("0 0 */2 * MON").unwrap();
+        assert_eq!(both.next_naive(at(1), true), Some(at(1)));
+        assert_eq!(both.next_naive(at(1), false), Some(at(15)));
+        // A plain `*` day-of-month leaves day-of-week alone.
+        let weekly = CronExpr::parse("0 0 * * MON").unwrap();
+        assert_eq!(weekly.next_naive(at(1), false), Some(at(8)));
     }
 
     #[test]
