@@ -70,7 +70,7 @@ pub enum RenderError {
     PodOverrides(String),
 }
 
-/// The snapshot Prepare takes: image and `{}`-substituted command and args.
+/// The snapshot Prepare takes: image, `{}`-substituted command and args, and the workflow env.
 pub fn snapshot(
     template: &WorkflowTemplate,
     parameter: &str,
@@ -80,6 +80,7 @@ pub fn snapshot(
         image: template.image.clone(),
         command: substitute(&template.command, parameter),
         args: substitute(&template.args, parameter),
+        env: template.env.clone(),
         workflow_generation: generation,
     }
 }
@@ -96,7 +97,7 @@ pub fn environment(
         Some(existing) => *existing = var,
         None => env.push(var),
     };
-    for var in template.env.iter().chain(execution.trigger_env) {
+    for var in snapshot.env.iter().chain(execution.trigger_env) {
         set(var.clone());
     }
     let job = names::job_name(execution.instance, execution.execution);

@@ -8,14 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
-/// Triggers every partition of a workflow in [start, end), at most `concurrency` at a time.
+/// Desired state of a Backfill: which partitions of which workflow to trigger ([start, end)),
+/// how many at a time, and which of them to re-run.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "charon.dev",
     version = "v1alpha1",
     kind = "Backfill",
     namespaced,
-    doc = "A range of partitions of one workflow to trigger with bounded concurrency, to fill in history.",
+    derive = "PartialEq",
+    doc = "A range [start, end) of partitions of one workflow to trigger (or re-run), at most spec.concurrency at a time. Its instances run even while the workflow is suspended.",
     status = "BackfillStatus",
     shortname = "cbf",
     category = "charon",
@@ -40,7 +42,8 @@ pub struct BackfillSpec {
     /// End of the range (exclusive), in the same forms as start.
     #[schemars(length(min = 1))]
     pub end: String,
-    /// Most of this backfill's instances active at once. Default 1.
+    /// Most of this backfill's instances active at once (the workflow's own concurrency limit
+    /// applies too). Default 1.
     #[serde(default = "default_concurrency")]
     #[schemars(default = "default_concurrency", range(min = 1))]
     pub concurrency: u32,
@@ -61,10 +64,11 @@ pub struct BackfillSpec {
     /// Allow partitions that are not due yet. Default false: such a range is refused.
     #[serde(default)]
     pub allow_future: bool,
-    /// Why this backfill exists, for people.
+    /// Why this backfill exists, for people. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Environment variables overlaying the workflow's env for this backfill's instances.
+    /// Environment variables overlaying the workflow's env for this backfill's instances
+    /// (the reserved CHARON_* variables still win). Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
 }
@@ -101,7 +105,7 @@ pub enum BackfillState {
     Invalid,
 }
 
-/// Written by the controller.
+/// Observed state of a Backfill, written by the controller: progress over its range.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillStatus {
@@ -110,6 +114,7 @@ pub struct BackfillStatus {
     pub observed_generation: Option<i64>,
     /// Valid (range, workflow) and Complete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Where the backfill is.
     #[serde(default)]
@@ -167,7 +172,9 @@ pub struct BackfillCounts {
 pub struct BackfillPartition {
     /// The partition's parameter.
     pub parameter: String,
-    /// Pending, Triggered, Done, Failed or Skipped.
+    /// Pending (not triggered yet), Triggered (its instance runs), Done, Failed (ended Error
+    /// or Halted) or Skipped (active through another trigger, or excluded by reprocess).
+    #[schemars(extend("enum" = ["Pending", "Triggered", "Done", "Failed", "Skipped"]))]
     pub state: String,
     /// The instance that runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,15 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
-/// One partition of one workflow: the unit that must eventually succeed. Created by the
-/// controller (natural triggers), a person (ad-hoc) or a Backfill; its name is derived from
-/// the workflow and the parameter, so a partition is never triggered twice at once.
+/// Which partition of which workflow this instance runs, and what asked for it. Created by the
+/// controller (natural triggers), a person (ad-hoc) or a Backfill; the name is derived from the
+/// workflow and the parameter, so a partition is never triggered twice at once.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "charon.dev",
     version = "v1alpha1",
     kind = "WorkflowInstance",
     namespaced,
+    derive = "PartialEq",
     doc = "One partition of one workflow: the unit that must eventually succeed. Its status is the instance state machine and the record of every attempt.",
     status = "WorkflowInstanceStatus",
     shortname = "cwfi",
@@ -44,10 +45,11 @@ pub struct WorkflowInstanceSpec {
     pub logical_time: DateTime<Utc>,
     /// What asked for this run.
     pub trigger: Trigger,
-    /// Stop retrying, delete the running Job and end in Halted. Default false.
+    /// Set to true to stop retrying, delete the running Job and end in Halted. Default false.
     #[serde(default)]
     pub halted: bool,
-    /// Environment variables of the trigger, overlaying the workflow's env for this instance.
+    /// Environment variables of the trigger, overlaying the workflow's env for this instance
+    /// only (the reserved CHARON_* variables still win). Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
 }
@@ -149,15 +151,17 @@ impl InstanceState {
     }
 }
 
-/// Written by the controller: the record of what ran.
+/// Observed state of an instance, written by the controller: where it is in the lifecycle and
+/// the record of what ran.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowInstanceStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Typed conditions (for example Ready once the instance is Done).
+    /// Typed conditions (for example Valid=False when the workflow cannot be run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Where the instance is in its lifecycle.
     #[serde(default)]
@@ -174,10 +178,11 @@ pub struct WorkflowInstanceStatus {
     /// Infrastructure failures (retried without cost) in the current run.
     #[serde(default)]
     pub infrastructure_failures: u32,
-    /// Exit code of the last attempt that had one.
+    /// Exit code of the last attempt that had one; null before any exit.
     #[serde(default)]
     pub last_exit_code: Option<i32>,
-    /// Earliest time of the next attempt while Queued after a failure.
+    /// Earliest time of the next attempt while Queued after a failure; null when no retry
+    /// delay applies.
     #[serde(default)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The current or last Job (kept so `kubectl logs job/<name>` works).
@@ -209,7 +214,8 @@ pub struct WorkflowInstanceStatus {
     pub runs: Vec<RunRecord>,
 }
 
-/// `status.snapshot`.
+/// `status.snapshot`: what the current execution runs, taken from the workflow in Prepare so a
+/// retry picks up the latest spec while a running attempt keeps what it started with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionSnapshot {
@@ -221,6 +227,10 @@ pub struct ExecutionSnapshot {
     /// Arguments after `{}` substitution.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The workflow's env (spec.template.env) at Prepare. The trigger's env (spec.env) and the
+    /// reserved CHARON_* variables are added on top when the Job is rendered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
     /// The workflow generation the snapshot was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_generation: Option<i64>,

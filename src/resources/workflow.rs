@@ -12,14 +12,30 @@ use serde::{Deserialize, Serialize};
 
 use super::{Condition, preserve_unknown_object};
 
-/// A periodic workflow: every partition of `schedule` becomes one WorkflowInstance that is
-/// retried until its container exits 0.
+/// The body of an ISO-8601 duration with at least one component (`P7D`, `PT2H`, `P1DT2H`,
+/// `PT1.5S`; a bare `P` or a trailing `T` is refused). RE2 syntax: Kubernetes evaluates
+/// patterns with Go's regexp, so no lookaheads.
+macro_rules! iso_duration_body {
+    () => {
+        r"P((\d+Y(\d+M)?(\d+W)?(\d+D)?|\d+M(\d+W)?(\d+D)?|\d+W(\d+D)?|\d+D)(T(\d+H(\d+M)?(\d+([.,]\d+)?S)?|\d+M(\d+([.,]\d+)?S)?|\d+([.,]\d+)?S))?|T(\d+H(\d+M)?(\d+([.,]\d+)?S)?|\d+M(\d+([.,]\d+)?S)?|\d+([.,]\d+)?S))"
+    };
+}
+
+/// An unsigned ISO-8601 duration (`spec.runningTimeout`, `spec.history.ttl`).
+pub(crate) const ISO_DURATION_PATTERN: &str = concat!("^", iso_duration_body!(), "$");
+
+/// An ISO-8601 duration with an optional sign (`spec.offset`: `P1DT2H`, `-PT30M`).
+pub(crate) const SIGNED_ISO_DURATION_PATTERN: &str = concat!("^[-+]?", iso_duration_body!(), "$");
+
+/// Desired state of a Workflow: when partitions occur (schedule, timeZone, offset), what each
+/// execution runs (template) and how failures are retried.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "charon.dev",
     version = "v1alpha1",
     kind = "Workflow",
     namespaced,
+    derive = "PartialEq",
     doc = "A periodic workflow: a schedule (cron or alias, time zone, offset) plus a container template. Every partition of the schedule becomes one WorkflowInstance that is retried until its container exits 0.",
     status = "WorkflowStatus",
     shortname = "cwf",
@@ -45,16 +61,14 @@ pub struct WorkflowSpec {
     /// IANA time zone the schedule is read in, e.g. Europe/Stockholm. Parameters of non-UTC
     /// workflows are local dates, or local date-times with their UTC offset. Default UTC.
     #[serde(default = "default_time_zone")]
-    #[schemars(default = "default_time_zone")]
+    #[schemars(default = "default_time_zone", length(min = 1))]
     pub time_zone: String,
 
     /// ISO-8601 duration, optionally signed (P1DT2H, -PT30M): partition i is triggered at
     /// i + offset. Default: one period for aliases (PT1H for @hourly, P1D for @daily, ...),
     /// PT0S for plain cron expressions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^[-+]?P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$"
-    ))]
+    #[schemars(regex(pattern = SIGNED_ISO_DURATION_PATTERN))]
     pub offset: Option<String>,
 
     /// Stop triggering new partitions. Partitions that fall due while suspended are skipped,
@@ -76,16 +90,16 @@ pub struct WorkflowSpec {
     /// ISO-8601 duration an attempt may run before it is stopped and counted as failed; also
     /// set as the Job's activeDeadlineSeconds. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$"
-    ))]
+    #[schemars(regex(pattern = ISO_DURATION_PATTERN))]
     pub running_timeout: Option<String>,
 
-    /// Retry policy: exit code meanings and the retry budget.
+    /// Retry policy: what exit codes mean and the retry budget. Default: Styx's (maxCost 50,
+    /// missingDependencyExitCode 20, fatalExitCodes [50], infrastructureAttempts 10).
     #[serde(default)]
     pub retry: RetryPolicySpec,
 
-    /// How long finished instances are kept and how much history each keeps.
+    /// How long finished instances are kept and how much history each keeps. Default: ttl P7D,
+    /// limit 50.
     #[serde(default)]
     pub history: HistorySpec,
 
@@ -93,7 +107,7 @@ pub struct WorkflowSpec {
     #[serde(default)]
     pub styx_compatible_env: bool,
 
-    /// The container every execution runs.
+    /// The container every execution runs (one Job per execution). Required.
     pub template: WorkflowTemplate,
 }
 
@@ -122,13 +136,17 @@ pub struct RetryPolicySpec {
     #[serde(default = "default_max_cost")]
     #[schemars(default = "default_max_cost", range(min = 0))]
     pub max_cost: f64,
-    /// Exit code meaning "inputs not there yet": retried after 10 minutes at cost 0.1. Default 20.
+    /// Exit code meaning "inputs not there yet": retried after 10 minutes at cost 0.1 (1-255).
+    /// Default 20.
     #[serde(default = "default_missing_dependency_exit_code")]
-    #[schemars(default = "default_missing_dependency_exit_code")]
+    #[schemars(
+        default = "default_missing_dependency_exit_code",
+        range(min = 1, max = 255)
+    )]
     pub missing_dependency_exit_code: i32,
-    /// Exit codes that end the instance in Error at once. Default [50].
+    /// Exit codes that end the instance in Error at once (each 1-255). Default [50].
     #[serde(default = "default_fatal_exit_codes")]
-    #[schemars(default = "default_fatal_exit_codes")]
+    #[schemars(default = "default_fatal_exit_codes", inner(range(min = 1, max = 255)))]
     pub fatal_exit_codes: Vec<i32>,
     /// Infrastructure failures before the container ran (image pull back-off, eviction, lost
     /// node) are retried without cost at most this many times. Default 10.
@@ -167,10 +185,7 @@ impl Default for RetryPolicySpec {
 pub struct HistorySpec {
     /// ISO-8601 duration after which finished instances (and their Jobs) are deleted. Default P7D.
     #[serde(default = "default_ttl")]
-    #[schemars(
-        default = "default_ttl",
-        regex(pattern = r"^P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+([.,]\d+)?S)?)?$")
-    )]
+    #[schemars(default = "default_ttl", regex(pattern = ISO_DURATION_PATTERN))]
     pub ttl: String,
     /// Most entries kept in an instance's status.history; older ones are dropped. Default 50.
     #[serde(default = "default_history_limit")]
@@ -198,45 +213,51 @@ impl Default for HistorySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
-    /// Container image.
+    /// Container image of every execution, e.g. registry.example.com/report:1.4. Required.
     #[schemars(length(min = 1))]
     pub image: String,
-    /// Entrypoint; elements exactly "{}" are replaced by the parameter. Default: the image's.
+    /// Entrypoint; elements exactly "{}" are replaced by the parameter. Default: the image's
+    /// ENTRYPOINT.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Arguments; elements exactly "{}" are replaced by the parameter ("--date={}" stays
-    /// literal: use $(CHARON_PARAMETER) inside strings).
+    /// literal: use $(CHARON_PARAMETER) inside strings). Default: the image's CMD.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Environment variables; trigger env and the reserved CHARON_* variables take precedence.
+    /// Environment variables of the container; a trigger's env and the reserved CHARON_*
+    /// variables take precedence over these. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// Environment variables from ConfigMaps and Secrets.
+    /// Environment variables taken from ConfigMaps and Secrets. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
-    /// Compute resources of the container.
+    /// CPU and memory requests and limits of the container. Default: none (the namespace's
+    /// LimitRange, if any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// When to pull the image: Always, IfNotPresent or Never. Default: Kubernetes' default.
+    /// When to pull the image: Always, IfNotPresent or Never. Default: Kubernetes' (Always for
+    /// :latest or untagged images, IfNotPresent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
-    /// Secrets for pulling the image.
+    /// Secrets in the workflow's namespace used to pull the image. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// Service account the pod runs as.
+    /// Service account the pod runs as. Default: the namespace's default service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
-    /// Node labels the pod must be scheduled on.
+    /// Node labels the pod must be scheduled on. Default: any node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Tolerations of the pod.
+    /// Taints the pod tolerates. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
-    /// A Secret mounted read-only into the container.
+    /// A Secret mounted read-only into the container, e.g. credentials. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretMount>,
-    /// Raw fields merged onto the generated pod template (metadata and spec), for anything
-    /// the template does not cover. Charon's own labels, env and restart policy win.
+    /// Raw PodTemplateSpec fields (metadata and spec) merged onto the generated pod template as
+    /// a JSON merge patch, for anything the template does not cover (affinity, volumes,
+    /// sidecars, ...). Charon's labels, the main container's env and restartPolicy Never are
+    /// restored afterwards. Not validated at apply time. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub pod_overrides: Option<serde_json::Value>,
@@ -260,12 +281,12 @@ pub struct SecretMount {
     /// Name of the Secret in the workflow's namespace.
     #[schemars(length(min = 1))]
     pub name: String,
-    /// Absolute path the Secret's keys appear under.
+    /// Absolute path (starting with /) the Secret's keys appear under as files.
     #[schemars(regex(pattern = r"^/"))]
     pub mount_path: String,
 }
 
-/// Written by the controller.
+/// Observed state of a Workflow, written by the controller.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowStatus {
@@ -274,6 +295,7 @@ pub struct WorkflowStatus {
     pub observed_generation: Option<i64>,
     /// Valid: whether the spec can be scheduled (False names the field and the reason).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The partition triggered last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +303,8 @@ pub struct WorkflowStatus {
     /// The partition triggered next, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_trigger: Option<NextTrigger>,
-    /// Instances of this workflow currently holding a slot (preparing, submitted or running).
+    /// Instances of this workflow currently holding a concurrency slot (Prepare, Submitting,
+    /// Submitted or Running).
     #[serde(default)]
     pub active: u32,
     /// Every partition due at or before this instant has been triggered or deliberately
