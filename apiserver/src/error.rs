@@ -77,6 +77,19 @@ impl ApiError {
         }
     }
 
+    /// 409 for a delete whose preconditions do not hold.
+    pub fn precondition_failed(t: &ResourceType, name: &str, detail: String) -> Self {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {detail}",
+                t.group_resource()
+            ),
+            details: Some(details(t, name)),
+        }
+    }
+
     /// 410 for a watch from a compacted resourceVersion.
     pub fn gone(rv: u64) -> Self {
         ApiError {
@@ -97,6 +110,19 @@ impl ApiError {
         }
     }
 
+    /// 415 for a body in a format the server does not read (protobuf, CBOR).
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
+        ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
+            ),
+            details: None,
+        }
+    }
+
     /// 405 for a verb the path does not support.
     pub fn method_not_allowed(verb: &str) -> Self {
         ApiError {
@@ -109,21 +135,46 @@ impl ApiError {
         }
     }
 
-    /// 422 with field causes: `Kind.group "name" is invalid: field: reason`.
+    /// 422 with field causes, each given as `(field, body)` where the body starts the way
+    /// the real server's does (`Required value`, `Invalid value: …`, `Unsupported value: …`).
     pub fn invalid_object(t: &ResourceType, name: &str, causes: Vec<(&str, String)>) -> Self {
+        let errors = causes
+            .into_iter()
+            .map(|(field, body)| {
+                let reason = if body.starts_with("Required value") {
+                    "FieldValueRequired"
+                } else if body.starts_with("Unsupported value") {
+                    "FieldValueNotSupported"
+                } else if body.starts_with("Forbidden") {
+                    "FieldValueForbidden"
+                } else {
+                    "FieldValueInvalid"
+                };
+                FieldError {
+                    field: field.to_string(),
+                    reason,
+                    body,
+                }
+            })
+            .collect();
+        Self::invalid(t, name, errors)
+    }
+
+    /// 422 Invalid: `Kind.group "name" is invalid: field: body` (several as `[a, b]`).
+    pub fn invalid(t: &ResourceType, name: &str, errors: Vec<FieldError>) -> Self {
         let qualified = if t.group.is_empty() {
             t.kind.clone()
         } else {
             format!("{}.{}", t.kind, t.group)
         };
-        let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let message = match text.as_slice() {
             [one] => format!("{qualified} \"{name}\" is invalid: {one}"),
             many => format!("{qualified} \"{name}\" is invalid: [{}]", many.join(", ")),
         };
-        let causes: Vec<Value> = causes
+        let causes: Vec<Value> = errors
             .iter()
-            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field}))
             .collect();
         ApiError {
             code: 422,
@@ -150,5 +201,92 @@ impl ApiError {
             status["details"] = d.clone();
         }
         status
+    }
+}
+
+/// One field's problem, as the real server's `field.Error`: its string form is
+/// `field: body`, and `body` is the message of the Status cause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `spec.items[0].name`.
+    pub field: String,
+    /// Cause type, e.g. `FieldValueInvalid`.
+    pub reason: &'static str,
+    /// `Invalid value: "x": detail` and the like.
+    pub body: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.body)
+    }
+}
+
+/// A value the way the real server quotes it in messages: strings quoted, scalars bare.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => value.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, reason: &'static str, body: String) -> Self {
+        FieldError {
+            field: field.into(),
+            reason,
+            body,
+        }
+    }
+
+    /// `Required value[: detail]`.
+    pub fn required(field: impl Into<String>, detail: String) -> Self {
+        let body = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        Self::new(field, "FieldValueRequired", body)
+    }
+
+    /// `Invalid value: <value>: detail`.
+    pub fn invalid(field: impl Into<String>, value: &Value, detail: String) -> Self {
+        let body = format!("Invalid value: {}: {detail}", shown(value));
+        Self::new(field, "FieldValueInvalid", body)
+    }
+
+    /// A value of the wrong type; printed like [`FieldError::invalid`].
+    pub fn type_invalid(field: impl Into<String>, value: &Value, detail: String) -> Self {
+        let body = format!("Invalid value: {}: {detail}", shown(value));
+        Self::new(field, "FieldValueTypeInvalid", body)
+    }
+
+    /// `Unsupported value: <value>: supported values: "a", "b"`.
+    pub fn not_supported(field: impl Into<String>, value: &Value, options: &[Value]) -> Self {
+        let options: Vec<String> = options
+            .iter()
+            .map(|o| match o {
+                Value::String(s) => Value::String(s.clone()).to_string(),
+                other => Value::String(other.to_string()).to_string(),
+            })
+            .collect();
+        let body = format!(
+            "Unsupported value: {}: supported values: {}",
+            shown(value),
+            options.join(", ")
+        );
+        Self::new(field, "FieldValueNotSupported", body)
+    }
+
+    /// `Too long: may not be more than N bytes`.
+    pub fn too_long(field: impl Into<String>, _value: &Value, max: u64) -> Self {
+        let body = format!("Too long: may not be more than {max} bytes");
+        Self::new(field, "FieldValueTooLong", body)
+    }
+
+    /// `Too many: N: must have at most M items`.
+    pub fn too_many(field: impl Into<String>, count: u64, max: u64) -> Self {
+        let body = format!("Too many: {count}: must have at most {max} items");
+        Self::new(field, "FieldValueTooMany", body)
     }
 }

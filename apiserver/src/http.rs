@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -15,7 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
-use crate::store::{Event, Store, type_key};
+use crate::store::{Event, Store, Write, type_key};
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -213,16 +214,52 @@ async fn resource(
         Some(_) => return Err(ApiError::no_route(uri.path())),
     };
     let parse_body = || -> Result<Value, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            // Typed clients (`kubectl create namespace`, `kubectl create configmap`) send
+            // protobuf; a few simple kinds are understood.
+            return crate::protobuf::decode(body).map_err(ApiError::bad_request);
+        }
+        if content_type.contains("protobuf") || content_type.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(&[
+                "application/json",
+                "application/merge-patch+json",
+                "application/json-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ]));
+        }
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     };
     let ok = |v: &Value| Ok(json_response(StatusCode::OK, v));
+    // kubectl asks for Strict by default (`--validate=strict`); the server's own default drops
+    // unknown fields.
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
+    // DeleteOptions may come as a JSON body; typed clients' protobuf ones are ignored.
+    let delete_options: Value = if *method == Method::DELETE {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All")
+        || delete_options
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    let opts = Write { strict, dry_run };
+    let preconditions = delete_options
+        .get("preconditions")
+        .cloned()
+        .unwrap_or(Value::Null);
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let as_table = crate::table::wanted(accept)
-        && !query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let as_table = crate::table::wanted(accept);
     let table = |items: &[Value], rv: Option<u64>| {
         crate::table::render(items, &store.printer_columns(&t), rv, chrono::Utc::now())
     };
@@ -239,23 +276,27 @@ async fn resource(
                 Selector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
                     .map_err(ApiError::bad_request)?;
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                return watch(app, &t, namespace, query, labels, fields);
+                let columns = as_table.then(|| store.printer_columns(&t));
+                return watch(app, &t, namespace, query, labels, fields, columns);
             }
             let (items, rv) = store.list(&t, namespace, &labels, &fields);
+            let (items, metadata) = paginate(items, rv, query)?;
             if as_table {
-                return ok(&table(&items, Some(rv)));
+                let mut table = table(&items, Some(rv));
+                table["metadata"] = metadata;
+                return ok(&table);
             }
             ok(&json!({
                 "kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items,
+                "metadata": metadata, "items": items,
             }))
         }
         (Method::POST, None) => {
-            let created = store.create(&t, namespace, parse_body()?)?;
+            let created = store.create(&t, namespace, parse_body()?, opts)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {
-            ok(&store.update(&t, namespace, name, parse_body()?, status_only)?)
+            ok(&store.update(&t, namespace, name, parse_body()?, status_only, opts)?)
         }
         (Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -263,16 +304,19 @@ async fn resource(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let patch = parse_body()?;
-            let current = match store.get(&t, namespace, name) {
-                Ok(current) => current,
-                Err(err) if content_type.starts_with("application/apply-patch") => {
-                    // Server-side apply creates what does not exist.
-                    let _ = err;
-                    let created = store.create(&t, namespace, patch)?;
-                    return Ok(json_response(StatusCode::CREATED, &created));
-                }
-                Err(err) => return Err(err),
-            };
+            if content_type.starts_with("application/apply-patch") {
+                return server_side_apply(
+                    store,
+                    &t,
+                    namespace,
+                    name,
+                    sub.unwrap_or_default(),
+                    patch,
+                    query,
+                    opts,
+                );
+            }
+            let current = store.get(&t, namespace, name)?;
             let mut patched = current.clone();
             if content_type.starts_with("application/json-patch+json") {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
@@ -283,9 +327,17 @@ async fn resource(
                     message: e.to_string(),
                     details: None,
                 })?;
+            } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                if !crate::registry::is_builtin(&t) {
+                    // As the real server: custom resources have no Go types to merge by.
+                    return Err(ApiError::unsupported_media_type(&[
+                        "application/json-patch+json",
+                        "application/merge-patch+json",
+                        "application/apply-patch+yaml",
+                    ]));
+                }
+                crate::strategic::merge(&mut patched, &patch);
             } else {
-                // Merge patch; strategic merge and apply patches fall back to merge semantics
-                // (lists are replaced, not merged by key).
                 json_patch::merge(&mut patched, &patch);
             }
             if let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -294,14 +346,19 @@ async fn resource(
                     meta.remove("resourceVersion");
                 }
             }
-            ok(&store.update(&t, namespace, name, patched, status_only)?)
+            ok(&store.update(&t, namespace, name, patched, status_only, opts)?)
         }
-        (Method::DELETE, Some(name)) => ok(&store.delete(&t, namespace, name)?),
+        (Method::DELETE, Some(name)) => {
+            ok(&store.delete(&t, namespace, name, &preconditions, opts)?)
+        }
         (Method::DELETE, None) => {
             let labels =
                 Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
                     .map_err(ApiError::bad_request)?;
-            let (items, rv) = store.list(&t, namespace, &labels, &Selector::default());
+            let fields =
+                Selector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+                    .map_err(ApiError::bad_request)?;
+            let (items, rv) = store.list(&t, namespace, &labels, &fields);
             let mut deleted = Vec::new();
             for item in items {
                 let n = item
@@ -314,7 +371,12 @@ async fn resource(
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                deleted.push(store.delete(&t, &ns, &n)?);
+                match store.delete(&t, &ns, &n, &Value::Null, opts) {
+                    Ok(gone) => deleted.push(gone),
+                    // Deleted meanwhile (e.g. with its namespace): nothing left to do.
+                    Err(err) if err.code == 404 => {}
+                    Err(err) => return Err(err),
+                }
             }
             ok(
                 &json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
@@ -323,6 +385,119 @@ async fn resource(
         }
         (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
     }
+}
+
+/// Server-side apply (see [`crate::apply`]); creates the object when it does not exist.
+#[allow(clippy::too_many_arguments)]
+fn server_side_apply(
+    store: &Store,
+    t: &ResourceType,
+    namespace: &str,
+    name: &str,
+    subresource: &str,
+    config: Value,
+    query: &HashMap<String, String>,
+    opts: Write,
+) -> Result<Response, ApiError> {
+    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+            details: Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
+                {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
+        });
+    };
+    let force = query.get("force").is_some_and(|f| f == "true");
+    let (current, exists) = match store.get(t, namespace, name) {
+        Ok(current) => (current, true),
+        Err(err) if err.code == 404 && subresource.is_empty() => (
+            json!({"apiVersion": t.api_version(), "kind": t.kind,
+                "metadata": {"name": name, "namespace": namespace}}),
+            false,
+        ),
+        Err(err) => return Err(err),
+    };
+    let mut applied = crate::apply::apply(
+        &current,
+        &config,
+        manager,
+        subresource,
+        &t.api_version(),
+        force,
+    )
+    .map_err(|conflicts| ApiError {
+        code: 409,
+        reason: "Conflict",
+        message: crate::apply::conflict_message(&conflicts),
+        details: Some(json!({"causes": conflicts.iter().map(|c| json!({
+            "reason": "FieldManagerConflict",
+            "message": format!("conflict with \"{}\"", c.manager),
+            "field": c.field,
+        })).collect::<Vec<_>>()})),
+    })?;
+    if !exists {
+        let created = store.create(t, namespace, applied, opts)?;
+        return Ok(json_response(StatusCode::CREATED, &created));
+    }
+    if config.pointer("/metadata/resourceVersion").is_none()
+        && let Some(meta) = applied.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+    }
+    let updated = store.update(t, namespace, name, applied, subresource == "status", opts)?;
+    Ok(json_response(StatusCode::OK, &updated))
+}
+
+/// Applies `limit` and `continue` to a list sorted by namespace and name. The continue token
+/// names the last object returned; unlike the real server, later pages show the objects as
+/// they are now rather than as of the first page.
+fn paginate(
+    items: Vec<Value>,
+    rv: u64,
+    query: &HashMap<String, String>,
+) -> Result<(Vec<Value>, Value), ApiError> {
+    let position = |v: &Value| {
+        let text = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        (text("/metadata/namespace"), text("/metadata/name"))
+    };
+    let mut items = items;
+    if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
+        let mut parts = token.splitn(3, '/');
+        let (Some(_), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(ApiError::bad_request("invalid continue token"));
+        };
+        let after = (ns.to_string(), name.to_string());
+        items.retain(|v| position(v) > after);
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = limit
+        && items.len() > limit
+    {
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        if let Some(last) = items.last() {
+            let (ns, name) = position(last);
+            metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
+    Ok((items, metadata))
+}
+
+/// A line of a watch stream; `Last` ends it.
+enum Item {
+    Line(Bytes),
+    Last(Bytes),
 }
 
 /// How often an idle watch that asked for bookmarks gets one.
@@ -334,6 +509,23 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// Encodes one watch event; with `columns` the object goes out as a one-row Table, as
+/// `kubectl get -w` asks.
+fn event_line(kind: &str, object: &Value, columns: Option<&[Value]>) -> Bytes {
+    match columns {
+        Some(columns) => watch_line(
+            kind,
+            &crate::table::render(
+                std::slice::from_ref(object),
+                columns,
+                None,
+                chrono::Utc::now(),
+            ),
+        ),
+        None => watch_line(kind, object),
+    }
+}
+
 fn watch(
     app: &Arc<AppState>,
     t: &ResourceType,
@@ -341,13 +533,17 @@ fn watch(
     query: &HashMap<String, String>,
     labels: Selector,
     fields: Selector,
+    columns: Option<Vec<Value>>,
 ) -> Result<Response, ApiError> {
     let store = &app.store;
     // Subscribe before reading the backlog so nothing falls between the two.
     let live = store.subscribe();
+    // `sendInitialEvents=true` (streaming lists) starts with the current state whatever the
+    // version, and marks its end with a bookmark.
+    let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
     let from: Option<u64> = query
         .get("resourceVersion")
-        .filter(|v| !v.is_empty() && *v != "0")
+        .filter(|v| !v.is_empty() && *v != "0" && !send_initial)
         .and_then(|v| v.parse().ok());
     let mut initial: Vec<Bytes> = Vec::new();
     let mut last_sent = store.current_rv();
@@ -357,7 +553,7 @@ fn watch(
                 for e in events.iter().filter(|e| {
                     labels.matches_labels(&e.object) && fields.matches_fields(&e.object)
                 }) {
-                    initial.push(watch_line(e.kind, &e.object));
+                    initial.push(event_line(e.kind, &e.object, columns.as_deref()));
                 }
                 last_sent = events
                     .last()
@@ -376,7 +572,7 @@ fn watch(
         None => {
             let (items, rv) = store.list(t, namespace, &labels, &fields);
             for item in &items {
-                initial.push(watch_line("ADDED", item));
+                initial.push(event_line("ADDED", item, columns.as_deref()));
             }
             last_sent = rv;
         }
@@ -392,37 +588,60 @@ fn watch(
     let namespace = namespace.to_string();
     let api_version = t.api_version();
     let kind = t.kind.clone();
-    let app = app.clone();
+    // The version every event up to which this watch has looked at: what bookmarks carry, so a
+    // client resuming from one misses nothing still in flight.
+    let seen = Arc::new(AtomicU64::new(last_sent));
+    let seen_by_events = seen.clone();
     let events = BroadcastStream::new(live).filter_map(move |e: Result<Event, _>| {
-        let keep = match &e {
-            Ok(e) => {
-                e.rv > last_sent
-                    && e.type_key == key
+        let item = match e {
+            Ok(e) if e.rv > last_sent => {
+                let keep = e.type_key == key
                     && (namespace.is_empty() || e.namespace == namespace)
                     && labels.matches_labels(&e.object)
-                    && fields.matches_fields(&e.object)
+                    && fields.matches_fields(&e.object);
+                let line =
+                    keep.then(|| Item::Line(event_line(e.kind, &e.object, columns.as_deref())));
+                seen_by_events.fetch_max(e.rv, Ordering::SeqCst);
+                line
             }
-            // A lagging watcher lost events: end the stream so it relists.
-            Err(_) => false,
+            Ok(_) => None,
+            // This watcher fell behind and lost events: tell it to relist, and stop.
+            Err(_) => Some(Item::Last(watch_line(
+                "ERROR",
+                &ApiError::gone(last_sent).status(),
+            ))),
         };
-        let line = e
-            .ok()
-            .filter(|_| keep)
-            .map(|e| Ok::<Bytes, std::io::Error>(watch_line(e.kind, &e.object)));
-        futures::future::ready(line)
+        futures::future::ready(item)
     });
+    let bookmark = move |rv: u64, initial_end: bool| {
+        let mut object = json!({"kind": kind, "apiVersion": api_version,
+            "metadata": {"resourceVersion": rv.to_string()}});
+        if initial_end {
+            object["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        watch_line("BOOKMARK", &object)
+    };
+    let initial_end = (send_initial && bookmarks).then(|| Item::Line(bookmark(last_sent, true)));
     let ticker = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
         tokio::time::Instant::now() + BOOKMARK_EVERY,
         BOOKMARK_EVERY,
     ))
-        .filter(move |_| futures::future::ready(bookmarks))
-        .map(move |_| {
-            let rv = app.store.current_rv();
-            Ok(watch_line("BOOKMARK", &json!({"kind": kind, "apiVersion": api_version,
-                "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}})))
-        });
-    let stream = futures::stream::iter(initial.into_iter().map(Ok))
+    .filter(move |_| futures::future::ready(bookmarks))
+    .map(move |_| Item::Line(bookmark(seen.load(Ordering::SeqCst), false)));
+    let stream = futures::stream::iter(initial.into_iter().map(Item::Line))
+        .chain(futures::stream::iter(initial_end))
         .chain(futures::stream::select(events, ticker))
+        .scan(false, |ended, item| {
+            futures::future::ready(match item {
+                _ if *ended => None,
+                Item::Line(line) => Some(line),
+                Item::Last(line) => {
+                    *ended = true;
+                    Some(line)
+                }
+            })
+        })
+        .map(Ok::<Bytes, std::io::Error>)
         .take_until(tokio::time::sleep(timeout));
     Ok(Response::builder()
         .status(StatusCode::OK)

@@ -25,6 +25,24 @@ pub fn root(store: &Store) -> Value {
     json!({"paths": paths})
 }
 
+const STANDARD_FIELDS: &[(&str, &str, &str)] = &[
+    (
+        "apiVersion",
+        "string",
+        "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources",
+    ),
+    (
+        "kind",
+        "string",
+        "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds",
+    ),
+    (
+        "metadata",
+        "object",
+        "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+    ),
+];
+
 /// Reverse-domain schema name, as the real server names them (`dev.charon.v1alpha1.Workflow`).
 fn schema_name(t: &ResourceType) -> String {
     let group: Vec<&str> = if t.group.is_empty() {
@@ -53,6 +71,14 @@ pub fn group_version(store: &Store, group: &str, version: &str) -> Option<Value>
             || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         );
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+        if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            // The real server adds these to every CRD schema it publishes (`kubectl explain`).
+            for (field, kind, description) in STANDARD_FIELDS {
+                properties
+                    .entry(*field)
+                    .or_insert_with(|| json!({"type": kind, "description": description}));
+            }
+        }
         schemas.insert(schema_name(t), schema);
         let base = format!("/{}", gv_path(&t.group, &t.version));
         let collection = if t.namespaced {

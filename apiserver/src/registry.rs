@@ -52,6 +52,11 @@ impl ResourceType {
         self
     }
 
+    fn with_categories(mut self, categories: &[&str]) -> Self {
+        self.categories = categories.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// `apiVersion` of its objects.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -104,11 +109,13 @@ pub fn builtins() -> Vec<ResourceType> {
         ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, false)
             .with_short(&["sa"]),
         ResourceType::builtin("", "v1", "Event", "events", true, false).with_short(&["ev"]),
-        ResourceType::builtin("", "v1", "Pod", "pods", true, true).with_short(&["po"]),
+        ResourceType::builtin("", "v1", "Pod", "pods", true, true)
+            .with_short(&["po"])
+            .with_categories(&["all"]),
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, false)
             .with_short(&["ev"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
-        ResourceType::builtin("batch", "v1", "Job", "jobs", true, true),
+        ResourceType::builtin("batch", "v1", "Job", "jobs", true, true).with_categories(&["all"]),
         ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -119,6 +126,13 @@ pub fn builtins() -> Vec<ResourceType> {
         )
         .with_short(&["crd", "crds"]),
     ]
+}
+
+/// Whether `t` is one of the built-in kinds (rather than served by a CRD).
+pub fn is_builtin(t: &ResourceType) -> bool {
+    builtins()
+        .iter()
+        .any(|b| b.group == t.group && b.version == t.version && b.plural == t.plural)
 }
 
 /// The resource types a CustomResourceDefinition serves (one per served version).

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::error::ApiError;
 use crate::registry::{self, ResourceType};
+use crate::schema::SchemaError;
 use crate::selector::Selector;
 
 /// Watch events kept for clients that resume from a resourceVersion; older ones are compacted
@@ -45,6 +46,16 @@ struct Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Event>,
+}
+
+/// How a write is carried out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Write {
+    /// Refuse fields a CRD schema does not know (`fieldValidation=Strict`) instead of
+    /// dropping them.
+    pub strict: bool,
+    /// Check and return the result without storing it (`dryRun=All`).
+    pub dry_run: bool,
 }
 
 /// `group/plural`, the key of a type in the store.
@@ -112,8 +123,11 @@ impl Store {
             .cloned()
     }
 
-    /// The additionalPrinterColumns a CRD declares for `t` (empty for built-ins).
+    /// The additionalPrinterColumns a CRD declares for `t`, or a built-in kind's own columns.
     pub fn printer_columns(&self, t: &ResourceType) -> Vec<Value> {
+        if registry::is_builtin(t) {
+            return crate::table::builtin_columns(&t.group, &t.plural);
+        }
         self.crd_version(t)
             .and_then(|v| {
                 v.get("additionalPrinterColumns")
@@ -132,24 +146,7 @@ impl Store {
 
     /// The entry of `spec.versions` of the CRD that serves `t`.
     fn crd_version(&self, t: &ResourceType) -> Option<Value> {
-        let inner = self.lock();
-        inner
-            .objects
-            .iter()
-            .filter(|((k, _, _), _)| k == "apiextensions.k8s.io/customresourcedefinitions")
-            .map(|(_, crd)| crd)
-            .find(|crd| {
-                crd.pointer("/spec/group").and_then(Value::as_str) == Some(t.group.as_str())
-                    && crd.pointer("/spec/names/plural").and_then(Value::as_str)
-                        == Some(t.plural.as_str())
-            })
-            .and_then(|crd| {
-                crd.pointer("/spec/versions")?
-                    .as_array()?
-                    .iter()
-                    .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))
-                    .cloned()
-            })
+        crd_version_in(&self.lock(), t)
     }
 
     /// The current resourceVersion.
@@ -165,9 +162,20 @@ impl Store {
         kind: &'static str,
         object: Value,
     ) {
+        self.record_key(inner, type_key(t), namespace, kind, object);
+    }
+
+    fn record_key(
+        &self,
+        inner: &mut Inner,
+        type_key: String,
+        namespace: &str,
+        kind: &'static str,
+        object: Value,
+    ) {
         let event = Event {
             rv: inner.rv,
-            type_key: type_key(t),
+            type_key,
             namespace: namespace.to_string(),
             kind,
             object,
@@ -246,6 +254,7 @@ impl Store {
         t: &ResourceType,
         namespace: &str,
         mut obj: Value,
+        opts: Write,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let mut name = name_of(&obj);
@@ -295,9 +304,18 @@ impl Store {
         }
         if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
             crate::validation::validate_crd(&obj)
-                .map_err(|causes| ApiError::invalid_object(t, &name, causes))?;
+                .map_err(|causes| ApiError::invalid(t, &name, causes))?;
         }
-        inner.rv += 1;
+        if t.status_subresource
+            && let Some(fields) = obj.as_object_mut()
+        {
+            // Status is written through /status only.
+            fields.remove("status");
+        }
+        apply_schema(&inner, t, &name, &mut obj, opts.strict)?;
+        if !opts.dry_run {
+            inner.rv += 1;
+        }
         let rv = inner.rv;
         let meta = obj
             .as_object_mut()
@@ -319,12 +337,19 @@ impl Store {
         m.insert("creationTimestamp".into(), json!(now()));
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
-        if t.status_subresource {
-            // Status is written through /status only.
-            meta.remove("status");
+        crate::builtin::prepare_create(t, &mut obj)
+            .map_err(|errors| ApiError::invalid(t, &name, errors))?;
+        if t.plural == "secrets" && t.group.is_empty() && obj.get("type").is_none() {
+            obj["type"] = json!("Opaque");
         }
         if t.plural == "namespaces" && t.group.is_empty() {
             obj["status"] = json!({"phase": "Active"});
+        }
+        if opts.dry_run {
+            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            return Ok(obj);
         }
         if t.plural == "customresourcedefinitions" {
             self.register_crd(&mut inner, &mut obj)?;
@@ -335,13 +360,7 @@ impl Store {
     }
 
     fn register_crd(&self, inner: &mut Inner, crd: &mut Value) -> Result<(), ApiError> {
-        let served = registry::from_crd(crd).map_err(ApiError::bad_request)?;
-        for t in served {
-            inner.types.retain(|x| {
-                !(x.group == t.group && x.version == t.version && x.plural == t.plural)
-            });
-            inner.types.push(t);
-        }
+        serve_crd(inner, crd)?;
         let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
         let time = now();
         crd["status"] = json!({
@@ -366,6 +385,7 @@ impl Store {
         name: &str,
         mut obj: Value,
         status_only: bool,
+        opts: Write,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = object_key(t, namespace, name);
@@ -391,7 +411,11 @@ impl Store {
         if t.status_subresource {
             if status_only {
                 let status = obj.get("status").cloned();
+                let managed = obj.pointer("/metadata/managedFields").cloned();
                 obj = current.clone();
+                if let Some(managed) = managed {
+                    obj["metadata"]["managedFields"] = managed;
+                }
                 match status {
                     Some(s) => obj["status"] = s,
                     None => {
@@ -410,6 +434,12 @@ impl Store {
                     }
                 }
             }
+        }
+        apply_schema(&inner, t, name, &mut obj, opts.strict)?;
+        let is_crd = t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions";
+        if is_crd && !status_only {
+            crate::validation::validate_crd(&obj)
+                .map_err(|causes| ApiError::invalid(t, name, causes))?;
         }
         // Server-owned metadata survives any client write.
         let mut meta: Map<String, Value> = obj
@@ -455,6 +485,11 @@ impl Store {
             // A no-op write does not bump the resourceVersion, like the real server.
             return Ok(current);
         }
+        if opts.dry_run {
+            obj["metadata"] = Value::Object(meta);
+            obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            return Ok(obj);
+        }
         inner.rv += 1;
         meta.insert("resourceVersion".into(), json!(inner.rv.to_string()));
         obj["metadata"] = Value::Object(meta);
@@ -468,13 +503,24 @@ impl Store {
             self.record(&mut inner, t, &key.1, "DELETED", obj.clone());
             return Ok(obj);
         }
+        if is_crd && !status_only {
+            serve_crd(&mut inner, &obj)?;
+        }
         inner.objects.insert(key.clone(), obj.clone());
         self.record(&mut inner, t, &key.1, "MODIFIED", obj.clone());
         Ok(obj)
     }
 
-    /// Deletes an object; with finalizers it only gets a deletionTimestamp.
-    pub fn delete(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    /// Deletes an object; with finalizers it only gets a deletionTimestamp. `preconditions`
+    /// (`uid`, `resourceVersion` of DeleteOptions) must match the stored object.
+    pub fn delete(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        preconditions: &Value,
+        opts: Write,
+    ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = object_key(t, namespace, name);
         let mut obj = inner
@@ -482,6 +528,39 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, name))?;
+        let stored = |field: &str| {
+            obj.pointer(&format!("/metadata/{field}"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        if let Some(uid) = preconditions.get("uid").and_then(Value::as_str)
+            && uid != stored("uid")
+        {
+            return Err(ApiError::precondition_failed(
+                t,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    stored("uid")
+                ),
+            ));
+        }
+        if let Some(rv) = preconditions.get("resourceVersion").and_then(Value::as_str)
+            && rv != stored("resourceVersion")
+        {
+            return Err(ApiError::precondition_failed(
+                t,
+                name,
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    stored("resourceVersion")
+                ),
+            ));
+        }
+        if opts.dry_run {
+            return Ok(obj);
+        }
         let has_finalizers = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -497,16 +576,124 @@ impl Store {
             return Ok(obj);
         }
         inner.objects.remove(&key);
+        if t.group.is_empty() && t.plural == "namespaces" {
+            // What lived in the namespace goes with it.
+            let contents: Vec<Key> = inner
+                .objects
+                .keys()
+                .filter(|(_, ns, _)| ns == name)
+                .cloned()
+                .collect();
+            for k in contents {
+                if let Some(mut gone) = inner.objects.remove(&k) {
+                    inner.rv += 1;
+                    gone["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+                    self.record_key(&mut inner, k.0.clone(), &k.1, "DELETED", gone);
+                }
+            }
+            obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        }
+        if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
+            // Its custom objects go with it (without watch events, unlike the real server).
+            unserve_crd(&mut inner, &obj);
+            let prefix = format!(
+                "{}/{}",
+                obj.pointer("/spec/group")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                obj.pointer("/spec/names/plural")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+            inner.objects.retain(|(k, _, _), _| *k != prefix);
+        }
         self.record(&mut inner, t, &key.1, "DELETED", obj.clone());
         Ok(obj)
     }
 }
 
+/// Serves the resource types a CRD declares, replacing what it served before.
+fn serve_crd(inner: &mut Inner, crd: &Value) -> Result<(), ApiError> {
+    let served = registry::from_crd(crd).map_err(ApiError::bad_request)?;
+    unserve_crd(inner, crd);
+    inner.types.extend(served);
+    Ok(())
+}
+
+/// Stops serving a deleted CRD's types and drops their objects, as the real server does.
+fn unserve_crd(inner: &mut Inner, crd: &Value) {
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    inner
+        .types
+        .retain(|t| !(t.group == group && t.plural == plural));
+}
+
+/// The entry of `spec.versions` of the CRD that serves `t`.
+fn crd_version_in(inner: &Inner, t: &ResourceType) -> Option<Value> {
+    inner
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| k == "apiextensions.k8s.io/customresourcedefinitions")
+        .map(|(_, crd)| crd)
+        .find(|crd| {
+            crd.pointer("/spec/group").and_then(Value::as_str) == Some(t.group.as_str())
+                && crd.pointer("/spec/names/plural").and_then(Value::as_str)
+                    == Some(t.plural.as_str())
+        })
+        .and_then(|crd| {
+            crd.pointer("/spec/versions")?
+                .as_array()?
+                .iter()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))
+                .cloned()
+        })
+}
+
+/// Applies the CRD schema of `t` (if it is a custom resource) to `obj`: defaults, pruning and
+/// validation, with errors as the real server words them.
+fn apply_schema(
+    inner: &Inner,
+    t: &ResourceType,
+    name: &str,
+    obj: &mut Value,
+    strict: bool,
+) -> Result<(), ApiError> {
+    let Some(schema) =
+        crd_version_in(inner, t).and_then(|v| v.pointer("/schema/openAPIV3Schema").cloned())
+    else {
+        return Ok(());
+    };
+    match crate::schema::apply(obj, &schema, strict) {
+        Ok(()) => Ok(()),
+        Err(SchemaError::Invalid(errors)) => Err(ApiError::invalid(t, name, errors)),
+        Err(SchemaError::Unknown(paths)) => {
+            let fields: Vec<String> = paths
+                .iter()
+                .map(|p| format!("unknown field \"{p}\""))
+                .collect();
+            Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                fields.join(", "),
+                kind = t.kind,
+                version = t.version,
+            )))
+        }
+    }
+}
+
+/// Everything but metadata: without a status subresource, any change to it is a new
+/// generation.
 fn strip(obj: &Value) -> Value {
     let mut v = obj.clone();
     if let Some(o) = v.as_object_mut() {
         o.remove("metadata");
-        o.remove("status");
     }
     v
 }

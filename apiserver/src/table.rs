@@ -1,5 +1,6 @@
 //! Server-side tables (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`): the Name
-//! column plus a CRD's additionalPrinterColumns, dates shown as ages, as `kubectl get` expects.
+//! column plus a CRD's additionalPrinterColumns or a built-in kind's usual columns, dates
+//! shown as ages, as `kubectl get` expects.
 
 use serde_json::{Value, json};
 
@@ -42,7 +43,10 @@ pub fn render(
         .map(|item| {
             let mut cells = vec![item.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
             for c in &columns {
-                let value = jsonpath(item, c["jsonPath"].as_str().unwrap_or_default());
+                let value = match c.get("compute").and_then(Value::as_str) {
+                    Some(what) => computed(what, item, now),
+                    None => jsonpath(item, c["jsonPath"].as_str().unwrap_or_default()),
+                };
                 cells.push(cell(c["type"].as_str().unwrap_or("string"), value, now));
             }
             json!({
@@ -56,6 +60,119 @@ pub fn render(
         metadata["resourceVersion"] = json!(rv.to_string());
     }
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows})
+}
+
+/// The columns the real server shows for a built-in kind (without `-o wide` ones), as
+/// printer-column specs; `compute` names cells that are not a plain JSONPath.
+pub fn builtin_columns(group: &str, plural: &str) -> Vec<Value> {
+    let age = json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"});
+    let mut columns = match (group, plural) {
+        ("", "namespaces") => {
+            vec![json!({"name": "Status", "type": "string", "jsonPath": ".status.phase"})]
+        }
+        ("", "configmaps") => vec![json!({"name": "Data", "type": "integer", "compute": "data"})],
+        ("", "secrets") => vec![
+            json!({"name": "Type", "type": "string", "jsonPath": ".type"}),
+            json!({"name": "Data", "type": "integer", "compute": "data"}),
+        ],
+        ("", "serviceaccounts") => {
+            vec![json!({"name": "Secrets", "type": "integer", "compute": "secrets"})]
+        }
+        ("", "pods") => vec![
+            json!({"name": "Ready", "type": "string", "compute": "ready"}),
+            json!({"name": "Status", "type": "string", "compute": "podStatus"}),
+            json!({"name": "Restarts", "type": "string", "compute": "restarts"}),
+        ],
+        ("batch", "jobs") => vec![
+            json!({"name": "Status", "type": "string", "compute": "jobStatus"}),
+            json!({"name": "Completions", "type": "string", "compute": "completions"}),
+            json!({"name": "Duration", "type": "string", "compute": "duration"}),
+        ],
+        ("coordination.k8s.io", "leases") => {
+            vec![json!({"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"})]
+        }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            return vec![
+                json!({"name": "Created At", "type": "string", "jsonPath": ".metadata.creationTimestamp"}),
+            ];
+        }
+        _ => Vec::new(),
+    };
+    columns.push(age);
+    columns
+}
+
+fn computed(what: &str, item: &Value, now: chrono::DateTime<chrono::Utc>) -> Option<Value> {
+    let count = |p: &str| match item.pointer(p) {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    };
+    let int = |p: &str| item.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let statuses: Vec<&Value> = item
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let condition = |kind: &str| {
+        item.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == kind && c["status"] == "True")
+            })
+    };
+    let time = |p: &str| {
+        item.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    Some(match what {
+        "data" => json!(count("/data") + count("/binaryData")),
+        "secrets" => json!(count("/secrets")),
+        "ready" => {
+            let ready = statuses.iter().filter(|s| s["ready"] == true).count();
+            json!(format!("{ready}/{}", count("/spec/containers")))
+        }
+        "podStatus" if item.pointer("/metadata/deletionTimestamp").is_some() => {
+            json!("Terminating")
+        }
+        "podStatus" => item
+            .pointer("/status/reason")
+            .or_else(|| item.pointer("/status/phase"))
+            .cloned()
+            .unwrap_or(json!("Pending")),
+        "restarts" => {
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|s| s["restartCount"].as_i64())
+                .sum();
+            json!(restarts.to_string())
+        }
+        "jobStatus" => json!(if condition("Complete") {
+            "Complete"
+        } else if condition("Failed") {
+            "Failed"
+        } else if item.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
+            "Suspended"
+        } else {
+            "Running"
+        }),
+        "completions" => {
+            let wanted = item
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            json!(format!("{}/{wanted}", int("/status/succeeded")))
+        }
+        "duration" => {
+            let start = time("/status/startTime")?;
+            let end = time("/status/completionTime").unwrap_or(now);
+            json!(human_duration(end.signed_duration_since(start)))
+        }
+        _ => return None,
+    })
 }
 
 fn cell(kind: &str, value: Option<Value>, now: chrono::DateTime<chrono::Utc>) -> Value {

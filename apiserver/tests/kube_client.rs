@@ -90,6 +90,36 @@ async fn crud_conflicts_and_errors_like_the_real_server() {
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
     assert!(message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{message}");
 
+    // Dry runs check and answer without storing.
+    let dry: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "dry"}})).expect("configmap");
+    cms.create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        &dry,
+    )
+    .await
+    .expect("dry-run create");
+    assert_eq!(api_error(cms.get("dry").await.unwrap_err()).0, 404);
+
+    // Delete preconditions are checked.
+    let stale = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: created.metadata.resource_version.clone(),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let (code, reason, message) = api_error(cms.delete("settings", &stale).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(
+        message.starts_with(
+            "Operation cannot be fulfilled on configmaps \"settings\": Precondition failed"
+        ),
+        "{message}"
+    );
     cms.delete("settings", &DeleteParams::background())
         .await
         .expect("delete");
@@ -144,7 +174,10 @@ async fn crds_serve_custom_objects_with_a_status_subresource() {
             .unwrap_err(),
     );
     assert_eq!(code, 422);
-    assert!(message.contains("type: Required value"), "{message}");
+    assert_eq!(
+        message,
+        "CustomResourceDefinition.apiextensions.k8s.io \"gadgets.example.test\" is invalid: spec.validation.openAPIV3Schema.properties[spec].type: Required value: must not be empty for specified object fields"
+    );
 
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("example.test", "v1", "Widget"),
@@ -193,6 +226,128 @@ async fn crds_serve_custom_objects_with_a_status_subresource() {
         bumped.data["status"]["phase"], "Ready",
         "status survives spec writes"
     );
+
+    // replace_status writes status only, with optimistic concurrency.
+    let mut replaced = bumped.clone();
+    replaced.data["status"]["phase"] = json!("Done");
+    replaced.data["spec"]["size"] = json!(5);
+    let done = widgets
+        .replace_status("w1", &PostParams::default(), &replaced)
+        .await
+        .expect("replace status");
+    assert_eq!(done.data["status"]["phase"], "Done");
+    assert_eq!(done.data["spec"]["size"], 2);
+    assert_eq!(done.metadata.generation, Some(2));
+    let (code, reason, _) = api_error(
+        widgets
+            .replace_status("w1", &PostParams::default(), &replaced)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    // Controllers apply status server-side; an unchanged apply causes no write.
+    let status_apply = Patch::Apply(json!({"apiVersion": "example.test/v1", "kind": "Widget",
+        "metadata": {"name": "w1"}, "status": {"phase": "Applied"}}));
+    let applied = widgets
+        .patch_status(
+            "w1",
+            &PatchParams::apply("widget-controller"),
+            &status_apply,
+        )
+        .await
+        .expect("status apply");
+    assert_eq!(applied.data["status"]["phase"], "Applied");
+    assert_eq!(applied.data["spec"]["size"], 2);
+    let again = widgets
+        .patch_status(
+            "w1",
+            &PatchParams::apply("widget-controller"),
+            &status_apply,
+        )
+        .await
+        .expect("status re-apply");
+    assert_eq!(
+        again.metadata.resource_version,
+        applied.metadata.resource_version
+    );
+
+    // Custom objects are checked against the schema, with the real server's causes.
+    let mut bad = widget.clone();
+    bad.metadata.name = Some("w2".into());
+    bad.data["spec"]["size"] = json!("big");
+    let err = widgets
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}");
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "Widget.example.test \"w2\" is invalid: spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\""
+    );
+    let cause = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.first())
+        .expect("a cause");
+    assert_eq!(
+        (cause.reason.as_str(), cause.field.as_str()),
+        ("FieldValueTypeInvalid", "spec.size")
+    );
+
+    // Deleting the CRD stops serving its resource.
+    crds.delete("widgets.example.test", &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    let (code, _, _) = api_error(widgets.get("w1").await.unwrap_err());
+    assert_eq!(code, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn lists_page_with_limit_and_continue() {
+    let (server, client) = client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    for name in ["a", "b", "c", "d", "e"] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm");
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    loop {
+        let page = cms.list(&params).await.expect("page");
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.into_iter().filter_map(|cm| cm.metadata.name));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    let one = cms
+        .list(&ListParams::default().fields("metadata.name=c"))
+        .await
+        .expect("field selector");
+    assert_eq!(one.items.len(), 1);
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().fields("metadata.name!=a"),
+    )
+    .await
+    .expect("delete collection");
+    let left = cms.list(&ListParams::default()).await.expect("list");
+    let names: Vec<_> = left
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["a"]);
     server.shutdown().await;
 }
 
@@ -263,5 +418,183 @@ async fn watches_resume_and_expire() {
             .collect()
             .await;
     assert_eq!(names, ["one", "two"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_managers() {
+    let (server, client) = client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let apply = |manager: &str| PatchParams::apply(manager);
+    let config = |data: serde_json::Value| {
+        Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "applied"}, "data": data}))
+    };
+    let created = cms
+        .patch(
+            "applied",
+            &apply("alice"),
+            &config(json!({"a": "1", "b": "2"})),
+        )
+        .await
+        .expect("apply creates");
+    let again = cms
+        .patch(
+            "applied",
+            &apply("alice"),
+            &config(json!({"a": "1", "b": "2"})),
+        )
+        .await
+        .expect("re-apply");
+    assert_eq!(
+        again.metadata.resource_version, created.metadata.resource_version,
+        "an unchanged apply is a no-op"
+    );
+    let dropped = cms
+        .patch("applied", &apply("alice"), &config(json!({"a": "1"})))
+        .await
+        .expect("apply without b");
+    assert_eq!(
+        dropped
+            .data
+            .as_ref()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["a".to_string()]),
+        "fields a manager stops applying are removed"
+    );
+    let (code, reason, message) = api_error(
+        cms.patch("applied", &apply("bob"), &config(json!({"a": "9"})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        message,
+        "Apply failed with 1 conflict: conflict with \"alice\": .data.a"
+    );
+    let forced = cms
+        .patch("applied", &apply("bob").force(), &config(json!({"a": "9"})))
+        .await
+        .expect("forced apply");
+    assert_eq!(
+        forced
+            .data
+            .as_ref()
+            .and_then(|d| d.get("a"))
+            .map(String::as_str),
+        Some("9")
+    );
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["bob"], "alice lost her only field");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_and_pods_get_defaults_and_checks() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+
+    let (server, client) = client().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = |name: &str, restart: Option<&str>| -> Job {
+        let mut pod = json!({"containers": [{"name": "main", "image": "busybox:1.36"}]});
+        if let Some(policy) = restart {
+            pod["restartPolicy"] = json!(policy);
+        }
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"template": {"spec": pod}}}))
+        .expect("job")
+    };
+    let created = jobs
+        .create(&PostParams::default(), &job("hello", Some("Never")))
+        .await
+        .expect("job");
+    let uid = created.metadata.uid.clone().expect("uid");
+    let spec = created.spec.expect("spec");
+    assert_eq!(spec.backoff_limit, Some(6));
+    assert_eq!(spec.completions, Some(1));
+    let selector = spec
+        .selector
+        .and_then(|s| s.match_labels)
+        .expect("selector");
+    assert_eq!(selector["batch.kubernetes.io/controller-uid"], uid);
+    let labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .expect("pod labels");
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "hello");
+    let container = &spec.template.spec.expect("pod spec").containers[0];
+    assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+
+    let (code, _, message) = api_error(
+        jobs.create(&PostParams::default(), &job("no-policy", None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert_eq!(
+        message,
+        "Job.batch \"no-policy\" is invalid: spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""
+    );
+    let (_, _, message) = api_error(
+        jobs.create(&PostParams::default(), &job("always", Some("Always")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        message,
+        "Job.batch \"always\" is invalid: spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "main"}]}}))
+    .expect("pod");
+    let (code, _, message) =
+        api_error(pods.create(&PostParams::default(), &pod).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert_eq!(
+        message,
+        "Pod \"p\" is invalid: spec.containers[0].image: Required value"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn streaming_lists_end_with_a_bookmark() {
+    let (server, client) = client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    for name in ["x", "y"] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("cm");
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+    }
+    let config = kube::runtime::watcher::Config::default().streaming_lists();
+    let mut events = kube::runtime::watcher(cms, config).boxed();
+    let mut names = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("the initial list ends");
+        match next {
+            Some(Ok(kube::runtime::watcher::Event::InitApply(cm))) => {
+                names.extend(cm.metadata.name)
+            }
+            Some(Ok(kube::runtime::watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, ["x", "y"]);
     server.shutdown().await;
 }

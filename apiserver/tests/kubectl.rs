@@ -1,0 +1,520 @@
+//! Drives the embedded server with the real `kubectl`, as a person would: apply a CRD and
+//! custom objects, read them back as tables, JSON and JSONPath, label, patch, apply
+//! server-side, delete, and see invalid objects refused in the real server's words.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use charon_apiserver::{ApiServer, Config, RunningServer, write_kubeconfig};
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gizmos.demo.test
+spec:
+  group: demo.test
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo, shortNames: [gz]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Color, type: string, jsonPath: .spec.color}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, maximum: 10}
+              color: {type: string, enum: [red, blue], default: red}
+          status:
+            type: object
+            properties:
+              phase: {type: string}
+"#;
+
+/// A server plus a kubeconfig and a private discovery cache, so that kubectl never reuses
+/// what it learnt from another server on the same port.
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    server: Option<RunningServer>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let server = runtime
+            .block_on(ApiServer::start(Config::default()))
+            .expect("server starts");
+        let dir = std::env::temp_dir().join(format!(
+            "charon-apiserver-kubectl-{}-{}",
+            std::process::id(),
+            server.address().port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        write_kubeconfig(&dir.join("kubeconfig"), &server.url()).expect("kubeconfig");
+        Cluster {
+            runtime,
+            server: Some(server),
+            dir,
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let kubeconfig = self.dir.join("kubeconfig");
+        let cache = self.dir.join("cache");
+        let mut child = Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--cache-dir={}", cache.display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure and returns its stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn kubectl_available() -> bool {
+    let found = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("kubectl is not on PATH; skipping");
+    }
+    found
+}
+
+fn gizmo(name: &str, spec: &str) -> String {
+    format!("apiVersion: demo.test/v1\nkind: Gizmo\nmetadata:\n  name: {name}\nspec: {spec}\n")
+}
+
+#[test]
+fn kubectl_manages_custom_objects() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    let out = k.ok(&["version", "-o", "json"]);
+    assert!(out.contains("\"gitVersion\": \"v1.33.0\""), "{out}");
+
+    let out = k.ok_with(&["apply", "-f", "-"], Some(CRD));
+    assert_eq!(
+        out.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/gizmos.demo.test created"
+    );
+    let out = k.ok(&[
+        "get",
+        "crd",
+        "gizmos.demo.test",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ]);
+    assert_eq!(out, "True");
+    let out = k.ok(&["api-resources", "--api-group=demo.test"]);
+    assert!(out.contains("gizmos") && out.contains("gz"), "{out}");
+
+    let out = k.ok_with(&["apply", "-f", "-"], Some(&gizmo("g1", "{size: 3}")));
+    assert_eq!(out.trim(), "gizmo.demo.test/g1 created");
+
+    // Defaults are applied, and the printer columns make the table.
+    let out = k.ok(&["get", "gizmos"]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "SIZE", "COLOR", "AGE"], "{out}");
+    assert_eq!(lines[1][..3], ["g1", "3", "red"], "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "gz", "g1", "-o", "json"])).expect("json");
+    assert_eq!(json["spec"], serde_json::json!({"size": 3, "color": "red"}));
+    assert_eq!(json["metadata"]["generation"], 1);
+
+    // Labels, annotations and patches.
+    k.ok(&["label", "gz", "g1", "tier=gold"]);
+    k.ok(&["annotate", "gz", "g1", "note=hello"]);
+    assert_eq!(
+        k.ok(&["get", "gz", "-l", "tier in (gold,silver)", "-o", "name"])
+            .trim(),
+        "gizmo.demo.test/g1"
+    );
+    assert_eq!(k.ok(&["get", "gz", "-l", "tier!=gold", "-o", "name"]), "");
+    k.ok(&[
+        "patch",
+        "gz",
+        "g1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"size":5}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "gz",
+        "g1",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/color","value":"blue"}]"#,
+    ]);
+    let out = k.ok(&[
+        "get",
+        "gz",
+        "g1",
+        "-o",
+        "jsonpath={.spec.size} {.spec.color} {.metadata.generation} {.metadata.annotations.note}",
+    ]);
+    assert_eq!(out, "5 blue 3 hello");
+
+    let out = k.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&gizmo("g1", "{size: 7, color: blue}")),
+    );
+    assert_eq!(out.trim(), "gizmo.demo.test/g1 serverside-applied");
+    assert_eq!(
+        k.ok(&["get", "gz", "g1", "-o", "jsonpath={.spec.size}"]),
+        "7"
+    );
+
+    // Invalid objects are refused in the real server's words.
+    let err = k.fails(
+        &["apply", "-f", "-"],
+        Some(&gizmo("bad", "{size: \"three\", color: green}")),
+    );
+    assert!(
+        err.contains(
+            "The Gizmo \"bad\" is invalid: \n\
+             * spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\"\n\
+             * spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\""
+        ),
+        "{err}"
+    );
+    let err = k.fails(&["create", "-f", "-"], Some(&gizmo("bad", "{size: 0}")));
+    assert!(
+        err.contains(
+            "The Gizmo \"bad\" is invalid: spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"
+        ),
+        "{err}"
+    );
+    // kubectl asks for strict field validation, so unknown fields are refused rather than
+    // dropped.
+    let err = k.fails(
+        &["apply", "-f", "-"],
+        Some(&gizmo("extra", "{size: 1, shape: round}")),
+    );
+    assert!(
+        err.contains(
+            "Gizmo in version \"v1\" cannot be handled as a Gizmo: strict decoding error: unknown field \"spec.shape\""
+        ),
+        "{err}"
+    );
+    k.ok_with(
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&gizmo("extra", "{size: 1, shape: round}")),
+    );
+    assert_eq!(
+        k.ok(&["get", "gz", "extra", "-o", "jsonpath={.spec}"]),
+        r#"{"color":"red","size":1}"#
+    );
+
+    let out = k.ok_with(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&gizmo("dry", "{size: 2}")),
+    );
+    assert_eq!(out.trim(), "gizmo.demo.test/dry created (server dry run)");
+    k.fails(&["get", "gz", "dry"], None);
+
+    let out = k.ok(&["delete", "gz", "g1"]);
+    assert_eq!(out.trim(), "gizmo.demo.test \"g1\" deleted");
+    let err = k.fails(&["get", "gz", "g1"], None);
+    assert_eq!(
+        err.trim(),
+        "Error from server (NotFound): gizmos.demo.test \"g1\" not found"
+    );
+}
+
+#[test]
+fn kubectl_manages_built_in_kinds() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    k.ok_with(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n"),
+    );
+    let config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: team-a}\ndata: {mode: fast}\n";
+    k.ok_with(&["apply", "-f", "-"], Some(config_map));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "fast"
+    );
+    let out = k.ok(&["get", "configmaps", "-A"]);
+    assert!(out.starts_with("NAMESPACE"), "{out}");
+    assert!(out.contains("team-a") && out.contains("settings"), "{out}");
+    let err = k.fails(&["create", "-f", "-"], Some(config_map));
+    assert_eq!(
+        err.trim(),
+        "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"settings\" already exists"
+    );
+    let err = k.fails(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: Team_B}\n"),
+    );
+    assert!(
+        err.contains(
+            "The Namespace \"Team_B\" is invalid: metadata.name: Invalid value: \"Team_B\": a lowercase RFC 1123 label must consist of"
+        ),
+        "{err}"
+    );
+    // Typed commands send protobuf bodies.
+    k.ok(&["create", "namespace", "team-c"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "flags",
+        "-n",
+        "team-c",
+        "--from-literal=debug=true",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "--from-literal=t=abc",
+    ]);
+    k.ok(&["create", "serviceaccount", "robot"]);
+    k.ok(&[
+        "create",
+        "job",
+        "hello",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "flags",
+            "-n",
+            "team-c",
+            "-o",
+            "jsonpath={.data.debug}"
+        ]),
+        "true"
+    );
+    assert_eq!(
+        k.ok(&["get", "secret", "token", "-o", "jsonpath={.type} {.data.t}"]),
+        "Opaque YWJj"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "job",
+            "hello",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].command}"
+        ]),
+        r#"busybox ["echo","hi"]"#
+    );
+    let err = k.fails(&["create", "configmap", "flags", "-n", "team-c"], None);
+    assert_eq!(
+        err.trim(),
+        "error: failed to create configmap: configmaps \"flags\" already exists"
+    );
+    let long = "j".repeat(64);
+    let job = |name: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: main, image: busybox}}]\n"
+        )
+    };
+    let err = k.fails(&["create", "-f", "-"], Some(&job(&long)));
+    assert!(
+        err.contains(&format!(
+            "The Job \"{long}\" is invalid: spec.template.labels: Invalid value: \"{long}\": must be no more than 63 characters"
+        )),
+        "{err}"
+    );
+    k.ok_with(&["create", "-f", "-"], Some(&job("short")));
+    assert_eq!(
+        k.ok(&["get", "jobs", "-o", "name"]),
+        "job.batch/hello\njob.batch/short\n"
+    );
+    // Re-applying a Pod sends a strategic merge patch: containers merge by name.
+    let pod = |image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - {{name: main, image: '{image}', command: [sleep, '3600']}}\n  - {{name: side, image: envoy}}\n"
+        )
+    };
+    k.ok_with(&["apply", "-f", "-"], Some(&pod("busybox:1")));
+    let out = k.ok_with(&["apply", "-f", "-"], Some(&pod("busybox:2")));
+    assert_eq!(out.trim(), "pod/web configured");
+    k.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"front"}}}"#,
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "pod", "web", "-o", "json"])).expect("json");
+    let containers = &json["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "busybox:2");
+    assert_eq!(
+        containers[0]["command"],
+        serde_json::json!(["sleep", "3600"])
+    );
+    assert_eq!(containers[1]["name"], "side");
+    assert_eq!(json["metadata"]["labels"]["tier"], "front");
+    assert!(!json.to_string().contains("$setElementOrder"), "{json}");
+
+    // Built-in kinds get their own columns, and `all` covers pods and jobs.
+    let out = k.ok(&["get", "secret", "token"]);
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(out.starts_with("NAME    TYPE     DATA   AGE"), "{out}");
+    assert_eq!(row[..3], ["token", "Opaque", "1"], "{out}");
+    let out = k.ok(&["get", "all"]);
+    assert!(
+        out.contains("job.batch/hello") && out.contains("COMPLETIONS"),
+        "{out}"
+    );
+    assert!(out.contains("pod/web") && out.contains("READY"), "{out}");
+
+    k.ok(&["delete", "namespace", "team-a"]);
+    let err = k.fails(&["get", "namespace", "team-a"], None);
+    assert!(err.contains("namespaces \"team-a\" not found"), "{err}");
+    // Its contents went with it.
+    let left = k.ok(&["get", "cm", "-A", "-o", "name"]);
+    assert!(!left.contains("configmap/settings"), "{left}");
+}
+
+#[test]
+fn kubectl_watches_with_one_header() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    k.ok(&["create", "configmap", "first"]);
+    let mut child = Command::new("kubectl")
+        .arg(format!(
+            "--kubeconfig={}",
+            k.dir.join("kubeconfig").display()
+        ))
+        .arg(format!("--cache-dir={}", k.dir.join("cache").display()))
+        .args(["get", "configmaps", "--watch", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let wait_for = |wanted: &str, seen: &mut Vec<String>| {
+        while !seen.iter().any(|l: &String| l.contains(wanted)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no {wanted:?} from kubectl get --watch; saw {seen:?}"),
+            }
+        }
+    };
+    wait_for("first", &mut seen);
+    k.ok(&["create", "configmap", "second"]);
+    wait_for("second", &mut seen);
+    k.ok(&["delete", "configmap", "first"]);
+    wait_for("DELETED", &mut seen);
+    let _ = child.kill();
+    let _ = child.wait();
+    let rows: Vec<Vec<&str>> = seen
+        .iter()
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["EVENT", "NAME"],
+            vec!["ADDED", "first"],
+            vec!["ADDED", "second"],
+            vec!["DELETED", "first"]
+        ],
+        "{seen:?}"
+    );
+}
