@@ -24,7 +24,7 @@ pub fn prepare_create(t: &ResourceType, obj: &mut Value) -> Result<(), Vec<Field
                 Err(errors)
             }
         }
-        _ => Ok(()),
+        _ => crate::workloads::prepare_create(t, obj),
     }
 }
 
@@ -81,7 +81,7 @@ fn job(obj: &mut Value) -> Result<(), Vec<FieldError>> {
     }
 }
 
-fn pod_spec(spec: &mut Value, path: &str, in_job: bool) -> Vec<FieldError> {
+pub(crate) fn pod_spec(spec: &mut Value, path: &str, in_job: bool) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for (field, default) in [
         ("dnsPolicy", json!("ClusterFirst")),

@@ -46,6 +46,7 @@ mod store;
 mod strategic;
 mod table;
 mod validation;
+mod workloads;
 
 use std::net::SocketAddr;
 use std::path::Path;

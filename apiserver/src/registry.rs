@@ -116,6 +116,55 @@ pub fn builtins() -> Vec<ResourceType> {
             .with_short(&["ev"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
         ResourceType::builtin("batch", "v1", "Job", "jobs", true, true).with_categories(&["all"]),
+        // What the Helm chart installs (`kubectl apply --dry-run=server` of it works); stored
+        // and validated (`workloads.rs`), with no controllers behind them.
+        ResourceType::builtin("apps", "v1", "Deployment", "deployments", true, true)
+            .with_short(&["deploy"])
+            .with_categories(&["all"]),
+        ResourceType::builtin("", "v1", "Service", "services", true, true)
+            .with_short(&["svc"])
+            .with_categories(&["all"]),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            false,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            false,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            false,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            false,
+        ),
+        ResourceType::builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            true,
+        )
+        .with_short(&["pdb"]),
         ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",

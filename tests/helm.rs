@@ -1,0 +1,833 @@
+//! The Helm chart (`charts/charon`) and the plain install manifest (`config/install/charon.yaml`):
+//! strict lint, rendering with default and non-default values (which enforces
+//! `values.schema.json`), validation of every rendered object against Kubernetes 1.33's schemas,
+//! CRDs identical to `crds/`, the install manifest up to date, the operator pod in the restricted
+//! Pod Security profile, least-privilege RBAC, and a server-side dry run of everything with the
+//! real `kubectl` against `charon dev`.
+//!
+//! Needs `helm` (`$HELM`, else on `PATH`; `.ci/run` installs it with
+//! `../shared/tools/get-helm.sh`), `kubernetes-validate` (pip) and `kubectl`; a missing tool
+//! fails the tests rather than skipping them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = "charts/charon";
+const CUSTOM_VALUES: &str = "charts/charon/ci/custom-values.yaml";
+const RELEASE_NAMESPACE: &str = "charon-system";
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A tool the tests need: `$env_var` when set, else `program` on `PATH`; panics naming how to
+/// install it.
+fn tool(env_var: &str, program: &str, install: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{env_var}={} does not name a file; {install}",
+            path.display()
+        );
+        return path;
+    }
+    on_path(program).unwrap_or_else(|| {
+        panic!("`{program}` is required by tests/helm.rs and was found neither in ${env_var} nor on PATH; {install}")
+    })
+}
+
+/// The `helm` binary: `$HELM`, else `helm` on `PATH`.
+fn helm() -> PathBuf {
+    tool(
+        "HELM",
+        "helm",
+        "install it with `bash ../shared/tools/get-helm.sh \"$HOME/.local/bin\"` (as .ci/run does) and set HELM to the path it prints",
+    )
+}
+
+fn kubernetes_validate() -> PathBuf {
+    tool(
+        "KUBERNETES_VALIDATE",
+        "kubernetes-validate",
+        "install it with `python3 -m pip install kubernetes-validate` (as .ci/run does)",
+    )
+}
+
+fn output(command: &mut Command) -> Output {
+    command
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs helm with `args` in the repository root.
+fn run_helm(args: &[&str]) -> Output {
+    output(Command::new(helm()).args(args))
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = run_helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `helm template charon charts/charon --namespace charon-system` plus `extra` arguments.
+fn render(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "charon",
+        CHART,
+        "--namespace",
+        RELEASE_NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    helm_ok(&args)
+}
+
+fn render_default() -> String {
+    render(&[])
+}
+
+fn render_custom() -> String {
+    render(&["--values", CUSTOM_VALUES])
+}
+
+/// The objects of a multi-document YAML stream (comment-only documents left out).
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn str_of<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(v, |v, key| v.get(*key))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn kind(doc: &Value) -> &str {
+    str_of(doc, &["kind"])
+}
+
+fn name(doc: &Value) -> &str {
+    str_of(doc, &["metadata", "name"])
+}
+
+fn of_kind<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind(d) == k).collect()
+}
+
+fn only<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    match of_kind(docs, k).as_slice() {
+        [one] => one,
+        other => panic!("expected one {k}, found {}", other.len()),
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// A (group, resource, verb) permission; `resource` may name a subresource (`pods/log`).
+pub type Permission = (String, String, String);
+
+/// The permissions the Roles and ClusterRoles in `rendered` grant, by scope: `None` for
+/// ClusterRoles, `Some(namespace)` for Roles.
+pub fn rbac_permissions_by_scope(rendered: &str) -> BTreeMap<Option<String>, BTreeSet<Permission>> {
+    let mut scopes: BTreeMap<Option<String>, BTreeSet<Permission>> = BTreeMap::new();
+    for doc in documents(rendered) {
+        let scope = match kind(&doc) {
+            "ClusterRole" => None,
+            "Role" => Some(str_of(&doc, &["metadata", "namespace"]).to_string()),
+            _ => continue,
+        };
+        let granted = scopes.entry(scope).or_default();
+        for rule in doc
+            .get("rules")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            for group in strings(rule.get("apiGroups")) {
+                for resource in strings(rule.get("resources")) {
+                    for verb in strings(rule.get("verbs")) {
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    scopes
+}
+
+/// Every (group, resource, verb) the Roles and ClusterRoles in `rendered` grant, whatever the
+/// scope: what to compare with the API calls the operator makes.
+pub fn rbac_permissions(rendered: &str) -> BTreeSet<Permission> {
+    rbac_permissions_by_scope(rendered)
+        .into_values()
+        .flatten()
+        .collect()
+}
+
+fn permissions(spec: &[(&str, &[&str], &[&str])]) -> BTreeSet<Permission> {
+    let mut set = BTreeSet::new();
+    for (group, resources, verbs) in spec {
+        for resource in *resources {
+            for verb in *verbs {
+                set.insert((group.to_string(), resource.to_string(), verb.to_string()));
+            }
+        }
+    }
+    set
+}
+
+/// What the operator does in the namespaces it watches.
+fn workload_permissions() -> BTreeSet<Permission> {
+    permissions(&[
+        (
+            "charon.dev",
+            &["workflows", "workflowinstances", "backfills"],
+            &["get", "list", "watch", "patch", "update"],
+        ),
+        (
+            "charon.dev",
+            &["workflowinstances", "backfills"],
+            &["create", "delete"],
+        ),
+        (
+            "charon.dev",
+            &[
+                "workflows/status",
+                "workflowinstances/status",
+                "backfills/status",
+            ],
+            &["get", "patch", "update"],
+        ),
+        (
+            "batch",
+            &["jobs"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        ("", &["pods"], &["get", "list", "watch"]),
+        ("", &["pods/log"], &["get"]),
+        ("", &["events"], &["create", "patch"]),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
+    ])
+}
+
+fn lease_permissions() -> BTreeSet<Permission> {
+    permissions(&[(
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "update"],
+    )])
+}
+
+/// A scratch directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("charon-helm-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, file: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+#[test]
+fn chart_lints_strictly_with_default_and_custom_values() {
+    for extra in [&[][..], &["--values", CUSTOM_VALUES][..]] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = helm_ok(&args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn chart_app_version_is_the_crate_version() {
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join(CHART).join("Chart.yaml"))
+            .expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    assert_eq!(str_of(&chart, &["apiVersion"]), "v2");
+    assert_eq!(str_of(&chart, &["name"]), "charon");
+    assert_eq!(str_of(&chart, &["appVersion"]), env!("CARGO_PKG_VERSION"));
+    let deployment = only(&documents(&render_default()), "Deployment").clone();
+    let image = str_of(
+        &deployment["spec"]["template"]["spec"]["containers"][0],
+        &["image"],
+    )
+    .to_string();
+    assert!(
+        image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "{image}"
+    );
+}
+
+#[test]
+fn a_broken_template_fails_lint() {
+    let dir = TempDir::new("broken");
+    let chart = dir.0.join("charon");
+    copy_dir(&Path::new(ROOT).join(CHART), &chart);
+    let service = chart.join("templates/service.yaml");
+    let mut yaml = std::fs::read_to_string(&service).expect("service.yaml");
+    yaml.push_str("  clusterIP: {{ .Values.metrics.port \n");
+    std::fs::write(&service, yaml).expect("write service.yaml");
+    let out = run_helm(&["lint", "--strict", chart.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "lint passed a broken template");
+    let report = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        report.contains("templates/service.yaml") && report.contains("1 chart(s) failed"),
+        "{report}"
+    );
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() {
+    for (set, complaint) in [
+        ("replicaCount=lots", "/replicaCount"),
+        ("logFormat=xml", "/logFormat"),
+        ("logLevel=verbose", "/logLevel"),
+        ("metrics.port=70000", "/metrics/port"),
+        ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
+        ("replicas=3", "replicas"),
+        ("image.registry=example.com", "registry"),
+    ] {
+        let out = run_helm(&[
+            "template",
+            "charon",
+            CHART,
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--set",
+            set,
+        ]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema")
+                && stderr.contains(complaint),
+            "--set {set}: {stderr}"
+        );
+    }
+    // Several writers without a Lease are refused by the templates themselves.
+    let out = run_helm(&[
+        "template",
+        "charon",
+        CHART,
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("replicaCount above 1 needs leaderElection.enabled"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn rendered_objects_are_valid_kubernetes_1_33_objects() {
+    let validate = kubernetes_validate();
+    let dir = TempDir::new("validate");
+    for (label, rendered) in [
+        ("default", render(&["--include-crds"])),
+        ("custom", render(&["--values", CUSTOM_VALUES])),
+        (
+            "install",
+            std::fs::read_to_string(Path::new(ROOT).join("config/install/charon.yaml"))
+                .expect("config/install/charon.yaml"),
+        ),
+    ] {
+        let file = dir.write(&format!("{label}.yaml"), &rendered);
+        let out = output(
+            Command::new(&validate)
+                .args(["--kubernetes-version", "1.33.0", "--strict"])
+                .arg(&file),
+        );
+        let report = text(&out.stdout) + &text(&out.stderr);
+        assert!(out.status.success(), "{label}: {report}");
+        // kubernetes-validate has no schema for the Prometheus Operator's ServiceMonitor: it
+        // warns and moves on. Every other object must have been checked.
+        let docs = documents(&rendered);
+        let checked = docs.iter().filter(|d| kind(d) != "ServiceMonitor").count();
+        assert_eq!(
+            report.matches(" passed for resource ").count(),
+            checked,
+            "{label}: {report}"
+        );
+        assert!(!report.contains("ERROR"), "{label}: {report}");
+    }
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    let generated = Path::new(ROOT).join("crds");
+    let in_chart = Path::new(ROOT).join(CHART).join("crds");
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .expect("read crds dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&generated),
+        names(&in_chart),
+        "charts/charon/crds/ must hold exactly the files of crds/; run: cp crds/*.yaml charts/charon/crds/"
+    );
+    for file in names(&generated) {
+        assert!(
+            std::fs::read(generated.join(&file)).expect("read")
+                == std::fs::read(in_chart.join(&file)).expect("read"),
+            "charts/charon/crds/{file} differs from crds/{file}; run: cp crds/*.yaml charts/charon/crds/"
+        );
+    }
+}
+
+#[test]
+fn install_manifest_is_a_fresh_render_of_the_chart() {
+    let out = output(
+        Command::new("bash")
+            .arg("config/install/generate.sh")
+            .env("HELM", helm()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fresh = text(&out.stdout);
+    let checked_in = std::fs::read_to_string(Path::new(ROOT).join("config/install/charon.yaml"))
+        .expect("config/install/charon.yaml");
+    assert!(
+        fresh == checked_in,
+        "config/install/charon.yaml is stale; regenerate it with: config/install/generate.sh config/install/charon.yaml"
+    );
+    // It is a Namespace, the CRDs and the chart with default values, in that order.
+    let docs = documents(&checked_in);
+    assert_eq!(kind(&docs[0]), "Namespace");
+    assert_eq!(name(&docs[0]), RELEASE_NAMESPACE);
+    let crds: Vec<&str> = docs[1..4].iter().map(name).collect();
+    assert_eq!(
+        crds,
+        [
+            "backfills.charon.dev",
+            "workflowinstances.charon.dev",
+            "workflows.charon.dev"
+        ]
+    );
+    assert_eq!(docs[4..], documents(&render_default())[..]);
+}
+
+#[test]
+fn operator_pod_runs_under_the_restricted_profile_with_probes() {
+    let docs = documents(&render_default());
+    let deployment = only(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], Value::from(2));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let pod_security = &pod["securityContext"];
+    assert_eq!(pod_security["runAsNonRoot"], Value::from(true));
+    assert_eq!(pod_security["runAsUser"], Value::from(65532));
+    assert_eq!(
+        str_of(pod_security, &["seccompProfile", "type"]),
+        "RuntimeDefault"
+    );
+    for forbidden in ["hostNetwork", "hostPID", "hostIPC", "volumes"] {
+        assert!(pod.get(forbidden).is_none(), "{forbidden} is set");
+    }
+    let containers = pod["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let security = &c["securityContext"];
+    assert_eq!(security["runAsNonRoot"], Value::from(true));
+    assert_eq!(security["runAsUser"], Value::from(65532));
+    assert_eq!(security["readOnlyRootFilesystem"], Value::from(true));
+    assert_eq!(security["allowPrivilegeEscalation"], Value::from(false));
+    assert_eq!(strings(security["capabilities"].get("drop")), ["ALL"]);
+    assert!(security["capabilities"].get("add").is_none());
+    assert!(security.get("privileged").is_none());
+    assert_eq!(
+        str_of(security, &["seccompProfile", "type"]),
+        "RuntimeDefault"
+    );
+    let ports = c["ports"].as_sequence().expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(str_of(&ports[0], &["name"]), "metrics");
+    assert_eq!(ports[0]["containerPort"], Value::from(8080));
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(str_of(&c[probe], &["httpGet", "path"]), path, "{probe}");
+        assert_eq!(
+            str_of(&c[probe], &["httpGet", "port"]),
+            "metrics",
+            "{probe}"
+        );
+    }
+    assert_eq!(
+        strings(c.get("args")),
+        [
+            "operator",
+            "--leader-elect",
+            "--lease-namespace",
+            "$(POD_NAMESPACE)",
+            "--metrics-address",
+            "0.0.0.0:8080",
+            "--log-level",
+            "info",
+            "--log-format",
+            "json",
+        ]
+    );
+    let env: Vec<(&str, &str)> = c["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| {
+            (
+                str_of(e, &["name"]),
+                str_of(e, &["valueFrom", "fieldRef", "fieldPath"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace")
+        ]
+    );
+    // The metrics Service and the PodDisruptionBudget select exactly the operator pods.
+    let labels = &deployment["spec"]["selector"]["matchLabels"];
+    assert_eq!(&only(&docs, "Service")["spec"]["selector"], labels);
+    let pdb = only(&docs, "PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(pdb["spec"]["minAvailable"], Value::from(1));
+    assert!(of_kind(&docs, "ServiceMonitor").is_empty());
+}
+
+#[test]
+fn default_rbac_is_cluster_wide_except_the_lease() {
+    let rendered = render_default();
+    let scopes = rbac_permissions_by_scope(&rendered);
+    let expected = BTreeMap::from([
+        (None, workload_permissions()),
+        (Some(RELEASE_NAMESPACE.to_string()), lease_permissions()),
+    ]);
+    assert_eq!(scopes, expected);
+    let all: BTreeSet<Permission> = workload_permissions()
+        .union(&lease_permissions())
+        .cloned()
+        .collect();
+    assert_eq!(rbac_permissions(&rendered), all);
+    let docs = documents(&rendered);
+    // Each role is bound to the operator's ServiceAccount, and nothing else is bound.
+    let account = name(only(&docs, "ServiceAccount"));
+    let deployment = only(&docs, "Deployment");
+    assert_eq!(
+        str_of(
+            &deployment["spec"]["template"]["spec"],
+            &["serviceAccountName"]
+        ),
+        account
+    );
+    for (binding, role) in [
+        ("ClusterRoleBinding", "ClusterRole"),
+        ("RoleBinding", "Role"),
+    ] {
+        let binding = only(&docs, binding);
+        assert_eq!(str_of(binding, &["roleRef", "kind"]), role);
+        assert_eq!(
+            str_of(binding, &["roleRef", "name"]),
+            name(only(&docs, role))
+        );
+        let subjects = binding["subjects"].as_sequence().expect("subjects");
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(str_of(&subjects[0], &["kind"]), "ServiceAccount");
+        assert_eq!(str_of(&subjects[0], &["name"]), account);
+        assert_eq!(str_of(&subjects[0], &["namespace"]), RELEASE_NAMESPACE);
+    }
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_no_cluster_rights() {
+    let rendered = render_custom();
+    let docs = documents(&rendered);
+    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    // Leader election is off in these values, so there is no Lease role either.
+    let expected = BTreeMap::from([
+        (Some("data".to_string()), workload_permissions()),
+        (Some("reports".to_string()), workload_permissions()),
+    ]);
+    assert_eq!(rbac_permissions_by_scope(&rendered), expected);
+    let bindings: Vec<(&str, &str)> = of_kind(&docs, "RoleBinding")
+        .into_iter()
+        .map(|b| {
+            (
+                str_of(b, &["metadata", "namespace"]),
+                str_of(b, &["roleRef", "name"]),
+            )
+        })
+        .collect();
+    assert_eq!(bindings, [("data", "charon"), ("reports", "charon")]);
+    let deployment = only(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], Value::from(1));
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        strings(c.get("args")),
+        [
+            "operator",
+            "--metrics-address",
+            "0.0.0.0:9090",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "text",
+            "--namespace",
+            "data",
+            "--namespace",
+            "reports",
+        ]
+    );
+    let env: Vec<&str> = c["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|e| str_of(e, &["name"]))
+        .collect();
+    assert_eq!(
+        env,
+        ["POD_NAME", "POD_NAMESPACE", "RUST_BACKTRACE", "NODE_NAME"]
+    );
+    assert_eq!(
+        str_of(c, &["image"]),
+        "registry.example.com/platform/charon:0.1.0-rc.1"
+    );
+    assert_eq!(str_of(&c["resources"], &["limits", "cpu"]), "1");
+    // One replica: no disruption budget (it would block every drain).
+    assert!(of_kind(&docs, "PodDisruptionBudget").is_empty());
+    let monitor = only(&docs, "ServiceMonitor");
+    assert_eq!(str_of(monitor, &["apiVersion"]), "monitoring.coreos.com/v1");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(str_of(endpoint, &["port"]), "metrics");
+    assert_eq!(str_of(endpoint, &["interval"]), "15s");
+    assert_eq!(
+        str_of(monitor, &["metadata", "labels", "release"]),
+        "prometheus"
+    );
+    assert_eq!(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(name(only(&docs, "ServiceAccount")), "charon-operator");
+}
+
+/// `charon dev --no-controller` in the background, with kubectl pointed at it through a private
+/// kubeconfig and discovery cache.
+struct Dev {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = TempDir::new("dev");
+        let child = Command::new(env!("CARGO_BIN_EXE_charon"))
+            .args(["dev", "--no-controller", "--port", "0", "--kubeconfig"])
+            .arg(dir.0.join("kubeconfig"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("charon dev starts");
+        let dev = Dev { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The CRDs are installed after the kubeconfig is written: wait until kubectl sees them.
+        while Instant::now() < deadline {
+            if dev.dir.0.join("kubeconfig").exists()
+                && dev
+                    .kubectl(&["get", "crd", "workflows.charon.dev"], None)
+                    .status
+                    .success()
+            {
+                return dev;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("charon dev did not become ready within 30s");
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.dir.0.join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.0.join("cache"))
+            .args(args)
+            .current_dir(ROOT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs (is it installed?)");
+        let input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            let mut input = input;
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `kubectl apply --dry-run=server` of `manifests`: every object must be accepted.
+    fn dry_run(&self, manifests: &str) {
+        let applied = self.kubectl_ok(&["apply", "--dry-run=server", "-f", "-"], Some(manifests));
+        let docs = documents(manifests);
+        let lines: Vec<&str> = applied.lines().collect();
+        assert_eq!(lines.len(), docs.len(), "{applied}");
+        for (doc, line) in docs.iter().zip(&lines) {
+            assert!(
+                line.ends_with("(server dry run)") && line.contains(&format!("/{} ", name(doc))),
+                "{} {}: {line}",
+                kind(doc),
+                name(doc)
+            );
+        }
+    }
+}
+
+/// Just enough of the Prometheus Operator's CRD for the server to accept a ServiceMonitor.
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor, shortNames: [smon]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+#[test]
+fn rendered_manifests_pass_a_server_side_dry_run_against_charon_dev() {
+    let dev = Dev::start();
+    // Namespaces are not created by a dry run, and the objects in them need them to exist.
+    for namespace in [RELEASE_NAMESPACE, "data", "reports"] {
+        dev.kubectl_ok(&["create", "namespace", namespace], None);
+    }
+    dev.kubectl_ok(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
+    let install = std::fs::read_to_string(Path::new(ROOT).join("config/install/charon.yaml"))
+        .expect("config/install/charon.yaml");
+    dev.dry_run(&install);
+    dev.dry_run(&render_custom());
+    // Nothing was stored.
+    let stored = dev.kubectl_ok(
+        &[
+            "get",
+            "deployments,services,roles,rolebindings,poddisruptionbudgets",
+            "--all-namespaces",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(stored, "");
+    // The server refuses what a real one would: a Deployment whose selector misses its pods.
+    let mut deployment = only(&documents(&render_default()), "Deployment").clone();
+    deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] = "other".into();
+    let deployment = serde_yaml::to_string(&deployment).expect("YAML");
+    let refused = dev.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&deployment));
+    assert!(!refused.status.success(), "{deployment}");
+    assert!(
+        text(&refused.stderr).contains("`selector` does not match template `labels`"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // And lists the new kinds as a cluster does.
+    let resources = dev.kubectl_ok(&["api-resources", "-o", "name"], None);
+    for kind in [
+        "deployments.apps",
+        "services",
+        "clusterroles.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "roles.rbac.authorization.k8s.io",
+        "rolebindings.rbac.authorization.k8s.io",
+        "poddisruptionbudgets.policy",
+    ] {
+        assert!(resources.lines().any(|l| l == kind), "{kind}: {resources}");
+    }
+}
