@@ -36,6 +36,10 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Run a local Kubernetes-compatible API server with Charon's CRDs (no cluster needed).
     Dev(crate::dev::DevArgs),
+    /// Run the controller against a cluster (kubeconfig or in-cluster account).
+    Operator(crate::operator::OperatorArgs),
+    #[command(flatten)]
+    User(crate::user::UserCommand),
 }
 
 /// Parses the process arguments, runs the command and maps failures to a one-line error.
@@ -73,6 +77,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => {
             drop(stdout);
             tokio::runtime::Runtime::new()?.block_on(crate::dev::run(args))?;
+        }
+        Command::User(command) => {
+            tokio::runtime::Runtime::new()?.block_on(crate::user::run(command, &mut stdout))?;
+        }
+        Command::Operator(args) => {
+            drop(stdout);
+            tokio::runtime::Runtime::new()?.block_on(crate::operator::main(args))?;
         }
     }
     Ok(())

@@ -1,14 +1,25 @@
-//! `charon dev`: Charon's environment on one machine, with no cluster. It runs the embedded
-//! API server, installs the CRDs, writes a kubeconfig for `kubectl`, and stays in the
-//! foreground until interrupted.
+//! `charon dev`: Charon on one machine, with no cluster. It runs the embedded API server
+//! (whose simulated kubelet runs each Job's command as a local process), installs the CRDs,
+//! runs the operator in the same process, applies the manifests of `--apply DIR`, writes a
+//! kubeconfig for `kubectl`, prints a compact live log of instance state changes, and stays
+//! in the foreground until interrupted.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
+use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
-use kube::{Client, Config};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::controller::{Metrics, SystemClock};
+use crate::resources::WorkflowInstance;
 
 /// Arguments of `charon dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -19,12 +30,16 @@ pub struct DevArgs {
     /// Port of the API server on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Run only the cluster, without the Charon controller.
+    /// Run only the cluster, without the Charon operator.
     #[arg(long)]
     pub no_controller: bool,
+    /// Apply every `.yaml`/`.yml`/`.json` manifest in this directory (or this file) at start,
+    /// into the `default` namespace unless a manifest names another.
+    #[arg(long, value_name = "DIR")]
+    pub apply: Vec<PathBuf>,
 }
 
-/// Runs until Ctrl-C.
+/// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let server = charon_apiserver::start(address)
@@ -32,8 +47,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("starting the API server on {address}"))?;
     charon_apiserver::write_kubeconfig(&args.kubeconfig, &server.url())
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
-    let client = Client::try_from(Config::new(server.url().parse()?))?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crate::crd::crds() {
         crds.create(&PostParams::default(), &crd)
             .await
@@ -45,14 +60,154 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "Use it with: export KUBECONFIG={}",
         args.kubeconfig.display()
     );
-    if !args.no_controller {
-        println!(
-            "Note: the Charon controller is not part of this build yet; only the cluster runs."
-        );
+    for path in &args.apply {
+        for applied in apply_path(&client, path).await? {
+            println!("applied {applied}");
+        }
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let operator = if args.no_controller {
+        println!("Running the cluster only (--no-controller).");
+        None
+    } else {
+        println!("Operator running; instance state changes follow. Ctrl-C stops everything.");
+        let settings = crate::operator::Settings {
+            namespaces: Vec::new(),
+            lease: None,
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::default()),
+            identity: "charon-dev".to_string(),
+        };
+        let operator_client = crate::operator::client_with_agent(
+            kube::Config::new(server.url().parse()?),
+            crate::operator::OPERATOR_AGENT,
+        )?;
+        let operator = tokio::spawn(crate::operator::run(
+            operator_client,
+            settings,
+            wait_stop(stopped.clone()),
+        ));
+        let log = tokio::spawn(live_log(client.clone(), wait_stop(stopped.clone())));
+        Some((operator, log))
+    };
+    crate::operator::shutdown_signal().await;
+    let _ = stop.send(true);
+    if let Some((operator, log)) = operator {
+        let _ = operator.await;
+        let _ = log.await;
+    }
     server.shutdown().await;
     Ok(())
+}
+
+/// Prints one line per instance state change: `time instance state (message)`.
+async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
+    let api: Api<WorkflowInstance> = Api::all(client);
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    let print = events.for_each(|event| {
+        if let Ok(instance) = event {
+            let key = format!(
+                "{}/{}",
+                instance.namespace().unwrap_or_default(),
+                instance.name_any()
+            );
+            let status = instance.status.clone().unwrap_or_default();
+            let line = format!("{:<10} {}", status.state.as_str(), status.message);
+            if seen.get(&key) != Some(&line) {
+                println!(
+                    "{} {:<40} {line}",
+                    chrono::Local::now().format("%H:%M:%S"),
+                    instance.name_any()
+                );
+                seen.insert(key, line);
+            }
+        }
+        async {}
+    });
+    tokio::select! {
+        () = print => {}
+        () = stop => {}
+    }
+}
+
+/// Applies the manifests at `path` (a file, or every manifest file in a directory, sorted by
+/// name) with server-side apply, and returns `kind/name` of each object applied.
+pub async fn apply_path(client: &Client, path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let file = entry?.path();
+            let manifest = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if manifest {
+                files.push(file);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .context("discovering the API server's resources")?;
+    let mut applied = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize_from(document)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(value)
+                .with_context(|| format!("reading an object in {}", file.display()))?;
+            let types = object.types.clone().with_context(|| {
+                format!("an object in {} has no apiVersion/kind", file.display())
+            })?;
+            let gvk = GroupVersionKind::try_from(&types)?;
+            let (resource, caps): (ApiResource, ApiCapabilities) = discovery
+                .resolve_gvk(&gvk)
+                .with_context(|| format!("the server does not serve {}", types.kind))?;
+            let name = object.name_any();
+            let api: Api<DynamicObject> = match caps.scope {
+                Scope::Namespaced => Api::namespaced_with(
+                    client.clone(),
+                    object.metadata.namespace.as_deref().unwrap_or("default"),
+                    &resource,
+                ),
+                Scope::Cluster => Api::all_with(client.clone(), &resource),
+            };
+            api.patch(
+                &name,
+                &PatchParams::apply("charon-dev").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .with_context(|| format!("applying {}/{name} from {}", types.kind, file.display()))?;
+            applied.push(format!("{}/{name}", types.kind.to_lowercase()));
+        }
+    }
+    Ok(applied)
+}
+
+trait DeserializeFrom: Sized {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error>;
+}
+
+impl DeserializeFrom for serde_json::Value {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error> {
+        serde::Deserialize::deserialize(d)
+    }
 }

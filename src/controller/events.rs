@@ -1,0 +1,107 @@
+//! Kubernetes Events about Charon's objects, written as `core/v1` Events so that
+//! `kubectl describe` and `kubectl events` show them next to the Job controller's and the
+//! kubelet's. Failing to write one is logged, never fatal: Events are a courtesy, status is
+//! the record.
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::PostParams;
+use kube::{Api, Client, Resource, ResourceExt};
+
+/// Severity of an Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Something happened as expected.
+    Normal,
+    /// Something needs a person's attention.
+    Warning,
+}
+
+/// Writes Events on behalf of one controller replica.
+#[derive(Clone)]
+pub struct EventRecorder {
+    client: Client,
+    instance: String,
+}
+
+/// The component name Events are reported by.
+pub const COMPONENT: &str = "charon-operator";
+
+impl EventRecorder {
+    /// A recorder for the replica named `instance`.
+    pub fn new(client: Client, instance: &str) -> Self {
+        EventRecorder {
+            client,
+            instance: instance.to_string(),
+        }
+    }
+
+    /// Records an Event about `object`.
+    pub async fn record<K>(&self, object: &K, severity: Severity, reason: &str, message: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let namespace = object.namespace().unwrap_or_else(|| "default".to_string());
+        let now = Utc::now();
+        let timestamp = k8s_openapi::jiff::Timestamp::from_microsecond(now.timestamp_micros())
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+        let name = format!(
+            "{}.{:x}",
+            object.name_any(),
+            now.timestamp_nanos_opt().unwrap_or_default()
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some(K::api_version(&()).to_string()),
+                kind: Some(K::kind(&()).to_string()),
+                name: Some(object.name_any()),
+                namespace: Some(namespace.clone()),
+                uid: object.meta().uid.clone(),
+                resource_version: object.meta().resource_version.clone(),
+                field_path: None,
+            },
+            reason: Some(reason.to_string()),
+            message: Some(truncate(message, 1024)),
+            type_: Some(
+                match severity {
+                    Severity::Normal => "Normal",
+                    Severity::Warning => "Warning",
+                }
+                .to_string(),
+            ),
+            count: Some(1),
+            first_timestamp: Some(Time(timestamp)),
+            last_timestamp: Some(Time(timestamp)),
+            event_time: Some(MicroTime(timestamp)),
+            action: Some(reason.to_string()),
+            reporting_component: Some(COMPONENT.to_string()),
+            reporting_instance: Some(self.instance.clone()),
+            source: Some(EventSource {
+                component: Some(COMPONENT.to_string()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(err) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(%err, reason, object = %object.name_any(), "could not record an Event");
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}

@@ -1,0 +1,514 @@
+//! The WorkflowInstance reconciler: observes the current Job, runs one step of the state
+//! machine ([`crate::instance::step`]), writes the status, and only then creates or deletes
+//! Jobs. Writing first is what makes Job creation exactly-once: the execution number (and so
+//! the Job's name) is on record before the Job exists, so a restarted controller finds the
+//! Job or creates it under the same name, never a second one.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use super::events::Severity;
+use super::{Context, Error, instances_of};
+use crate::concurrency::{self, Candidate};
+use crate::instance::{self as machine, Instance, JobStatus, Observation, State, Transition};
+use crate::job::{self, Execution};
+use crate::resources::{
+    HistoryEntry, InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus,
+};
+use crate::retry::{AttemptOutcome, RetryCounters, RetryPolicy};
+use crate::schedule::IsoDuration;
+
+/// Annotation asking to skip the remaining retry delay (SPEC §4).
+pub const RETRY_NOW: &str = "charon.dev/retry-now";
+
+/// How often an active instance is looked at even without events (a safety net only: Job
+/// and Pod events wake it).
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One reconcile of a WorkflowInstance.
+pub async fn reconcile(
+    instance: Arc<WorkflowInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile("instance");
+    if instance.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = instance
+        .namespace()
+        .ok_or(Error::Incomplete("metadata.namespace"))?;
+    let name = instance.name_any();
+    let now = ctx.clock.now();
+    let status = instance.status.clone().unwrap_or_default();
+    let workflow = ctx
+        .workflows
+        .get(&ObjectRef::new(&instance.spec.workflow).within(&namespace));
+
+    if status.state.is_terminal() {
+        return expire(&ctx, &instance, &namespace, workflow.as_deref(), now).await;
+    }
+    let Some(workflow) = workflow else {
+        // Not in the cache yet, or being deleted (its instances go with it).
+        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
+    };
+
+    let policy = retry_policy(&workflow);
+    let running_timeout = workflow
+        .spec
+        .running_timeout
+        .as_deref()
+        .and_then(|t| IsoDuration::parse(t).ok())
+        .map(|d| d.approximate())
+        .filter(|d| *d > Duration::zero());
+    let job_status = observe(&ctx, &namespace, &status).await?;
+    let retry_now = instance.annotations().contains_key(RETRY_NOW);
+    let current = to_machine(&name, &status);
+
+    // Concurrency admission is decided and recorded under one lock, so two instances of a
+    // workflow reconciled at once cannot both take its last slot.
+    let limit = workflow.spec.concurrency;
+    let mut ledger = match (limit, status.state) {
+        (Some(_), State::Queued) => Some(ctx.ledger.lock().await),
+        _ => None,
+    };
+    let slot = match (&ledger, limit) {
+        (Some(ledger), Some(limit)) => admission(
+            &ctx,
+            ledger,
+            &instance,
+            &namespace,
+            &workflow.name_any(),
+            limit,
+            now,
+        ),
+        _ => Ok(()),
+    };
+    let observation = Observation {
+        halted: instance.spec.halted,
+        retry_now,
+        slot,
+        job: job_status,
+        running_timeout,
+    };
+    let mut step = machine::step(&current, &observation, &policy, now, &mut random_below);
+    let mut new_status = to_status(&status, &step.instance, &step.transitions, now, &workflow);
+    new_status.observed_generation = instance.metadata.generation;
+    let created_execution = step.actions.iter().find_map(|a| match a {
+        machine::Action::CreateJob { execution, .. } if *execution > status.execution => {
+            Some(*execution)
+        }
+        _ => None,
+    });
+    if created_execution.is_some() {
+        // Prepare snapshots what this execution runs from the current workflow spec.
+        new_status.snapshot = Some(job::snapshot(
+            &workflow.spec.template,
+            &instance.spec.parameter,
+            workflow.metadata.generation,
+        ));
+    }
+
+    let mut stored = (*instance).clone();
+    if new_status != status {
+        stored = match write_status(&ctx, &instance, &namespace, new_status).await {
+            Ok(stored) => stored,
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                // Our view was stale; the next reconcile sees the newer object.
+                return Ok(Action::requeue(std::time::Duration::from_millis(100)));
+            }
+            Err(err) => return Err(err),
+        };
+    }
+    let instance_ref = ObjectRef::from_obj(&*instance);
+    if let Some(ledger) = ledger.as_mut() {
+        ledger.insert(instance_ref.clone(), step.instance.state);
+    }
+    drop(ledger);
+
+    // Apply the actions, now that the status records them.
+    let mut invalid = None;
+    for action in &step.actions {
+        match action {
+            machine::Action::CreateJob { name: job_name, .. } => {
+                if let Err(message) = create_job(&ctx, &stored, &workflow, job_name).await? {
+                    invalid = Some(message);
+                }
+            }
+            machine::Action::DeleteJob { name: job_name } => {
+                delete_job(&ctx, &namespace, job_name).await?;
+            }
+        }
+    }
+    let mut transitions = std::mem::take(&mut step.transitions);
+    if let Some(message) = invalid {
+        // The API server refused the Job: an invalid Job is an immediate Error (SPEC §4).
+        let observation = Observation {
+            job: JobStatus::Finished(AttemptOutcome::Invalid(message)),
+            slot: Ok(()),
+            ..observation
+        };
+        let again = machine::step(
+            &step.instance,
+            &observation,
+            &policy,
+            now,
+            &mut random_below,
+        );
+        let status = stored.status.clone().unwrap_or_default();
+        let new_status = to_status(&status, &again.instance, &again.transitions, now, &workflow);
+        stored = write_status(&ctx, &stored, &namespace, new_status).await?;
+        transitions.extend(again.transitions.iter().cloned());
+        step = again;
+    }
+
+    for t in &transitions {
+        let severity = match t.to {
+            State::Failed | State::Error => Severity::Warning,
+            State::Terminated
+                if stored.status.as_ref().and_then(|s| s.last_exit_code) != Some(0) =>
+            {
+                Severity::Warning
+            }
+            _ => Severity::Normal,
+        };
+        ctx.events
+            .record(&stored, severity, &t.reason, &t.message)
+            .await;
+        tracing::info!(instance = %name, from = %t.from.as_str(), to = %t.to.as_str(), reason = %t.reason, "{}", t.message);
+    }
+    if retry_now && step.instance.state != State::Queued {
+        let patch = serde_json::json!({"metadata": {"annotations": {RETRY_NOW: null}}});
+        ctx.api::<WorkflowInstance>(&namespace)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let freed = current.state.is_active() && !step.instance.state.is_active();
+    if freed && limit.is_some() {
+        wake_waiting(&ctx, &namespace, &instance.spec.workflow, &name);
+    }
+    if step.instance.state.is_terminal() {
+        // Arrange the history TTL.
+        return expire(&ctx, &stored, &namespace, Some(&workflow), now).await;
+    }
+    Ok(match step.requeue_after {
+        Some(after) => Action::requeue(after.to_std().unwrap_or_default().min(RESYNC)),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+/// The Styx retry policy with the workflow's numbers.
+fn retry_policy(workflow: &Workflow) -> RetryPolicy {
+    let retry = &workflow.spec.retry;
+    RetryPolicy {
+        max_cost: retry.max_cost,
+        missing_dependency_exit_code: retry.missing_dependency_exit_code,
+        fatal_exit_codes: retry.fatal_exit_codes.clone(),
+        infrastructure_attempts: retry.infrastructure_attempts,
+    }
+}
+
+/// What the current execution's Job says. The cache may lag behind a Job just created or
+/// deleted, so a miss is confirmed with the API server before it counts as "missing".
+async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    status: &WorkflowInstanceStatus,
+) -> Result<JobStatus, Error> {
+    let Some(job_name) = status.job.as_deref() else {
+        return Ok(JobStatus::Missing);
+    };
+    if matches!(status.state, State::Queued | State::Prepare) {
+        // The recorded Job is an earlier attempt's; it says nothing about the next one.
+        return Ok(JobStatus::Missing);
+    }
+    let cached = ctx.jobs.get(&ObjectRef::new(job_name).within(namespace));
+    let job: Option<Job> = match cached {
+        Some(job) => Some((*job).clone()),
+        None => ctx.api::<Job>(namespace).get_opt(job_name).await?,
+    };
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.labels().get("job-name").map(String::as_str) == Some(job_name)
+        })
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    Ok(crate::observe::job_status(job.as_ref(), &pods))
+}
+
+pub(super) fn to_machine(name: &str, status: &WorkflowInstanceStatus) -> Instance {
+    Instance {
+        name: name.to_string(),
+        state: status.state,
+        tries: status.tries,
+        execution: status.execution,
+        counters: RetryCounters {
+            cost: status.cost,
+            consecutive_failures: status.consecutive_failures,
+            infrastructure_failures: status.infrastructure_failures,
+        },
+        next_attempt_at: status.next_attempt_at,
+        job: status.job.clone(),
+        last_exit_code: status.last_exit_code,
+        running_since: status.running_since,
+        message: status.message.clone(),
+    }
+}
+
+/// The status after a step: the machine's fields, the transitions in the bounded history,
+/// and the start and finish times of the run.
+pub(super) fn to_status(
+    before: &WorkflowInstanceStatus,
+    after: &Instance,
+    transitions: &[Transition],
+    now: DateTime<Utc>,
+    workflow: &Workflow,
+) -> WorkflowInstanceStatus {
+    let mut status = before.clone();
+    status.state = after.state;
+    status.tries = after.tries;
+    status.execution = after.execution;
+    status.cost = (after.counters.cost * 1000.0).round() / 1000.0;
+    status.consecutive_failures = after.counters.consecutive_failures;
+    status.infrastructure_failures = after.counters.infrastructure_failures;
+    status.next_attempt_at = after.next_attempt_at;
+    status.job = after.job.clone();
+    status.last_exit_code = after.last_exit_code;
+    status.running_since = after.running_since;
+    status.message = after.message.clone();
+    for t in transitions {
+        if t.to == InstanceState::Prepare && status.started_at.is_none() {
+            status.started_at = Some(now);
+        }
+        if t.to.is_terminal() {
+            status.finished_at = Some(now);
+        }
+        status.history.push(HistoryEntry {
+            at: now,
+            from: t.from,
+            to: t.to,
+            reason: t.reason.clone(),
+            message: t.message.clone(),
+        });
+    }
+    let limit = workflow.spec.history.limit.max(1) as usize;
+    if status.history.len() > limit {
+        let excess = status.history.len() - limit;
+        status.history.drain(..excess);
+    }
+    status
+}
+
+async fn write_status(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    namespace: &str,
+    status: WorkflowInstanceStatus,
+) -> Result<WorkflowInstance, Error> {
+    let mut updated = instance.clone();
+    updated.status = Some(status);
+    Ok(ctx
+        .api::<WorkflowInstance>(namespace)
+        .replace_status(&instance.name_any(), &PostParams::default(), &updated)
+        .await?)
+}
+
+/// Whether this queued instance may take a slot of its workflow (SPEC §6): states come from
+/// the ledger of what this controller wrote, falling back to the cache.
+fn admission(
+    ctx: &Context,
+    ledger: &std::collections::HashMap<ObjectRef<WorkflowInstance>, InstanceState>,
+    instance: &WorkflowInstance,
+    namespace: &str,
+    workflow: &str,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let me = instance.name_any();
+    let siblings = instances_of(&ctx.instances, namespace, workflow);
+    let mut active = 0;
+    let mut ready: Vec<(DateTime<Utc>, String)> = Vec::new();
+    for sibling in &siblings {
+        let sibling_name = sibling.name_any();
+        if sibling_name == me {
+            continue;
+        }
+        let status = sibling.status.clone().unwrap_or_default();
+        let state = ledger
+            .get(&ObjectRef::from_obj(&**sibling))
+            .copied()
+            .unwrap_or(status.state);
+        if state.is_active() {
+            active += 1;
+        } else if state == State::Queued
+            && !sibling.spec.halted
+            && status.next_attempt_at.is_none_or(|at| at <= now)
+        {
+            ready.push((sibling.spec.logical_time, sibling_name));
+        }
+    }
+    ready.push((instance.spec.logical_time, me.clone()));
+    let candidates: Vec<Candidate<'_>> = ready
+        .iter()
+        .map(|(logical, name)| Candidate {
+            logical: *logical,
+            name,
+        })
+        .collect();
+    let (admitted, waiting) = concurrency::admit(candidates, active, Some(limit), workflow);
+    if admitted.contains(&me.as_str()) {
+        Ok(())
+    } else {
+        Err(waiting.unwrap_or_else(|| {
+            format!("waiting for a slot of workflow {workflow} (spec.concurrency: {limit})")
+        }))
+    }
+}
+
+/// Asks the controller to look at the queued instances of a workflow again.
+fn wake_waiting(ctx: &Context, namespace: &str, workflow: &str, except: &str) {
+    for sibling in instances_of(&ctx.instances, namespace, workflow) {
+        let queued = sibling
+            .status
+            .as_ref()
+            .is_none_or(|s| s.state == State::Queued);
+        if queued && sibling.name_any() != except {
+            let _ = ctx.wake.send(ObjectRef::from_obj(&*sibling));
+        }
+    }
+}
+
+/// Creates the Job of the current execution from the recorded snapshot. `Ok(Err(message))`
+/// means the API server refused it as invalid.
+async fn create_job(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    workflow: &Workflow,
+    job_name: &str,
+) -> Result<Result<(), String>, Error> {
+    let namespace = instance
+        .namespace()
+        .ok_or(Error::Incomplete("metadata.namespace"))?;
+    let status = instance.status.clone().unwrap_or_default();
+    let snapshot = status.snapshot.clone().unwrap_or_else(|| {
+        job::snapshot(
+            &workflow.spec.template,
+            &instance.spec.parameter,
+            workflow.metadata.generation,
+        )
+    });
+    let uid = instance.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let name = instance.name_any();
+    let running_timeout_seconds = workflow
+        .spec
+        .running_timeout
+        .as_deref()
+        .and_then(|t| IsoDuration::parse(t).ok())
+        .map(|d| d.approximate().num_seconds())
+        .filter(|s| *s > 0);
+    let execution = Execution {
+        namespace: &namespace,
+        workflow: &instance.spec.workflow,
+        instance: &name,
+        instance_uid: &uid,
+        parameter: &instance.spec.parameter,
+        logical_time: instance.spec.logical_time,
+        trigger_type: instance.spec.trigger.trigger_type,
+        trigger_id: &instance.spec.trigger.id,
+        execution: status.execution,
+        tries_before: status.tries.saturating_sub(1),
+        trigger_env: &instance.spec.env,
+        running_timeout_seconds,
+        styx_compatible_env: workflow.spec.styx_compatible_env,
+    };
+    let rendered = match job::render(&workflow.spec.template, &snapshot, &execution) {
+        Ok(job) => job,
+        Err(err) => return Ok(Err(err.to_string())),
+    };
+    debug_assert_eq!(rendered.metadata.name.as_deref(), Some(job_name));
+    match ctx
+        .api::<Job>(&namespace)
+        .create(&PostParams::default(), &rendered)
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        // Created by an earlier pass: the same execution, so nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Ok(Err(e.message)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Deletes a Job with background propagation, so its pods go too.
+async fn delete_job(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match ctx.api::<Job>(namespace).delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A finished instance is deleted once `spec.history.ttl` has passed since it finished.
+async fn expire(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    namespace: &str,
+    workflow: Option<&Workflow>,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let ttl = workflow
+        .and_then(|w| IsoDuration::parse(&w.spec.history.ttl).ok())
+        .map(|d| d.approximate())
+        .unwrap_or_else(|| Duration::days(7));
+    let Some(finished) = instance.status.as_ref().and_then(|s| s.finished_at) else {
+        return Ok(Action::await_change());
+    };
+    let expires = finished + ttl;
+    if expires > now {
+        let wait = (expires - now).to_std().unwrap_or_default();
+        return Ok(Action::requeue(
+            wait.min(std::time::Duration::from_secs(3600)),
+        ));
+    }
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    let api: Api<WorkflowInstance> = ctx.api(namespace);
+    match api.delete(&instance.name_any(), &params).await {
+        Ok(_) => {
+            tracing::info!(instance = %instance.name_any(), "history TTL passed: deleted");
+            ctx.ledger
+                .lock()
+                .await
+                .remove(&ObjectRef::from_obj(instance));
+            Ok(Action::await_change())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn random_below(n: u32) -> u32 {
+    if n == 0 { 0 } else { rand::random_range(0..n) }
+}
+
+/// Failed reconciles are retried after a delay.
+pub fn error_policy(instance: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error("instance");
+    tracing::warn!(instance = %instance.name_any(), %error, "reconcile failed");
+    Action::requeue(std::time::Duration::from_secs(2))
+}

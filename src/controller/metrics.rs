@@ -1,0 +1,198 @@
+//! Prometheus metrics of the operator: reconciles, errors, durations, instances by state and
+//! trigger lateness (from a partition's trigger instant to its instance existing).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::resources::InstanceState;
+
+use super::Context;
+
+/// Label set naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `workflow` or `instance`.
+    pub controller: String,
+}
+
+/// Label set naming an instance state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state, as in `status.state`.
+    pub state: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The operator's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    errors: Family<ControllerLabels, Counter>,
+    durations: HistogramFamily<ControllerLabels>,
+    instances: Family<StateLabels, Gauge>,
+    lateness: Histogram,
+    leader: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("charon");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ControllerLabels, Counter>::default();
+        let durations: HistogramFamily<ControllerLabels> =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let instances = Family::<StateLabels, Gauge>::default();
+        let lateness = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and were retried",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            durations.clone(),
+        );
+        registry.register("instances", "WorkflowInstances by state", instances.clone());
+        registry.register(
+            "trigger_lateness_seconds",
+            "Delay from a partition's trigger instant to its instance being created",
+            lateness.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            durations,
+            instances,
+            lateness,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Starts timing a reconcile of `controller`; the guard records it when dropped.
+    pub fn reconcile(&self, controller: &str) -> ReconcileTimer<'_> {
+        let labels = ControllerLabels {
+            controller: controller.to_string(),
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        ReconcileTimer {
+            metrics: self,
+            labels,
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn error(&self, controller: &str) {
+        self.errors
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records how late an instance was created after its trigger instant.
+    pub fn lateness(&self, seconds: f64) {
+        self.lateness.observe(seconds.max(0.0));
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Records a reconcile's duration when dropped.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    labels: ControllerLabels,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .durations
+            .get_or_create(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+const STATES: [InstanceState; 10] = [
+    InstanceState::Queued,
+    InstanceState::Prepare,
+    InstanceState::Submitting,
+    InstanceState::Submitted,
+    InstanceState::Running,
+    InstanceState::Terminated,
+    InstanceState::Failed,
+    InstanceState::Done,
+    InstanceState::Error,
+    InstanceState::Halted,
+];
+
+/// Counts cached instances by state every few seconds until `stop` resolves.
+pub async fn refresh_instance_gauges(
+    context: Arc<Context>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let refresh = async {
+        loop {
+            let mut counts = [0i64; STATES.len()];
+            for instance in context.instances.state() {
+                let state = instance
+                    .status
+                    .as_ref()
+                    .map(|s| s.state)
+                    .unwrap_or_default();
+                if let Some(i) = STATES.iter().position(|s| *s == state) {
+                    counts[i] += 1;
+                }
+            }
+            for (state, count) in STATES.iter().zip(counts) {
+                context
+                    .metrics
+                    .instances
+                    .get_or_create(&StateLabels {
+                        state: state.as_str().to_string(),
+                    })
+                    .set(count);
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    };
+    tokio::select! {
+        () = refresh => {}
+        () = stop => {}
+    }
+}

@@ -1,0 +1,289 @@
+//! The Kubernetes adapters around the pure core: a Workflow reconciler (natural triggers) and
+//! a WorkflowInstance reconciler (the state machine, Jobs, retries), run by kube-runtime.
+//!
+//! Each reconcile follows one pipeline: read from the caches → validate and plan (pure, in
+//! [`crate::workflow`] and [`crate::instance`]) → apply (create or delete children) → write
+//! status only when it changed, with `observedGeneration`. Timing comes from kube-runtime's
+//! scheduler, one delay queue across all objects: a workflow is requeued at its next trigger
+//! instant, an instance at its retry time or timeout.
+
+mod events;
+mod instance;
+mod metrics;
+mod workflow;
+
+pub mod backfill;
+pub mod triggers;
+
+pub mod leader;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use thiserror::Error;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::resources::{InstanceState, Workflow, WorkflowInstance};
+
+pub use events::EventRecorder;
+pub use instance::RETRY_NOW;
+pub use metrics::Metrics;
+
+/// Errors of one reconcile. All of them are transient (the object is requeued with a delay);
+/// problems with what a user wrote are reported in status and Events, not as errors.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be (de)serialised.
+    #[error("serialisation: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The object lacks something every stored object has.
+    #[error("object without {0}")]
+    Incomplete(&'static str),
+}
+
+/// Where the controllers get the time from: the system clock, or in tests a clock that can
+/// be moved forward so days of schedule pass in seconds.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+
+    /// Changes whenever the clock jumps, so the controllers look at everything again (as
+    /// they would have had the time passed); `None` for clocks that only move forward evenly.
+    fn jumps(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// The system clock shifted by an adjustable amount.
+#[derive(Debug)]
+pub struct ShiftedClock {
+    offset_ms: AtomicI64,
+    jumps: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ShiftedClock {
+    fn default() -> Self {
+        ShiftedClock {
+            offset_ms: AtomicI64::new(0),
+            jumps: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl ShiftedClock {
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        self.jumps.send_modify(|n| *n += 1);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    fn jumps(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.jumps.subscribe())
+    }
+}
+
+/// What the controllers share.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The namespace watched, or `None` for all.
+    pub namespace: Option<String>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// Cached Workflows.
+    pub workflows: Store<Workflow>,
+    /// Cached WorkflowInstances.
+    pub instances: Store<WorkflowInstance>,
+    /// Cached Jobs created by Charon.
+    pub jobs: Store<Job>,
+    /// Cached Pods of those Jobs.
+    pub pods: Store<Pod>,
+    /// Event writer.
+    pub events: EventRecorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// States this controller wrote, fresher than the cache: concurrency admission counts
+    /// from it so two instances reconciled at once cannot both take the last slot.
+    pub ledger: Mutex<HashMap<ObjectRef<WorkflowInstance>, InstanceState>>,
+    /// Asks the instance controller to look at instances again (a slot was freed).
+    pub wake: mpsc::UnboundedSender<ObjectRef<WorkflowInstance>>,
+}
+
+impl Context {
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+/// How the controllers run.
+#[derive(Clone)]
+pub struct Options {
+    /// Only this namespace, or all.
+    pub namespace: Option<String>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics to update.
+    pub metrics: Arc<Metrics>,
+    /// Name of this replica, for Events.
+    pub identity: String,
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the Workflow and WorkflowInstance controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let namespace = options.namespace.as_deref();
+    let workflows_api: Api<Workflow> = api_for(&client, namespace);
+    let instances_api: Api<WorkflowInstance> = api_for(&client, namespace);
+    let jobs_api: Api<Job> = api_for(&client, namespace);
+    let pods_api: Api<Pod> = api_for(&client, namespace);
+    let charon_children = watcher::Config::default().labels(crate::job::LABEL_INSTANCE);
+
+    let (jobs, jobs_writer) = reflector::store();
+    let job_stream = reflector::reflector(jobs_writer, watcher(jobs_api, charon_children.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (pods, pods_writer) = reflector::store();
+    let pod_stream = reflector::reflector(pods_writer, watcher(pods_api, charon_children))
+        .default_backoff()
+        .touched_objects();
+
+    let (wake, woken) = mpsc::unbounded_channel();
+    let woken = tokio_stream_from(woken);
+
+    let backfill_controller = Controller::new(
+        api_for::<crate::resources::Backfill>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .watches(
+        instances_api.clone(),
+        watcher::Config::default(),
+        |instance: WorkflowInstance| backfill::backfill_of(&instance),
+    );
+    let mut workflow_controller = Controller::new(workflows_api, watcher::Config::default())
+        .owns(instances_api.clone(), watcher::Config::default());
+    let mut instance_controller = Controller::new(instances_api, watcher::Config::default())
+        .watches_stream(job_stream, |job: Job| instance_of(&job.metadata))
+        .watches_stream(pod_stream, |pod: Pod| instance_of(&pod.metadata))
+        .reconcile_on(woken);
+    if let Some(jumps) = options.clock.jumps() {
+        workflow_controller = workflow_controller.reconcile_all_on(jumps_stream(jumps.clone()));
+        instance_controller = instance_controller.reconcile_all_on(jumps_stream(jumps));
+    }
+
+    let context = Arc::new(Context {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        clock: options.clock.clone(),
+        workflows: workflow_controller.store(),
+        instances: instance_controller.store(),
+        jobs,
+        pods,
+        events: EventRecorder::new(client, &options.identity),
+        metrics: options.metrics.clone(),
+        ledger: Mutex::new(HashMap::new()),
+        wake,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let workflows = workflow_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(workflow::reconcile, workflow::error_policy, context.clone())
+        .for_each(|_| async {});
+    let instances = instance_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(instance::reconcile, instance::error_policy, context.clone())
+        .for_each(|_| async {});
+    let backfills = backfill_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(backfill::reconcile, backfill::error_policy, context.clone())
+        .for_each(|_| async {});
+    let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx));
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(workflows, instances, backfills, gauges, signal);
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn jumps_stream(
+    jumps: tokio::sync::watch::Receiver<u64>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(jumps, |mut jumps| async move {
+        jumps.changed().await.ok().map(|()| ((), jumps))
+    })
+}
+
+/// The instance a Job or Pod belongs to, from the label Charon puts on both.
+fn instance_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectRef<WorkflowInstance>> {
+    let name = meta.labels.as_ref()?.get(crate::job::LABEL_INSTANCE)?;
+    let namespace = meta.namespace.as_deref()?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The instances of one workflow in the cache.
+fn instances_of(
+    store: &Store<WorkflowInstance>,
+    namespace: &str,
+    workflow: &str,
+) -> Vec<Arc<WorkflowInstance>> {
+    store.state_filter(|i| {
+        i.metadata.namespace.as_deref() == Some(namespace) && i.spec.workflow == workflow
+    })
+}

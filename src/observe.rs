@@ -1,0 +1,303 @@
+//! What a Job and its Pods say about an attempt (SPEC §4), as a pure function.
+//!
+//! The instance state machine only understands [`JobStatus`]; this module turns the Job's
+//! conditions and the main container's status into it, telling exits (with a code) from
+//! attempts that broke without one and from infrastructure failures that never let the
+//! container run (which are retried without cost).
+
+use chrono::{DateTime, TimeZone, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::instance::JobStatus;
+use crate::job::MAIN_CONTAINER;
+use crate::retry::AttemptOutcome;
+
+/// Waiting reasons that mean the image will never be fetched as things stand: retried as
+/// infrastructure failures.
+const PULL_FAILURES: &[&str] = &["ErrImagePull", "ImagePullBackOff", "RegistryUnavailable"];
+/// Waiting reasons that mean the Job itself is wrong: an immediate Error.
+const INVALID: &[&str] = &[
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Converts a Kubernetes timestamp (jiff) to chrono.
+pub fn time(t: &Time) -> Option<DateTime<Utc>> {
+    let ts = t.0;
+    Utc.timestamp_opt(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
+        .single()
+}
+
+fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses
+        .iter()
+        .find(|c| c.name == MAIN_CONTAINER)
+        .or_else(|| statuses.first())
+}
+
+fn condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, String)> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+/// The attempt as seen through the Job of the current execution and its Pods (any order;
+/// the newest pod decides). `job` is `None` when no such Job exists.
+pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
+    let Some(job) = job else {
+        return JobStatus::Missing;
+    };
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let newest = pods.last().copied();
+
+    // A terminated main container is the most precise answer there is.
+    let terminated = pods
+        .iter()
+        .rev()
+        .filter_map(|p| main_status(p))
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref());
+    if condition(job, "Complete").is_some() {
+        return JobStatus::Finished(AttemptOutcome::Exited(0));
+    }
+    if let Some((reason, message)) = condition(job, "Failed") {
+        if reason == "DeadlineExceeded" {
+            return JobStatus::Finished(AttemptOutcome::TimedOut);
+        }
+        if let Some(t) = terminated {
+            return JobStatus::Finished(AttemptOutcome::Exited(t.exit_code));
+        }
+        if let Some(outcome) = newest.and_then(pod_failure) {
+            return JobStatus::Finished(outcome);
+        }
+        let what = if message.is_empty() {
+            format!("Job failed ({reason}) without an exit code")
+        } else {
+            format!("Job failed ({reason}): {message}")
+        };
+        return JobStatus::Finished(AttemptOutcome::NoExitCode(what));
+    }
+    if let Some(t) = terminated
+        && t.exit_code != 0
+    {
+        // backoffLimit is 0: the Job will fail; no need to wait for its condition.
+        return JobStatus::Finished(AttemptOutcome::Exited(t.exit_code));
+    }
+    let Some(pod) = newest else {
+        return JobStatus::Pending;
+    };
+    if let Some(outcome) = pod_failure(pod) {
+        return JobStatus::Finished(outcome);
+    }
+    match main_status(pod).and_then(|c| c.state.as_ref()) {
+        Some(state) if state.running.is_some() => {
+            let since = state
+                .running
+                .as_ref()
+                .and_then(|r| r.started_at.as_ref())
+                .and_then(time);
+            JobStatus::Running(since)
+        }
+        Some(state) if state.terminated.is_some() => JobStatus::Running(None),
+        Some(state) => match state.waiting.as_ref() {
+            Some(w) => {
+                let reason = w.reason.as_deref().unwrap_or_default();
+                let message = w.message.as_deref().unwrap_or_default();
+                if PULL_FAILURES.contains(&reason) {
+                    JobStatus::Finished(AttemptOutcome::Infrastructure(describe(reason, message)))
+                } else if INVALID.contains(&reason) {
+                    JobStatus::Finished(AttemptOutcome::Invalid(describe(reason, message)))
+                } else {
+                    JobStatus::Pending
+                }
+            }
+            None => JobStatus::Pending,
+        },
+        None => JobStatus::Pending,
+    }
+}
+
+/// A pod that failed without its container running to an exit: eviction, a lost node, a
+/// deadline. `None` when the pod says nothing of the sort.
+fn pod_failure(pod: &Pod) -> Option<AttemptOutcome> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Failed") {
+        return None;
+    }
+    if main_status(pod)
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.terminated.is_some())
+    {
+        return None;
+    }
+    let reason = status.reason.as_deref().unwrap_or("Failed");
+    let message = status.message.as_deref().unwrap_or_default();
+    Some(match reason {
+        "DeadlineExceeded" => AttemptOutcome::TimedOut,
+        _ => AttemptOutcome::Infrastructure(describe(reason, message)),
+    })
+}
+
+fn describe(reason: &str, message: &str) -> String {
+    if message.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(conditions: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": "j"},
+            "status": {"conditions": conditions}
+        }))
+        .expect("test job")
+    }
+
+    fn pod(created: &str, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "creationTimestamp": created},
+            "status": status
+        }))
+        .expect("test pod")
+    }
+
+    fn main_state(state: serde_json::Value) -> serde_json::Value {
+        json!({"phase": "Running", "containerStatuses": [{
+            "name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+            "state": state
+        }]})
+    }
+
+    #[test]
+    fn table() {
+        let none = job(json!([]));
+        let complete = job(json!([{"type": "Complete", "status": "True"}]));
+        let failed = job(
+            json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"}]),
+        );
+        let deadline =
+            job(json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]));
+        let t0 = "2024-01-01T00:00:00Z";
+        let running = pod(
+            t0,
+            main_state(json!({"running": {"startedAt": "2024-01-01T00:00:05Z"}})),
+        );
+        let exited3 = pod(
+            t0,
+            main_state(json!({"terminated": {"exitCode": 3, "reason": "Error"}})),
+        );
+        let pulling = pod(
+            t0,
+            main_state(
+                json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}),
+            ),
+        );
+        let bad_image = pod(
+            t0,
+            main_state(json!({"waiting": {"reason": "InvalidImageName"}})),
+        );
+        let creating = pod(
+            t0,
+            main_state(json!({"waiting": {"reason": "ContainerCreating"}})),
+        );
+        let evicted = pod(
+            t0,
+            json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
+        );
+        let since = Some(Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 5).unwrap());
+        let cases: Vec<(&str, Option<&Job>, Vec<Pod>, JobStatus)> = vec![
+            ("no job", None, vec![], JobStatus::Missing),
+            ("no pods yet", Some(&none), vec![], JobStatus::Pending),
+            (
+                "creating",
+                Some(&none),
+                vec![creating.clone()],
+                JobStatus::Pending,
+            ),
+            (
+                "running",
+                Some(&none),
+                vec![running.clone()],
+                JobStatus::Running(since),
+            ),
+            (
+                "complete",
+                Some(&complete),
+                vec![],
+                JobStatus::Finished(AttemptOutcome::Exited(0)),
+            ),
+            (
+                "exit before the Job condition",
+                Some(&none),
+                vec![exited3.clone()],
+                JobStatus::Finished(AttemptOutcome::Exited(3)),
+            ),
+            (
+                "failed with exit",
+                Some(&failed),
+                vec![exited3],
+                JobStatus::Finished(AttemptOutcome::Exited(3)),
+            ),
+            (
+                "deadline",
+                Some(&deadline),
+                vec![running],
+                JobStatus::Finished(AttemptOutcome::TimedOut),
+            ),
+            (
+                "image pull",
+                Some(&none),
+                vec![pulling],
+                JobStatus::Finished(AttemptOutcome::Infrastructure(
+                    "ImagePullBackOff: Back-off pulling image".into(),
+                )),
+            ),
+            (
+                "invalid image",
+                Some(&none),
+                vec![bad_image],
+                JobStatus::Finished(AttemptOutcome::Invalid("InvalidImageName".into())),
+            ),
+            (
+                "evicted",
+                Some(&none),
+                vec![evicted.clone()],
+                JobStatus::Finished(AttemptOutcome::Infrastructure(
+                    "Evicted: The node was low on resource: memory.".into(),
+                )),
+            ),
+            (
+                "failed without pods",
+                Some(&failed),
+                vec![],
+                JobStatus::Finished(AttemptOutcome::NoExitCode(
+                    "Job failed (BackoffLimitExceeded): Job has reached the specified backoff limit"
+                        .into(),
+                )),
+            ),
+        ];
+        for (name, job, pods, want) in cases {
+            assert_eq!(job_status(job, &pods), want, "{name}");
+        }
+    }
+}

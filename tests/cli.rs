@@ -1,0 +1,535 @@
+//! End-to-end: the user commands (`charon trigger`, `backfill`, `halt`, `retry`, `logs`,
+//! `status`) run as the real binary against the embedded cluster with the operator, and as a
+//! kubectl plugin through the real `kubectl`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration as StdDuration;
+
+use charon::resources::{Backfill, InstanceState, TriggerType, Workflow};
+use common::{Cluster, LONG, NS, state};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+struct Cli {
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new(cluster: &Cluster) -> Cli {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let server = cluster.server.as_ref().expect("server");
+        charon_apiserver::write_kubeconfig(&kubeconfig, &server.url()).expect("kubeconfig");
+        Cli {
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `charon ARGS` and returns (success, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let kubeconfig = self.kubeconfig.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_charon"))
+                .args(&args)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .env("NO_COLOR", "1")
+                .output()
+                .expect("charon runs");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .expect("join")
+    }
+}
+
+async fn hourly(cluster: &Cluster, name: &str, script: &str) -> Workflow {
+    cluster
+        .apply_workflow(
+            name,
+            json!({
+                "schedule": "@hourly",
+                "template": {"image": "busybox", "command": ["sh", "-c", script]},
+            }),
+        )
+        .await
+}
+
+fn backfills(cluster: &Cluster) -> Api<Backfill> {
+    Api::namespaced(cluster.client.clone(), NS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_from_the_cli_never_exceeds_its_concurrency() {
+    let cluster = Cluster::start().await;
+    let cli = Cli::new(&cluster);
+    hourly(&cluster, "hb", "sleep 0.3; echo \"done $CHARON_PARAMETER\"").await;
+    let (ok, out, err) = cli
+        .run(&[
+            "-n",
+            NS,
+            "backfill",
+            "create",
+            "hb",
+            "--start",
+            "2024-01-01T00",
+            "--end",
+            "2024-01-01T12",
+            "--concurrency",
+            "3",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("12 partitions of hb, at most 3 at a time"),
+        "{out}"
+    );
+    let name = out
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.strip_prefix("backfill/"))
+        .expect("name")
+        .to_string();
+    let mut max_active = 0;
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let list = cluster.instances_of("hb").await;
+        let active = list.iter().filter(|i| state(i).is_active()).count();
+        max_active = max_active.max(active);
+        let backfill = backfills(&cluster).get(&name).await.expect("backfill");
+        let done = backfill.status.as_ref().map_or(0, |s| s.counts.done);
+        if done == 12 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backfill did not finish: {:?}",
+            backfill.status
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    assert!(max_active <= 3, "{max_active} active at once");
+    assert!(max_active >= 2, "ran one at a time ({max_active})");
+    let instances = cluster.instances_of("hb").await;
+    assert_eq!(instances.len(), 12);
+    assert!(
+        instances.iter().all(|i| state(i) == InstanceState::Done
+            && i.spec.trigger.trigger_type == TriggerType::Backfill)
+    );
+
+    // `backfill list` and `show`, directly and as a kubectl plugin.
+    let (ok, out, err) = cli.run(&["-n", NS, "backfill", "list"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{out}");
+    assert!(
+        lines[1].contains("Completed") && lines[1].contains("12/12"),
+        "{out}"
+    );
+    let (ok, out, _) = cli.run(&["-n", NS, "backfill", "show", &name]).await;
+    assert!(ok);
+    assert!(
+        out.contains("triggered 12 active 0 done 12 failed 0 skipped 0"),
+        "{out}"
+    );
+    assert!(out.contains("2024-01-01T11   Done"), "{out}");
+    let plugin = kubectl_plugin_dir();
+    let path = format!(
+        "{}:{}",
+        plugin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("kubectl")
+        .args(["charon", "backfill", "list", "-n", NS, "--kubeconfig"])
+        .arg(&cli.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&name) && stdout.contains("12/12"),
+        "{stdout}"
+    );
+
+    // `status` shows the grid and the backfill's progress; `logs` prints the Job's output.
+    let (ok, out, _) = cli.run(&["-n", NS, "status", "hb"]).await;
+    assert!(ok);
+    assert!(out.contains("Recent:   DDDDDDDDDDDD"), "{out}");
+    assert!(out.contains("[####################] 12/12 100%"), "{out}");
+    let (ok, out, err) = cli.run(&["-n", NS, "logs", "hb-2024-01-01t05"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "done 2024-01-01T05");
+    cluster.stop().await;
+}
+
+fn kubectl_plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let target = dir.path().join("kubectl-charon");
+    std::os::unix::fs::symlink(Path::new(env!("CARGO_BIN_EXE_charon")), &target).expect("symlink");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_hoc_triggers_annotations_halt_and_retry() {
+    let cluster = Cluster::start().await;
+    let cli = Cli::new(&cluster);
+    hourly(&cluster, "hb", "echo \"p=$CHARON_PARAMETER x=$EXTRA\"").await;
+
+    let (ok, out, err) = cli
+        .run(&[
+            "-n",
+            NS,
+            "trigger",
+            "hb",
+            "2024-01-02T05:30",
+            "-e",
+            "EXTRA=yes",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(
+            "workflowinstance/hb-2024-01-02t05 created (partition 2024-01-02T05, trigger adhoc-"
+        ),
+        "{out}"
+    );
+    let instance = cluster
+        .instances()
+        .get("hb-2024-01-02t05")
+        .await
+        .expect("instance");
+    assert_eq!(instance.spec.parameter, "2024-01-02T05");
+    assert_eq!(instance.spec.trigger.trigger_type, TriggerType::Adhoc);
+    cluster
+        .wait_states("hb", 1, &[InstanceState::Done], LONG)
+        .await;
+    let (_, out, _) = cli.run(&["-n", NS, "logs", "hb-2024-01-02t05"]).await;
+    assert_eq!(out.trim(), "p=2024-01-02T05 x=yes");
+
+    // Again: the finished instance is re-opened as a new run, the first run kept.
+    let (ok, out, err) = cli.run(&["-n", NS, "trigger", "hb", "2024-01-02T05"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("re-opened"), "{out}");
+    let reopened = cluster
+        .eventually("the second run to finish", LONG, || async {
+            let i = cluster
+                .instances()
+                .get("hb-2024-01-02t05")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = i.status.clone().unwrap_or_default();
+            if s.state == InstanceState::Done && s.runs.len() == 1 {
+                Ok(i)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    let status = reopened.status.expect("status");
+    assert_eq!(status.runs[0].state, InstanceState::Done);
+    assert_eq!(status.execution, 2);
+
+    // A partition that is not due is refused with one clear line and a non-zero exit.
+    let (ok, _, err) = cli.run(&["-n", NS, "trigger", "hb", "2099-01-01T00"]).await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: partition 2099-01-01T00 is not due until"),
+        "{err}"
+    );
+    let (ok, _, err) = cli.run(&["-n", NS, "trigger", "nope", "2024-01-01"]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "error: workflow \"nope\" not found in namespace default"
+    );
+
+    // Annotation shorthands: consumed, acted on, and removed.
+    let workflows: Api<Workflow> = Api::namespaced(cluster.client.clone(), NS);
+    workflows
+        .patch(
+            "hb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "charon.dev/trigger": "2024-01-03T01",
+                "charon.dev/backfill": "2024-01-04T00/2024-01-04T03/2",
+            }}})),
+        )
+        .await
+        .expect("annotate");
+    cluster
+        .eventually("the annotations to be consumed", LONG, || async {
+            let wf = workflows.get("hb").await.map_err(|e| e.to_string())?;
+            let left: Vec<&String> = wf
+                .annotations()
+                .keys()
+                .filter(|k| k.starts_with("charon.dev/"))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        })
+        .await;
+    let adhoc = cluster
+        .instances()
+        .get("hb-2024-01-03t01")
+        .await
+        .expect("annotation trigger");
+    assert_eq!(adhoc.spec.trigger.trigger_type, TriggerType::Adhoc);
+    cluster
+        .eventually("the annotation's backfill to complete", LONG, || async {
+            let list = backfills(&cluster)
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            match list.items.first().and_then(|b| b.status.clone()) {
+                Some(s) if s.counts.done == 3 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+
+    // Halt a running instance from the CLI; retry a queued one.
+    hourly(&cluster, "slow", "sleep 60").await;
+    hourly(&cluster, "flaky", "exit 3").await;
+    let (ok, _, err) = cli
+        .run(&["-n", NS, "trigger", "slow", "2024-01-01T00"])
+        .await;
+    assert!(ok, "{err}");
+    cluster
+        .wait_states("slow", 1, &[InstanceState::Running], LONG)
+        .await;
+    let (ok, out, _) = cli.run(&["-n", NS, "halt", "slow-2024-01-01t00"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "workflowinstance/slow-2024-01-01t00 halted");
+    cluster
+        .wait_states("slow", 1, &[InstanceState::Halted], LONG)
+        .await;
+
+    let (ok, _, _) = cli
+        .run(&["-n", NS, "trigger", "flaky", "2024-01-01T00"])
+        .await;
+    assert!(ok);
+    cluster
+        .eventually("the first failure", LONG, || async {
+            let i = cluster
+                .instances()
+                .get("flaky-2024-01-01t00")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = i.status.unwrap_or_default();
+            if s.state == InstanceState::Queued && s.tries == 1 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    let (ok, out, _) = cli.run(&["-n", NS, "retry", "flaky-2024-01-01t00"]).await;
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        "workflowinstance/flaky-2024-01-01t00 will retry now"
+    );
+    cluster
+        .eventually("the second attempt at once", LONG, || async {
+            let i = cluster
+                .instances()
+                .get("flaky-2024-01-01t00")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = i.status.unwrap_or_default();
+            // Cost is not reset by a retry-now.
+            if s.tries == 2 && s.cost >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    cluster.stop().await;
+}
+
+async fn create(cluster: &Cluster, name: &str, extra: serde_json::Value) {
+    let mut spec = json!({"workflow": "rb", "start": "2024-01-01T00", "end": "2024-01-01T04", "concurrency": 1});
+    for (k, v) in extra.as_object().expect("object") {
+        spec[k] = v.clone();
+    }
+    let backfill: Backfill = serde_json::from_value(json!({
+        "apiVersion": "charon.dev/v1alpha1", "kind": "Backfill",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("backfill");
+    backfills(cluster)
+        .create(&Default::default(), &backfill)
+        .await
+        .expect("created");
+}
+
+async fn wait_completed(cluster: &Cluster, name: &str) -> charon::resources::BackfillStatus {
+    let api = backfills(cluster);
+    cluster
+        .eventually(&format!("backfill {name} to complete"), LONG, || async {
+            let b = api.get(name).await.map_err(|e| e.to_string())?;
+            let s = b.status.unwrap_or_default();
+            if s.state == charon::resources::BackfillState::Completed {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_order_reprocess_modes_and_halting() {
+    let cluster = Cluster::start().await;
+    hourly(&cluster, "rb", "sleep 0.2").await;
+    // Reverse: newest first, one at a time.
+    create(&cluster, "rev", json!({"reverse": true})).await;
+    wait_completed(&cluster, "rev").await;
+    let mut instances = cluster.instances_of("rb").await;
+    instances.sort_by_key(|i| i.status.as_ref().and_then(|s| s.started_at));
+    let order: Vec<&str> = instances
+        .iter()
+        .map(|i| i.spec.parameter.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "2024-01-01T03",
+            "2024-01-01T02",
+            "2024-01-01T01",
+            "2024-01-01T00"
+        ]
+    );
+
+    // Missing: everything exists, so everything is skipped.
+    create(
+        &cluster,
+        "missing",
+        json!({"reprocess": "Missing", "end": "2024-01-01T05"}),
+    )
+    .await;
+    let s = wait_completed(&cluster, "missing").await;
+    assert_eq!(
+        (s.counts.skipped, s.counts.triggered, s.counts.done),
+        (4, 1, 1)
+    );
+
+    // All re-runs finished partitions; Failed re-runs only those that did not end Done.
+    create(
+        &cluster,
+        "all",
+        json!({"reprocess": "All", "end": "2024-01-01T02"}),
+    )
+    .await;
+    let s = wait_completed(&cluster, "all").await;
+    assert_eq!(s.counts.done, 2);
+    create(&cluster, "failed", json!({"reprocess": "Failed"})).await;
+    let s = wait_completed(&cluster, "failed").await;
+    assert_eq!(s.counts.skipped, 4);
+
+    // Non-graceful halt halts the active instance; graceful lets it finish.
+    hourly(&cluster, "long", "sleep 30").await;
+    for (name, graceful) in [("hard", false), ("soft", true)] {
+        let start = if graceful {
+            "2024-02-01T00"
+        } else {
+            "2024-03-01T00"
+        };
+        let end = if graceful {
+            "2024-02-01T03"
+        } else {
+            "2024-03-01T03"
+        };
+        let backfill: Backfill = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "Backfill",
+            "metadata": {"name": name},
+            "spec": {"workflow": "long", "start": start, "end": end, "concurrency": 1},
+        }))
+        .expect("backfill");
+        backfills(&cluster)
+            .create(&Default::default(), &backfill)
+            .await
+            .expect("created");
+        let first = format!("long-{}", start.to_lowercase());
+        cluster
+            .eventually("the first partition to run", LONG, || async {
+                let i = cluster
+                    .instances()
+                    .get(&first)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if state(&i) == InstanceState::Running {
+                    Ok(())
+                } else {
+                    Err(state(&i).as_str().to_string())
+                }
+            })
+            .await;
+        backfills(&cluster)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"halted": true, "gracefulHalt": graceful}})),
+            )
+            .await
+            .expect("halt");
+        let b = cluster
+            .eventually("the backfill to halt", LONG, || async {
+                let b = backfills(&cluster)
+                    .get(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let s = b.status.clone().unwrap_or_default();
+                if s.state == charon::resources::BackfillState::Halted
+                    || (!graceful && s.state == charon::resources::BackfillState::Completed)
+                {
+                    Ok(s)
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            })
+            .await;
+        assert_eq!(b.counts.triggered, 1, "{name}");
+        let i = cluster.instances().get(&first).await.expect("instance");
+        if graceful {
+            assert_eq!(state(&i), InstanceState::Running);
+        } else {
+            cluster
+                .eventually("the instance to halt", LONG, || async {
+                    let i = cluster
+                        .instances()
+                        .get(&first)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if state(&i) == InstanceState::Halted {
+                        Ok(())
+                    } else {
+                        Err(state(&i).as_str().to_string())
+                    }
+                })
+                .await;
+        }
+    }
+    cluster.stop().await;
+}

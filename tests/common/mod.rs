@@ -1,0 +1,221 @@
+//! The test bed shared by the end-to-end tests: the embedded cluster (whose simulated
+//! kubelet runs Jobs as local processes), Charon's CRDs, and the operator with a clock that
+//! can be moved forward.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use charon::controller::{Metrics, ShiftedClock};
+use charon::operator::{self, Settings};
+use charon::resources::{InstanceState, Workflow, WorkflowInstance};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, LogParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "default";
+
+pub struct Cluster {
+    pub server: Option<charon_apiserver::RunningServer>,
+    pub client: Client,
+    pub clock: Arc<ShiftedClock>,
+    operator: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "charon=info,kube_runtime=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let server = charon_apiserver::ApiServer::start(charon_apiserver::Config::default())
+            .await
+            .expect("server starts");
+        let client = Client::try_from(kube::Config::new(server.url().parse().expect("url")))
+            .expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in charon::crd::crds() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("CRD installs");
+        }
+        let mut cluster = Cluster {
+            server: Some(server),
+            client,
+            clock: Arc::new(ShiftedClock::default()),
+            operator: None,
+        };
+        cluster.start_operator();
+        cluster
+    }
+
+    pub fn start_operator(&mut self) {
+        let settings = Settings {
+            namespaces: Vec::new(),
+            lease: None,
+            clock: self.clock.clone(),
+            metrics: Arc::new(Metrics::default()),
+            identity: "test".into(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let server = self.server.as_ref().expect("server runs");
+        let client = operator::client_with_agent(
+            kube::Config::new(server.url().parse().expect("url")),
+            operator::OPERATOR_AGENT,
+        )
+        .expect("operator client");
+        let task = tokio::spawn(operator::run(client, settings, shutdown));
+        self.operator = Some((stop, task));
+    }
+
+    /// Kills the operator abruptly (no graceful shutdown), as a crash would.
+    pub async fn kill_operator(&mut self) {
+        if let Some((_, task)) = self.operator.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some((stop, task)) = self.operator.take() {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(StdDuration::from_secs(5), task).await;
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    pub fn workflows(&self) -> Api<Workflow> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn instances(&self) -> Api<WorkflowInstance> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    pub async fn apply_workflow(&self, name: &str, spec: serde_json::Value) -> Workflow {
+        let workflow: Workflow = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1",
+            "kind": "Workflow",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .expect("workflow");
+        self.workflows()
+            .create(&PostParams::default(), &workflow)
+            .await
+            .expect("workflow created")
+    }
+
+    pub async fn instances_of(&self, workflow: &str) -> Vec<WorkflowInstance> {
+        let mut list: Vec<WorkflowInstance> = self
+            .instances()
+            .list(&ListParams::default())
+            .await
+            .expect("list instances")
+            .items
+            .into_iter()
+            .filter(|i| i.spec.workflow == workflow)
+            .collect();
+        list.sort_by_key(|i| i.spec.logical_time);
+        list
+    }
+
+    pub async fn jobs_of(&self, instance: &str) -> Vec<Job> {
+        self.jobs()
+            .list(&ListParams::default().labels(&format!("charon.dev/instance={instance}")))
+            .await
+            .expect("list jobs")
+            .items
+    }
+
+    pub async fn log_of(&self, job: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={job}")))
+            .await
+            .expect("pods");
+        let pod = list.items.first().expect("a pod of the job");
+        pods.logs(&pod.name_any(), &LogParams::default())
+            .await
+            .expect("log")
+    }
+
+    /// Polls until `check` returns Some, or panics with the last state after `timeout`.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, timeout: StdDuration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match check().await {
+                Ok(value) => return value,
+                Err(state) if tokio::time::Instant::now() >= deadline => {
+                    panic!("timed out waiting for {what}; last seen: {state}")
+                }
+                Err(_) => tokio::time::sleep(StdDuration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub async fn wait_states(
+        &self,
+        workflow: &str,
+        count: usize,
+        states: &[InstanceState],
+        timeout: StdDuration,
+    ) -> Vec<WorkflowInstance> {
+        self.eventually(
+            &format!("{count} instances of {workflow} in {states:?}"),
+            timeout,
+            || async {
+                let list = self.instances_of(workflow).await;
+                let summary: Vec<String> = list
+                    .iter()
+                    .map(|i| {
+                        let s = i.status.clone().unwrap_or_default();
+                        format!("{}={}({})", i.spec.parameter, s.state.as_str(), s.message)
+                    })
+                    .collect();
+                let done = list.len() == count
+                    && list.iter().all(|i| {
+                        states.contains(&i.status.as_ref().map(|s| s.state).unwrap_or_default())
+                    });
+                if done {
+                    Ok(list)
+                } else {
+                    Err(summary.join(", "))
+                }
+            },
+        )
+        .await
+    }
+}
+
+pub fn state(instance: &WorkflowInstance) -> InstanceState {
+    instance
+        .status
+        .as_ref()
+        .map(|s| s.state)
+        .unwrap_or_default()
+}
+
+pub const LONG: StdDuration = StdDuration::from_secs(60);

@@ -1,0 +1,350 @@
+//! End-to-end: the operator against the embedded cluster, whose simulated kubelet runs each
+//! Job's command as a local process. The operator's clock can be moved forward, so hours of
+//! schedule pass in seconds; no test sleeps for wall-clock minutes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration as StdDuration;
+
+use charon::resources::{InstanceState, find_condition};
+use chrono::Duration;
+use common::{Cluster, LONG, NS, state};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_eight_hours_of_an_hourly_workflow() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "hb",
+            json!({
+                "schedule": "@hourly",
+                "template": {
+                    "image": "busybox",
+                    "command": ["sh", "-c", "echo \"p=$CHARON_PARAMETER a=$1 t=$CHARON_TRIGGER_TYPE x=$CHARON_EXECUTION_TRIES\"", "sh"],
+                    "args": ["{}"],
+                }
+            }),
+        )
+        .await;
+    let created = chrono::Utc::now();
+    // Nothing is due until the first hour after creation has passed.
+    let workflow = cluster
+        .eventually("nextTrigger", LONG, || async {
+            let wf = cluster
+                .workflows()
+                .get("hb")
+                .await
+                .map_err(|e| e.to_string())?;
+            match wf.status.as_ref().and_then(|s| s.next_trigger.clone()) {
+                Some(_) => Ok(wf),
+                None => Err(format!("{:?}", wf.status)),
+            }
+        })
+        .await;
+    let next = workflow.status.and_then(|s| s.next_trigger).expect("next");
+    assert!(next.trigger_at > created);
+    assert!(cluster.instances_of("hb").await.is_empty());
+
+    cluster.clock.advance(Duration::hours(48));
+    let instances = cluster
+        .wait_states("hb", 48, &[InstanceState::Done], LONG * 2)
+        .await;
+    let schedule = charon::schedule::Schedule::new("@hourly", None, None).expect("schedule");
+    let expected: Vec<String> = schedule
+        .partitions_after(next.logical_time - Duration::seconds(1))
+        .take(48)
+        .map(|p| schedule.parameter(p))
+        .collect();
+    let got: Vec<String> = instances.iter().map(|i| i.spec.parameter.clone()).collect();
+    assert_eq!(got, expected);
+    for instance in instances.iter().take(3) {
+        let status = instance.status.clone().expect("status");
+        assert_eq!(status.tries, 1);
+        let job = status.job.expect("job");
+        let log = cluster.log_of(&job).await;
+        let parameter = &instance.spec.parameter;
+        assert_eq!(
+            log.trim(),
+            format!("p={parameter} a={parameter} t=natural x=0"),
+            "{job}"
+        );
+        assert_eq!(cluster.jobs_of(&instance.name_any()).await.len(), 1);
+    }
+    let wf = cluster.workflows().get("hb").await.expect("workflow");
+    let status = wf.status.expect("status");
+    assert_eq!(
+        status.last_triggered.map(|t| t.parameter),
+        expected.last().cloned()
+    );
+    assert_eq!(status.observed_generation, wf.metadata.generation);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_decide_retries() {
+    let cluster = Cluster::start().await;
+    let spec = |script: &str| {
+        json!({
+            "schedule": "@hourly",
+            "template": {"image": "busybox", "command": ["sh", "-c", script]},
+        })
+    };
+    // Exit 20 on the first attempt, then success.
+    cluster
+        .apply_workflow(
+            "deps",
+            spec("if [ \"$CHARON_EXECUTION_TRIES\" = 0 ]; then exit 20; fi; echo ok"),
+        )
+        .await;
+    cluster.apply_workflow("fatal", spec("exit 50")).await;
+    cluster.apply_workflow("flaky", spec("exit 3")).await;
+    cluster.clock.advance(Duration::minutes(61));
+
+    let fatal = cluster
+        .wait_states("fatal", 1, &[InstanceState::Error], LONG)
+        .await;
+    let status = fatal[0].status.clone().expect("status");
+    assert_eq!(status.last_exit_code, Some(50));
+    assert_eq!(status.tries, 1);
+    assert_eq!(cluster.jobs_of(&fatal[0].name_any()).await.len(), 1);
+
+    let deps = cluster
+        .wait_states("deps", 1, &[InstanceState::Queued], LONG)
+        .await;
+    let status = deps[0].status.clone().expect("status");
+    assert_eq!(status.last_exit_code, Some(20));
+    assert!((status.cost - 0.1).abs() < 1e-9, "cost {}", status.cost);
+    let finished = status.history.last().expect("history").at;
+    let delay = status.next_attempt_at.expect("retry time") - finished;
+    assert_eq!(delay, Duration::minutes(10));
+
+    let flaky = cluster
+        .wait_states("flaky", 1, &[InstanceState::Queued], LONG)
+        .await;
+    let status = flaky[0].status.clone().expect("status");
+    assert_eq!(status.last_exit_code, Some(3));
+    assert!((status.cost - 1.0).abs() < 1e-9);
+    let delay = status.next_attempt_at.expect("retry") - status.history.last().expect("h").at;
+    // First failure: 3 min × max(1, U{0, 1}) = 3 minutes.
+    assert_eq!(delay, Duration::minutes(3));
+
+    // Nine minutes later the exit-20 instance still waits; at ten it runs again and succeeds.
+    cluster.clock.advance(Duration::minutes(9));
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert_eq!(
+        state(
+            &cluster
+                .instances()
+                .get(&deps[0].name_any())
+                .await
+                .expect("get")
+        ),
+        InstanceState::Queued
+    );
+    cluster.clock.advance(Duration::minutes(1));
+    let deps = cluster
+        .wait_states("deps", 1, &[InstanceState::Done], LONG)
+        .await;
+    let status = deps[0].status.clone().expect("status");
+    assert_eq!(status.tries, 2);
+    assert!((status.cost - 0.1).abs() < 1e-9);
+    // Only the last attempt's Job is kept.
+    let jobs = cluster.jobs_of(&deps[0].name_any()).await;
+    let names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+    cluster
+        .eventually("the first attempt's Job to be deleted", LONG, || async {
+            let jobs = cluster.jobs_of(&deps[0].name_any()).await;
+            let names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+            if names == [format!("{}-2", deps[0].name_any())] {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        })
+        .await;
+    drop(names);
+    let reasons: Vec<&str> = status.history.iter().map(|h| h.reason.as_str()).collect();
+    assert!(reasons.contains(&"MissingDependencies"), "{reasons:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_and_halts() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "bad",
+            json!({"schedule": "61 * * * *", "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    let message = cluster
+        .eventually("Valid=False", LONG, || async {
+            let wf = cluster
+                .workflows()
+                .get("bad")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = wf.status.unwrap_or_default();
+            match find_condition(&status.conditions, "Valid") {
+                Some(c) if c.status == charon::resources::ConditionStatus::False => {
+                    Ok(c.message.clone())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert!(message.starts_with("spec.schedule: "), "{message}");
+    // A Warning Event names the field too.
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), NS);
+    let warning = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|e| e.involved_object.name.as_deref() == Some("bad"))
+        .expect("an event about the workflow");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning
+            .message
+            .unwrap_or_default()
+            .contains("spec.schedule")
+    );
+    cluster.clock.advance(Duration::hours(2));
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert!(cluster.instances_of("bad").await.is_empty());
+
+    // Fixed: scheduling resumes.
+    cluster
+        .workflows()
+        .patch(
+            "bad",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"schedule": "@hourly"}})),
+        )
+        .await
+        .expect("fix");
+    cluster
+        .eventually("Valid=True and instances", LONG, || async {
+            let wf = cluster
+                .workflows()
+                .get("bad")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = wf.status.unwrap_or_default();
+            let valid = find_condition(&status.conditions, "Valid")
+                .is_some_and(|c| c.status == charon::resources::ConditionStatus::True);
+            let n = cluster.instances_of("bad").await.len();
+            if valid && n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("valid={valid} instances={n}"))
+            }
+        })
+        .await;
+
+    // Halt a running instance: its Job goes, the instance ends Halted.
+    cluster
+        .apply_workflow(
+            "sleepy",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["sleep", "300"]}}),
+        )
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    let running = cluster
+        .wait_states("sleepy", 1, &[InstanceState::Running], LONG)
+        .await;
+    let name = running[0].name_any();
+    cluster
+        .instances()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"halted": true}})),
+        )
+        .await
+        .expect("halt");
+    cluster
+        .wait_states("sleepy", 1, &[InstanceState::Halted], LONG)
+        .await;
+    cluster
+        .eventually("the Job to be deleted", LONG, || async {
+            let n = cluster.jobs_of(&name).await.len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} jobs"))
+            }
+        })
+        .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_never_exceeded_and_a_restart_neither_duplicates_nor_misses() {
+    let mut cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "limited",
+            json!({
+                "schedule": "@hourly",
+                "concurrency": 2,
+                "template": {"image": "busybox", "command": ["sh", "-c", "sleep 0.3"]},
+            }),
+        )
+        .await;
+    cluster.clock.advance(Duration::hours(6));
+    // Watch the active count until all six are done.
+    let mut max_active = 0;
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let list = cluster.instances_of("limited").await;
+        let active = list.iter().filter(|i| state(i).is_active()).count();
+        max_active = max_active.max(active);
+        if list.len() == 6 && list.iter().all(|i| state(i) == InstanceState::Done) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not all done");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    assert!(max_active <= 2, "{max_active} active");
+    assert!(max_active >= 1);
+
+    // Crash the operator while an instance runs, miss five hours, and restart it.
+    cluster
+        .apply_workflow(
+            "steady",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["sleep", "2"]}}),
+        )
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    cluster
+        .wait_states("steady", 1, &[InstanceState::Running], LONG)
+        .await;
+    cluster.kill_operator().await;
+    cluster.clock.advance(Duration::hours(5));
+    cluster.start_operator();
+    let instances = cluster
+        .wait_states("steady", 6, &[InstanceState::Done], LONG)
+        .await;
+    let parameters: BTreeSet<String> = instances.iter().map(|i| i.spec.parameter.clone()).collect();
+    assert_eq!(parameters.len(), 6);
+    for instance in &instances {
+        let jobs = cluster.jobs_of(&instance.name_any()).await;
+        assert_eq!(
+            jobs.len(),
+            1,
+            "{} has {} jobs",
+            instance.name_any(),
+            jobs.len()
+        );
+        assert_eq!(instance.status.as_ref().map(|s| s.tries), Some(1));
+    }
+    cluster.stop().await;
+}
