@@ -213,6 +213,19 @@ pub fn plan(
             }
             let instance = row.instance.clone().unwrap_or_default();
             match existing(&instance) {
+                // Triggered by this backfill already (its status write was lost, say): follow
+                // it rather than report it as someone else's.
+                Some(e) if ours(&e) => {
+                    if e.state == InstanceState::Done {
+                        row.state = DONE.into();
+                    } else if e.state.is_terminal() {
+                        row.state = FAILED.into();
+                        row.reason = Some(format!("instance ended {}", e.state.as_str()));
+                    } else {
+                        row.state = TRIGGERED.into();
+                        active += 1;
+                    }
+                }
                 None => {
                     actions.push(BackfillAction::Create {
                         logical: *logical,

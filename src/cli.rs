@@ -44,7 +44,7 @@ pub enum Command {
 
 /// Parses the process arguments, runs the command and maps failures to a one-line error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(user_flags_after_command(std::env::args_os().collect()));
     telemetry::init(cli.log_format, &cli.log_level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +53,64 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The user commands' connection flags, which kubectl users write before the command
+/// (`charon -n NS backfill list`, and so `kubectl charon -n NS …`).
+const USER_COMMANDS: &[&str] = &["trigger", "backfill", "halt", "retry", "logs", "status"];
+const USER_FLAGS: &[&str] = &[
+    "-n",
+    "--namespace",
+    "--kubeconfig",
+    "--context",
+    "-o",
+    "--output",
+];
+
+/// Moves connection flags given before a user command to just after it, where the command
+/// defines them; anything else is left alone.
+pub fn user_flags_after_command(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let text: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut moved = Vec::new();
+    let mut rest = Vec::new();
+    let mut i = 1;
+    while i < text.len() {
+        let arg = &text[i];
+        if USER_COMMANDS.contains(&arg.as_str()) {
+            let mut out = vec![args[0].clone()];
+            out.extend(rest);
+            out.push(args[i].clone());
+            out.extend(moved);
+            out.extend(args[i + 1..].iter().cloned());
+            return out;
+        }
+        let flag = arg.split('=').next().unwrap_or_default();
+        if USER_FLAGS.contains(&flag) {
+            moved.push(args[i].clone());
+            if !arg.contains('=') && i + 1 < text.len() {
+                moved.push(args[i + 1].clone());
+                i += 1;
+            }
+        } else if arg.starts_with('-') {
+            rest.push(args[i].clone());
+            // Global flags with a value (`--log-level info`).
+            if !arg.contains('=')
+                && matches!(arg.as_str(), "--log-level" | "--log-format")
+                && i + 1 < text.len()
+            {
+                rest.push(args[i + 1].clone());
+                i += 1;
+            }
+        } else {
+            // Another command: nothing to move.
+            return args;
+        }
+        i += 1;
+    }
+    args
 }
 
 /// Runs one subcommand, writing its output to stdout.
@@ -87,4 +145,53 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved(args: &[&str]) -> Vec<String> {
+        user_flags_after_command(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn connection_flags_before_a_user_command_move_after_it() {
+        assert_eq!(
+            moved(&["charon", "-n", "ns", "backfill", "list"]),
+            ["charon", "backfill", "-n", "ns", "list"]
+        );
+        assert_eq!(
+            moved(&[
+                "charon",
+                "--log-level",
+                "debug",
+                "--kubeconfig=k",
+                "trigger",
+                "w",
+                "p"
+            ]),
+            [
+                "charon",
+                "--log-level",
+                "debug",
+                "trigger",
+                "--kubeconfig=k",
+                "w",
+                "p"
+            ]
+        );
+        // Other commands keep their own flags.
+        assert_eq!(
+            moved(&["charon", "preview", "-o", "json"]),
+            ["charon", "preview", "-o", "json"]
+        );
+        assert_eq!(
+            moved(&["charon", "dev", "--kubeconfig", "k"]),
+            ["charon", "dev", "--kubeconfig", "k"]
+        );
+    }
 }

@@ -256,9 +256,16 @@ async fn invalid_specs_and_halts() {
             json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["sleep", "300"]}}),
         )
         .await;
-    cluster.clock.advance(Duration::minutes(61));
+    // The clock was moved forward above, so some partitions are due at once.
     let running = cluster
-        .wait_states("sleepy", 1, &[InstanceState::Running], LONG)
+        .eventually("sleepy instances running", LONG, || async {
+            let list = cluster.instances_of("sleepy").await;
+            if !list.is_empty() && list.iter().all(|i| state(i) == InstanceState::Running) {
+                Ok(list)
+            } else {
+                Err(format!("{:?}", list.iter().map(state).collect::<Vec<_>>()))
+            }
+        })
         .await;
     let name = running[0].name_any();
     cluster
@@ -271,15 +278,17 @@ async fn invalid_specs_and_halts() {
         .await
         .expect("halt");
     cluster
-        .wait_states("sleepy", 1, &[InstanceState::Halted], LONG)
-        .await;
-    cluster
-        .eventually("the Job to be deleted", LONG, || async {
-            let n = cluster.jobs_of(&name).await.len();
-            if n == 0 {
+        .eventually("the instance to halt and its Job to go", LONG, || async {
+            let i = cluster
+                .instances()
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let jobs = cluster.jobs_of(&name).await.len();
+            if state(&i) == InstanceState::Halted && jobs == 0 {
                 Ok(())
             } else {
-                Err(format!("{n} jobs"))
+                Err(format!("{} with {jobs} jobs", state(&i).as_str()))
             }
         })
         .await;
@@ -287,8 +296,8 @@ async fn invalid_specs_and_halts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrency_is_never_exceeded_and_a_restart_neither_duplicates_nor_misses() {
-    let mut cluster = Cluster::start().await;
+async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
+    let cluster = Cluster::start().await;
     cluster
         .apply_workflow(
             "limited",
@@ -315,6 +324,26 @@ async fn concurrency_is_never_exceeded_and_a_restart_neither_duplicates_nor_miss
     }
     assert!(max_active <= 2, "{max_active} active");
     assert!(max_active >= 1);
+    // Older partitions went first: start times follow the partitions' order.
+    let list = cluster.instances_of("limited").await;
+    let starts: Vec<_> = list
+        .iter()
+        .map(|i| {
+            i.status
+                .as_ref()
+                .and_then(|s| s.started_at)
+                .expect("started")
+        })
+        .collect();
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(starts, sorted);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_duplicates_nor_misses() {
+    let mut cluster = Cluster::start().await;
 
     // Crash the operator while an instance runs, miss five hours, and restart it.
     cluster
@@ -346,5 +375,79 @@ async fn concurrency_is_never_exceeded_and_a_restart_neither_duplicates_nor_miss
         );
         assert_eq!(instance.status.as_ref().map(|s| s.tries), Some(1));
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_only_the_leader_writes_and_failover_continues() {
+    let cluster = Cluster::without_operator().await;
+    let lease = |identity: &str| charon::controller::leader::LeaseConfig {
+        namespace: NS.into(),
+        name: "charon-operator".into(),
+        identity: identity.into(),
+        duration: StdDuration::from_secs(2),
+        retry_period: StdDuration::from_millis(300),
+    };
+    let (stop_a, a) = cluster.replica("replica-a", "charon-operator/a", Some(lease("replica-a")));
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let (stop_b, b) = cluster.replica("replica-b", "charon-operator/b", Some(lease("replica-b")));
+    cluster
+        .apply_workflow(
+            "ha",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    cluster
+        .wait_states("ha", 1, &[InstanceState::Done], LONG)
+        .await;
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.client.clone(), NS);
+    let holder = |lease: k8s_openapi::api::coordination::v1::Lease| {
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        holder(leases.get("charon-operator").await.expect("lease")),
+        "replica-a"
+    );
+    let server = cluster.server.as_ref().expect("server");
+    let writes = |agent: &str| -> Vec<String> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.user_agent == agent && r.resource != "leases")
+            .filter(|r| matches!(r.verb.as_str(), "create" | "update" | "patch" | "delete"))
+            .map(|r| format!("{} {}/{}", r.verb, r.resource, r.subresource))
+            .collect()
+    };
+    assert!(!writes("charon-operator/a").is_empty());
+    assert_eq!(writes("charon-operator/b"), Vec::<String>::new());
+
+    // The leader dies without releasing the lease; the standby takes over once it expires.
+    a.abort();
+    let _ = a.await;
+    drop(stop_a);
+    cluster
+        .eventually("replica-b to lead", StdDuration::from_secs(10), || async {
+            let h = holder(
+                leases
+                    .get("charon-operator")
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            if h == "replica-b" { Ok(()) } else { Err(h) }
+        })
+        .await;
+    cluster.clock.advance(Duration::hours(1));
+    cluster
+        .wait_states("ha", 2, &[InstanceState::Done], LONG)
+        .await;
+    assert!(!writes("charon-operator/b").is_empty());
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(StdDuration::from_secs(5), b).await;
     cluster.stop().await;
 }

@@ -126,9 +126,21 @@ pub async fn reconcile(
             Err(err) => return Err(err),
         };
     }
-    let instance_ref = ObjectRef::from_obj(&*instance);
-    if let Some(ledger) = ledger.as_mut() {
-        ledger.insert(instance_ref.clone(), step.instance.state);
+    // Every state written for a workflow with a limit goes in the ledger, which admission
+    // trusts over the cache.
+    if limit.is_some() {
+        let instance_ref = ObjectRef::from_obj(&*instance);
+        match ledger.as_mut() {
+            Some(ledger) => {
+                ledger.insert(instance_ref, step.instance.state);
+            }
+            None => {
+                ctx.ledger
+                    .lock()
+                    .await
+                    .insert(instance_ref, step.instance.state);
+            }
+        }
     }
     drop(ledger);
 
@@ -164,6 +176,12 @@ pub async fn reconcile(
         let status = stored.status.clone().unwrap_or_default();
         let new_status = to_status(&status, &again.instance, &again.transitions, now, &workflow);
         stored = write_status(&ctx, &stored, &namespace, new_status).await?;
+        if limit.is_some() {
+            ctx.ledger
+                .lock()
+                .await
+                .insert(ObjectRef::from_obj(&stored), again.instance.state);
+        }
         transitions.extend(again.transitions.iter().cloned());
         step = again;
     }

@@ -29,6 +29,13 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        let mut cluster = Cluster::without_operator().await;
+        cluster.start_operator();
+        cluster
+    }
+
+    /// The cluster with the CRDs, and no operator yet.
+    pub async fn without_operator() -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,23 +54,32 @@ impl Cluster {
                 .await
                 .expect("CRD installs");
         }
-        let mut cluster = Cluster {
+        Cluster {
             server: Some(server),
             client,
             clock: Arc::new(ShiftedClock::default()),
             operator: None,
-        };
-        cluster.start_operator();
-        cluster
+        }
     }
 
     pub fn start_operator(&mut self) {
+        let (stop, task) = self.replica("test", operator::OPERATOR_AGENT, None);
+        self.operator = Some((stop, task));
+    }
+
+    /// Starts an operator replica sending `agent` as its User-Agent; the caller owns it.
+    pub fn replica(
+        &self,
+        identity: &str,
+        agent: &str,
+        lease: Option<charon::controller::leader::LeaseConfig>,
+    ) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
         let settings = Settings {
             namespaces: Vec::new(),
-            lease: None,
+            lease,
             clock: self.clock.clone(),
             metrics: Arc::new(Metrics::default()),
-            identity: "test".into(),
+            identity: identity.into(),
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {
@@ -73,11 +89,13 @@ impl Cluster {
         let server = self.server.as_ref().expect("server runs");
         let client = operator::client_with_agent(
             kube::Config::new(server.url().parse().expect("url")),
-            operator::OPERATOR_AGENT,
+            agent,
         )
         .expect("operator client");
-        let task = tokio::spawn(operator::run(client, settings, shutdown));
-        self.operator = Some((stop, task));
+        (
+            stop,
+            tokio::spawn(operator::run(client, settings, shutdown)),
+        )
     }
 
     /// Kills the operator abruptly (no graceful shutdown), as a crash would.
