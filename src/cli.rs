@@ -45,7 +45,13 @@ pub enum Command {
 /// Parses the process arguments, runs the command and maps failures to a one-line error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse_from(user_flags_after_command(std::env::args_os().collect()));
-    telemetry::init(cli.log_format, &cli.log_level);
+    // `charon dev` prints its own compact log of state changes; the operator's own log
+    // lines would drown it, so they show only warnings unless a level is asked for.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Dev(_), "info") => "warn",
+        (_, level) => level,
+    };
+    telemetry::init(cli.log_format, level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,5 +1,7 @@
-//! `charon dev --no-controller` driven with the real kubectl, as a user would: apply the
-//! examples, read them back, explain a field, see an invalid name refused.
+//! `charon dev` driven with the real kubectl, as a user would: apply the examples, read them
+//! back, explain a field, see an invalid name refused; and with the operator, watch the clock
+//! trigger a workflow, its Job log the parameter, a fatal exit end in Error and an invalid
+//! schedule be reported.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -19,11 +21,19 @@ impl Drop for Dev {
 }
 
 fn start() -> Dev {
-    let kubeconfig =
-        std::env::temp_dir().join(format!("charon-dev-test-{}.kubeconfig", std::process::id()));
+    start_with(&["--no-controller"], "cluster")
+}
+
+fn start_with(flags: &[&str], tag: &str) -> Dev {
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "charon-dev-test-{}-{tag}.kubeconfig",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&kubeconfig);
     let child = Command::new(env!("CARGO_BIN_EXE_charon"))
-        .args(["dev", "--no-controller", "--port", "0", "--kubeconfig"])
+        .arg("dev")
+        .args(flags)
+        .args(["--port", "0", "--kubeconfig"])
         .arg(&kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -149,4 +159,132 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
     ok(&dev, &["delete", "cwf", "hello"]);
     let after = ok(&dev, &["get", "cwf", "-o", "name"]);
     assert!(!after.contains("hello"), "{after}");
+}
+
+fn wait_for(
+    dev: &Dev,
+    what: &str,
+    timeout: Duration,
+    args: &[&str],
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = kubectl(dev, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The one test that waits for the wall clock: a `* * * * *` workflow is triggered at the
+/// next minute (at most a minute away).
+#[test]
+fn the_operator_in_charon_dev_runs_workflows_on_the_clock() {
+    let dev = start_with(&[], "operator");
+    let manifest =
+        std::env::temp_dir().join(format!("charon-dev-test-{}-wf.yaml", std::process::id()));
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: charon.dev/v1alpha1
+kind: Workflow
+metadata: {name: every-minute}
+spec:
+  schedule: "* * * * *"
+  template:
+    image: busybox
+    command: ["sh", "-c", "echo partition $CHARON_PARAMETER"]
+---
+apiVersion: charon.dev/v1alpha1
+kind: Workflow
+metadata: {name: fatal}
+spec:
+  schedule: "* * * * *"
+  template:
+    image: busybox
+    command: ["sh", "-c", "exit 50"]
+---
+apiVersion: charon.dev/v1alpha1
+kind: Workflow
+metadata: {name: bad-minute}
+spec:
+  schedule: "61 * * * *"
+  template: {image: busybox, command: ["true"]}
+"#,
+    )
+    .expect("manifest");
+    ok(
+        &dev,
+        &["apply", "-f", manifest.to_str().expect("utf-8 path")],
+    );
+    let message = wait_for(
+        &dev,
+        "Valid=False on bad-minute",
+        Duration::from_secs(20),
+        &[
+            "get",
+            "cwf",
+            "bad-minute",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Valid\")].message}",
+        ],
+        |m| !m.is_empty(),
+    );
+    assert!(message.starts_with("spec.schedule: "), "{message}");
+
+    let jsonpath = "jsonpath={range .items[?(@.spec.workflow==\"every-minute\")]}{.metadata.name} {.spec.parameter} {.status.state} {.status.job}{\"\\n\"}{end}";
+    let line = wait_for(
+        &dev,
+        "the every-minute instance to be Done",
+        Duration::from_secs(90),
+        &["get", "cwfi", "-o", jsonpath],
+        |t| t.lines().any(|l| l.split(' ').nth(2) == Some("Done")),
+    );
+    let done = line
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("Done"))
+        .expect("a done line");
+    let fields: Vec<&str> = done.split(' ').collect();
+    let (parameter, job) = (fields[1], fields[3]);
+    let log = ok(&dev, &["logs", &format!("job/{job}")]);
+    assert_eq!(log.trim(), format!("partition {parameter}"));
+
+    let errors = wait_for(
+        &dev,
+        "the fatal instance to end in Error",
+        Duration::from_secs(30),
+        &[
+            "get",
+            "cwfi",
+            "-o",
+            "jsonpath={range .items[?(@.spec.workflow==\"fatal\")]}{.metadata.name} {.status.state}{\"\\n\"}{end}",
+        ],
+        |t| t.lines().any(|l| l.ends_with(" Error")),
+    );
+    let instance = errors
+        .lines()
+        .find(|l| l.ends_with(" Error"))
+        .and_then(|l| l.split(' ').next())
+        .expect("instance")
+        .to_string();
+    let jobs = ok(
+        &dev,
+        &[
+            "get",
+            "jobs",
+            "-l",
+            &format!("charon.dev/instance={instance}"),
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(jobs.lines().count(), 1, "{jobs}");
+    let _ = std::fs::remove_file(&manifest);
 }
