@@ -17,6 +17,17 @@ use crate::retry::AttemptOutcome;
 /// Waiting reasons that mean the image will never be fetched as things stand: retried as
 /// infrastructure failures.
 const PULL_FAILURES: &[&str] = &["ErrImagePull", "ImagePullBackOff", "RegistryUnavailable"];
+/// Pod failure reasons that mean the node, not the work, ended the attempt.
+const POD_INFRASTRUCTURE: &[&str] = &[
+    "Evicted",
+    "NodeLost",
+    "Shutdown",
+    "NodeShutdown",
+    "Terminated",
+    "UnexpectedAdmissionError",
+    "OutOfpods",
+    "Preempting",
+];
 /// Waiting reasons that mean the Job itself is wrong: an immediate Error.
 const INVALID: &[&str] = &[
     "InvalidImageName",
@@ -77,6 +88,9 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
         if reason == "DeadlineExceeded" {
             return JobStatus::Finished(AttemptOutcome::TimedOut);
         }
+        if let Some(outcome) = newest.and_then(pod_failure) {
+            return JobStatus::Finished(outcome);
+        }
         if let Some(t) = terminated {
             return JobStatus::Finished(AttemptOutcome::Exited(t.exit_code));
         }
@@ -90,6 +104,9 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
         };
         return JobStatus::Finished(AttemptOutcome::NoExitCode(what));
     }
+    if let Some(outcome) = newest.and_then(pod_failure) {
+        return JobStatus::Finished(outcome);
+    }
     if let Some(t) = terminated
         && t.exit_code != 0
     {
@@ -99,9 +116,6 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     let Some(pod) = newest else {
         return JobStatus::Pending;
     };
-    if let Some(outcome) = pod_failure(pod) {
-        return JobStatus::Finished(outcome);
-    }
     match main_status(pod).and_then(|c| c.state.as_ref()) {
         Some(state) if state.running.is_some() => {
             let since = state
@@ -137,13 +151,16 @@ fn pod_failure(pod: &Pod) -> Option<AttemptOutcome> {
     if status.phase.as_deref() != Some("Failed") {
         return None;
     }
-    if main_status(pod)
+    let reason = status.reason.as_deref().unwrap_or("Failed");
+    // A pod the node gave up on: whatever its container's exit code says (137 after the kill),
+    // the attempt was cut short by the infrastructure.
+    let node_failure = POD_INFRASTRUCTURE.contains(&reason);
+    let exited = main_status(pod)
         .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.terminated.is_some())
-    {
+        .is_some_and(|s| s.terminated.is_some());
+    if exited && !node_failure && reason != "DeadlineExceeded" {
         return None;
     }
-    let reason = status.reason.as_deref().unwrap_or("Failed");
     let message = status.message.as_deref().unwrap_or_default();
     Some(match reason {
         "DeadlineExceeded" => AttemptOutcome::TimedOut,
@@ -285,6 +302,17 @@ mod tests {
                 JobStatus::Finished(AttemptOutcome::Infrastructure(
                     "Evicted: The node was low on resource: memory.".into(),
                 )),
+            ),
+            (
+                "evicted after running (the kill's 137 is not the work's exit)",
+                Some(&failed),
+                vec![pod(
+                    t0,
+                    json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory",
+                        "containerStatuses": [{"name": "main", "image": "x", "imageID": "", "ready": false,
+                            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}),
+                )],
+                JobStatus::Finished(AttemptOutcome::Infrastructure("Evicted: low on memory".into())),
             ),
             (
                 "failed without pods",

@@ -451,3 +451,84 @@ async fn two_replicas_only_the_leader_writes_and_failover_continues() {
     let _ = tokio::time::timeout(StdDuration::from_secs(5), b).await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infrastructure_failures_are_retried_without_cost() {
+    let mut config = charon_apiserver::Config::default();
+    config.image_pull_failure = Some("^registry\\.invalid/".into());
+    let cluster = Cluster::start_with(config).await;
+    cluster
+        .apply_workflow(
+            "unpullable",
+            json!({"schedule": "@hourly", "template": {"image": "registry.invalid/job:1", "command": ["true"]}}),
+        )
+        .await;
+    cluster
+        .apply_workflow(
+            "evicted",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["sleep", "30"]}}),
+        )
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    let failed = cluster
+        .eventually("the pull failure to be judged", LONG, || async {
+            let list = cluster.instances_of("unpullable").await;
+            let s = list
+                .first()
+                .and_then(|i| i.status.clone())
+                .unwrap_or_default();
+            if s.infrastructure_failures == 1 {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    assert_eq!(failed.state, InstanceState::Queued);
+    assert_eq!(failed.cost, 0.0);
+    assert!(
+        failed
+            .history
+            .iter()
+            .any(|h| h.message.contains("ImagePull")),
+        "{:?}",
+        failed.history
+    );
+
+    // A pod evicted from under a running attempt is an infrastructure failure too.
+    let running = cluster
+        .wait_states("evicted", 1, &[InstanceState::Running], LONG)
+        .await;
+    let job = running[0].status.clone().and_then(|s| s.job).expect("job");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), NS);
+    let pod = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .expect("pods")
+        .items
+        .remove(0);
+    assert!(
+        cluster
+            .server
+            .as_ref()
+            .expect("server")
+            .evict_pod(NS, &pod.name_any())
+    );
+    let s = cluster
+        .eventually("the eviction to be judged", LONG, || async {
+            let list = cluster.instances_of("evicted").await;
+            let s = list
+                .first()
+                .and_then(|i| i.status.clone())
+                .unwrap_or_default();
+            if s.infrastructure_failures == 1 {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    assert_eq!(s.state, InstanceState::Queued);
+    assert_eq!(s.cost, 0.0);
+    cluster.stop().await;
+}

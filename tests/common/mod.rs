@@ -36,6 +36,17 @@ impl Cluster {
 
     /// The cluster with the CRDs, and no operator yet.
     pub async fn without_operator() -> Cluster {
+        Cluster::with_config(charon_apiserver::Config::default()).await
+    }
+
+    /// The cluster with the CRDs and the operator, the server configured by `config`.
+    pub async fn start_with(config: charon_apiserver::Config) -> Cluster {
+        let mut cluster = Cluster::with_config(config).await;
+        cluster.start_operator();
+        cluster
+    }
+
+    async fn with_config(config: charon_apiserver::Config) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,7 +54,7 @@ impl Cluster {
             )
             .with_test_writer()
             .try_init();
-        let server = charon_apiserver::ApiServer::start(charon_apiserver::Config::default())
+        let server = charon_apiserver::ApiServer::start(config)
             .await
             .expect("server starts");
         let client = Client::try_from(kube::Config::new(server.url().parse().expect("url")))
