@@ -35,6 +35,10 @@ fn field(field: &str, reason: impl Into<String>) -> FieldError {
     }
 }
 
+/// The most partitions one backfill may cover: its status lists every partition, and an
+/// object must stay well under the API server's size limit (about 1.5 MB in etcd).
+pub const MAX_PARTITIONS: usize = 10_000;
+
 /// Resolves `spec.start`/`spec.end` to aligned instants and checks the range (SPEC §5):
 /// both must be partitions (parameter strings accepted), start before end, and the range must
 /// not reach partitions that are not due yet unless `allowFuture`.
@@ -71,7 +75,18 @@ pub fn resolve_range(
             format!("{:?} must be after spec.start {:?}", spec.end, spec.start),
         ));
     }
-    let partitions: Vec<DateTime<Utc>> = schedule.range(start, end, spec.reverse).collect();
+    let partitions: Vec<DateTime<Utc>> = schedule
+        .range(start, end, spec.reverse)
+        .take(MAX_PARTITIONS + 1)
+        .collect();
+    if partitions.len() > MAX_PARTITIONS {
+        return Err(field(
+            "spec.end",
+            format!(
+                "the range holds more than {MAX_PARTITIONS} partitions; split it into several backfills"
+            ),
+        ));
+    }
     if !spec.allow_future {
         let not_due = partitions
             .iter()

@@ -99,6 +99,7 @@ pub fn plan_natural(
         partition = schedule.next_after(logical);
     }
 
+    let last_due = due.last().map(|d| d.trigger_at);
     let (trigger, skipped) = if suspended {
         (Vec::new(), due)
     } else {
@@ -121,7 +122,9 @@ pub fn plan_natural(
         // Resume right after the last partition of this batch.
         trigger.last().map_or(cursor, |d| d.trigger_at)
     } else {
-        now.max(cursor)
+        // Only what was walked moves the cursor: a pass with nothing due leaves it (and so
+        // the stored status) unchanged.
+        last_due.map_or(cursor, |t| t.max(cursor))
     };
     let next = if more {
         None

@@ -5,41 +5,41 @@ in each watched namespace) and "charon.rbac.leaseRules" into a Role in the relea
 and tests/helm.rs reads the rendered rules back. Change them here, with the operator.
 */}}
 {{- define "charon.rbac.rules" -}}
-# Workflows, instances and backfills are what the operator reconciles: it lists and watches
-# them, and patches or updates them: it removes the charon.dev/trigger, charon.dev/backfill and
-# charon.dev/retry-now annotations once handled, and a halted Backfill halts its instances.
+# Workflows are read through a watch (list + watch); the operator patches one only to remove
+# the charon.dev/trigger and charon.dev/backfill annotations once it has acted on them.
 - apiGroups: ["charon.dev"]
-  resources: ["workflows", "workflowinstances", "backfills"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# It creates one WorkflowInstance per triggered partition and a Backfill per charon.dev/backfill
-# annotation; it deletes finished instances after spec.history.ttl, and Backfills it created.
+  resources: ["workflows"]
+  verbs: ["list", "watch", "patch"]
+# One WorkflowInstance per triggered partition: created by triggers and backfills, read fresh
+# (get) when the cache may lag, updated when a finished one is re-opened as a new run, patched
+# to halt it (a halted Backfill) or to drop charon.dev/retry-now, deleted after history.ttl.
 - apiGroups: ["charon.dev"]
-  resources: ["workflowinstances", "backfills"]
-  verbs: ["create", "delete"]
-# Status is a subresource: instance states and history, workflow validity and next trigger,
-# backfill progress are all written there.
+  resources: ["workflowinstances"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Backfills are watched, and created for the charon.dev/backfill annotation.
+- apiGroups: ["charon.dev"]
+  resources: ["backfills"]
+  verbs: ["list", "watch", "create"]
+# Status is a subresource, written whole (update) with the resourceVersion it was computed
+# from: workflow validity and next trigger, instance state and history, backfill progress.
 - apiGroups: ["charon.dev"]
   resources: ["workflows/status", "workflowinstances/status", "backfills/status"]
-  verbs: ["get", "patch", "update"]
-# Each execution of an instance is a Job: created per attempt, watched for its outcome, and
-# deleted on halt and when a later attempt supersedes it.
+  verbs: ["update"]
+# Each execution of an instance is a Job: created per attempt, watched for its outcome, read
+# fresh (get) before a missing one counts as lost, deleted on halt and when a later attempt
+# supersedes it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
 # The pods of those Jobs tell when the container runs, its exit code, and infrastructure
-# failures (image pull errors, evictions) that the Job status does not; read-only.
+# failures (image pull errors, evictions) that the Job status does not; read-only, watched.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# The container log of an execution, read (never written) for the run's record.
+  verbs: ["list", "watch"]
+# Every instance transition, and an invalid spec, is recorded as a core/v1 Event.
 - apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
-# Every state transition, and an invalid spec, is recorded as an Event on the object; events
-# go through the core or the events.k8s.io API, and patch counts a repeated Event.
-- apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{- define "charon.rbac.leaseRules" -}}
