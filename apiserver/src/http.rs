@@ -24,6 +24,14 @@ pub struct AppState {
     pub store: Store,
     /// Address clients reach the server at.
     pub address: String,
+    /// Which controllers and kubelet run (deletes behave differently without them).
+    pub features: crate::controllers::Features,
+    /// Container output captured by the kubelet, for `pods/log`.
+    pub logs: crate::kubelet::Logs,
+    /// Requests seen.
+    pub audit: crate::faults::Audit,
+    /// Faults injected into requests.
+    pub faults: crate::faults::Faults,
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -52,10 +60,85 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let verb = audit(&app, &method, &uri, &query, &headers);
+    if let Err(err) = app.faults.before(&verb).await {
+        let retry = err.code == 429 || err.code == 503;
+        let mut response = err.into_response();
+        if retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        return response;
+    }
     match route(&app, &method, &uri, &query, &headers, &body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
+}
+
+/// Records the request in the audit and returns its verb as RBAC names it.
+fn audit(
+    app: &AppState,
+    method: &Method,
+    uri: &Uri,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> String {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest): (&str, &[&str]) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", rest),
+        ["apis", group, _, rest @ ..] if !rest.is_empty() => (group, rest),
+        _ => ("", &[]),
+    };
+    let parsed = parse_rest(rest);
+    let named = parsed.is_some_and(|(_, _, name, _)| name.is_some());
+    let verb = match *method {
+        Method::GET | Method::HEAD if parsed.is_none() => "get",
+        Method::GET | Method::HEAD
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+        {
+            "watch"
+        }
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named || parsed.is_none() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "get",
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let request = match parsed {
+        Some((namespace, resource, _, sub)) => crate::faults::Request {
+            user_agent,
+            verb: verb.to_string(),
+            api_group: group.to_string(),
+            resource: resource.to_string(),
+            subresource: sub.unwrap_or_default().to_string(),
+            namespace: namespace.to_string(),
+            path: String::new(),
+            count: 0,
+        },
+        None => crate::faults::Request {
+            user_agent,
+            verb: verb.to_string(),
+            api_group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            path: uri.path().to_string(),
+            count: 0,
+        },
+    };
+    app.audit.record(request);
+    verb.to_string()
 }
 
 async fn route(
@@ -208,6 +291,12 @@ async fn resource(
         .find_type(group, version, plural)
         .ok_or_else(|| ApiError::no_route(uri.path()))?;
     let namespace = if t.namespaced { namespace } else { "" };
+    if let (Some("log"), Some(name), true) = (sub, name, t.group.is_empty() && t.plural == "pods") {
+        if *method != Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str()));
+        }
+        return crate::logs::pod_log(app, &t, namespace, name, query).await;
+    }
     let status_only = match sub {
         None => false,
         Some("status") if t.status_subresource => true,
@@ -349,7 +438,28 @@ async fn resource(
             ok(&store.update(&t, namespace, name, patched, status_only, opts)?)
         }
         (Method::DELETE, Some(name)) => {
-            ok(&store.delete(&t, namespace, name, &preconditions, opts)?)
+            let named = query.get("propagationPolicy").map(String::as_str);
+            let chosen = crate::gc::Propagation::from_options(&delete_options, named)?;
+            let policy = chosen.unwrap_or_else(|| crate::gc::Propagation::default_for(&t));
+            let grace = delete_options
+                .get("gracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+            let current = store.get(&t, namespace, name)?;
+            let deletion = crate::gc::deletion(app, &t, &current, policy, grace);
+            let deleted =
+                store.delete_with(&t, namespace, name, &preconditions, opts, &deletion)?;
+            let mut response = json_response(StatusCode::OK, &deleted);
+            if chosen.is_none() && policy == crate::gc::Propagation::Orphan {
+                // As the real server warns when a Job's pods are kept by default.
+                response.headers_mut().insert(
+                    "warning",
+                    axum::http::HeaderValue::from_static(
+                        "299 - \"child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning\"",
+                    ),
+                );
+            }
+            Ok(response)
         }
         (Method::DELETE, None) => {
             let labels =
@@ -371,7 +481,11 @@ async fn resource(
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                match store.delete(&t, &ns, &n, &Value::Null, opts) {
+                let named = query.get("propagationPolicy").map(String::as_str);
+                let policy = crate::gc::Propagation::from_options(&delete_options, named)?
+                    .unwrap_or_else(|| crate::gc::Propagation::default_for(&t));
+                let deletion = crate::gc::deletion(app, &t, &item, policy, None);
+                match store.delete_with(&t, &ns, &n, &Value::Null, opts, &deletion) {
                     Ok(gone) => deleted.push(gone),
                     // Deleted meanwhile (e.g. with its namespace): nothing left to do.
                     Err(err) if err.code == 404 => {}
@@ -536,6 +650,16 @@ fn watch(
     columns: Option<Vec<Value>>,
 ) -> Result<Response, ApiError> {
     let store = &app.store;
+    if app.faults.take_expired_watch() {
+        let line = watch_line("ERROR", &ApiError::gone(store.current_rv()).status());
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(line))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+    }
+    let mut dropped = app.faults.drop_watches.subscribe();
+    dropped.mark_unchanged();
     // Subscribe before reading the backlog so nothing falls between the two.
     let live = store.subscribe();
     // `sendInitialEvents=true` (streaming lists) starts with the current state whatever the
@@ -642,7 +766,10 @@ fn watch(
             })
         })
         .map(Ok::<Bytes, std::io::Error>)
-        .take_until(tokio::time::sleep(timeout));
+        .take_until(tokio::time::sleep(timeout))
+        .take_until(async move {
+            let _ = dropped.changed().await;
+        });
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

@@ -29,14 +29,39 @@
 //! - protobuf request bodies for the built-in kinds that `kubectl create <kind>` sends
 //!   (Namespace, ConfigMap, Secret, ServiceAccount, Pod and Job, common fields only).
 //!
+//! - Jobs run: a Job controller after 1.33's (completions, parallelism, Indexed mode,
+//!   backoffLimit, activeDeadlineSeconds, suspend, ttlSecondsAfterFinished, pod tracking
+//!   finalizers, `SuccessCriteriaMet`/`Complete` and `FailureTarget`/`Failed`), and a
+//!   simulated kubelet that runs each container's `command` + `args` as a local process
+//!   (env with `$(VAR)` expansion, fieldRef, secret and configMap refs; volumes written to a
+//!   per-pod directory, see the `kubelet` module; restart policies with crash-loop back-off;
+//!   graceful deletion; pod deadlines) and reports pod status as the real one does;
+//! - `pods/log` (container, follow, previous, tailLines, sinceSeconds, timestamps,
+//!   limitBytes), so `kubectl logs [-f]` works;
+//! - a garbage collector (ownerReferences; Background, Foreground and Orphan propagation,
+//!   Orphan being the default for batch/v1 Jobs as in the real server) and namespace
+//!   lifecycle (Terminating, then emptied and removed; creates into it are Forbidden);
+//! - core/v1 Events from the Job controller, scheduler and kubelet, for `kubectl describe`;
+//! - test aids on [`RunningServer`]: an audit of requests by RBAC verb and resource,
+//!   injected errors, latency, dropped or expired watches, pause/resume, pod eviction, and
+//!   an image-pull failure pattern in [`Config`].
+//!
 //! Not yet: YAML or CBOR request bodies, Event tables, OpenAPI v2, other validation of
-//! built-in kinds, `Update` entries in managedFields, pods/log, Job controller, garbage
-//! collector, simulated kubelet, fault injection.
+//! built-in kinds, `Update` entries in managedFields; pod probes, init containers beyond
+//! running in order, resource limits, `exec`/`attach`/`port-forward`; Job pod failure
+//! policies, success policies and per-index back-off limits; events.k8s.io copies of the
+//! Events.
 
 mod apply;
 mod builtin;
+mod controllers;
 mod error;
+mod faults;
+mod gc;
 mod http;
+mod jobs;
+mod kubelet;
+mod logs;
 mod openapi;
 mod protobuf;
 mod registry;
@@ -49,8 +74,9 @@ mod validation;
 mod workloads;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -58,6 +84,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use error::{ApiError, FieldError};
+pub use faults::Request;
 pub use registry::ResourceType;
 
 /// A running server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -66,6 +93,8 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     state: Arc<http::AppState>,
+    controllers: Vec<JoinHandle<()>>,
+    kubelet: Option<kubelet::Kubelet>,
 }
 
 impl RunningServer {
@@ -85,9 +114,70 @@ impl RunningServer {
         self.state.store.compact();
     }
 
+    /// Every kind of API request seen so far (user agent, RBAC verb, group, resource,
+    /// subresource, namespace) with its count, so tests can check what a client needs
+    /// permission for.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.audit.requests()
+    }
+
+    /// Fails a share (`rate`, 0.0–1.0) of the requests with RBAC verb `verb` (`"*"` for
+    /// all) with `code`: 500 InternalError, 429 TooManyRequests or 503 ServiceUnavailable
+    /// (both with `Retry-After: 1`). A rate of 0 stops it.
+    pub fn set_error_rate(&self, verb: &str, rate: f64, code: u16) {
+        self.state.faults.set_error_rate(verb, rate, code);
+    }
+
+    /// Delays every request by `latency` (zero to stop).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.faults.set_latency(latency);
+    }
+
+    /// Ends every open watch stream now, as a restarting server would.
+    pub fn drop_watches(&self) {
+        self.state.faults.drop_watches();
+    }
+
+    /// The next `n` watch requests get 410 Gone, forcing clients to relist.
+    pub fn expire_next_watches(&self, n: u32) {
+        self.state.faults.expire_watches(n);
+    }
+
+    /// Holds every request until [`RunningServer::resume`]; stored objects are kept.
+    pub fn pause(&self) {
+        self.state.faults.set_paused(true);
+    }
+
+    /// Releases requests held by [`RunningServer::pause`].
+    pub fn resume(&self) {
+        self.state.faults.set_paused(false);
+    }
+
+    /// Turns every injected fault off.
+    pub fn clear_faults(&self) {
+        self.state.faults.clear();
+    }
+
+    /// Evicts a running pod as the kubelet does under node pressure (phase Failed, reason
+    /// `Evicted`, its processes killed), to test how clients handle lost pods. False when
+    /// the kubelet does not run or the pod is not running on it.
+    pub fn evict_pod(&self, namespace: &str, name: &str) -> bool {
+        self.kubelet
+            .as_ref()
+            .is_some_and(|k| k.evict(namespace, name))
+    }
+
     /// Stops serving: requests in progress get a moment to finish, then open connections
-    /// (long-running watches included) are dropped.
+    /// (long-running watches included) are dropped, and every process the kubelet started
+    /// is killed.
     pub async fn shutdown(mut self) {
+        for task in &self.controllers {
+            task.abort();
+        }
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.shutdown().await;
+        }
+        self.state.faults.clear();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -104,6 +194,30 @@ impl RunningServer {
 pub struct Config {
     /// Where to listen; port 0 picks a free port (see [`RunningServer::address`]).
     pub address: SocketAddr,
+    /// Run the Job controller, garbage collector and namespace controller (default true).
+    /// Without them, deletes are immediate whatever their propagation policy.
+    pub controllers: bool,
+    /// Run the simulated kubelet, which runs pods' commands as local processes (default
+    /// true). Without it, pods stay Pending and are deleted at once.
+    pub kubelet: bool,
+    /// The node pods are scheduled onto (default `charon-dev`).
+    pub node_name: String,
+    /// Test hook: containers whose image matches this regex never pull (`ErrImagePull`,
+    /// then `ImagePullBackOff`) and so never start.
+    pub image_pull_failure: Option<String>,
+    /// First crash-loop (and image pull) back-off of the kubelet, doubled per restart up to
+    /// `restart_backoff_max`; 10s as in Kubernetes, shorter in tests.
+    pub restart_backoff: Duration,
+    /// Longest kubelet back-off (5 minutes in Kubernetes).
+    pub restart_backoff_max: Duration,
+    /// Delay before a Job replaces its first failed pod, doubled per failure up to
+    /// `job_backoff_max`; 10s as in Kubernetes, shorter in tests.
+    pub job_backoff: Duration,
+    /// Longest Job replacement delay (6 minutes in Kubernetes).
+    pub job_backoff_max: Duration,
+    /// Where the kubelet keeps per-pod directories (volumes, working directories); a fresh
+    /// directory under the system temp dir when unset. Removed at shutdown.
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -112,7 +226,33 @@ impl Config {
     pub fn loopback(port: u16) -> Self {
         Config {
             address: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            controllers: true,
+            kubelet: true,
+            node_name: "charon-dev".into(),
+            image_pull_failure: None,
+            restart_backoff: Duration::from_secs(10),
+            restart_backoff_max: Duration::from_secs(300),
+            job_backoff: Duration::from_secs(10),
+            job_backoff_max: Duration::from_secs(360),
+            work_dir: None,
         }
+    }
+
+    /// Only the API: no controllers and no kubelet, so objects stay as clients write them.
+    pub fn api_only(mut self) -> Self {
+        self.controllers = false;
+        self.kubelet = false;
+        self
+    }
+
+    /// Short back-offs (`base` for the first restart or replacement, at most 8×`base`), so
+    /// tests of failures run fast.
+    pub fn fast_backoff(mut self, base: Duration) -> Self {
+        self.restart_backoff = base;
+        self.restart_backoff_max = base * 8;
+        self.job_backoff = base;
+        self.job_backoff_max = base * 8;
+        self
     }
 }
 
@@ -129,18 +269,78 @@ pub struct ApiServer;
 impl ApiServer {
     /// Binds, seeds the `default` and `kube-system` namespaces and serves in a background task.
     pub async fn start(config: Config) -> std::io::Result<RunningServer> {
-        start(config.address).await
+        let image_pull_failure = config
+            .image_pull_failure
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(config.address).await?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(http::AppState {
+            store: store::Store::default(),
+            address: address.to_string(),
+            features: controllers::Features {
+                controllers: config.controllers,
+                kubelet: config.kubelet,
+            },
+            logs: kubelet::Logs::default(),
+            audit: faults::Audit::default(),
+            faults: faults::Faults::default(),
+        });
+        let mut server = serve(listener, state.clone()).await?;
+        if config.controllers {
+            let jobs = jobs::JobConfig {
+                backoff: config.job_backoff,
+                backoff_max: config.job_backoff_max,
+            };
+            server
+                .controllers
+                .push(tokio::spawn(jobs::run(state.clone(), jobs)));
+            server
+                .controllers
+                .push(tokio::spawn(gc::run(state.clone())));
+        }
+        if config.kubelet {
+            let work_dir = config.work_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!(
+                    "charon-kubelet-{}-{}",
+                    std::process::id(),
+                    address.port()
+                ))
+            });
+            let kubelet = kubelet::Kubelet::start(
+                state.clone(),
+                kubelet::KubeletConfig {
+                    node_name: config.node_name.clone(),
+                    image_pull_failure,
+                    backoff: config.restart_backoff,
+                    backoff_max: config.restart_backoff_max,
+                    work_dir,
+                },
+            )?;
+            server.kubelet = Some(kubelet);
+        }
+        Ok(server)
     }
 }
 
-/// Starts a server on `address` (port 0 picks a free one), with the `default` namespace.
+/// Starts a server on `address` (port 0 picks a free one), with the `default` namespace,
+/// the controllers and the kubelet ([`Config`]'s defaults).
 pub async fn start(address: SocketAddr) -> std::io::Result<RunningServer> {
-    let listener = TcpListener::bind(address).await?;
+    ApiServer::start(Config {
+        address,
+        ..Config::default()
+    })
+    .await
+}
+
+/// Seeds the namespaces and serves the API on `listener`.
+async fn serve(
+    listener: TcpListener,
+    state: Arc<http::AppState>,
+) -> std::io::Result<RunningServer> {
     let address = listener.local_addr()?;
-    let state = Arc::new(http::AppState {
-        store: store::Store::default(),
-        address: address.to_string(),
-    });
     for namespace in ["default", "kube-system"] {
         let namespaces = state
             .store
@@ -173,6 +373,8 @@ pub async fn start(address: SocketAddr) -> std::io::Result<RunningServer> {
         stop: Some(stop),
         task,
         state,
+        controllers: Vec::new(),
+        kubelet: None,
     })
 }
 

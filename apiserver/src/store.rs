@@ -58,6 +58,20 @@ pub struct Write {
     pub dry_run: bool,
 }
 
+/// What a delete does besides removing the object, decided by the HTTP layer from
+/// DeleteOptions and by the controllers (see [`crate::gc::deletion`]).
+#[derive(Clone, Debug, Default)]
+pub struct Deletion {
+    /// Finalizers to add with a deletionTimestamp instead of removing the object now
+    /// (`foregroundDeletion`, `orphan`): the garbage collector finishes the delete.
+    pub add_finalizers: Vec<&'static str>,
+    /// A graceful delete: the object only gets a deletionTimestamp and
+    /// deletionGracePeriodSeconds, and whoever runs it (the kubelet) deletes it again with 0.
+    pub grace_seconds: Option<i64>,
+    /// A namespace only turns Terminating; the namespace controller empties and removes it.
+    pub terminate_namespace: bool,
+}
+
 /// `group/plural`, the key of a type in the store.
 pub fn type_key(t: &ResourceType) -> String {
     format!("{}/{}", t.group, t.plural)
@@ -238,10 +252,12 @@ impl Store {
     ) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let key = type_key(t);
+        // Keys sort by type, then namespace: scan only this type's (or namespace's) range.
+        let start = (key.clone(), namespace.to_string(), String::new());
         let items = inner
             .objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == key && (namespace.is_empty() || ns == namespace))
+            .range(start..)
+            .take_while(|((k, ns, _), _)| *k == key && (namespace.is_empty() || ns == namespace))
             .map(|(_, v)| v.clone())
             .filter(|v| labels.matches_labels(v) && fields.matches_fields(v))
             .collect();
@@ -296,6 +312,17 @@ impl Store {
                 ))
             {
                 return Err(ApiError::namespace_not_found(namespace));
+            }
+            let terminating = inner
+                .objects
+                .get(&(
+                    "/namespaces".to_string(),
+                    String::new(),
+                    namespace.to_string(),
+                ))
+                .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some());
+            if terminating {
+                return Err(namespace_terminating(t, &name, namespace));
             }
         }
         let key = object_key(t, namespace, &name);
@@ -453,6 +480,7 @@ impl Store {
             "namespace",
             "name",
             "deletionTimestamp",
+            "deletionGracePeriodSeconds",
             "generation",
         ] {
             match current.pointer(&format!("/metadata/{field}")) {
@@ -498,7 +526,12 @@ impl Store {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty());
-        if obj.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
+        // A graceful delete in progress (grace left) is finished by its final delete instead.
+        let grace_left = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if obj.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty && !grace_left {
             inner.objects.remove(&key);
             self.record(&mut inner, t, &key.1, "DELETED", obj.clone());
             return Ok(obj);
@@ -520,6 +553,27 @@ impl Store {
         name: &str,
         preconditions: &Value,
         opts: Write,
+    ) -> Result<Value, ApiError> {
+        self.delete_with(
+            t,
+            namespace,
+            name,
+            preconditions,
+            opts,
+            &Deletion::default(),
+        )
+    }
+
+    /// [`Store::delete`] with the extra behaviour of `deletion` (graceful pods, foreground and
+    /// orphan propagation, terminating namespaces).
+    pub fn delete_with(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        preconditions: &Value,
+        opts: Write,
+        deletion: &Deletion,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = object_key(t, namespace, name);
@@ -561,6 +615,18 @@ impl Store {
         if opts.dry_run {
             return Ok(obj);
         }
+        let deferred = !deletion.add_finalizers.is_empty()
+            || deletion.grace_seconds.is_some_and(|g| g > 0)
+            || deletion.terminate_namespace;
+        if deferred {
+            return Ok(self.mark_deleting(&mut inner, t, key, obj, deletion));
+        }
+        if obj.pointer("/metadata/deletionTimestamp").is_some()
+            && let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            // The final delete of a graceful one: once finalizers are gone it goes.
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
         let has_finalizers = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -568,8 +634,15 @@ impl Store {
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
         if has_finalizers {
-            if obj.pointer("/metadata/deletionTimestamp").is_none() {
-                obj["metadata"]["deletionTimestamp"] = json!(now());
+            let grace_changed = obj.pointer("/metadata/deletionGracePeriodSeconds")
+                != inner
+                    .objects
+                    .get(&key)
+                    .and_then(|o| o.pointer("/metadata/deletionGracePeriodSeconds"));
+            if obj.pointer("/metadata/deletionTimestamp").is_none() || grace_changed {
+                if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                    obj["metadata"]["deletionTimestamp"] = json!(now());
+                }
                 inner.objects.insert(key.clone(), obj.clone());
                 self.record(&mut inner, t, &key.1, "MODIFIED", obj.clone());
             }
@@ -612,6 +685,87 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Gives `obj` a deletionTimestamp (and the finalizers, grace period or Terminating phase
+    /// `deletion` asks for) and keeps it; a repeated request only shortens the grace period.
+    fn mark_deleting(
+        &self,
+        inner: &mut Inner,
+        t: &ResourceType,
+        key: Key,
+        mut obj: Value,
+        deletion: &Deletion,
+    ) -> Value {
+        let before = obj.clone();
+        let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return obj;
+        };
+        let already = meta.contains_key("deletionTimestamp");
+        if !already {
+            meta.insert("deletionTimestamp".into(), json!(now()));
+        }
+        let grace = deletion.grace_seconds.unwrap_or(0);
+        let current_grace = meta
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if current_grace.is_none_or(|g| grace < g) {
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        }
+        if !deletion.add_finalizers.is_empty() {
+            let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = finalizers.as_array_mut() {
+                for f in &deletion.add_finalizers {
+                    if !list.iter().any(|x| x == f) {
+                        list.push(json!(f));
+                    }
+                }
+            }
+        }
+        if deletion.terminate_namespace {
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            obj["status"]["phase"] = json!("Terminating");
+        }
+        if obj == before {
+            return obj;
+        }
+        inner.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        inner.objects.insert(key.clone(), obj.clone());
+        self.record(inner, t, &key.1, "MODIFIED", obj.clone());
+        obj
+    }
+
+    /// Whether `namespace` exists and is being deleted, so nothing new may be created in it.
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        let inner = self.lock();
+        inner
+            .objects
+            .get(&(
+                "/namespaces".to_string(),
+                String::new(),
+                namespace.to_string(),
+            ))
+            .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some())
+    }
+}
+
+/// 403 for creating into a namespace being deleted, worded as the real server does.
+fn namespace_terminating(t: &ResourceType, name: &str, namespace: &str) -> ApiError {
+    let message = format!(
+        "unable to create new content in namespace {namespace} because it is being terminated"
+    );
+    ApiError {
+        code: 403,
+        reason: "Forbidden",
+        message: format!("{} \"{name}\" is forbidden: {message}", t.group_resource()),
+        details: Some(
+            json!({"name": name, "group": t.group, "kind": t.plural, "causes": [
+                {"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}
+            ]}),
+        ),
+    }
+}
+
 /// Serves the resource types a CRD declares, replacing what it served before.
 fn serve_crd(inner: &mut Inner, crd: &Value) -> Result<(), ApiError> {
     let served = registry::from_crd(crd).map_err(ApiError::bad_request)?;
@@ -637,10 +791,14 @@ fn unserve_crd(inner: &mut Inner, crd: &Value) {
 
 /// The entry of `spec.versions` of the CRD that serves `t`.
 fn crd_version_in(inner: &Inner, t: &ResourceType) -> Option<Value> {
+    const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
+    if registry::is_builtin(t) {
+        return None;
+    }
     inner
         .objects
-        .iter()
-        .filter(|((k, _, _), _)| k == "apiextensions.k8s.io/customresourcedefinitions")
+        .range((CRDS.to_string(), String::new(), String::new())..)
+        .take_while(|((k, _, _), _)| k == CRDS)
         .map(|(_, crd)| crd)
         .find(|crd| {
             crd.pointer("/spec/group").and_then(Value::as_str) == Some(t.group.as_str())

@@ -518,3 +518,134 @@ fn kubectl_watches_with_one_header() {
         "{seen:?}"
     );
 }
+
+/// Polls kubectl until `check` accepts its output.
+fn poll(k: &Cluster, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = k.run(args, None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kubectl_runs_jobs_reads_logs_and_cascades_deletes() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    k.ok(&[
+        "create",
+        "job",
+        "hello",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; echo world >&2",
+    ]);
+    k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=20s",
+    ]);
+    assert_eq!(k.ok(&["logs", "job/hello"]), "hello\nworld\n");
+    assert_eq!(k.ok(&["logs", "job/hello", "--tail=1"]), "world\n");
+    let out = k.ok(&["describe", "job", "hello"]);
+    assert!(
+        out.contains("0 Active (0 Ready) / 1 Succeeded / 0 Failed"),
+        "{out}"
+    );
+    let events = out.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("SuccessfulCreate") && events.contains("Created pod: hello-"),
+        "{out}"
+    );
+    assert!(
+        events.contains("Completed") && events.contains("Job completed"),
+        "{out}"
+    );
+    let out = k.ok(&["describe", "pod", "-l", "job-name=hello"]);
+    assert!(out.contains("Status:       Succeeded"), "{out}");
+    assert!(out.contains("Started container hello"), "{out}");
+
+    // Following streams lines as they come, until the container ends.
+    k.ok(&[
+        "create",
+        "job",
+        "ticker",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
+    ]);
+    let out = k.ok(&["logs", "-f", "job/ticker", "--pod-running-timeout=20s"]);
+    assert_eq!(out, "tick 1\ntick 2\ntick 3\n");
+
+    // With two containers, a name is needed.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: duo}\nspec:\n  containers:\n  - {name: main, image: busybox, command: [sh, -c, 'echo main; sleep 30']}\n  - {name: side, image: busybox, command: [sh, -c, 'echo side; sleep 30']}\n";
+    k.ok_with(&["apply", "-f", "-"], Some(pod));
+    poll(
+        &k,
+        &["get", "pod", "duo", "-o", "jsonpath={.status.phase}"],
+        "duo to run",
+        |s| s == "Running",
+    );
+    // kubectl picks the first container itself; the server wants a name.
+    let err = k.fails(
+        &["get", "--raw", "/api/v1/namespaces/default/pods/duo/log"],
+        None,
+    );
+    assert_eq!(
+        err.trim(),
+        "Error from server (BadRequest): a container name must be specified for pod duo, choose one of: [main side]"
+    );
+    poll(&k, &["logs", "duo", "-c", "side"], "side's output", |s| {
+        s == "side\n"
+    });
+    k.ok(&["delete", "pod", "duo", "--grace-period=1"]);
+
+    // A foreground cascade deletes the pod before the Job.
+    k.ok(&[
+        "create",
+        "job",
+        "sleeper",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "trap 'sleep 0.3; exit 0' TERM; sleep 30 & wait",
+    ]);
+    poll(
+        &k,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "job-name=sleeper",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+        "the sleeper to run",
+        |s| s == "Running",
+    );
+    let out = k.ok(&["delete", "job", "sleeper", "--cascade=foreground"]);
+    assert_eq!(out.trim(), "job.batch \"sleeper\" deleted");
+    assert_eq!(
+        k.ok(&["get", "pods", "-l", "job-name=sleeper", "-o", "name"]),
+        ""
+    );
+    let err = k.fails(&["get", "job", "sleeper"], None);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -1,0 +1,824 @@
+//! The Job controller, after Kubernetes 1.33's: it creates pods from `spec.template`
+//! (completions, parallelism, `Indexed` mode), tracks finished pods with the
+//! `batch.kubernetes.io/job-tracking` finalizer and `status.uncountedTerminatedPods`, and
+//! ends Jobs with `SuccessCriteriaMet` + `Complete` or `FailureTarget` + `Failed`
+//! (`BackoffLimitExceeded`, `DeadlineExceeded`), honouring suspend, replacement back-off
+//! and `ttlSecondsAfterFinished`.
+//!
+//! It is level-triggered: any change to a Job or one of its pods queues the Job, timers
+//! queue it again for deadlines and back-off, and everything is re-checked every few seconds.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::Instant;
+
+use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
+use crate::gc::{Propagation, delete_object};
+use crate::http::AppState;
+use crate::registry::ResourceType;
+use crate::selector::Selector;
+use crate::store::Write;
+
+/// The finalizer that keeps a finished pod until the controller has counted it.
+pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
+const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
+const SUCCESS_MESSAGE: &str = "Reached expected number of succeeded pods";
+
+/// How the controller paces itself.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Delay before replacing the first failed pod; it doubles per failure.
+    pub backoff: Duration,
+    /// Longest replacement delay.
+    pub backoff_max: Duration,
+}
+
+struct Ctx {
+    state: Arc<AppState>,
+    config: JobConfig,
+    jobs: ResourceType,
+    pods: ResourceType,
+    recorder: Recorder,
+    /// When each Job (by uid) last saw its failed count go up.
+    last_failure: std::sync::Mutex<HashMap<String, (i64, Instant)>>,
+}
+
+type Key = (String, String);
+
+/// Runs the controller until the task is aborted.
+pub async fn run(state: Arc<AppState>, config: JobConfig) {
+    let (Some(jobs), Some(pods)) = (
+        builtin(&state.store, "batch", "jobs"),
+        builtin(&state.store, "", "pods"),
+    ) else {
+        return;
+    };
+    let ctx = Ctx {
+        state,
+        config,
+        jobs,
+        pods,
+        recorder: Recorder::new("job-controller", None),
+        last_failure: std::sync::Mutex::new(HashMap::new()),
+    };
+    let mut events = ctx.state.store.subscribe();
+    let mut dirty: HashSet<Key> = all_jobs(&ctx);
+    let mut timers: HashMap<Key, Instant> = HashMap::new();
+    let mut resync = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        for key in std::mem::take(&mut dirty) {
+            timers.remove(&key);
+            if let Some(after) = reconcile(&ctx, &key) {
+                timers.insert(key, Instant::now() + after);
+            }
+        }
+        let next = timers.values().min().copied();
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            event = events.recv() => {
+                let mut event = event;
+                loop {
+                    match event {
+                        Ok(e) => observe(&ctx, &e, &mut dirty),
+                        Err(RecvError::Lagged(_)) => dirty.extend(all_jobs(&ctx)),
+                        Err(RecvError::Closed) => return,
+                    }
+                    event = match events.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => return,
+                        Err(TryRecvError::Empty) => break,
+                    };
+                }
+            }
+            _ = tokio::time::sleep_until(next.unwrap_or(far)), if next.is_some() => {
+                let now = Instant::now();
+                let due: Vec<Key> = timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+                for key in due {
+                    timers.remove(&key);
+                    dirty.insert(key);
+                }
+            }
+            _ = resync.tick() => dirty.extend(all_jobs(&ctx)),
+        }
+    }
+}
+
+fn everything() -> Selector {
+    Selector::parse("").unwrap_or_default()
+}
+
+fn all_jobs(ctx: &Ctx) -> HashSet<Key> {
+    let (jobs, _) = ctx
+        .state
+        .store
+        .list(&ctx.jobs, "", &everything(), &everything());
+    jobs.iter()
+        .map(|j| {
+            (
+                text(j, "/metadata/namespace").to_string(),
+                text(j, "/metadata/name").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The Job that controls `pod`, as (name, uid).
+fn controller_job(pod: &Value) -> Option<(String, String)> {
+    pod.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r.get("controller").and_then(Value::as_bool) == Some(true)
+                && text(r, "/kind") == "Job"
+                && text(r, "/apiVersion").starts_with("batch/")
+        })
+        .map(|r| (text(r, "/name").to_string(), text(r, "/uid").to_string()))
+}
+
+fn observe(ctx: &Ctx, e: &crate::store::Event, dirty: &mut HashSet<Key>) {
+    match e.type_key.as_str() {
+        "batch/jobs" => {
+            if e.kind == "DELETED" {
+                release_pods(ctx, &e.namespace, text(&e.object, "/metadata/uid"));
+                ctx.last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(text(&e.object, "/metadata/uid"));
+            } else {
+                dirty.insert((
+                    e.namespace.clone(),
+                    text(&e.object, "/metadata/name").into(),
+                ));
+            }
+        }
+        "/pods" => match controller_job(&e.object) {
+            Some((job, _)) => {
+                dirty.insert((e.namespace.clone(), job));
+            }
+            None => {
+                if e.kind != "DELETED" && has_finalizer(&e.object, TRACKING_FINALIZER) {
+                    // An orphan (its Job was deleted with orphan propagation): nobody counts
+                    // it any more.
+                    controllers::remove_finalizer(
+                        &ctx.state.store,
+                        &ctx.pods,
+                        &e.namespace,
+                        text(&e.object, "/metadata/name"),
+                        TRACKING_FINALIZER,
+                    );
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Removes the tracking finalizer from every pod of the Job `uid`, which is gone.
+fn release_pods(ctx: &Ctx, namespace: &str, uid: &str) {
+    for pod in pods_of(ctx, namespace, uid) {
+        if has_finalizer(&pod, TRACKING_FINALIZER) {
+            controllers::remove_finalizer(
+                &ctx.state.store,
+                &ctx.pods,
+                namespace,
+                text(&pod, "/metadata/name"),
+                TRACKING_FINALIZER,
+            );
+        }
+    }
+}
+
+fn pods_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Value> {
+    let (pods, _) = ctx
+        .state
+        .store
+        .list(&ctx.pods, namespace, &everything(), &everything());
+    pods.into_iter()
+        .filter(|p| controller_job(p).is_some_and(|(_, u)| u == uid))
+        .collect()
+}
+
+fn phase(pod: &Value) -> &str {
+    text(pod, "/status/phase")
+}
+
+fn terminal(pod: &Value) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+fn deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+fn int(v: &Value, pointer: &str) -> Option<i64> {
+    v.pointer(pointer).and_then(Value::as_i64)
+}
+
+fn strings(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+fn condition_true(status: &Value, type_: &str) -> bool {
+    status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| text(c, "/type") == type_ && text(c, "/status") == "True")
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Value {
+    let now = controllers::now();
+    json!({
+        "type": type_, "status": if status { "True" } else { "False" },
+        "lastProbeTime": now, "lastTransitionTime": now,
+        "reason": reason, "message": message,
+    })
+}
+
+/// Sets a condition, keeping its place (and transition time when its status stays).
+fn set_condition(status: &mut Value, new: Value) {
+    if !status.get("conditions").is_some_and(Value::is_array) {
+        status["conditions"] = json!([]);
+    }
+    let Some(list) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    match list.iter_mut().find(|c| c["type"] == new["type"]) {
+        Some(existing) if existing["status"] == new["status"] => {}
+        Some(existing) => *existing = new,
+        None => list.push(new),
+    }
+}
+
+fn pod_index(pod: &Value) -> Option<i64> {
+    let key = INDEX_KEY.replace('/', "~1");
+    text(pod, &format!("/metadata/annotations/{key}"))
+        .parse()
+        .ok()
+        .or_else(|| text(pod, &format!("/metadata/labels/{key}")).parse().ok())
+}
+
+/// Parses `1,3-5` into indexes.
+fn parse_indexes(s: &str) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(i) = part.parse() {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Formats indexes as the API does: ranges of three or more as `a-b`.
+fn format_indexes(set: &BTreeSet<i64>) -> String {
+    let mut parts = Vec::new();
+    let mut iter = set.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        match end - start {
+            0 => parts.push(start.to_string()),
+            1 => {
+                parts.push(start.to_string());
+                parts.push(end.to_string());
+            }
+            _ => parts.push(format!("{start}-{end}")),
+        }
+    }
+    parts.join(",")
+}
+
+fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Option<Value> {
+    if job.get("status") == Some(status) {
+        return Some(job.clone());
+    }
+    let ns = text(job, "/metadata/namespace");
+    let name = text(job, "/metadata/name");
+    let uid = text(job, "/metadata/uid").to_string();
+    match modify(&ctx.state.store, &ctx.jobs, ns, name, true, |j| {
+        if text(j, "/metadata/uid") != uid {
+            return false;
+        }
+        j["status"] = status.clone();
+        true
+    }) {
+        Ok(written) => written,
+        Err(err) => {
+            tracing::debug!(%err, job = name, "writing job status");
+            None
+        }
+    }
+}
+
+/// Brings one Job closer to its spec; returns when to look again, if a timer is due.
+fn reconcile(ctx: &Ctx, key: &Key) -> Option<Duration> {
+    let (ns, name) = key;
+    let store = &ctx.state.store;
+    let job = store.get(&ctx.jobs, ns, name).ok()?;
+    let uid = text(&job, "/metadata/uid").to_string();
+    let pods = pods_of(ctx, ns, &uid);
+    if deleting(&job) {
+        release_pods(ctx, ns, &uid);
+        return None;
+    }
+    let spec = job.get("spec").cloned().unwrap_or(json!({}));
+    let mut status = job.get("status").cloned().unwrap_or(json!({}));
+    if !status.is_object() {
+        status = json!({});
+    }
+    let finished = condition_true(&status, "Complete") || condition_true(&status, "Failed");
+    let indexed = text(&spec, "/completionMode") == "Indexed";
+
+    // Count pods that finished, in the order the real controller does: record them as
+    // uncounted, drop their finalizers, then move them into the counters.
+    let mut uncounted_ok = strings(&status, "/uncountedTerminatedPods/succeeded");
+    let mut uncounted_failed = strings(&status, "/uncountedTerminatedPods/failed");
+    let mut newly = false;
+    let mut index_of: HashMap<String, Option<i64>> = HashMap::new();
+    for pod in &pods {
+        let puid = text(pod, "/metadata/uid").to_string();
+        index_of.insert(puid.clone(), pod_index(pod));
+        if !has_finalizer(pod, TRACKING_FINALIZER) || !terminal(pod) || finished {
+            continue;
+        }
+        let list = if phase(pod) == "Succeeded" {
+            &mut uncounted_ok
+        } else {
+            &mut uncounted_failed
+        };
+        if !list.contains(&puid) {
+            list.push(puid);
+            newly = true;
+        }
+    }
+    let mut job = job;
+    if newly {
+        status["uncountedTerminatedPods"] = json!({});
+        if !uncounted_ok.is_empty() {
+            status["uncountedTerminatedPods"]["succeeded"] = json!(uncounted_ok);
+        }
+        if !uncounted_failed.is_empty() {
+            status["uncountedTerminatedPods"]["failed"] = json!(uncounted_failed);
+        }
+        job = write_status(ctx, &job, &status)?;
+    }
+    for pod in &pods {
+        let puid = text(pod, "/metadata/uid");
+        let counted = uncounted_ok
+            .iter()
+            .chain(&uncounted_failed)
+            .any(|u| u == puid);
+        if has_finalizer(pod, TRACKING_FINALIZER)
+            && (counted || finished || (deleting(pod) && terminal(pod)))
+        {
+            controllers::remove_finalizer(
+                store,
+                &ctx.pods,
+                ns,
+                text(pod, "/metadata/name"),
+                TRACKING_FINALIZER,
+            );
+        }
+    }
+    let mut succeeded = int(&status, "/succeeded").unwrap_or(0);
+    let mut failed = int(&status, "/failed").unwrap_or(0);
+    let mut completed = parse_indexes(text(&status, "/completedIndexes"));
+    for puid in uncounted_ok.drain(..) {
+        match index_of.get(&puid).copied().flatten() {
+            Some(i) if indexed => {
+                completed.insert(i);
+            }
+            _ => succeeded += 1,
+        }
+    }
+    if indexed {
+        succeeded = i64::try_from(completed.len()).unwrap_or(i64::MAX);
+    }
+    let new_failures = i64::try_from(uncounted_failed.len()).unwrap_or(0);
+    failed += new_failures;
+    uncounted_failed.clear();
+    if new_failures > 0 {
+        ctx.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.clone(), (failed, Instant::now()));
+    }
+    status["uncountedTerminatedPods"] = json!({});
+    set_count(&mut status, "succeeded", succeeded);
+    set_count(&mut status, "failed", failed);
+    if indexed && !completed.is_empty() {
+        status["completedIndexes"] = json!(format_indexes(&completed));
+    }
+
+    let active: Vec<&Value> = pods
+        .iter()
+        .filter(|p| !terminal(p) && !deleting(p))
+        .collect();
+    let terminating = pods.iter().filter(|p| !terminal(p) && deleting(p)).count();
+    let ready = active
+        .iter()
+        .filter(|p| {
+            p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True")
+        })
+        .count();
+    let set_active = |status: &mut Value, active: usize, terminating: usize, ready: usize| {
+        set_count(status, "active", i64::try_from(active).unwrap_or(0));
+        status["ready"] = json!(ready);
+        status["terminating"] = json!(terminating);
+    };
+    set_active(&mut status, active.len(), terminating, ready);
+
+    if finished {
+        write_status(ctx, &job, &status);
+        return ttl(ctx, &job, &status);
+    }
+
+    // Suspension.
+    let suspend = spec.get("suspend").and_then(Value::as_bool) == Some(true);
+    let ending =
+        condition_true(&status, "FailureTarget") || condition_true(&status, "SuccessCriteriaMet");
+    if suspend && !ending {
+        for pod in &active {
+            delete_pod(ctx, &job, pod);
+        }
+        if !condition_true(&status, "Suspended") {
+            set_condition(
+                &mut status,
+                condition("Suspended", true, "JobSuspended", "Job suspended"),
+            );
+            ctx.recorder
+                .record(store, &job, None, "Normal", "Suspended", "Job suspended");
+        }
+        set_active(&mut status, 0, terminating + active.len(), 0);
+        write_status(ctx, &job, &status);
+        return None;
+    }
+    if condition_true(&status, "Suspended") {
+        set_condition(
+            &mut status,
+            condition("Suspended", false, "JobResumed", "Job resumed"),
+        );
+        status["startTime"] = json!(controllers::now());
+        ctx.recorder
+            .record(store, &job, None, "Normal", "Resumed", "Job resumed");
+    }
+    if status.get("startTime").is_none() {
+        status["startTime"] = json!(controllers::now());
+    }
+
+    let parallelism = int(&spec, "/parallelism").unwrap_or(1).max(0);
+    let completions = int(&spec, "/completions");
+    let backoff_limit = int(&spec, "/backoffLimit").unwrap_or(6);
+    let on_failure = text(&spec, "/template/spec/restartPolicy") == "OnFailure";
+    let restarts: i64 = active
+        .iter()
+        .flat_map(|p| {
+            ["/status/containerStatuses", "/status/initContainerStatuses"]
+                .into_iter()
+                .flat_map(move |f| p.pointer(f).and_then(Value::as_array).into_iter().flatten())
+        })
+        .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+        .sum();
+    let past_on_failure = on_failure
+        && if backoff_limit == 0 {
+            restarts > 0
+        } else {
+            restarts >= backoff_limit
+        };
+    let started = status
+        .get("startTime")
+        .and_then(Value::as_str)
+        .and_then(controllers::parse_time);
+    let deadline_left = int(&spec, "/activeDeadlineSeconds")
+        .zip(started)
+        .map(|(s, t)| {
+            let end = t + chrono::Duration::seconds(s);
+            (end - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
+    let mut requeue: Option<Duration> = None;
+    if !ending {
+        let success = match (indexed, completions) {
+            (true, Some(c)) => i64::try_from(completed.len()).unwrap_or(0) >= c,
+            (false, Some(c)) => succeeded >= c,
+            (_, None) => succeeded > 0 && active.is_empty(),
+        };
+        if failed > backoff_limit || past_on_failure {
+            set_condition(
+                &mut status,
+                condition(
+                    "FailureTarget",
+                    true,
+                    "BackoffLimitExceeded",
+                    BACKOFF_MESSAGE,
+                ),
+            );
+        } else if deadline_left == Some(Duration::ZERO) {
+            set_condition(
+                &mut status,
+                condition("FailureTarget", true, "DeadlineExceeded", DEADLINE_MESSAGE),
+            );
+        } else if success {
+            set_condition(
+                &mut status,
+                condition(
+                    "SuccessCriteriaMet",
+                    true,
+                    "CompletionsReached",
+                    SUCCESS_MESSAGE,
+                ),
+            );
+        } else if let Some(left) = deadline_left {
+            requeue = Some(left);
+        }
+    }
+    if condition_true(&status, "FailureTarget") {
+        for pod in &active {
+            delete_pod(ctx, &job, pod);
+        }
+        let gone = active.is_empty() && terminating == 0;
+        set_active(&mut status, 0, terminating + active.len(), 0);
+        if gone {
+            let target = status["conditions"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["type"] == "FailureTarget"))
+                .cloned()
+                .unwrap_or(json!({}));
+            let reason = text(&target, "/reason").to_string();
+            let message = text(&target, "/message").to_string();
+            set_condition(&mut status, condition("Failed", true, &reason, &message));
+            ctx.recorder
+                .record(store, &job, None, "Warning", &reason, &message);
+        }
+        write_status(ctx, &job, &status);
+        return requeue;
+    }
+    if condition_true(&status, "SuccessCriteriaMet") {
+        for pod in &active {
+            delete_pod(ctx, &job, pod);
+        }
+        if active.is_empty() && terminating == 0 {
+            set_condition(
+                &mut status,
+                condition("Complete", true, "CompletionsReached", SUCCESS_MESSAGE),
+            );
+            status["completionTime"] = json!(controllers::now());
+            ctx.recorder
+                .record(store, &job, None, "Normal", "Completed", "Job completed");
+        } else {
+            set_active(&mut status, 0, terminating + active.len(), 0);
+        }
+        let written = write_status(ctx, &job, &status);
+        return written.and_then(|j| ttl(ctx, &j, &status));
+    }
+
+    // Start pods, after the back-off that follows failures.
+    let mut wait = None;
+    if failed > 0 {
+        let last = ctx
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .copied();
+        if let Some((_, at)) = last {
+            let exponent = u32::try_from((failed - 1).clamp(0, 20)).unwrap_or(20);
+            let delay = ctx
+                .config
+                .backoff
+                .saturating_mul(2u32.saturating_pow(exponent))
+                .min(ctx.config.backoff_max);
+            let elapsed = at.elapsed();
+            if elapsed < delay {
+                wait = Some(delay - elapsed);
+            }
+        }
+    }
+    let mut created = 0usize;
+    if wait.is_none() {
+        let room = usize::try_from(parallelism)
+            .unwrap_or(0)
+            .saturating_sub(active.len());
+        if indexed {
+            let total = completions.unwrap_or(0);
+            let busy: HashSet<i64> = active.iter().filter_map(|p| pod_index(p)).collect();
+            let wanted: Vec<i64> = (0..total)
+                .filter(|i| !completed.contains(i) && !busy.contains(i))
+                .take(room)
+                .collect();
+            for i in wanted {
+                if create_pod(ctx, &job, Some(i)) {
+                    created += 1;
+                }
+            }
+        } else {
+            let want = match completions {
+                Some(c) => usize::try_from((c - succeeded).max(0))
+                    .unwrap_or(0)
+                    .min(usize::try_from(parallelism).unwrap_or(0)),
+                None if succeeded > 0 => 0,
+                None => usize::try_from(parallelism).unwrap_or(0),
+            };
+            for _ in active.len()..want {
+                if create_pod(ctx, &job, None) {
+                    created += 1;
+                }
+            }
+        }
+    }
+    set_active(&mut status, active.len() + created, terminating, ready);
+    write_status(ctx, &job, &status);
+    match (requeue, wait) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn set_count(status: &mut Value, field: &str, n: i64) {
+    if let Some(o) = status.as_object_mut() {
+        if n == 0 {
+            o.remove(field);
+        } else {
+            o.insert(field.into(), json!(n));
+        }
+    }
+}
+
+/// Deletes a finished Job once `ttlSecondsAfterFinished` has passed.
+fn ttl(ctx: &Ctx, job: &Value, status: &Value) -> Option<Duration> {
+    let seconds = int(job, "/spec/ttlSecondsAfterFinished")?;
+    let finished_at = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            matches!(text(c, "/type"), "Complete" | "Failed") && text(c, "/status") == "True"
+        })
+        .filter_map(|c| controllers::parse_time(text(c, "/lastTransitionTime")))
+        .next()?;
+    let left = (finished_at + chrono::Duration::seconds(seconds) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    if !left.is_zero() {
+        return Some(left);
+    }
+    let ns = text(job, "/metadata/namespace");
+    let name = text(job, "/metadata/name");
+    if let Err(err) = delete_object(&ctx.state, &ctx.jobs, ns, name, Propagation::Background) {
+        tracing::debug!(%err, job = name, "deleting a finished job");
+    }
+    None
+}
+
+fn delete_pod(ctx: &Ctx, job: &Value, pod: &Value) {
+    let ns = text(pod, "/metadata/namespace");
+    let name = text(pod, "/metadata/name");
+    match delete_object(&ctx.state, &ctx.pods, ns, name, Propagation::Background) {
+        Ok(_) => ctx.recorder.record(
+            &ctx.state.store,
+            job,
+            None,
+            "Normal",
+            "SuccessfulDelete",
+            &format!("Deleted pod: {name}"),
+        ),
+        Err(err) => tracing::debug!(%err, pod = name, "deleting a job's pod"),
+    }
+}
+
+/// Creates one pod from the Job's template (with `index` in Indexed mode).
+fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>) -> bool {
+    let store = &ctx.state.store;
+    let ns = text(job, "/metadata/namespace");
+    let job_name = text(job, "/metadata/name");
+    let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut annotations = template
+        .pointer("/metadata/annotations")
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+    let prefix = match index {
+        Some(i) => format!("{job_name}-{i}-"),
+        None => format!("{job_name}-"),
+    };
+    if let Some(i) = index {
+        labels[INDEX_KEY] = json!(i.to_string());
+        annotations[INDEX_KEY] = json!(i.to_string());
+        if text(&spec, "/hostname").is_empty() {
+            spec["hostname"] = json!(format!("{job_name}-{i}"));
+        }
+        for field in ["initContainers", "containers"] {
+            for c in spec
+                .get_mut(field)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if !c.get("env").is_some_and(Value::is_array) {
+                    c["env"] = json!([]);
+                }
+                if let Some(env) = c["env"].as_array_mut()
+                    && !env.iter().any(|e| e["name"] == "JOB_COMPLETION_INDEX")
+                {
+                    env.push(
+                        json!({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+                            "apiVersion": "v1",
+                            "fieldPath": format!("metadata.labels['{INDEX_KEY}']"),
+                        }}}),
+                    );
+                }
+            }
+        }
+    }
+    let mut metadata = json!({
+        "generateName": prefix,
+        "labels": labels,
+        "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+            "uid": text(job, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true,
+        }],
+        "finalizers": [TRACKING_FINALIZER],
+    });
+    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        metadata["annotations"] = annotations;
+    }
+    // Names as the real controller's: the prefix and five random characters, retried on
+    // the rare collision.
+    for _ in 0..5 {
+        metadata["name"] = json!(format!("{prefix}{}", controllers::random_suffix()));
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec});
+        match store.create(&ctx.pods, ns, pod, Write::default()) {
+            Ok(created) => {
+                ctx.recorder.record(
+                    store,
+                    job,
+                    None,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {}", text(&created, "/metadata/name")),
+                );
+                return true;
+            }
+            Err(err) if err.code == 409 => continue,
+            Err(err) => {
+                ctx.recorder.record(
+                    store,
+                    job,
+                    None,
+                    "Warning",
+                    "FailedCreate",
+                    &format!("Error creating: {}", err.message),
+                );
+                return false;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_round_trip() {
+        let set = parse_indexes("0,2-4,7,8");
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 2, 3, 4, 7, 8]);
+        assert_eq!(format_indexes(&set), "0,2-4,7,8");
+    }
+}

@@ -1,0 +1,245 @@
+//! `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the output the simulated kubelet captured,
+//! with `container`, `follow`, `previous`, `tailLines`, `sinceSeconds`, `sinceTime`,
+//! `timestamps` and `limitBytes`, and the real server's (kubelet's) errors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::controllers::text;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::kubelet::{LogBuffer, LogLine};
+use crate::registry::ResourceType;
+
+fn names(pod: &Value, field: &str) -> Vec<String> {
+    pod.pointer(&format!("/spec/{field}"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| text(c, "/name").to_string())
+        .collect()
+}
+
+fn text_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Which container's output a request is for, or the error the real server gives.
+fn pick_container(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
+    let containers = names(pod, "containers");
+    let init = names(pod, "initContainers");
+    let container = match wanted.filter(|c| !c.is_empty()) {
+        Some(c) => c.to_string(),
+        None => match containers.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}"
+                )));
+            }
+            many => {
+                let mut message = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    many.join(" ")
+                );
+                if !init.is_empty() {
+                    message.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        init.join(" ")
+                    ));
+                }
+                return Err(ApiError::bad_request(message));
+            }
+        },
+    };
+    if !containers.contains(&container) && !init.contains(&container) {
+        return Err(ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    Ok(container)
+}
+
+/// The kubelet's checks of a container's state before it serves logs.
+fn check_state(pod: &Value, name: &str, container: &str, previous: bool) -> Result<(), ApiError> {
+    let status = ["/status/containerStatuses", "/status/initContainerStatuses"]
+        .iter()
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find(|s| text(s, "/name") == container);
+    let Some(status) = status else {
+        return Err(ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+        )));
+    };
+    let last_terminated = status.pointer("/lastState/terminated").is_some();
+    let state = status.get("state").cloned().unwrap_or(Value::Null);
+    if previous {
+        if !last_terminated {
+            return Err(ApiError::bad_request(format!(
+                "previous terminated container \"{container}\" in pod \"{name}\" not found"
+            )));
+        }
+        return Ok(());
+    }
+    if state.get("running").is_some() || state.get("terminated").is_some() || last_terminated {
+        return Ok(());
+    }
+    let reason = text(&state, "/waiting/reason");
+    let message = match reason {
+        "ErrImagePull" => format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: image can't be pulled"
+        ),
+        "ImagePullBackOff" => format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: trying and failing to pull image"
+        ),
+        "" => {
+            format!("container \"{container}\" in pod \"{name}\" is waiting to start - no logs yet")
+        }
+        reason => {
+            format!("container \"{container}\" in pod \"{name}\" is waiting to start: {reason}")
+        }
+    };
+    Err(ApiError::bad_request(message))
+}
+
+struct Options {
+    timestamps: bool,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<usize>,
+}
+
+fn render(lines: &[LogLine], opts: &Options) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        if opts.since.is_some_and(|s| line.time < s) {
+            continue;
+        }
+        if opts.timestamps {
+            out.extend_from_slice(
+                line.time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                    .as_bytes(),
+            );
+            out.push(b' ');
+        }
+        out.extend_from_slice(&line.text);
+    }
+    out
+}
+
+/// Serves a pod's log.
+pub async fn pod_log(
+    app: &Arc<AppState>,
+    t: &ResourceType,
+    namespace: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let pod = app.store.get(t, namespace, name)?;
+    let container = pick_container(&pod, name, query.get("container").map(String::as_str))?;
+    let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
+    let previous = flag("previous");
+    if text(&pod, "/spec/nodeName").is_empty() {
+        // Not scheduled: nothing ran, and the real server answers with nothing.
+        return Ok(text_response(Body::empty()));
+    }
+    check_state(&pod, name, &container, previous)?;
+    let since = match (query.get("sinceSeconds"), query.get("sinceTime")) {
+        (Some(s), _) => {
+            let secs: i64 = s
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid sinceSeconds: {s}")))?;
+            Some(chrono::Utc::now() - chrono::Duration::seconds(secs))
+        }
+        (None, Some(t)) => crate::controllers::parse_time(t),
+        _ => None,
+    };
+    let opts = Options {
+        timestamps: flag("timestamps"),
+        since,
+        limit: query.get("limitBytes").and_then(|v| v.parse().ok()),
+    };
+    let tail: Option<usize> = query
+        .get("tailLines")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .and_then(|n| usize::try_from(n).ok());
+    let uid = text(&pod, "/metadata/uid");
+    let Some(buffer) = app.logs.get(uid, &container, previous) else {
+        return Ok(text_response(Body::empty()));
+    };
+    let (mut lines, next, done) = buffer.read_from(0);
+    if let Some(n) = tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut first = render(&lines, &opts);
+    if let Some(limit) = opts.limit {
+        first.truncate(limit);
+    }
+    if !flag("follow") || previous || done {
+        return Ok(text_response(Body::from(first)));
+    }
+    Ok(text_response(Body::from_stream(follow(
+        buffer, first, next, opts,
+    ))))
+}
+
+/// Streams what is there, then new lines until the container instance ends.
+fn follow(
+    buffer: Arc<LogBuffer>,
+    first: Vec<u8>,
+    next: u64,
+    opts: Options,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let changes = buffer.subscribe();
+    let sent = first.len();
+    let state = (buffer, changes, next, opts, Some(first), sent, false);
+    futures::stream::unfold(
+        state,
+        |(buffer, mut changes, next, opts, first, sent, ended)| async move {
+            if let Some(first) = first {
+                let item = Ok(Bytes::from(first));
+                return Some((item, (buffer, changes, next, opts, None, sent, ended)));
+            }
+            if ended {
+                return None;
+            }
+            loop {
+                let (lines, after, done) = buffer.read_from(next);
+                if !lines.is_empty() {
+                    let mut bytes = render(&lines, &opts);
+                    if let Some(limit) = opts.limit {
+                        bytes.truncate(limit.saturating_sub(sent));
+                    }
+                    let sent = sent + bytes.len();
+                    let stop = done || opts.limit.is_some_and(|l| sent >= l);
+                    return Some((
+                        Ok(Bytes::from(bytes)),
+                        (buffer, changes, after, opts, None, sent, stop),
+                    ));
+                }
+                if done {
+                    return None;
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    )
+}
