@@ -260,7 +260,18 @@ async fn observe(
         .iter()
         .map(|p| (**p).clone())
         .collect();
-    Ok(crate::observe::job_status(job.as_ref(), &pods))
+    let observed = crate::observe::job_status(job.as_ref(), &pods);
+    if matches!(observed, JobStatus::Finished(AttemptOutcome::NoExitCode(_))) {
+        // The Job's verdict can reach the cache before its pod's final status does: read the
+        // pods fresh before concluding that the attempt left no exit code.
+        let fresh = ctx
+            .api::<Pod>(namespace)
+            .list(&kube::api::ListParams::default().labels(&format!("job-name={job_name}")))
+            .await?
+            .items;
+        return Ok(crate::observe::job_status(job.as_ref(), &fresh));
+    }
+    Ok(observed)
 }
 
 pub(super) fn to_machine(name: &str, status: &WorkflowInstanceStatus) -> Instance {

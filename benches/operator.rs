@@ -1,0 +1,403 @@
+//! Operator benchmarks on the embedded cluster. The cluster (`charon dev --no-controller`) runs
+//! in its own process, so this process's memory is the operator's (plus a small client).
+//!
+//! ```sh
+//! cargo bench --bench operator                       # both, at their default sizes
+//! cargo bench --bench operator -- triggers 1000 10000
+//! cargo bench --bench operator -- backfill 10000 500
+//! ```
+//!
+//! `triggers N…`: N hourly workflows, all due at the same top of the hour (the operator's clock
+//! is moved to just before it): trigger lateness (trigger instant → instance created) p50, p99
+//! and max, API requests and writes per triggered instance, operator RSS.
+//!
+//! `backfill P C`: one Backfill of P partitions whose command exits 0, at most C at a time:
+//! partitions finished per second, API writes per partition, and the same server's raw Job
+//! creation rate for comparison.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration as StdDuration, Instant};
+
+use charon::controller::{Clock, Metrics, ShiftedClock};
+use charon::operator::{self, Settings};
+use charon::resources::{Backfill, Workflow, WorkflowInstance};
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const NS: &str = "default";
+
+struct Dev {
+    child: Child,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+fn charon_binary() -> PathBuf {
+    // Benches are built next to the binary: target/<profile>/deps/operator-… → target/<profile>/charon.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("charon");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --release` first",
+        bin.display()
+    );
+    bin
+}
+
+async fn start_cluster() -> (Dev, Client) {
+    let kubeconfig =
+        std::env::temp_dir().join(format!("charon-bench-{}.kubeconfig", std::process::id()));
+    let _ = std::fs::remove_file(&kubeconfig);
+    let child = Command::new(charon_binary())
+        .args(["dev", "--no-controller", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("charon dev starts");
+    let dev = Dev { child, kubeconfig };
+    let deadline = Instant::now() + StdDuration::from_secs(30);
+    loop {
+        if let Ok(client) = operator::client(Some(&dev.kubeconfig), None, "charon-bench").await {
+            let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
+            if workflows
+                .list(&ListParams::default().limit(1))
+                .await
+                .is_ok()
+            {
+                return (dev, client);
+            }
+        }
+        assert!(Instant::now() < deadline, "charon dev did not start");
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// API requests the operator made, counted by a layer on its client.
+#[derive(Default)]
+struct Counter {
+    requests: AtomicU64,
+    writes: AtomicU64,
+}
+
+struct Counts {
+    requests: u64,
+    writes: u64,
+}
+
+impl Counter {
+    fn snapshot(&self) -> Counts {
+        Counts {
+            requests: self.requests.load(Ordering::SeqCst),
+            writes: self.writes.load(Ordering::SeqCst),
+        }
+    }
+}
+
+async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow::Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(operator::OPERATOR_AGENT),
+    ));
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter.requests.fetch_add(1, Ordering::Relaxed);
+        if req.method() != http::Method::GET {
+            counter.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
+fn start_operator(
+    kubeconfig: &PathBuf,
+    clock: Arc<ShiftedClock>,
+    counter: Arc<Counter>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kubeconfig = kubeconfig.clone();
+    let task = tokio::spawn(async move {
+        let client = counting_client(&kubeconfig, counter).await?;
+        let settings = Settings {
+            namespaces: Vec::new(),
+            lease: None,
+            clock,
+            metrics: Arc::new(Metrics::default()),
+            identity: "bench".into(),
+        };
+        let shutdown = async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        operator::run(client, settings, shutdown).await
+    });
+    (stop, task)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn create_all<K>(api: &Api<K>, objects: Vec<K>, concurrency: usize)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    futures::stream::iter(objects)
+        .for_each_concurrent(concurrency, |o| {
+            let api = api.clone();
+            async move {
+                if let Err(err) = api.create(&PostParams::default(), &o).await {
+                    eprintln!("create failed: {err}");
+                }
+            }
+        })
+        .await;
+}
+
+async fn triggers(n: usize) {
+    let (dev, client) = start_cluster().await;
+    let clock = Arc::new(ShiftedClock::default());
+    let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
+    let objects: Vec<Workflow> = (0..n)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow",
+                "metadata": {"name": format!("w{i:05}")},
+                "spec": {"schedule": "@hourly", "offset": "PT0S",
+                    "template": {"image": "busybox", "command": ["true"]}},
+            }))
+            .expect("workflow")
+        })
+        .collect();
+    create_all(&workflows, objects, 32).await;
+    let rss_before = rss_mib();
+    let counter = Arc::new(Counter::default());
+    let (stop, task) = start_operator(&dev.kubeconfig, clock.clone(), counter.clone());
+    // Wait until every workflow knows its next trigger.
+    let wait_planned = Instant::now();
+    loop {
+        let list = workflows.list(&ListParams::default()).await.expect("list");
+        let planned = list
+            .items
+            .iter()
+            .filter(|w| w.status.as_ref().is_some_and(|s| s.next_trigger.is_some()))
+            .count();
+        if planned == n {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+    }
+    let planned_in = wait_planned.elapsed();
+    // Move the operator's clock to two seconds before the next top of the hour.
+    let now = clock.now();
+    let top: DateTime<Utc> =
+        now.duration_trunc(Duration::hours(1)).expect("trunc") + Duration::hours(1);
+    clock.advance(top - now - Duration::seconds(2));
+    let before = counter.snapshot();
+    // Wait for all instances; lateness from their creation (server time + the shift).
+    let instances: Api<WorkflowInstance> = Api::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + StdDuration::from_secs(600);
+    let shift = clock.now() - Utc::now();
+    let list = loop {
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+        let list = instances.list(&ListParams::default()).await.expect("list");
+        if list.items.len() >= n || Instant::now() > deadline {
+            break list;
+        }
+    };
+    let mut lateness: Vec<f64> = list
+        .items
+        .iter()
+        .filter_map(|i| {
+            let created = charon::observe::time(i.metadata.creation_timestamp.as_ref()?)?;
+            Some(((created + shift) - top).num_milliseconds() as f64 / 1000.0)
+        })
+        .collect();
+    lateness.sort_by(f64::total_cmp);
+    // Let the instances run to the end, to count a whole instance's requests.
+    let done_deadline = Instant::now() + StdDuration::from_secs(900);
+    loop {
+        let list = instances.list(&ListParams::default()).await.expect("list");
+        let done = list
+            .items
+            .iter()
+            .filter(|i| i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
+            .count();
+        if done >= n || Instant::now() > done_deadline {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+    }
+    let after = counter.snapshot();
+    let triggered = lateness.len().max(1) as f64;
+    println!(
+        "triggers: {n} hourly workflows: planned in {:.1}s; {} instances at the top of the hour",
+        planned_in.as_secs_f64(),
+        lateness.len()
+    );
+    println!(
+        "  trigger lateness  p50 {:.3}s  p99 {:.3}s  max {:.3}s",
+        percentile(&lateness, 0.5),
+        percentile(&lateness, 0.99),
+        lateness.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  per triggered instance, run to the end: {:.1} API requests, {:.1} writes (Events included)",
+        (after.requests - before.requests) as f64 / triggered,
+        (after.writes - before.writes) as f64 / triggered
+    );
+    println!(
+        "  operator RSS {:.0} MiB (before starting it: {:.0} MiB)",
+        rss_mib(),
+        rss_before
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(StdDuration::from_secs(10), task).await;
+    drop(dev);
+}
+
+async fn backfill(partitions: usize, concurrency: u32) {
+    let (dev, client) = start_cluster().await;
+    let clock = Arc::new(ShiftedClock::default());
+    // Raw Job creation rate of the same server, for comparison.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let raw = 2000;
+    let objects: Vec<Job> = (0..raw)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("raw-{i}")},
+                "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
+            }))
+            .expect("job")
+        })
+        .collect();
+    let started = Instant::now();
+    create_all(&jobs, objects, 32).await;
+    let raw_rate = raw as f64 / started.elapsed().as_secs_f64();
+
+    let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
+    let wf: Workflow = serde_json::from_value(json!({
+        "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "bf"},
+        "spec": {"schedule": "@hourly", "suspend": true, "template": {"image": "busybox", "command": ["true"]}},
+    }))
+    .expect("workflow");
+    workflows
+        .create(&PostParams::default(), &wf)
+        .await
+        .expect("workflow");
+    let counter = Arc::new(Counter::default());
+    let (stop, task) = start_operator(&dev.kubeconfig, clock.clone(), counter.clone());
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    let start = Utc::now()
+        .duration_trunc(Duration::hours(1))
+        .expect("trunc")
+        - Duration::hours(partitions as i64 + 2);
+    let end = start + Duration::hours(partitions as i64);
+    let backfills: Api<Backfill> = Api::namespaced(client.clone(), NS);
+    let b: Backfill = serde_json::from_value(json!({
+        "apiVersion": "charon.dev/v1alpha1", "kind": "Backfill", "metadata": {"name": "bench"},
+        "spec": {"workflow": "bf", "start": start.format("%Y-%m-%dT%H").to_string(),
+            "end": end.format("%Y-%m-%dT%H").to_string(), "concurrency": concurrency},
+    }))
+    .expect("backfill");
+    let before = counter.snapshot();
+    let t0 = Instant::now();
+    backfills
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("backfill");
+    let mut max_active = 0;
+    let mut progress = BTreeMap::new();
+    loop {
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+        let b = backfills.get("bench").await.expect("get");
+        let c = b.status.clone().unwrap_or_default().counts;
+        max_active = max_active.max(c.active);
+        progress.insert(t0.elapsed().as_secs(), c.done);
+        if (c.done + c.failed + c.skipped) as usize >= partitions {
+            break;
+        }
+        if t0.elapsed() > StdDuration::from_secs(3600) {
+            println!("backfill: gave up after an hour: {c:?}");
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after = counter.snapshot();
+    println!("backfill: {partitions} partitions (command `true`), concurrency {concurrency}");
+    println!(
+        "  finished in {elapsed:.1}s: {:.0} partitions/s; at most {max_active} active",
+        partitions as f64 / elapsed
+    );
+    println!(
+        "  per partition: {:.1} API requests, {:.1} writes (Events included)",
+        (after.requests - before.requests) as f64 / partitions as f64,
+        (after.writes - before.writes) as f64 / partitions as f64
+    );
+    println!("  raw Job creates on the same server: {raw_rate:.0}/s (32 concurrent clients)");
+    println!("  operator RSS {:.0} MiB", rss_mib());
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(StdDuration::from_secs(10), task).await;
+    drop(dev);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("triggers") => {
+            for n in &args[1..] {
+                runtime.block_on(triggers(n.parse().expect("a number of workflows")));
+            }
+        }
+        Some("backfill") => {
+            let partitions = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+            let concurrency = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(500);
+            runtime.block_on(backfill(partitions, concurrency));
+        }
+        _ => {
+            runtime.block_on(triggers(1000));
+            runtime.block_on(backfill(2000, 200));
+        }
+    }
+}
