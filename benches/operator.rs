@@ -103,6 +103,24 @@ fn rss_mib() -> f64 {
 struct Counter {
     requests: AtomicU64,
     writes: AtomicU64,
+    by_kind: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+/// `POST workflowinstances`, `PUT workflowinstances/status`, … from a request.
+fn kind_of(req: &http::Request<kube::client::Body>) -> String {
+    let path = req.uri().path();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let after_ns = parts.iter().position(|p| *p == "namespaces").map(|i| i + 2);
+    let rest: Vec<&str> = match after_ns {
+        Some(i) if i <= parts.len() => parts[i..].to_vec(),
+        _ => parts.iter().rev().take(1).copied().collect(),
+    };
+    let resource = match rest.as_slice() {
+        [r, _, sub] => format!("{r}/{sub}"),
+        [r, ..] => r.to_string(),
+        [] => path.to_string(),
+    };
+    format!("{} {resource}", req.method())
 }
 
 struct Counts {
@@ -130,6 +148,9 @@ async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow:
         counter.requests.fetch_add(1, Ordering::Relaxed);
         if req.method() != http::Method::GET {
             counter.writes.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut kinds) = counter.by_kind.lock() {
+                *kinds.entry(kind_of(&req)).or_default() += 1;
+            }
         }
         req
     });
@@ -230,25 +251,30 @@ async fn triggers(n: usize) {
         now.duration_trunc(Duration::hours(1)).expect("trunc") + Duration::hours(1);
     clock.advance(top - now - Duration::seconds(2));
     let before = counter.snapshot();
-    // Wait for all instances; lateness from their creation (server time + the shift).
+    let kinds_before = counter
+        .by_kind
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_default();
+    // Lateness: when each instance is seen (a watch started before the trigger instant),
+    // on the operator's clock, after the partition's trigger instant.
     let instances: Api<WorkflowInstance> = Api::namespaced(client.clone(), NS);
+    let mut seen = kube::runtime::watcher(instances.clone(), Default::default()).boxed();
+    let mut lateness: Vec<f64> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     let deadline = Instant::now() + StdDuration::from_secs(600);
-    let shift = clock.now() - Utc::now();
-    let list = loop {
-        tokio::time::sleep(StdDuration::from_millis(500)).await;
-        let list = instances.list(&ListParams::default()).await.expect("list");
-        if list.items.len() >= n || Instant::now() > deadline {
-            break list;
+    while names.len() < n && Instant::now() < deadline {
+        let event = tokio::time::timeout(StdDuration::from_secs(5), seen.next()).await;
+        if let Ok(Some(Ok(
+            kube::runtime::watcher::Event::Apply(i) | kube::runtime::watcher::Event::InitApply(i),
+        ))) = event
+        {
+            if names.insert(i.metadata.name.clone().unwrap_or_default()) {
+                lateness.push((clock.now() - top).num_milliseconds() as f64 / 1000.0);
+            }
         }
-    };
-    let mut lateness: Vec<f64> = list
-        .items
-        .iter()
-        .filter_map(|i| {
-            let created = charon::observe::time(i.metadata.creation_timestamp.as_ref()?)?;
-            Some(((created + shift) - top).num_milliseconds() as f64 / 1000.0)
-        })
-        .collect();
+    }
+    drop(seen);
     lateness.sort_by(f64::total_cmp);
     // Let the instances run to the end, to count a whole instance's requests.
     let done_deadline = Instant::now() + StdDuration::from_secs(900);
@@ -266,6 +292,11 @@ async fn triggers(n: usize) {
     }
     let after = counter.snapshot();
     let triggered = lateness.len().max(1) as f64;
+    let kinds_after = counter
+        .by_kind
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_default();
     println!(
         "triggers: {n} hourly workflows: planned in {:.1}s; {} instances at the top of the hour",
         planned_in.as_secs_f64(),
@@ -282,6 +313,13 @@ async fn triggers(n: usize) {
         (after.requests - before.requests) as f64 / triggered,
         (after.writes - before.writes) as f64 / triggered
     );
+    let breakdown: Vec<String> = kinds_after
+        .iter()
+        .map(|(k, v)| (k, v - kinds_before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k} {:.2}", v as f64 / triggered))
+        .collect();
+    println!("  writes per instance by kind: {}", breakdown.join(", "));
     println!(
         "  operator RSS {:.0} MiB (before starting it: {:.0} MiB)",
         rss_mib(),
@@ -379,6 +417,12 @@ async fn backfill(partitions: usize, concurrency: u32) {
 }
 
 fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -564,13 +564,16 @@ fn server_side_apply(
 }
 
 /// Applies `limit` and `continue` to a list sorted by namespace and name. The continue token
-/// names the last object returned; unlike the real server, later pages show the objects as
-/// they are now rather than as of the first page.
+/// carries the first page's resourceVersion and names the last object returned. Later pages
+/// show the objects as they are now rather than as of the first page, but every page reports
+/// the first page's resourceVersion: a client that watches from it after the last page is
+/// replayed whatever changed while it paged (at worst twice), and misses nothing.
 fn paginate(
     items: Vec<Value>,
     rv: u64,
     query: &HashMap<String, String>,
 ) -> Result<(Vec<Value>, Value), ApiError> {
+    let mut rv = rv;
     let position = |v: &Value| {
         let text = |p: &str| {
             v.pointer(p)
@@ -583,9 +586,12 @@ fn paginate(
     let mut items = items;
     if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
         let mut parts = token.splitn(3, '/');
-        let (Some(_), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(first), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(ApiError::bad_request("invalid continue token"));
         };
+        rv = first
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
         let after = (ns.to_string(), name.to_string());
         items.retain(|v| position(v) > after);
     }

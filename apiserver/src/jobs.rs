@@ -20,7 +20,6 @@ use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
 use crate::gc::{Propagation, delete_object};
 use crate::http::AppState;
 use crate::registry::ResourceType;
-use crate::selector::Selector;
 use crate::store::Write;
 
 /// The finalizer that keeps a finished pod until the controller has counted it.
@@ -110,23 +109,8 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
     }
 }
 
-fn everything() -> Selector {
-    Selector::parse("").unwrap_or_default()
-}
-
 fn all_jobs(ctx: &Ctx) -> HashSet<Key> {
-    let (jobs, _) = ctx
-        .state
-        .store
-        .list(&ctx.jobs, "", &everything(), &everything());
-    jobs.iter()
-        .map(|j| {
-            (
-                text(j, "/metadata/namespace").to_string(),
-                text(j, "/metadata/name").to_string(),
-            )
-        })
-        .collect()
+    ctx.state.store.names(&ctx.jobs).into_iter().collect()
 }
 
 /// The Job that controls `pod`, as (name, uid).
@@ -196,13 +180,9 @@ fn release_pods(ctx: &Ctx, namespace: &str, uid: &str) {
 }
 
 fn pods_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Value> {
-    let (pods, _) = ctx
-        .state
-        .store
-        .list(&ctx.pods, namespace, &everything(), &everything());
-    pods.into_iter()
-        .filter(|p| controller_job(p).is_some_and(|(_, u)| u == uid))
-        .collect()
+    ctx.state.store.select(&ctx.pods, namespace, |p| {
+        controller_job(p).is_some_and(|(_, u)| u == uid)
+    })
 }
 
 fn phase(pod: &Value) -> &str {

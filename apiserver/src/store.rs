@@ -264,6 +264,39 @@ impl Store {
         (items, inner.rv)
     }
 
+    /// The objects of `t` in `namespace` (all namespaces when empty) for which `keep` holds;
+    /// only those are cloned, so controllers can look for a few objects among many cheaply.
+    pub fn select(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let inner = self.lock();
+        let key = type_key(t);
+        let start = (key.clone(), namespace.to_string(), String::new());
+        inner
+            .objects
+            .range(start..)
+            .take_while(|((k, ns, _), _)| *k == key && (namespace.is_empty() || ns == namespace))
+            .filter(|(_, v)| keep(v))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The (namespace, name) of every object of `t`.
+    pub fn names(&self, t: &ResourceType) -> Vec<(String, String)> {
+        let inner = self.lock();
+        let key = type_key(t);
+        let start = (key.clone(), String::new(), String::new());
+        inner
+            .objects
+            .range(start..)
+            .take_while(|((k, _, _), _)| *k == key)
+            .map(|((_, ns, name), _)| (ns.clone(), name.clone()))
+            .collect()
+    }
+
     /// Creates an object.
     pub fn create(
         &self,

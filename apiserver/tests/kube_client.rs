@@ -330,6 +330,48 @@ async fn lists_page_with_limit_and_continue() {
         }
     }
     assert_eq!(names, ["a", "b", "c", "d", "e"]);
+
+    // An object created between two pages, sorting before the continue point, is not on any
+    // page; a watch from the version the pages report must still show it.
+    let first = cms
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page");
+    let token = first.metadata.continue_.clone().expect("more pages");
+    let early: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "aa"}})).expect("cm");
+    cms.create(&PostParams::default(), &early)
+        .await
+        .expect("create");
+    let last = cms
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .expect("page");
+    assert!(
+        last.items
+            .iter()
+            .all(|cm| cm.metadata.name.as_deref() != Some("aa"))
+    );
+    assert_eq!(
+        last.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    let rv = last.metadata.resource_version.clone().expect("rv");
+    let mut watch = cms
+        .watch(&kube::api::WatchParams::default().timeout(1), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut seen = Vec::new();
+    while let Some(Ok(event)) = watch.next().await {
+        if let kube::api::WatchEvent::Added(cm) = event {
+            seen.extend(cm.metadata.name);
+        }
+    }
+    assert_eq!(seen, ["aa"]);
+    cms.delete("aa", &DeleteParams::default())
+        .await
+        .expect("delete");
+
     let one = cms
         .list(&ListParams::default().fields("metadata.name=c"))
         .await

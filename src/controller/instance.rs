@@ -28,9 +28,9 @@ use crate::schedule::IsoDuration;
 /// Annotation asking to skip the remaining retry delay (SPEC §4).
 pub const RETRY_NOW: &str = "charon.dev/retry-now";
 
-/// How often an active instance is looked at even without events (a safety net only: Job
-/// and Pod events wake it).
-const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+/// How often an active instance is looked at even without events: a safety net only (Job
+/// and Pod events wake it), bounding how long a lost watch event can delay a transition.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One reconcile of a WorkflowInstance.
 pub async fn reconcile(
@@ -45,6 +45,13 @@ pub async fn reconcile(
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = instance.name_any();
+    if ctx.writes.stale(
+        instance.metadata.uid.as_deref(),
+        instance.metadata.resource_version.as_deref(),
+    ) {
+        // Our last status write is not in the cache yet; its watch event will wake us.
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    }
     let now = ctx.clock.now();
     let status = instance.status.clone().unwrap_or_default();
     let workflow = ctx
@@ -67,7 +74,7 @@ pub async fn reconcile(
         .and_then(|t| IsoDuration::parse(t).ok())
         .map(|d| d.approximate())
         .filter(|d| *d > Duration::zero());
-    let job_status = observe(&ctx, &namespace, &status).await?;
+    let job_status = observe(&ctx, &namespace, &status, now).await?;
     let retry_now = instance.annotations().contains_key(RETRY_NOW);
     let current = to_machine(&name, &status);
 
@@ -203,9 +210,14 @@ pub async fn reconcile(
     }
     if retry_now && step.instance.state != State::Queued {
         let patch = serde_json::json!({"metadata": {"annotations": {RETRY_NOW: null}}});
-        ctx.api::<WorkflowInstance>(&namespace)
+        let patched = ctx
+            .api::<WorkflowInstance>(&namespace)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        ctx.writes.wrote(
+            patched.metadata.uid.as_deref(),
+            patched.metadata.resource_version.as_deref(),
+        );
     }
     let freed = current.state.is_active() && !step.instance.state.is_active();
     if freed && limit.is_some() {
@@ -238,6 +250,7 @@ async fn observe(
     ctx: &Context,
     namespace: &str,
     status: &WorkflowInstanceStatus,
+    now: DateTime<Utc>,
 ) -> Result<JobStatus, Error> {
     let Some(job_name) = status.job.as_deref() else {
         return Ok(JobStatus::Missing);
@@ -246,20 +259,36 @@ async fn observe(
         // The recorded Job is an earlier attempt's; it says nothing about the next one.
         return Ok(JobStatus::Missing);
     }
-    let cached = ctx.jobs.get(&ObjectRef::new(job_name).within(namespace));
+    // An attempt that has not moved for a whole resync period is read from the API server
+    // rather than the cache, so a watch that silently fell behind cannot hold it up.
+    let quiet = status
+        .history
+        .last()
+        .is_some_and(|h| now - h.at >= Duration::from_std(RESYNC).unwrap_or_default());
+    let cached = if quiet {
+        None
+    } else {
+        ctx.jobs.get(&ObjectRef::new(job_name).within(namespace))
+    };
     let job: Option<Job> = match cached {
         Some(job) => Some((*job).clone()),
         None => ctx.api::<Job>(namespace).get_opt(job_name).await?,
     };
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state_filter(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace)
-                && p.labels().get("job-name").map(String::as_str) == Some(job_name)
-        })
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
+    let pods: Vec<Pod> = if quiet {
+        ctx.api::<Pod>(namespace)
+            .list(&kube::api::ListParams::default().labels(&format!("job-name={job_name}")))
+            .await?
+            .items
+    } else {
+        ctx.pods
+            .state_filter(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.labels().get("job-name").map(String::as_str) == Some(job_name)
+            })
+            .iter()
+            .map(|p| (**p).clone())
+            .collect()
+    };
     let observed = crate::observe::job_status(job.as_ref(), &pods);
     if matches!(observed, JobStatus::Finished(AttemptOutcome::NoExitCode(_))) {
         // The Job's verdict can reach the cache before its pod's final status does: read the
@@ -345,10 +374,15 @@ async fn write_status(
 ) -> Result<WorkflowInstance, Error> {
     let mut updated = instance.clone();
     updated.status = Some(status);
-    Ok(ctx
+    let stored = ctx
         .api::<WorkflowInstance>(namespace)
         .replace_status(&instance.name_any(), &PostParams::default(), &updated)
-        .await?)
+        .await?;
+    ctx.writes.wrote(
+        stored.metadata.uid.as_deref(),
+        stored.metadata.resource_version.as_deref(),
+    );
+    Ok(stored)
 }
 
 /// Whether this queued instance may take a slot of its workflow (SPEC §6): states come from

@@ -136,6 +136,48 @@ pub struct Context {
     pub ledger: Mutex<HashMap<ObjectRef<WorkflowInstance>, InstanceState>>,
     /// Asks the instance controller to look at instances again (a slot was freed).
     pub wake: mpsc::UnboundedSender<ObjectRef<WorkflowInstance>>,
+    /// The resourceVersion of this controller's last write to each object, until the cache
+    /// has caught up with it (see [`Writes`]).
+    pub writes: Writes,
+}
+
+/// Remembers this controller's own recent writes so a reconcile does not act on a cache that
+/// has not seen them yet: it would plan from stale state and its write would only conflict.
+#[derive(Default)]
+pub struct Writes {
+    pending: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
+}
+
+/// How long to wait for the cache to show a write before trusting it anyway.
+const WRITE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Writes {
+    /// Records that the object `uid` now has `resource_version` because of us.
+    pub fn wrote(&self, uid: Option<&str>, resource_version: Option<&str>) {
+        if let (Some(uid), Some(rv), Ok(mut pending)) = (uid, resource_version, self.pending.lock())
+        {
+            pending.insert(uid.to_string(), (rv.to_string(), std::time::Instant::now()));
+        }
+    }
+
+    /// Whether the cached object `uid` at `resource_version` may be behind our last write.
+    pub fn stale(&self, uid: Option<&str>, resource_version: Option<&str>) -> bool {
+        let (Some(uid), Ok(mut pending)) = (uid, self.pending.lock()) else {
+            return false;
+        };
+        match pending.get(uid) {
+            Some((rv, _)) if Some(rv.as_str()) == resource_version => {
+                pending.remove(uid);
+                false
+            }
+            Some((_, at)) if at.elapsed() < WRITE_VISIBLE_WITHIN => true,
+            Some(_) => {
+                pending.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl Context {
@@ -172,7 +214,10 @@ where
     }
 }
 
-/// Runs the Workflow and WorkflowInstance controllers until `shutdown` resolves.
+/// How long changes to a backfill's instances are gathered before it is reconciled.
+const BACKFILL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs the Workflow, WorkflowInstance and Backfill controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
     options: Options,
@@ -205,7 +250,10 @@ pub async fn run(
         instances_api.clone(),
         watcher::Config::default(),
         |instance: WorkflowInstance| backfill::backfill_of(&instance),
-    );
+    )
+    // A backfill's status lists every partition: coalesce the many changes of its instances
+    // into one reconcile (and one status write) per period.
+    .with_config(kube::runtime::controller::Config::default().debounce(BACKFILL_DEBOUNCE));
     let mut workflow_controller = Controller::new(workflows_api, watcher::Config::default())
         .owns(instances_api.clone(), watcher::Config::default());
     let mut instance_controller = Controller::new(instances_api, watcher::Config::default())
@@ -228,6 +276,7 @@ pub async fn run(
         events: EventRecorder::new(client, &options.identity),
         metrics: options.metrics.clone(),
         ledger: Mutex::new(HashMap::new()),
+        writes: Writes::default(),
         wake,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

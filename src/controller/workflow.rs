@@ -31,6 +31,13 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = workflow.name_any();
+    if ctx.writes.stale(
+        workflow.metadata.uid.as_deref(),
+        workflow.metadata.resource_version.as_deref(),
+    ) {
+        // Our last status write is not in the cache yet; its watch event will wake us.
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    }
     let now = ctx.clock.now();
     if handle_annotations(&ctx, &workflow, &namespace, now).await? {
         // The annotations were consumed (a metadata write): plan from the new version.
@@ -156,13 +163,18 @@ async fn handle_annotations(
         TRIGGER_ANNOTATION: null,
         BACKFILL_ANNOTATION: null,
     }}});
-    ctx.api::<Workflow>(namespace)
+    let patched = ctx
+        .api::<Workflow>(namespace)
         .patch(
             &workflow.name_any(),
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&patch),
         )
         .await?;
+    ctx.writes.wrote(
+        patched.metadata.uid.as_deref(),
+        patched.metadata.resource_version.as_deref(),
+    );
     Ok(true)
 }
 
@@ -200,8 +212,13 @@ async fn write_status(
     let mut updated = workflow.clone();
     updated.status = Some(status);
     let api = ctx.api::<Workflow>(namespace);
-    api.replace_status(&workflow.name_any(), &PostParams::default(), &updated)
+    let stored = api
+        .replace_status(&workflow.name_any(), &PostParams::default(), &updated)
         .await?;
+    ctx.writes.wrote(
+        stored.metadata.uid.as_deref(),
+        stored.metadata.resource_version.as_deref(),
+    );
     Ok(())
 }
 
