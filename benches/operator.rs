@@ -160,7 +160,7 @@ async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow:
 }
 
 fn start_operator(
-    kubeconfig: &PathBuf,
+    kubeconfig: &std::path::Path,
     clock: Arc<ShiftedClock>,
     counter: Arc<Counter>,
 ) -> (
@@ -168,7 +168,7 @@ fn start_operator(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let kubeconfig = kubeconfig.clone();
+    let kubeconfig = kubeconfig.to_path_buf();
     let task = tokio::spawn(async move {
         let client = counting_client(&kubeconfig, counter).await?;
         let settings = Settings {
@@ -268,10 +268,9 @@ async fn triggers(n: usize) {
         if let Ok(Some(Ok(
             kube::runtime::watcher::Event::Apply(i) | kube::runtime::watcher::Event::InitApply(i),
         ))) = event
+            && names.insert(i.metadata.name.clone().unwrap_or_default())
         {
-            if names.insert(i.metadata.name.clone().unwrap_or_default()) {
-                lateness.push((clock.now() - top).num_milliseconds() as f64 / 1000.0);
-            }
+            lateness.push((clock.now() - top).num_milliseconds() as f64 / 1000.0);
         }
     }
     drop(seen);

@@ -454,8 +454,10 @@ async fn two_replicas_only_the_leader_writes_and_failover_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infrastructure_failures_are_retried_without_cost() {
-    let mut config = charon_apiserver::Config::default();
-    config.image_pull_failure = Some("^registry\\.invalid/".into());
+    let config = charon_apiserver::Config {
+        image_pull_failure: Some("^registry\\.invalid/".into()),
+        ..Default::default()
+    };
     let cluster = Cluster::start_with(config).await;
     cluster
         .apply_workflow(
