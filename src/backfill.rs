@@ -35,6 +35,12 @@ fn field(field: &str, reason: impl Into<String>) -> FieldError {
     }
 }
 
+/// The name of a Backfill created without one (by the CLI or the `charon.dev/backfill`
+/// annotation): the workflow and the range, within Kubernetes' name limits.
+pub fn default_name(workflow: &str, start: &str, end: &str) -> String {
+    names::instance_name(workflow, &format!("backfill-{start}-{end}"))
+}
+
 /// The most partitions one backfill may cover: its status lists every partition, and an
 /// object must stay well under the API server's size limit (about 1.5 MB in etcd).
 pub const MAX_PARTITIONS: usize = 10_000;

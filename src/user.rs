@@ -398,9 +398,8 @@ impl Ctx {
                 // Refuse what the controller would refuse, before creating anything.
                 let partitions = crate::backfill::resolve_range(&valid.schedule, &spec, Utc::now())
                     .map_err(|e| anyhow!("{e}"))?;
-                let name = name.unwrap_or_else(|| {
-                    crate::names::instance_name(&workflow, &format!("backfill-{start}-{end}"))
-                });
+                let name =
+                    name.unwrap_or_else(|| crate::backfill::default_name(&workflow, &start, &end));
                 let mut backfill = Backfill::new(&name, spec);
                 backfill.metadata.owner_references =
                     kube::Resource::controller_owner_ref(&wf, &()).map(|o| vec![o]);

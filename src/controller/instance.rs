@@ -45,10 +45,7 @@ pub async fn reconcile(
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = instance.name_any();
-    if ctx.writes.stale(
-        instance.metadata.uid.as_deref(),
-        instance.metadata.resource_version.as_deref(),
-    ) {
+    if ctx.writes.stale(&instance.metadata) {
         // Our last status write is not in the cache yet; its watch event will wake us.
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     }
@@ -67,13 +64,7 @@ pub async fn reconcile(
     };
 
     let policy = retry_policy(&workflow);
-    let running_timeout = workflow
-        .spec
-        .running_timeout
-        .as_deref()
-        .and_then(|t| IsoDuration::parse(t).ok())
-        .map(|d| d.approximate())
-        .filter(|d| *d > Duration::zero());
+    let running_timeout = running_timeout(&workflow);
     let job_status = observe(&ctx, &namespace, &status, now).await?;
     let retry_now = instance.annotations().contains_key(RETRY_NOW);
     let current = to_machine(&name, &status);
@@ -214,10 +205,7 @@ pub async fn reconcile(
             .api::<WorkflowInstance>(&namespace)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        ctx.writes.wrote(
-            patched.metadata.uid.as_deref(),
-            patched.metadata.resource_version.as_deref(),
-        );
+        ctx.writes.wrote(&patched.metadata);
     }
     let freed = current.state.is_active() && !step.instance.state.is_active();
     if freed && limit.is_some() {
@@ -231,6 +219,18 @@ pub async fn reconcile(
         Some(after) => Action::requeue(after.to_std().unwrap_or_default().min(RESYNC)),
         None => Action::requeue(RESYNC),
     })
+}
+
+/// `spec.runningTimeout`, when set to a positive duration: enforced by the controller and
+/// given to the Job as its deadline.
+fn running_timeout(workflow: &Workflow) -> Option<Duration> {
+    workflow
+        .spec
+        .running_timeout
+        .as_deref()
+        .and_then(|t| IsoDuration::parse(t).ok())
+        .map(|d| d.approximate())
+        .filter(|d| *d > Duration::zero())
 }
 
 /// The Styx retry policy with the workflow's numbers.
@@ -378,10 +378,7 @@ async fn write_status(
         .api::<WorkflowInstance>(namespace)
         .replace_status(&instance.name_any(), &PostParams::default(), &updated)
         .await?;
-    ctx.writes.wrote(
-        stored.metadata.uid.as_deref(),
-        stored.metadata.resource_version.as_deref(),
-    );
+    ctx.writes.wrote(&stored.metadata);
     Ok(stored)
 }
 
@@ -471,12 +468,8 @@ async fn create_job(
     });
     let uid = instance.uid().ok_or(Error::Incomplete("metadata.uid"))?;
     let name = instance.name_any();
-    let running_timeout_seconds = workflow
-        .spec
-        .running_timeout
-        .as_deref()
-        .and_then(|t| IsoDuration::parse(t).ok())
-        .map(|d| d.approximate().num_seconds())
+    let running_timeout_seconds = running_timeout(workflow)
+        .map(|d| d.num_seconds())
         .filter(|s| *s > 0);
     let execution = Execution {
         namespace: &namespace,

@@ -25,6 +25,7 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -152,16 +153,18 @@ pub struct Writes {
 const WRITE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Writes {
-    /// Records that the object `uid` now has `resource_version` because of us.
-    pub fn wrote(&self, uid: Option<&str>, resource_version: Option<&str>) {
+    /// Records that the object with this metadata (as the write returned it) is ours.
+    pub fn wrote(&self, meta: &ObjectMeta) {
+        let (uid, resource_version) = (meta.uid.as_deref(), meta.resource_version.as_deref());
         if let (Some(uid), Some(rv), Ok(mut pending)) = (uid, resource_version, self.pending.lock())
         {
             pending.insert(uid.to_string(), (rv.to_string(), std::time::Instant::now()));
         }
     }
 
-    /// Whether the cached object `uid` at `resource_version` may be behind our last write.
-    pub fn stale(&self, uid: Option<&str>, resource_version: Option<&str>) -> bool {
+    /// Whether the cached object with this metadata may be behind our last write to it.
+    pub fn stale(&self, meta: &ObjectMeta) -> bool {
+        let (uid, resource_version) = (meta.uid.as_deref(), meta.resource_version.as_deref());
         let (Some(uid), Ok(mut pending)) = (uid, self.pending.lock()) else {
             return false;
         };

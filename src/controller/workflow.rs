@@ -2,21 +2,16 @@
 //! instances (their deterministic names make a second trigger of a partition fail with
 //! AlreadyExists), writes the status and asks to be woken at the next trigger instant.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::events::Severity;
 use super::{Context, Error, instances_of};
-use crate::job::LABEL_WORKFLOW;
-use crate::names;
-use crate::resources::{
-    Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowInstanceSpec, WorkflowStatus,
-};
-use crate::workflow::{NewInstance, plan, until};
+use crate::resources::{Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowStatus};
+use crate::workflow::{plan, until};
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -31,10 +26,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = workflow.name_any();
-    if ctx.writes.stale(
-        workflow.metadata.uid.as_deref(),
-        workflow.metadata.resource_version.as_deref(),
-    ) {
+    if ctx.writes.stale(&workflow.metadata) {
         // Our last status write is not in the cache yet; its watch event will wake us.
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     }
@@ -58,7 +50,18 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     let mut created = 0;
     let mut failure = None;
     for new in &plan.create {
-        let instance = natural_instance(&workflow, new)?;
+        let natural = Trigger {
+            trigger_type: TriggerType::Natural,
+            id: "natural".to_string(),
+        };
+        let instance = super::triggers::new_instance(
+            &workflow,
+            new.logical,
+            &new.parameter,
+            natural,
+            Vec::new(),
+        )
+        .ok_or(Error::Incomplete("metadata.uid"))?;
         match instances.create(&PostParams::default(), &instance).await {
             Ok(_) => {
                 let late = ctx.clock.now() - new.trigger_at;
@@ -171,10 +174,7 @@ async fn handle_annotations(
             &kube::api::Patch::Merge(&patch),
         )
         .await?;
-    ctx.writes.wrote(
-        patched.metadata.uid.as_deref(),
-        patched.metadata.resource_version.as_deref(),
-    );
+    ctx.writes.wrote(&patched.metadata);
     Ok(true)
 }
 
@@ -184,7 +184,7 @@ fn annotation_backfill(
     end: &str,
     concurrency: u32,
 ) -> Result<crate::resources::Backfill, Error> {
-    let name = names::instance_name(&workflow.name_any(), &format!("backfill-{start}-{end}"));
+    let name = crate::backfill::default_name(&workflow.name_any(), start, end);
     let spec: crate::resources::BackfillSpec = serde_json::from_value(serde_json::json!({
         "workflow": workflow.name_any(),
         "start": start,
@@ -215,42 +215,8 @@ async fn write_status(
     let stored = api
         .replace_status(&workflow.name_any(), &PostParams::default(), &updated)
         .await?;
-    ctx.writes.wrote(
-        stored.metadata.uid.as_deref(),
-        stored.metadata.resource_version.as_deref(),
-    );
+    ctx.writes.wrote(&stored.metadata);
     Ok(())
-}
-
-fn natural_instance(workflow: &Workflow, new: &NewInstance) -> Result<WorkflowInstance, Error> {
-    let name = workflow.name_any();
-    let owner = workflow
-        .controller_owner_ref(&())
-        .ok_or(Error::Incomplete("metadata.uid"))?;
-    Ok(WorkflowInstance {
-        metadata: ObjectMeta {
-            name: Some(new.name.clone()),
-            namespace: workflow.namespace(),
-            labels: Some(BTreeMap::from([(
-                LABEL_WORKFLOW.to_string(),
-                names::label_value(&name),
-            )])),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        spec: WorkflowInstanceSpec {
-            workflow: name,
-            parameter: new.parameter.clone(),
-            logical_time: new.logical,
-            trigger: Trigger {
-                trigger_type: TriggerType::Natural,
-                id: "natural".to_string(),
-            },
-            halted: false,
-            env: Vec::new(),
-        },
-        status: None,
-    })
 }
 
 /// Failed reconciles are retried with a delay; conflicts soon, other errors later.
