@@ -324,7 +324,8 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
     }
     assert!(max_active <= 2, "{max_active} active");
     assert!(max_active >= 1);
-    // Older partitions went first: start times follow the partitions' order.
+    // Older partitions went first. The two oldest take the two free slots at once and may
+    // start in either order; every later one starts after both of them, in partition order.
     let list = cluster.instances_of("limited").await;
     let starts: Vec<_> = list
         .iter()
@@ -335,9 +336,10 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
                 .expect("started")
         })
         .collect();
-    let mut sorted = starts.clone();
-    sorted.sort();
-    assert_eq!(starts, sorted);
+    let first_round = starts[0].max(starts[1]);
+    let later = &starts[2..];
+    assert!(later.iter().all(|s| *s >= first_round), "{starts:?}");
+    assert!(later.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
     cluster.stop().await;
 }
 
