@@ -1,19 +1,31 @@
 //! Throughput and footprint of the embedded server, over HTTP with kube-rs as clients use
 //! it: create rates for Jobs and custom objects, watch fan-out latency, and resident memory
-//! with many objects stored.
+//! with many objects stored; then, with the Job controller, garbage collector and kubelet
+//! running, how long a burst of Jobs takes to complete and how much CPU the server burns
+//! once everything has finished and nobody is asking anything.
 //!
-//! `cargo bench -p charon-apiserver --bench apiserver` (set `BENCH_OBJECTS` to change the
-//! number of stored objects for the memory figure, 100000 by default). The server runs
-//! without controllers or kubelet, so only the API is measured; the RSS figure is the whole
-//! process, clients included.
+//! `cargo bench -p charon-apiserver --bench apiserver`. Knobs (environment):
+//! - `BENCH_OBJECTS`: stored objects for the memory figure (100000);
+//! - `BENCH_BURST`: Jobs running `true` in the timed burst (1000);
+//! - `BENCH_IDLE_JOBS`: finished Jobs (with their pods) stored for the idle figure, the
+//!   burst's included (2000);
+//! - `BENCH_SUSPENDED`: suspended Jobs stored beside them (2000);
+//! - `BENCH_IDLE_SECS`: length of the idle window (10);
+//! - `BENCH_SECTIONS`: `api`, `jobs` or both, comma-separated (both).
+//!
+//! The API figures come from a server without controllers or kubelet; the RSS figure is the
+//! whole process, clients included. The idle CPU figure is the whole process too (user +
+//! system time from `getrusage`), but the clients are silent during the window.
 
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use std::collections::HashSet;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use serde_json::json;
@@ -49,12 +61,45 @@ where
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let objects: usize = std::env::var("BENCH_OBJECTS")
+/// A numeric knob from the environment.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(default)
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct it is given, which is zeroed and ours.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "api,jobs".into());
+    let sections: HashSet<&str> = sections.split(',').map(str::trim).collect();
+    if sections.contains("api") {
+        api().await?;
+    }
+    if sections.contains("jobs") {
+        jobs().await?;
+    }
+    Ok(())
+}
+
+/// The API alone: create rates, watch fan-out and memory.
+async fn api() -> Result<(), Box<dyn std::error::Error>> {
+    let objects = knob("BENCH_OBJECTS", 100_000);
     let server =
         charon_apiserver::ApiServer::start(charon_apiserver::Config::default().api_only()).await?;
     let client = Client::try_from(Config::new(server.url().parse()?))?;
@@ -174,6 +219,126 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "RSS with {} objects stored: {:.0} MiB (was {before:.0} MiB; target < 1024)",
         objects + 4_000,
         rss_mib()
+    );
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A Job named `name` running `true` once, suspended or not.
+fn true_job(name: &str, suspend: bool) -> Result<Job, serde_json::Error> {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"bench": "jobs"}},
+        "spec": {"suspend": suspend, "backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
+    }))
+}
+
+/// Waits (polling, at most `limit`) until `want` Jobs of `names` have completed; returns how
+/// many did.
+async fn wait_complete(jobs: &Api<Job>, prefix: &str, want: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = match jobs.list(&ListParams::default().labels("bench=jobs")).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter(|j| {
+                    j.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+                .filter(|j| {
+                    j.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c.type_ == "Complete" && c.status == "True")
+                        })
+                })
+                .count(),
+            Err(err) => {
+                eprintln!("listing jobs: {err}");
+                0
+            }
+        };
+        if done >= want || Instant::now() >= deadline {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// With controllers and kubelet: a timed burst of Jobs, then the CPU the server uses while
+/// idle with many finished Jobs (and their pods, and Events) and suspended Jobs stored.
+async fn jobs() -> Result<(), Box<dyn std::error::Error>> {
+    let burst = knob("BENCH_BURST", 1_000);
+    let finished = knob("BENCH_IDLE_JOBS", 2_000).max(burst);
+    let suspended = knob("BENCH_SUSPENDED", 2_000);
+    let idle_secs = knob("BENCH_IDLE_SECS", 10);
+    let limit = Duration::from_secs(600);
+    let server = charon_apiserver::ApiServer::start(charon_apiserver::Config::default()).await?;
+    let client = Client::try_from(Config::new(server.url().parse()?))?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+
+    let start = Instant::now();
+    let cpu_start = cpu_time();
+    creates(burst, |i| {
+        let jobs = jobs.clone();
+        async move {
+            let job = true_job(&format!("burst-{i}"), false).map_err(kube::Error::SerdeError)?;
+            jobs.create(&PostParams::default(), &job).await.map(|_| ())
+        }
+    })
+    .await;
+    let done = wait_complete(&jobs, "burst-", burst, limit).await;
+    let took = start.elapsed();
+    let cpu = cpu_time() - cpu_start;
+    println!(
+        "burst of {burst} jobs running `true`: {done} complete in {:.1} s ({:.0} jobs/s, {:.1} CPU s)",
+        took.as_secs_f64(),
+        done as f64 / took.as_secs_f64(),
+        cpu.as_secs_f64()
+    );
+
+    // More finished Jobs, suspended ones, and custom objects beside them.
+    let more = finished - burst;
+    creates(more, |i| {
+        let jobs = jobs.clone();
+        async move {
+            let job = true_job(&format!("done-{i}"), false).map_err(kube::Error::SerdeError)?;
+            jobs.create(&PostParams::default(), &job).await.map(|_| ())
+        }
+    })
+    .await;
+    creates(suspended, |i| {
+        let jobs = jobs.clone();
+        async move {
+            let job = true_job(&format!("held-{i}"), true).map_err(kube::Error::SerdeError)?;
+            jobs.create(&PostParams::default(), &job).await.map(|_| ())
+        }
+    })
+    .await;
+    wait_complete(&jobs, "done-", more, limit).await;
+    // Let the last pod statuses, finalizer removals and Events settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    eprintln!(
+        "idle window of {idle_secs} s starts (pid {})",
+        std::process::id()
+    );
+    let wall = Instant::now();
+    let cpu_start = cpu_time();
+    tokio::time::sleep(Duration::from_secs(u64::try_from(idle_secs).unwrap_or(10))).await;
+    let cpu = cpu_time() - cpu_start;
+    let wall = wall.elapsed();
+    println!(
+        "idle CPU with {finished} finished jobs (+ pods) and {suspended} suspended stored: {:.2} CPU s over {:.0} s = {:.1}% of a core  (target ~0)",
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
     );
     server.shutdown().await;
     Ok(())

@@ -6,6 +6,10 @@
 //! its deletion are gone; `Orphan` (with the `orphan` finalizer) strips the references to it
 //! from its dependents. Objects whose owners no longer exist (by uid) are collected.
 //! Deleting a namespace turns it `Terminating`; its contents are deleted, then it goes.
+//!
+//! It works from change events. It only looks at everything stored when it starts, when it
+//! fell behind the event stream, and every few minutes as a safety net: with thousands of
+//! objects stored, such a pass is the costliest thing it does.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +27,10 @@ use crate::store::{Deletion, Store, Write, type_key};
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
+/// How often everything is looked at again although no event was missed.
+const RESCAN: Duration = Duration::from_secs(300);
+/// Tasks carried out between two yields to the runtime.
+const YIELD_EVERY: usize = 64;
 
 /// DeleteOptions' `propagationPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,20 +206,14 @@ fn key_of(type_key: &str, obj: &Value) -> Key {
 }
 
 fn type_for(store: &Store, key: &str) -> Option<ResourceType> {
-    store.types().into_iter().find(|t| type_key(t) == key)
+    store.type_by_key(key)
 }
 
 /// The type an ownerReference names.
 fn type_of_ref(store: &Store, r: &Value) -> Option<ResourceType> {
     let api_version = text(r, "/apiVersion");
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let kind = text(r, "/kind");
-    let types = store.types();
-    types
-        .iter()
-        .find(|t| t.group == group && t.version == version && t.kind == kind)
-        .or_else(|| types.iter().find(|t| t.group == group && t.kind == kind))
-        .cloned()
+    store.type_of_kind(group, version, text(r, "/kind"))
 }
 
 fn deleting(obj: &Value) -> bool {
@@ -233,10 +235,16 @@ pub async fn run(state: Arc<AppState>) {
         tasks: BTreeSet::new(),
     };
     gc.scan();
-    let mut resync = tokio::time::interval(Duration::from_secs(10));
+    let mut resync = tokio::time::interval(RESCAN);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {
-        for task in std::mem::take(&mut gc.tasks) {
+        for (i, task) in std::mem::take(&mut gc.tasks).into_iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                // A long pass (after a rescan) must not hold a worker thread, or a
+                // shutdown's abort, until it ends.
+                tokio::task::yield_now().await;
+            }
             gc.process(task);
         }
         tokio::select! {
@@ -245,7 +253,13 @@ pub async fn run(state: Arc<AppState>) {
                 loop {
                     match event {
                         Ok(e) => gc.observe(&e),
-                        Err(RecvError::Lagged(_)) => gc.scan(),
+                        Err(RecvError::Lagged(_)) => {
+                            // What is still queued is older than the store: go on from the
+                            // newest event, or a receiver that fell behind once stays a full
+                            // channel behind (rescanning each time), and rebuild from the store.
+                            events = events.resubscribe();
+                            gc.scan();
+                        }
                         Err(RecvError::Closed) => return,
                     }
                     event = match events.try_recv() {
@@ -262,34 +276,32 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 impl Gc {
-    /// Rebuilds the index from the store and queues whatever may need work.
+    /// Rebuilds the index from the store and queues whatever may need work, reading the
+    /// objects in place rather than copying them out.
     fn scan(&mut self) {
-        let everything = Selector::parse("").unwrap_or_default();
-        self.index = Index::default();
-        let store = &self.state.store;
-        let mut seen = HashSet::new();
-        for t in store.types() {
-            let tk = type_key(&t);
-            if !seen.insert(tk.clone()) {
-                continue;
+        let mut index = Index::default();
+        let tasks = &mut self.tasks;
+        self.state.store.visit(|tk, obj| {
+            let owners = owner_uids(obj);
+            if owners.is_empty() && !deleting(obj) {
+                // Most objects: nothing to index or queue, and no key to build under the
+                // store's lock.
+                return;
             }
-            let (objects, _) = store.list(&t, "", &everything, &everything);
-            for obj in objects {
-                let key = key_of(&tk, &obj);
-                let owners = owner_uids(&obj);
-                if !owners.is_empty() {
-                    self.tasks.insert(Task::Dependent(key.clone()));
-                }
-                self.index.set(&key, owners);
-                if deleting(&obj) {
-                    if tk == "/namespaces" {
-                        self.tasks.insert(Task::Namespace(key.2.clone()));
-                    } else if has_finalizer(&obj, FOREGROUND) || has_finalizer(&obj, ORPHAN) {
-                        self.tasks.insert(Task::Finalize(key));
-                    }
+            let key = key_of(tk, obj);
+            if !owners.is_empty() {
+                tasks.insert(Task::Dependent(key.clone()));
+            }
+            index.set(&key, owners);
+            if deleting(obj) {
+                if tk == "/namespaces" {
+                    tasks.insert(Task::Namespace(key.2.clone()));
+                } else if has_finalizer(obj, FOREGROUND) || has_finalizer(obj, ORPHAN) {
+                    tasks.insert(Task::Finalize(key));
                 }
             }
-        }
+        });
+        self.index = index;
     }
 
     fn observe(&mut self, e: &crate::store::Event) {

@@ -6,7 +6,11 @@
 //! and `ttlSecondsAfterFinished`.
 //!
 //! It is level-triggered: any change to a Job or one of its pods queues the Job, timers
-//! queue it again for deadlines and back-off, and everything is re-checked every few seconds.
+//! queue it again for deadlines, back-off and TTL, and every Job that may still have work
+//! to do (not finished, not settled in suspension, or left with a failed write) is re-checked
+//! every few seconds. Settled Jobs cost nothing until they or their pods change, and a
+//! Job's pods are found through the store's owner index, so the work per change follows the
+//! Job's own pods rather than everything stored.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -25,6 +29,13 @@ use crate::store::Write;
 /// The finalizer that keeps a finished pod until the controller has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// JSON pointers to [`INDEX_KEY`] among a pod's annotations and labels (`/` escaped as `~1`).
+const INDEX_ANNOTATION: &str = "/metadata/annotations/batch.kubernetes.io~1job-completion-index";
+const INDEX_LABEL: &str = "/metadata/labels/batch.kubernetes.io~1job-completion-index";
+/// How often Jobs that are not settled are looked at again.
+const RESYNC: Duration = Duration::from_secs(5);
+/// Jobs looked at between two yields to the runtime.
+const YIELD_EVERY: usize = 64;
 const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
 const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
 const SUCCESS_MESSAGE: &str = "Reached expected number of succeeded pods";
@@ -50,6 +61,16 @@ struct Ctx {
 
 type Key = (String, String);
 
+/// What one look at a Job leaves to do.
+struct Outcome {
+    /// Look again after this long (deadlines, back-off, TTL).
+    after: Option<Duration>,
+    /// Nothing can change for the Job until it or one of its pods does (it is finished or
+    /// suspended with nothing left to stop, and every write went through): the periodic
+    /// resync skips it.
+    settled: bool,
+}
+
 /// Runs the controller until the task is aborted.
 pub async fn run(state: Arc<AppState>, config: JobConfig) {
     let (Some(jobs), Some(pods)) = (
@@ -69,12 +90,27 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
     let mut events = ctx.state.store.subscribe();
     let mut dirty: HashSet<Key> = all_jobs(&ctx);
     let mut timers: HashMap<Key, Instant> = HashMap::new();
-    let mut resync = tokio::time::interval(Duration::from_secs(5));
+    // Jobs the resync looks at: those whose last look did not leave them settled.
+    let mut unsettled: HashSet<Key> = HashSet::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    // A slow pass is followed by a full period, not by the ticks it missed.
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        for key in std::mem::take(&mut dirty) {
+        for (i, key) in std::mem::take(&mut dirty).into_iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                // A long pass (after falling behind the events) must not hold a worker
+                // thread, or a shutdown's abort, until it ends.
+                tokio::task::yield_now().await;
+            }
             timers.remove(&key);
-            if let Some(after) = reconcile(&ctx, &key) {
-                timers.insert(key, Instant::now() + after);
+            let outcome = reconcile(&ctx, &key);
+            if let Some(after) = outcome.after {
+                timers.insert(key.clone(), Instant::now() + after);
+            }
+            if outcome.settled {
+                unsettled.remove(&key);
+            } else {
+                unsettled.insert(key);
             }
         }
         let next = timers.values().min().copied();
@@ -85,7 +121,13 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
                 loop {
                     match event {
                         Ok(e) => observe(&ctx, &e, &mut dirty),
-                        Err(RecvError::Lagged(_)) => dirty.extend(all_jobs(&ctx)),
+                        Err(RecvError::Lagged(_)) => {
+                            // What is still queued is older than the store: go on from the
+                            // newest event, or a receiver that fell behind once stays a full
+                            // channel behind, and look at every Job.
+                            events = events.resubscribe();
+                            dirty.extend(all_jobs(&ctx));
+                        }
                         Err(RecvError::Closed) => return,
                     }
                     event = match events.try_recv() {
@@ -104,7 +146,7 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
                     dirty.insert(key);
                 }
             }
-            _ = resync.tick() => dirty.extend(all_jobs(&ctx)),
+            _ = resync.tick() => dirty.extend(unsettled.iter().cloned()),
         }
     }
 }
@@ -113,17 +155,27 @@ fn all_jobs(ctx: &Ctx) -> HashSet<Key> {
     ctx.state.store.names(&ctx.jobs).into_iter().collect()
 }
 
-/// The Job that controls `pod`, as (name, uid).
-fn controller_job(pod: &Value) -> Option<(String, String)> {
-    pod.pointer("/metadata/ownerReferences")?
+/// A string field of `v`, or "".
+fn field<'a>(v: &'a Value, name: &str) -> &'a str {
+    v.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The reference to the Job that controls `pod`.
+fn controller_ref(pod: &Value) -> Option<&Value> {
+    pod.get("metadata")?
+        .get("ownerReferences")?
         .as_array()?
         .iter()
         .find(|r| {
             r.get("controller").and_then(Value::as_bool) == Some(true)
-                && text(r, "/kind") == "Job"
-                && text(r, "/apiVersion").starts_with("batch/")
+                && field(r, "kind") == "Job"
+                && field(r, "apiVersion").starts_with("batch/")
         })
-        .map(|r| (text(r, "/name").to_string(), text(r, "/uid").to_string()))
+}
+
+/// The Job that controls `pod`, as (name, uid).
+fn controller_job(pod: &Value) -> Option<(String, String)> {
+    controller_ref(pod).map(|r| (field(r, "name").to_string(), field(r, "uid").to_string()))
 }
 
 fn observe(ctx: &Ctx, e: &crate::store::Event, dirty: &mut HashSet<Key>) {
@@ -166,22 +218,28 @@ fn observe(ctx: &Ctx, e: &crate::store::Event, dirty: &mut HashSet<Key>) {
 
 /// Removes the tracking finalizer from every pod of the Job `uid`, which is gone.
 fn release_pods(ctx: &Ctx, namespace: &str, uid: &str) {
-    for pod in pods_of(ctx, namespace, uid) {
-        if has_finalizer(&pod, TRACKING_FINALIZER) {
+    release(ctx, namespace, &pods_of(ctx, namespace, uid));
+}
+
+/// Removes the tracking finalizer from `pods`, whose Job is gone or going.
+fn release(ctx: &Ctx, namespace: &str, pods: &[Value]) {
+    for pod in pods {
+        if has_finalizer(pod, TRACKING_FINALIZER) {
             controllers::remove_finalizer(
                 &ctx.state.store,
                 &ctx.pods,
                 namespace,
-                text(&pod, "/metadata/name"),
+                text(pod, "/metadata/name"),
                 TRACKING_FINALIZER,
             );
         }
     }
 }
 
+/// The pods in `namespace` whose controller is the Job `uid`, through the owner index.
 fn pods_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Value> {
-    ctx.state.store.select(&ctx.pods, namespace, |p| {
-        controller_job(p).is_some_and(|(_, u)| u == uid)
+    ctx.state.store.dependents(&ctx.pods, namespace, uid, |p| {
+        controller_ref(p).is_some_and(|r| field(r, "uid") == uid)
     })
 }
 
@@ -244,11 +302,10 @@ fn set_condition(status: &mut Value, new: Value) {
 }
 
 fn pod_index(pod: &Value) -> Option<i64> {
-    let key = INDEX_KEY.replace('/', "~1");
-    text(pod, &format!("/metadata/annotations/{key}"))
+    text(pod, INDEX_ANNOTATION)
         .parse()
         .ok()
-        .or_else(|| text(pod, &format!("/metadata/labels/{key}")).parse().ok())
+        .or_else(|| text(pod, INDEX_LABEL).parse().ok())
 }
 
 /// Parses `1,3-5` into indexes.
@@ -315,15 +372,30 @@ fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Option<Value> {
     }
 }
 
-/// Brings one Job closer to its spec; returns when to look again, if a timer is due.
-fn reconcile(ctx: &Ctx, key: &Key) -> Option<Duration> {
+/// Brings one Job closer to its spec; says when to look again and whether the periodic
+/// resync still needs to.
+fn reconcile(ctx: &Ctx, key: &Key) -> Outcome {
     let (ns, name) = key;
+    let Ok(job) = ctx.state.store.get(&ctx.jobs, ns, name) else {
+        // Gone: its DELETED event releases its pods.
+        return Outcome {
+            after: None,
+            settled: true,
+        };
+    };
+    let mut settled = false;
+    let after = sync(ctx, ns, job, &mut settled);
+    Outcome { after, settled }
+}
+
+/// [`reconcile`] for the stored `job` in `ns`; sets `settled` when nothing is left for a
+/// resync.
+fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration> {
     let store = &ctx.state.store;
-    let job = store.get(&ctx.jobs, ns, name).ok()?;
     let uid = text(&job, "/metadata/uid").to_string();
     let pods = pods_of(ctx, ns, &uid);
     if deleting(&job) {
-        release_pods(ctx, ns, &uid);
+        release(ctx, ns, &pods);
         return None;
     }
     let spec = job.get("spec").cloned().unwrap_or(json!({}));
@@ -438,7 +510,10 @@ fn reconcile(ctx: &Ctx, key: &Key) -> Option<Duration> {
     set_active(&mut status, active.len(), terminating, ready);
 
     if finished {
-        write_status(ctx, &job, &status);
+        let written = write_status(ctx, &job, &status).is_some();
+        // Finalizers just removed come back as pod events; a removal that failed needs
+        // another look.
+        *settled = written && !pods.iter().any(|p| has_finalizer(p, TRACKING_FINALIZER));
         return ttl(ctx, &job, &status);
     }
 
@@ -459,7 +534,9 @@ fn reconcile(ctx: &Ctx, key: &Key) -> Option<Duration> {
                 .record(store, &job, None, "Normal", "Suspended", "Job suspended");
         }
         set_active(&mut status, 0, terminating + active.len(), 0);
-        write_status(ctx, &job, &status);
+        let written = write_status(ctx, &job, &status).is_some();
+        // Pods being stopped come back as pod events; a delete that failed needs another look.
+        *settled = written && active.is_empty();
         return None;
     }
     if condition_true(&status, "Suspended") {
@@ -675,10 +752,15 @@ fn ttl(ctx: &Ctx, job: &Value, status: &Value) -> Option<Duration> {
     }
     let ns = text(job, "/metadata/namespace");
     let name = text(job, "/metadata/name");
-    if let Err(err) = delete_object(&ctx.state, &ctx.jobs, ns, name, Propagation::Background) {
-        tracing::debug!(%err, job = name, "deleting a finished job");
+    match delete_object(&ctx.state, &ctx.jobs, ns, name, Propagation::Background) {
+        Ok(_) => None,
+        Err(err) if err.code == 404 => None,
+        Err(err) => {
+            tracing::debug!(%err, job = name, "deleting a finished job");
+            // Try again as the periodic resync used to.
+            Some(RESYNC)
+        }
     }
-    None
 }
 
 fn delete_pod(ctx: &Ctx, job: &Value, pod: &Value) {

@@ -291,25 +291,48 @@ async fn watch_pods(shared: Arc<Shared>) {
         tokio::select! {
             _ = stop.changed() => return,
             event = events.recv() => match event {
-                Ok(e) if e.type_key == "/pods" => observe(&shared, e.kind, e.object),
+                Ok(e) if e.type_key == "/pods" => {
+                    observe(&shared, e.kind, Arc::unwrap_or_clone(e.object));
+                }
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => resync(&shared),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // What is still queued is older than the store: go on from the newest
+                    // event, or a receiver that fell behind once stays a full channel behind
+                    // (resyncing each time), and catch up from the store.
+                    events = events.resubscribe();
+                    resync(&shared);
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     }
 }
 
+/// Catches up with the store after missing events: workers whose pod is gone learn so, and
+/// pods that are new or changed since their worker last saw them are observed again. Pods a
+/// worker has seen at their current resourceVersion are neither copied nor sent, so catching
+/// up costs little while thousands of finished pods are stored.
 fn resync(shared: &Arc<Shared>) {
-    let everything = crate::selector::Selector::parse("").unwrap_or_default();
-    let (pods, _) = shared
-        .state
-        .store
-        .list(&shared.pods, "", &everything, &everything);
-    let live: HashSet<String> = pods
+    let resource_version = |p: &Value| text(p, "/metadata/resourceVersion").to_string();
+    let seen: HashMap<String, String> = lock(&shared.workers)
         .iter()
-        .map(|p| text(p, "/metadata/uid").to_string())
+        .map(|(uid, w)| {
+            let rv = w.pod.borrow().as_ref().map(resource_version);
+            (uid.clone(), rv.unwrap_or_default())
+        })
         .collect();
+    let node = shared.config.node_name.as_str();
+    let mut live: HashSet<String> = HashSet::new();
+    let changed = shared.state.store.select(&shared.pods, "", |p| {
+        let uid = text(p, "/metadata/uid");
+        live.insert(uid.to_string());
+        let pod_node = text(p, "/spec/nodeName");
+        // Pods of other nodes are not ours to run (see `observe`).
+        (pod_node.is_empty() || pod_node == node)
+            && seen
+                .get(uid)
+                .is_none_or(|rv| rv != text(p, "/metadata/resourceVersion"))
+    });
     let gone: Vec<String> = lock(&shared.workers)
         .keys()
         .filter(|uid| !live.contains(*uid))
@@ -320,7 +343,7 @@ fn resync(shared: &Arc<Shared>) {
             w.pod.send_replace(None);
         }
     }
-    for pod in pods {
+    for pod in changed {
         observe(shared, "MODIFIED", pod);
     }
 }
@@ -1697,6 +1720,46 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
 
 type Spawned = (tokio::process::Child, JoinHandle<()>);
 
+/// The file `execvp` would run for `program`, given the child's `env` and working
+/// directory `cwd`, when it is one `posix_spawn` runs the same way (a binary or a `#!`
+/// script); `None` leaves the lookup to `execvp`.
+///
+/// With the environment replaced, the standard library only spawns a bare program name by
+/// fork + exec, and a fork copies the page tables of this whole process (the store
+/// included) for every container started: naming the program by its path lets it use
+/// `posix_spawn`, whose cost does not grow with the server's memory.
+fn resolve_program(program: &str, env: &[(String, String)], cwd: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    // The last setting wins, as for the child; glibc's default search path without one.
+    let search = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/bin:/usr/bin", |(_, v)| v.as_str());
+    for dir in search.split(':') {
+        // An empty entry is the working directory, a relative one is under it.
+        let candidate = cwd.join(dir).join(program);
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            // execvp moves on past what it cannot execute.
+            continue;
+        }
+        // execvp would run this one. A script without `#!` it runs with /bin/sh, which
+        // posix_spawn does not: leave those (and unreadable files) to it.
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(&candidate).and_then(|mut f| f.read_exact(&mut magic));
+        let spawnable = read.is_ok() && (magic.starts_with(b"#!") || magic == *b"\x7fELF");
+        return spawnable.then_some(candidate);
+    }
+    None
+}
+
 /// Starts a process in its own process group with stdout and stderr on one pipe read into
 /// `log`.
 fn spawn(
@@ -1707,7 +1770,15 @@ fn spawn(
 ) -> std::io::Result<Spawned> {
     let (reader, writer) = std::io::pipe()?;
     let writer_err = writer.try_clone()?;
-    let mut cmd = tokio::process::Command::new(&argv[0]);
+    let mut cmd = match resolve_program(&argv[0], env, cwd) {
+        Some(path) => {
+            let mut cmd = tokio::process::Command::new(path);
+            // The process sees the name it was given, as with execvp.
+            cmd.arg0(&argv[0]);
+            cmd
+        }
+        None => tokio::process::Command::new(&argv[0]),
+    };
     cmd.args(&argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -1957,6 +2028,48 @@ mod tests {
         assert_eq!(expand("$$(A) $$ $", vars), "$(A) $ $");
         assert_eq!(expand("$((n+1)) $(A", vars), "$((n+1)) $(A");
         assert_eq!(expand("héllo $(A)é", vars), "héllo xé");
+    }
+
+    #[test]
+    fn programs_resolve_as_execvp_finds_them() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("charon-resolve-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(bin.join("tool"))?;
+        let script = |name: &str, body: &str| -> std::io::Result<PathBuf> {
+            let path = bin.join(name);
+            std::fs::write(&path, body)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            Ok(path)
+        };
+        let shebang = script("hello", "#!/bin/sh\necho hi\n")?;
+        script("bare", "echo hi\n")?;
+        std::fs::write(bin.join("plain"), "#!/bin/sh\n")?;
+        let env = |path: &str| vec![("PATH".to_string(), path.to_string())];
+        let search = format!("/nonexistent:{}", bin.display());
+        // Skips what does not exist, directories and files without an execute bit.
+        assert_eq!(
+            resolve_program("hello", &env(&search), &dir),
+            Some(shebang.clone())
+        );
+        assert_eq!(resolve_program("tool", &env(&search), &dir), None);
+        assert_eq!(resolve_program("plain", &env(&search), &dir), None);
+        // Relative entries are under the working directory.
+        assert_eq!(
+            resolve_program("hello", &env("bin"), &dir),
+            Some(dir.join("bin").join("hello"))
+        );
+        // Scripts without `#!` and paths are left to execvp.
+        assert_eq!(resolve_program("bare", &env(&search), &dir), None);
+        assert_eq!(resolve_program("bin/hello", &env(&search), &dir), None);
+        // The last PATH wins.
+        let both = vec![
+            ("PATH".to_string(), "/nonexistent".to_string()),
+            ("PATH".to_string(), bin.display().to_string()),
+        ];
+        assert_eq!(resolve_program("hello", &both, &dir), Some(shebang));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 
     #[test]

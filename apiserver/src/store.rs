@@ -1,8 +1,10 @@
 //! In-memory object storage with one monotonically increasing resourceVersion, optimistic
-//! concurrency, generations, finalizers and a bounded event history for watches.
+//! concurrency, generations, finalizers and a bounded event history for watches, plus an
+//! index of dependents by owner uid so controllers never scan every object for them.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque, btree_map};
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
@@ -27,16 +29,103 @@ pub struct Event {
     pub namespace: String,
     /// ADDED, MODIFIED or DELETED.
     pub kind: &'static str,
-    /// The object after the change (before it, for DELETED).
-    pub object: Value,
+    /// The object after the change (before it, for DELETED), shared by the history and
+    /// every subscriber rather than copied for each.
+    pub object: Arc<Value>,
 }
 
 type Key = (String, String, String); // (type key, namespace, name)
 
+/// The uids an object's ownerReferences name (empty ones left out).
+fn owner_uids(obj: &Value) -> Vec<&str> {
+    obj.get("metadata")
+        .and_then(|m| m.get("ownerReferences"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str))
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The stored objects by key, with the keys of each owner's dependents (by owner uid) kept
+/// in step on every write, so finding an owner's dependents costs what they number rather
+/// than what the store holds.
+#[derive(Default)]
+struct Objects {
+    by_key: BTreeMap<Key, Value>,
+    dependents: HashMap<String, BTreeSet<Key>>,
+}
+
+impl Objects {
+    fn get(&self, key: &Key) -> Option<&Value> {
+        self.by_key.get(key)
+    }
+
+    fn contains_key(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn range<R: RangeBounds<Key>>(&self, range: R) -> btree_map::Range<'_, Key, Value> {
+        self.by_key.range(range)
+    }
+
+    fn keys(&self) -> btree_map::Keys<'_, Key, Value> {
+        self.by_key.keys()
+    }
+
+    fn insert(&mut self, key: Key, obj: Value) -> Option<Value> {
+        let old = self.by_key.get(&key);
+        let unchanged = old.is_some_and(|old| owner_uids(old) == owner_uids(&obj));
+        if !unchanged {
+            if let Some(old) = old {
+                unindex(&mut self.dependents, &key, old);
+            }
+            for uid in owner_uids(&obj) {
+                self.dependents
+                    .entry(uid.to_string())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.by_key.insert(key, obj)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Value> {
+        let old = self.by_key.remove(key)?;
+        unindex(&mut self.dependents, key, &old);
+        Some(old)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Key, &Value) -> bool) {
+        let gone: Vec<Key> = self
+            .by_key
+            .iter()
+            .filter(|(k, v)| !keep(k, v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
+    }
+}
+
+/// Drops `key` (holding `obj`) from the dependents of its owners.
+fn unindex(dependents: &mut HashMap<String, BTreeSet<Key>>, key: &Key, obj: &Value) {
+    for uid in owner_uids(obj) {
+        if let Some(keys) = dependents.get_mut(uid) {
+            keys.remove(key);
+            if keys.is_empty() {
+                dependents.remove(uid);
+            }
+        }
+    }
+}
+
 struct Inner {
     rv: u64,
     types: Vec<ResourceType>,
-    objects: BTreeMap<Key, Value>,
+    objects: Objects,
     history: VecDeque<Event>,
     /// Events up to and including this version were dropped from `history`.
     compacted: u64,
@@ -84,7 +173,7 @@ impl Default for Store {
             inner: Mutex::new(Inner {
                 rv: 1,
                 types: registry::builtins(),
-                objects: BTreeMap::new(),
+                objects: Objects::default(),
                 history: VecDeque::new(),
                 compacted: 0,
             }),
@@ -192,7 +281,7 @@ impl Store {
             type_key,
             namespace: namespace.to_string(),
             kind,
-            object,
+            object: Arc::new(object),
         };
         inner.history.push_back(event.clone());
         while inner.history.len() > HISTORY {
@@ -264,13 +353,14 @@ impl Store {
         (items, inner.rv)
     }
 
-    /// The objects of `t` in `namespace` (all namespaces when empty) for which `keep` holds;
-    /// only those are cloned, so controllers can look for a few objects among many cheaply.
+    /// The objects of `t` in `namespace` (all namespaces when empty) for which `keep` holds.
+    /// `keep` sees every one of them in place (under the store's lock, so it must not use the
+    /// store) and only those kept are cloned.
     pub fn select(
         &self,
         t: &ResourceType,
         namespace: &str,
-        keep: impl Fn(&Value) -> bool,
+        mut keep: impl FnMut(&Value) -> bool,
     ) -> Vec<Value> {
         let inner = self.lock();
         let key = type_key(t);
@@ -282,6 +372,71 @@ impl Store {
             .filter(|(_, v)| keep(v))
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// The objects of `t` in `namespace` (all namespaces when empty) whose ownerReferences
+    /// name the uid `owner` and for which `keep` holds, in key order. Found through the owner
+    /// index, so the cost follows the number of dependents rather than of stored objects,
+    /// and only those are cloned.
+    pub fn dependents(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        owner: &str,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let inner = self.lock();
+        let Some(keys) = inner.objects.dependents.get(owner) else {
+            return Vec::new();
+        };
+        let key = type_key(t);
+        keys.iter()
+            .filter(|(k, ns, _)| *k == key && (namespace.is_empty() || ns == namespace))
+            .filter_map(|k| inner.objects.get(k))
+            .filter(|v| keep(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Calls `visit` with the type key and value of every object of a served type, under the
+    /// store's lock (so `visit` must not use the store), without cloning them: for
+    /// rebuilding a controller's view of everything.
+    pub fn visit(&self, mut visit: impl FnMut(&str, &Value)) {
+        let inner = self.lock();
+        let served: std::collections::HashSet<String> = inner.types.iter().map(type_key).collect();
+        for ((tk, _, _), obj) in inner.objects.by_key.iter() {
+            if served.contains(tk) {
+                visit(tk, obj);
+            }
+        }
+    }
+
+    /// The served type whose key (`group/plural`) is `key`.
+    pub fn type_by_key(&self, key: &str) -> Option<ResourceType> {
+        // Groups are DNS names: the first slash ends the group.
+        let (group, plural) = key.split_once('/')?;
+        self.lock()
+            .types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural)
+            .cloned()
+    }
+
+    /// The first served type of `group` and `kind`, preferring `version`: what an
+    /// ownerReference names.
+    pub fn type_of_kind(&self, group: &str, version: &str, kind: &str) -> Option<ResourceType> {
+        let inner = self.lock();
+        inner
+            .types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.kind == kind)
+            .or_else(|| {
+                inner
+                    .types
+                    .iter()
+                    .find(|t| t.group == group && t.kind == kind)
+            })
+            .cloned()
     }
 
     /// The (namespace, name) of every object of `t`.
@@ -887,4 +1042,74 @@ fn strip(obj: &Value) -> Value {
         o.remove("metadata");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(store: &Store) -> ResourceType {
+        store
+            .find_type("", "v1", "pods")
+            .unwrap_or_else(|| unreachable!("pods are built in"))
+    }
+
+    fn pod(name: &str, owners: &[&str]) -> Value {
+        let refs: Vec<Value> = owners
+            .iter()
+            .map(|u| json!({"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": u}))
+            .collect();
+        json!({"metadata": {"name": name, "ownerReferences": refs},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    fn names(objects: &[Value]) -> Vec<&str> {
+        objects
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn the_owner_index_follows_every_write() -> Result<(), ApiError> {
+        let store = Store::default();
+        let namespaces = store
+            .find_type("", "v1", "namespaces")
+            .unwrap_or_else(|| unreachable!("namespaces are built in"));
+        for ns in ["a", "b"] {
+            store.create(
+                &namespaces,
+                "",
+                json!({"metadata": {"name": ns}}),
+                Write::default(),
+            )?;
+        }
+        let t = pods(&store);
+        let all = |_: &Value| true;
+        store.create(&t, "a", pod("p2", &["u1"]), Write::default())?;
+        store.create(&t, "a", pod("p1", &["u1", "u2"]), Write::default())?;
+        store.create(&t, "b", pod("p3", &["u1"]), Write::default())?;
+        store.create(&t, "a", pod("p4", &[]), Write::default())?;
+        // Key order, filtered by namespace.
+        assert_eq!(
+            names(&store.dependents(&t, "", "u1", all)),
+            ["p1", "p2", "p3"]
+        );
+        assert_eq!(names(&store.dependents(&t, "a", "u1", all)), ["p1", "p2"]);
+        assert_eq!(names(&store.dependents(&t, "a", "u2", all)), ["p1"]);
+        assert!(store.dependents(&t, "a", "u3", all).is_empty());
+
+        // An update that changes the owners moves the object in the index.
+        store.update(&t, "a", "p2", pod("p2", &["u3"]), false, Write::default())?;
+        assert_eq!(names(&store.dependents(&t, "a", "u1", all)), ["p1"]);
+        assert_eq!(names(&store.dependents(&t, "a", "u3", all)), ["p2"]);
+
+        // Deletes leave it, whether of the object or of its namespace.
+        store.delete(&t, "a", "p1", &Value::Null, Write::default())?;
+        assert!(store.dependents(&t, "a", "u2", all).is_empty());
+        store.delete(&namespaces, "", "b", &Value::Null, Write::default())?;
+        assert!(store.dependents(&t, "", "u1", all).is_empty());
+        assert!(store.lock().objects.dependents.keys().all(|u| u == "u3"));
+        Ok(())
+    }
 }

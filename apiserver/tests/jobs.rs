@@ -654,6 +654,29 @@ async fn suspended_jobs_wait_until_resumed() {
     c.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn finished_jobs_go_after_their_ttl() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "brief",
+            "true",
+            json!({"spec": {"ttlSecondsAfterFinished": 1}}),
+        ),
+    )
+    .await
+    .expect("create");
+    let done = finished(&jobs, "brief").await;
+    assert!(conditions(&done).iter().any(|(t, _, _)| t == "Complete"));
+    eventually(10, "the finished job to go", || async {
+        jobs.get_opt("brief").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    c.server.shutdown().await;
+}
+
 async fn running_job(c: &Cluster, name: &str) -> (Api<Job>, Api<Pod>, String) {
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
