@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::Utc;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -19,6 +18,9 @@ use crate::resources::{
     Backfill, BackfillState, BackfillStatus, Condition, ConditionStatus, Trigger, TriggerType,
     WorkflowInstance, set_condition,
 };
+
+/// How often a running backfill is looked at without being woken.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One reconcile of a Backfill.
 pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -255,9 +257,15 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
     if created > 0 {
         tracing::info!(backfill = %name, triggered = created, "backfill triggered partitions");
     }
+    let running = status.state == BackfillState::Running;
     write_status(&ctx, &backfill, &namespace, status).await?;
-    let _ = Utc::now();
-    Ok(Action::await_change())
+    Ok(if running {
+        // Instance changes wake a running backfill; this only bounds how long a lost one
+        // could leave its status behind.
+        Action::requeue(RESYNC)
+    } else {
+        Action::await_change()
+    })
 }
 
 fn existing(instance: &WorkflowInstance) -> Existing {

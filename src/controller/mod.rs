@@ -217,6 +217,20 @@ where
     }
 }
 
+/// Workflows reconciled at once: bounds the operator's connections and the load it puts on
+/// the API server when thousands of workflows are due at the same instant.
+const WORKFLOW_RECONCILES: u16 = 32;
+
+/// Instances reconciled at once (see [`WORKFLOW_RECONCILES`]).
+const INSTANCE_RECONCILES: u16 = 64;
+
+/// How long changes to an instance and its Job and Pod are gathered before it is reconciled:
+/// a pod that starts and ends within it costs one status write, not three.
+const INSTANCE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Instance changes buffered for each controller before the shared watch waits for it.
+const INSTANCE_EVENTS_BUFFER: usize = 4096;
+
 /// How long changes to a backfill's instances are gathered before it is reconciled.
 const BACKFILL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -245,24 +259,69 @@ pub async fn run(
     let (wake, woken) = mpsc::unbounded_channel();
     let woken = tokio_stream_from(woken);
 
+    // One watch of the instances feeds every controller, after its cache is updated: a
+    // controller woken by an instance change then reads at least that change from
+    // `Context::instances`. (With a watch each, a workflow or backfill could be woken by its
+    // own watch, read an older cache, write a stale status and never be woken again.)
+    let (instances, instances_writer) = reflector::store_shared(INSTANCE_EVENTS_BUFFER);
+    let subscribe = || {
+        instances_writer
+            .subscribe()
+            // A writer made by `store_shared` always hands out subscribers.
+            .expect("a shared store")
+    };
+    let (instance_events, workflow_events, backfill_events) =
+        (subscribe(), subscribe(), subscribe());
+    // Deletions are not passed to subscribers; the workflow and backfill of a deleted
+    // instance are told through these instead.
+    let (workflow_wake, workflow_woken) = mpsc::unbounded_channel();
+    let (backfill_wake, backfill_woken) = mpsc::unbounded_channel();
+    let instance_root = watcher(instances_api, watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(instances_writer)
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Delete(instance)) => {
+                    if let Some(workflow) = workflow_of(&instance) {
+                        let _ = workflow_wake.send(workflow);
+                    }
+                    if let Some(backfill) = backfill::backfill_of(&instance) {
+                        let _ = backfill_wake.send(backfill);
+                    }
+                }
+                Ok(watcher::Event::Init) => tracing::info!("listing WorkflowInstances"),
+                Ok(watcher::Event::InitDone) => tracing::info!("listed WorkflowInstances"),
+                Ok(watcher::Event::Apply(i)) => tracing::debug!(instance = %i.metadata.name.as_deref().unwrap_or_default(), resource_version = ?i.metadata.resource_version, "instance changed"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
+            }
+            futures::future::ready(())
+        });
+
     let backfill_controller = Controller::new(
         api_for::<crate::resources::Backfill>(&client, namespace),
         watcher::Config::default(),
     )
-    .watches(
-        instances_api.clone(),
-        watcher::Config::default(),
-        |instance: WorkflowInstance| backfill::backfill_of(&instance),
-    )
+    .watches_shared_stream(backfill_events, |instance: Arc<WorkflowInstance>| {
+        backfill::backfill_of(&instance)
+    })
+    .reconcile_on(tokio_stream_from(backfill_woken))
     // A backfill's status lists every partition: coalesce the many changes of its instances
     // into one reconcile (and one status write) per period.
     .with_config(kube::runtime::controller::Config::default().debounce(BACKFILL_DEBOUNCE));
     let mut workflow_controller = Controller::new(workflows_api, watcher::Config::default())
-        .owns(instances_api.clone(), watcher::Config::default());
-    let mut instance_controller = Controller::new(instances_api, watcher::Config::default())
+        .owns_shared_stream(finished_flips(workflow_events))
+        .reconcile_on(tokio_stream_from(workflow_woken))
+        .with_config(kube::runtime::controller::Config::default().concurrency(WORKFLOW_RECONCILES));
+    let mut instance_controller = Controller::for_shared_stream(instance_events, instances)
         .watches_stream(job_stream, |job: Job| instance_of(&job.metadata))
         .watches_stream(pod_stream, |pod: Pod| instance_of(&pod.metadata))
-        .reconcile_on(woken);
+        .reconcile_on(woken)
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(INSTANCE_RECONCILES)
+                .debounce(INSTANCE_DEBOUNCE),
+        );
     if let Some(jumps) = options.clock.jumps() {
         workflow_controller = workflow_controller.reconcile_all_on(jumps_stream(jumps.clone()));
         instance_controller = instance_controller.reconcile_all_on(jumps_stream(jumps));
@@ -298,12 +357,27 @@ pub async fn run(
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(backfill::reconcile, backfill::error_policy, context.clone())
         .for_each(|_| async {});
+    let stop_rx_root = stop_rx.clone();
     let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx));
     let signal = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    tokio::join!(workflows, instances, backfills, gauges, signal);
+    // The shared instance watch runs until the controllers have stopped.
+    let instance_root = async move {
+        tokio::select! {
+            () = instance_root => {}
+            () = stopped(stop_rx_root) => {}
+        }
+    };
+    tokio::join!(
+        workflows,
+        instances,
+        backfills,
+        gauges,
+        signal,
+        instance_root
+    );
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -327,6 +401,31 @@ fn instance_of(
     let name = meta.labels.as_ref()?.get(crate::job::LABEL_INSTANCE)?;
     let namespace = meta.namespace.as_deref()?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The instances whose finished-or-not changed (or that are new): all a workflow's status
+/// shows of them, so other changes do not wake the workflow.
+fn finished_flips(
+    instances: impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static {
+    let mut last: HashMap<(Option<String>, Option<String>), bool> = HashMap::new();
+    instances.filter(move |instance| {
+        let finished = instance
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state.is_terminal());
+        let key = (
+            instance.metadata.namespace.clone(),
+            instance.metadata.name.clone(),
+        );
+        futures::future::ready(last.insert(key, finished) != Some(finished))
+    })
+}
+
+/// The workflow that owns an instance.
+fn workflow_of(instance: &WorkflowInstance) -> Option<ObjectRef<Workflow>> {
+    let namespace = instance.metadata.namespace.as_deref()?;
+    Some(ObjectRef::new(&instance.spec.workflow).within(namespace))
 }
 
 /// The instances of one workflow in the cache.
