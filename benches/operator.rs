@@ -428,7 +428,14 @@ async fn backfill(partitions: usize, concurrency: u32) {
         let b = backfills.get("bench").await.expect("get");
         let c = b.status.clone().unwrap_or_default().counts;
         max_active = max_active.max(c.active);
-        progress.insert(t0.elapsed().as_secs(), c.done);
+        let second = t0.elapsed().as_secs();
+        if second.is_multiple_of(10) && !progress.contains_key(&second) {
+            eprintln!(
+                "  {second:>4}s: {} done, {} active, {} failed, {} skipped",
+                c.done, c.active, c.failed, c.skipped
+            );
+        }
+        progress.insert(second, c.done);
         if (c.done + c.failed + c.skipped) as usize >= partitions {
             break;
         }

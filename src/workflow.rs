@@ -91,7 +91,8 @@ pub fn schedule_key(workflow: &Workflow) -> String {
     )
 }
 
-/// Plans one reconcile of `workflow` at `now`; `active` is the number of its active instances.
+/// Plans one reconcile of `workflow` at `now`; `active` is the number of its unfinished
+/// instances.
 pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPlan {
     let previous = workflow.status.clone().unwrap_or_default();
     let generation = workflow.metadata.generation;

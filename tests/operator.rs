@@ -324,8 +324,9 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
     }
     assert!(max_active <= 2, "{max_active} active");
     assert!(max_active >= 1);
-    // Older partitions went first. The two oldest take the two free slots at once and may
-    // start in either order; every later one starts after both of them, in partition order.
+    // Older partitions went first: no partition started before an older one. Slots freed
+    // together are taken together, so partitions admitted in the same round may start in
+    // either order, a few milliseconds apart (a round is at least the 0.3 s a run takes).
     let list = cluster.instances_of("limited").await;
     let starts: Vec<_> = list
         .iter()
@@ -336,10 +337,12 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
                 .expect("started")
         })
         .collect();
-    let first_round = starts[0].max(starts[1]);
-    let later = &starts[2..];
-    assert!(later.iter().all(|s| *s >= first_round), "{starts:?}");
-    assert!(later.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    let same_round = Duration::milliseconds(100);
+    for (older, start) in starts.iter().enumerate() {
+        for later in &starts[older + 1..] {
+            assert!(*start <= *later + same_round, "{starts:?}");
+        }
+    }
     cluster.stop().await;
 }
 

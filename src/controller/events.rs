@@ -1,13 +1,17 @@
 //! Kubernetes Events about Charon's objects, written as `core/v1` Events so that
 //! `kubectl describe` and `kubectl events` show them next to the Job controller's and the
 //! kubelet's. Failing to write one is logged, never fatal: Events are a courtesy, status is
-//! the record.
+//! the record. They are written by a background task, so a reconcile never waits for one.
+
+use std::sync::Arc;
 
 use chrono::Utc;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::PostParams;
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
 
 /// Severity of an Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,23 +25,58 @@ pub enum Severity {
 /// Writes Events on behalf of one controller replica.
 #[derive(Clone)]
 pub struct EventRecorder {
-    client: Client,
+    queue: mpsc::Sender<Event>,
     instance: String,
+    _writer: Arc<Writer>,
 }
+
+/// The task writing the queued Events; stopped when the last recorder is dropped, so a
+/// replica that stops leading writes nothing more.
+struct Writer(tokio::task::JoinHandle<()>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Events waiting to be written; beyond this they are dropped (and logged), never waited for.
+const QUEUE: usize = 20_000;
+
+/// Events written at once by the background task.
+const WRITERS: usize = 4;
 
 /// The component name Events are reported by.
 pub const COMPONENT: &str = "charon-operator";
 
 impl EventRecorder {
-    /// A recorder for the replica named `instance`.
+    /// A recorder for the replica named `instance`. Must be called within a Tokio runtime:
+    /// it starts the task that writes the Events, which ends when every clone is dropped.
     pub fn new(client: Client, instance: &str) -> Self {
+        let (queue, pending) = mpsc::channel::<Event>(QUEUE);
+        let writes = futures::stream::unfold(pending, |mut pending| async move {
+            pending.recv().await.map(|event| (event, pending))
+        })
+        .map(move |event| {
+            let client = client.clone();
+            async move {
+                let namespace = event.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client, &namespace);
+                if let Err(err) = api.create(&PostParams::default(), &event).await {
+                    tracing::warn!(%err, reason = ?event.reason, object = ?event.involved_object.name, "could not record an Event");
+                }
+            }
+        })
+        .buffer_unordered(WRITERS)
+        .for_each(|()| futures::future::ready(()));
         EventRecorder {
-            client,
+            queue,
             instance: instance.to_string(),
+            _writer: Arc::new(Writer(tokio::spawn(writes))),
         }
     }
 
-    /// Records an Event about `object`.
+    /// Queues an Event about `object` for writing.
     pub async fn record<K>(&self, object: &K, severity: Severity, reason: &str, message: &str)
     where
         K: Resource<DynamicType = ()>,
@@ -88,9 +127,8 @@ impl EventRecorder {
             }),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(err) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(%err, reason, object = %object.name_any(), "could not record an Event");
+        if let Err(err) = self.queue.try_send(event) {
+            tracing::warn!(%err, reason, object = %object.name_any(), "Event dropped: too many waiting to be written");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! instances (their deterministic names make a second trigger of a partition fail with
 //! AlreadyExists), writes the status and asks to be woken at the next trigger instant.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use kube::api::PostParams;
@@ -35,11 +36,12 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         // The annotations were consumed (a metadata write): plan from the new version.
         return Ok(Action::requeue(std::time::Duration::ZERO));
     }
-    let active = instances_of(&ctx.instances, &namespace, &name)
+    let mut unfinished: HashSet<String> = instances_of(&ctx.instances, &namespace, &name)
         .iter()
-        .filter(|i| i.status.as_ref().is_some_and(|s| s.state.is_active()))
-        .count();
-    let plan = plan(&workflow, u32::try_from(active).unwrap_or(u32::MAX), now);
+        .filter(|i| !i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
+        .map(|i| i.name_any())
+        .collect();
+    let plan = plan(&workflow, count(&unfinished), now);
     if let Some(message) = &plan.became_invalid {
         ctx.events
             .record(&*workflow, Severity::Warning, "InvalidSpec", message)
@@ -63,7 +65,8 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         )
         .ok_or(Error::Incomplete("metadata.uid"))?;
         match instances.create(&PostParams::default(), &instance).await {
-            Ok(_) => {
+            Ok(created_instance) => {
+                unfinished.insert(created_instance.name_any());
                 let late = ctx.clock.now() - new.trigger_at;
                 ctx.metrics
                     .lateness(late.num_milliseconds() as f64 / 1000.0);
@@ -78,7 +81,9 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-    let status = plan.status_after(created);
+    let mut status = plan.status_after(created);
+    // The instances just created count at once, so they cost no second status write.
+    status.active = count(&unfinished);
     write_status(&ctx, &workflow, &namespace, status).await?;
     if let Some(err) = failure {
         return Err(err.into());
@@ -87,6 +92,10 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         Some(at) => Action::requeue(until(at, now).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+fn count(names: &HashSet<String>) -> u32 {
+    u32::try_from(names.len()).unwrap_or(u32::MAX)
 }
 
 /// Annotation asking for an ad-hoc trigger of one partition (SPEC §5).

@@ -303,8 +303,8 @@ pub struct WorkflowStatus {
     /// The partition triggered next, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_trigger: Option<NextTrigger>,
-    /// Instances of this workflow currently holding a concurrency slot (Prepare, Submitting,
-    /// Submitted or Running).
+    /// Instances of this workflow not finished yet: queued (for a slot or a retry) or
+    /// running an attempt.
     #[serde(default)]
     pub active: u32,
     /// Every partition due at or before this instant has been triggered or deliberately
