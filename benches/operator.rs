@@ -260,20 +260,24 @@ async fn triggers(n: usize) {
         counter.clone(),
         metrics.clone(),
     );
-    // Wait until every workflow knows its next trigger.
+    // Wait until every workflow knows its next trigger (watched: listing thousands of
+    // workflows over and over would load the server being measured).
     let wait_planned = Instant::now();
-    loop {
-        let list = workflows.list(&ListParams::default()).await.expect("list");
-        let planned = list
-            .items
-            .iter()
-            .filter(|w| w.status.as_ref().is_some_and(|s| s.next_trigger.is_some()))
-            .count();
-        if planned == n {
-            break;
+    let mut planned = std::collections::HashSet::new();
+    let mut workflow_events = kube::runtime::watcher(workflows.clone(), Default::default()).boxed();
+    while planned.len() < n {
+        match workflow_events.next().await {
+            Some(Ok(
+                kube::runtime::watcher::Event::Apply(w)
+                | kube::runtime::watcher::Event::InitApply(w),
+            )) if w.status.as_ref().is_some_and(|s| s.next_trigger.is_some()) => {
+                planned.insert(w.metadata.name.clone().unwrap_or_default());
+            }
+            Some(_) => {}
+            None => break,
         }
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
     }
+    drop(workflow_events);
     let planned_in = wait_planned.elapsed();
     // Move the operator's clock to two seconds before the next top of the hour.
     let now = clock.now();
@@ -287,37 +291,46 @@ async fn triggers(n: usize) {
         .map(|k| k.clone())
         .unwrap_or_default();
     // Lateness: when each instance is seen (a watch started before the trigger instant),
-    // on the operator's clock, after the partition's trigger instant.
+    // on the operator's clock, after the partition's trigger instant. The same watch then
+    // follows the instances to the end, to count a whole instance's requests.
     let instances: Api<WorkflowInstance> = Api::namespaced(client.clone(), NS);
     let mut seen = kube::runtime::watcher(instances.clone(), Default::default()).boxed();
     let mut lateness: Vec<f64> = Vec::new();
     let mut names = std::collections::HashSet::new();
-    let deadline = Instant::now() + StdDuration::from_secs(600);
-    while names.len() < n && Instant::now() < deadline {
+    let mut finished = std::collections::HashSet::new();
+    let deadline = Instant::now() + StdDuration::from_secs(1200);
+    while finished.len() < n && Instant::now() < deadline {
         let event = tokio::time::timeout(StdDuration::from_secs(5), seen.next()).await;
         if let Ok(Some(Ok(
             kube::runtime::watcher::Event::Apply(i) | kube::runtime::watcher::Event::InitApply(i),
         ))) = event
-            && names.insert(i.metadata.name.clone().unwrap_or_default())
         {
-            lateness.push((clock.now() - top).num_milliseconds() as f64 / 1000.0);
+            let name = i.metadata.name.clone().unwrap_or_default();
+            if names.insert(name.clone()) {
+                lateness.push((clock.now() - top).num_milliseconds() as f64 / 1000.0);
+            }
+            if i.status.as_ref().is_some_and(|s| s.state.is_terminal()) {
+                finished.insert(name);
+            }
         }
     }
     drop(seen);
     lateness.sort_by(f64::total_cmp);
-    // Let the instances run to the end, to count a whole instance's requests.
-    let done_deadline = Instant::now() + StdDuration::from_secs(900);
-    loop {
-        let list = instances.list(&ListParams::default()).await.expect("list");
-        let done = list
-            .items
-            .iter()
-            .filter(|i| i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
-            .count();
-        if done >= n || Instant::now() > done_deadline {
+    if finished.len() < n {
+        println!(
+            "triggers: only {} of {n} instances finished within 20 minutes",
+            finished.len()
+        );
+    }
+    // Events are written in the background: count them too, once the writes stop.
+    let mut last = counter.snapshot().writes;
+    for _ in 0..120 {
+        tokio::time::sleep(StdDuration::from_secs(2)).await;
+        let now = counter.snapshot().writes;
+        if now == last {
             break;
         }
-        tokio::time::sleep(StdDuration::from_millis(500)).await;
+        last = now;
     }
     let after = counter.snapshot();
     let triggered = lateness.len().max(1) as f64;
@@ -424,7 +437,9 @@ async fn backfill(partitions: usize, concurrency: u32) {
     let mut max_active = 0;
     let mut progress = BTreeMap::new();
     loop {
-        tokio::time::sleep(StdDuration::from_millis(500)).await;
+        // The status lists every partition: a slow poll keeps the reads from weighing on the
+        // server being measured.
+        tokio::time::sleep(StdDuration::from_secs(2)).await;
         let b = backfills.get("bench").await.expect("get");
         let c = b.status.clone().unwrap_or_default().counts;
         max_active = max_active.max(c.active);

@@ -384,6 +384,64 @@ async fn a_restart_neither_duplicates_nor_misses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_lost_watches_and_a_stall_neither_duplicate_nor_lose_runs() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "flaky",
+            json!({"schedule": "@hourly",
+                "template": {"image": "busybox", "command": ["sh", "-c", "sleep 0.2"]}}),
+        )
+        .await;
+    let server = cluster.server.as_ref().expect("a running server");
+    // Six partitions come due while a share of every kind of request fails (500, 429 on
+    // creates, 503 on lists and watches), watches are cut and relists forced, and the server
+    // stalls for a while.
+    server.set_error_rate("*", 0.2, 500);
+    server.set_error_rate("create", 0.3, 429);
+    server.set_error_rate("update", 0.3, 500);
+    server.set_error_rate("list", 0.3, 503);
+    server.set_error_rate("watch", 0.3, 503);
+    server.expire_next_watches(10);
+    cluster.clock.advance(Duration::hours(6));
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    server.drop_watches();
+    server.pause();
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    server.resume();
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    server.clear_faults();
+
+    let instances = cluster
+        .wait_states("flaky", 6, &[InstanceState::Done], LONG)
+        .await;
+    let parameters: BTreeSet<String> = instances.iter().map(|i| i.spec.parameter.clone()).collect();
+    assert_eq!(
+        parameters.len(),
+        instances.len(),
+        "one instance per partition"
+    );
+    for instance in instances.iter().take(6) {
+        let jobs = cluster.jobs_of(&instance.name_any()).await;
+        assert_eq!(
+            jobs.len(),
+            1,
+            "{} has {} jobs",
+            instance.name_any(),
+            jobs.len()
+        );
+        let status = instance.status.clone().unwrap_or_default();
+        assert_eq!(
+            (status.tries, status.execution),
+            (1, 1),
+            "{}: an API error is not a failed attempt",
+            instance.name_any()
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_only_the_leader_writes_and_failover_continues() {
     let cluster = Cluster::without_operator().await;
     let lease = |identity: &str| charon::controller::leader::LeaseConfig {

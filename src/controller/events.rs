@@ -44,7 +44,7 @@ impl Drop for Writer {
 const QUEUE: usize = 20_000;
 
 /// Events written at once by the background task.
-const WRITERS: usize = 4;
+const WRITERS: usize = 8;
 
 /// The component name Events are reported by.
 pub const COMPONENT: &str = "charon-operator";

@@ -395,7 +395,7 @@ fn admission(
     now: DateTime<Utc>,
 ) -> Result<(), String> {
     let me = instance.name_any();
-    let siblings = instances_of(&ctx.instances, namespace, workflow);
+    let siblings = instances_of(ctx, namespace, workflow);
     let mut active = 0;
     let mut ready: Vec<(DateTime<Utc>, String)> = Vec::new();
     for sibling in &siblings {
@@ -437,7 +437,7 @@ fn admission(
 
 /// Asks the controller to look at the queued instances of a workflow again.
 fn wake_waiting(ctx: &Context, namespace: &str, workflow: &str, except: &str) {
-    for sibling in instances_of(&ctx.instances, namespace, workflow) {
+    for sibling in instances_of(ctx, namespace, workflow) {
         let queued = sibling
             .status
             .as_ref()

@@ -42,6 +42,12 @@ pub struct Metrics {
     leader: Gauge,
 }
 
+/// Bucket bounds of `charon_trigger_lateness_seconds`.
+const LATENESS_BUCKETS: [f64; 18] = [
+    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -54,7 +60,9 @@ impl Default for Metrics {
         let durations: HistogramFamily<ControllerLabels> =
             Family::new_with_constructor(duration_histogram as fn() -> Histogram);
         let instances = Family::<StateLabels, Gauge>::default();
-        let lateness = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        // Fine steps around the seconds that matter for a scheduler (the 2 s target among
+        // them), then coarse ones up to an hour.
+        let lateness = Histogram::new(LATENESS_BUCKETS.iter().copied());
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(

@@ -124,6 +124,8 @@ pub struct Context {
     pub workflows: Store<Workflow>,
     /// Cached WorkflowInstances.
     pub instances: Store<WorkflowInstance>,
+    /// Which cached instances belong to which workflow.
+    pub instance_index: Arc<InstanceIndex>,
     /// Cached Jobs created by Charon.
     pub jobs: Store<Job>,
     /// Cached Pods of those Jobs.
@@ -140,6 +142,60 @@ pub struct Context {
     /// The resourceVersion of this controller's last write to each object, until the cache
     /// has caught up with it (see [`Writes`]).
     pub writes: Writes,
+}
+
+/// The names of each workflow's instances, kept by the shared instance watch, so a reconcile
+/// finds a workflow's instances without scanning every instance in the cache.
+#[derive(Default)]
+pub struct InstanceIndex {
+    by_workflow: std::sync::RwLock<HashMap<(String, String), std::collections::BTreeSet<String>>>,
+}
+
+impl InstanceIndex {
+    fn key(instance: &WorkflowInstance) -> Option<(String, String)> {
+        Some((
+            instance.metadata.namespace.clone()?,
+            instance.spec.workflow.clone(),
+        ))
+    }
+
+    fn insert(&self, instance: &WorkflowInstance) {
+        if let (Some(key), Some(name), Ok(mut index)) = (
+            Self::key(instance),
+            instance.metadata.name.clone(),
+            self.by_workflow.write(),
+        ) {
+            index.entry(key).or_default().insert(name);
+        }
+    }
+
+    fn remove(&self, instance: &WorkflowInstance) {
+        if let (Some(key), Some(name), Ok(mut index)) = (
+            Self::key(instance),
+            instance.metadata.name.as_deref(),
+            self.by_workflow.write(),
+        ) && let Some(names) = index.get_mut(&key)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                index.remove(&key);
+            }
+        }
+    }
+
+    /// Names that may belong to the workflow: some may have been deleted meanwhile (a relist
+    /// does not report deletions), so callers look each one up in the cache.
+    fn names(&self, namespace: &str, workflow: &str) -> Vec<String> {
+        self.by_workflow
+            .read()
+            .ok()
+            .and_then(|index| {
+                index
+                    .get(&(namespace.to_string(), workflow.to_string()))
+                    .map(|names| names.iter().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Remembers this controller's own recent writes so a reconcile does not act on a cache that
@@ -219,7 +275,7 @@ where
 
 /// Workflows reconciled at once: bounds the operator's connections and the load it puts on
 /// the API server when thousands of workflows are due at the same instant.
-const WORKFLOW_RECONCILES: u16 = 32;
+const WORKFLOW_RECONCILES: u16 = 128;
 
 /// Instances reconciled at once (see [`WORKFLOW_RECONCILES`]).
 const INSTANCE_RECONCILES: u16 = 64;
@@ -276,8 +332,19 @@ pub async fn run(
     // instance are told through these instead.
     let (workflow_wake, workflow_woken) = mpsc::unbounded_channel();
     let (backfill_wake, backfill_woken) = mpsc::unbounded_channel();
+    let instance_index = Arc::new(InstanceIndex::default());
+    let index = instance_index.clone();
     let instance_root = watcher(instances_api, watcher::Config::default())
         .default_backoff()
+        // The index learns of an instance before the cache does, so whoever the change
+        // wakes finds it in both.
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Apply(instance) | watcher::Event::InitApply(instance)) => {
+                index.insert(instance);
+            }
+            Ok(watcher::Event::Delete(instance)) => index.remove(instance),
+            _ => {}
+        })
         .reflect_shared(instances_writer)
         .for_each(move |event| {
             match event {
@@ -333,6 +400,7 @@ pub async fn run(
         clock: options.clock.clone(),
         workflows: workflow_controller.store(),
         instances: instance_controller.store(),
+        instance_index,
         jobs,
         pods,
         events: EventRecorder::new(client, &options.identity),
@@ -429,12 +497,12 @@ fn workflow_of(instance: &WorkflowInstance) -> Option<ObjectRef<Workflow>> {
 }
 
 /// The instances of one workflow in the cache.
-fn instances_of(
-    store: &Store<WorkflowInstance>,
-    namespace: &str,
-    workflow: &str,
-) -> Vec<Arc<WorkflowInstance>> {
-    store.state_filter(|i| {
-        i.metadata.namespace.as_deref() == Some(namespace) && i.spec.workflow == workflow
-    })
+fn instances_of(ctx: &Context, namespace: &str, workflow: &str) -> Vec<Arc<WorkflowInstance>> {
+    ctx.instance_index
+        .names(namespace, workflow)
+        .into_iter()
+        .filter_map(|name| ctx.instances.get(&ObjectRef::new(&name).within(namespace)))
+        // The name may have been reused by another workflow's instance after a deletion.
+        .filter(|i| i.spec.workflow == workflow)
+        .collect()
 }

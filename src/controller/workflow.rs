@@ -36,7 +36,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         // The annotations were consumed (a metadata write): plan from the new version.
         return Ok(Action::requeue(std::time::Duration::ZERO));
     }
-    let mut unfinished: HashSet<String> = instances_of(&ctx.instances, &namespace, &name)
+    let mut unfinished: HashSet<String> = instances_of(&ctx, &namespace, &name)
         .iter()
         .filter(|i| !i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
         .map(|i| i.name_any())
