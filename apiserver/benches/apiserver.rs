@@ -2,7 +2,9 @@
 //! it: create rates for Jobs and custom objects, watch fan-out latency, and resident memory
 //! with many objects stored; then, with the Job controller, garbage collector and kubelet
 //! running, how long a burst of Jobs takes to complete and how much CPU the server burns
-//! once everything has finished and nobody is asking anything.
+//! once everything has finished and nobody is asking anything; and how long listing many
+//! custom objects of realistic size takes, paged (as kube-rs's watcher and kubectl page) and
+//! not, and as the Table `kubectl get` asks for.
 //!
 //! `cargo bench -p charon-apiserver --bench apiserver`. Knobs (environment):
 //! - `BENCH_OBJECTS`: stored objects for the memory figure (100000);
@@ -11,7 +13,9 @@
 //!   burst's included (2000);
 //! - `BENCH_SUSPENDED`: suspended Jobs stored beside them (2000);
 //! - `BENCH_IDLE_SECS`: length of the idle window (10);
-//! - `BENCH_SECTIONS`: `api`, `jobs` or both, comma-separated (both).
+//! - `BENCH_LIST_OBJECTS`: custom objects (a few KB each) stored for the list figures
+//!   (10000);
+//! - `BENCH_SECTIONS`: `api`, `jobs`, `list`, comma-separated (all three).
 //!
 //! The API figures come from a server without controllers or kubelet; the RSS figure is the
 //! whole process, clients included. The idle CPU figure is the whole process too (user +
@@ -86,13 +90,16 @@ fn cpu_time() -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "api,jobs".into());
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "api,jobs,list".into());
     let sections: HashSet<&str> = sections.split(',').map(str::trim).collect();
     if sections.contains("api") {
         api().await?;
     }
     if sections.contains("jobs") {
         jobs().await?;
+    }
+    if sections.contains("list") {
+        lists().await?;
     }
     Ok(())
 }
@@ -340,6 +347,160 @@ async fn jobs() -> Result<(), Box<dyn std::error::Error>> {
         wall.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
     );
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A custom object of realistic size (about 3 KB): a spec and a status with a history.
+fn workflow(i: usize) -> serde_json::Value {
+    let history: Vec<serde_json::Value> = (0..12)
+        .map(|run| {
+            json!({"run": run, "partition": format!("2025-01-{:02}", run + 1),
+                "phase": if run % 5 == 4 { "Failed" } else { "Succeeded" },
+                "startTime": "2025-01-01T00:00:00Z", "completionTime": "2025-01-01T00:05:00Z",
+                "attempts": 1 + run % 3, "job": format!("wf-{i}-run-{run}"),
+                "message": "the job completed within its deadline"})
+        })
+        .collect();
+    json!({
+        "metadata": {"name": format!("wf-{i:05}"),
+            "labels": {"app": "bench", "shard": (i % 16).to_string()},
+            "annotations": {"bench.test/owner": "team-a", "bench.test/description": "a workflow for the list benchmark"}},
+        "spec": {"schedule": "@hourly", "concurrencyPolicy": "Forbid", "backfill": {"from": "2025-01-01", "parallelism": 4},
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main",
+                "image": "registry.example.com/team-a/pipeline:1.2.3",
+                "command": ["/bin/run", "--partition", "$(PARTITION)", "--verbose"],
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]}}},
+        "status": {"phase": "Active", "lastScheduleTime": "2025-01-12T00:00:00Z", "history": history},
+    })
+}
+
+/// Lists of many custom objects: a full paged relist (limit 500, following continue tokens
+/// as kube-rs's watcher does), one unpaged list, and the Table `kubectl get` asks for.
+async fn lists() -> Result<(), Box<dyn std::error::Error>> {
+    let count = knob("BENCH_LIST_OBJECTS", 10_000);
+    let server =
+        charon_apiserver::ApiServer::start(charon_apiserver::Config::default().api_only()).await?;
+    let client = Client::try_from(Config::new(server.url().parse()?))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "workflows.bench.test"},
+        "spec": {"group": "bench.test", "scope": "Namespaced",
+            "names": {"plural": "workflows", "singular": "workflow", "kind": "Workflow"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "additionalPrinterColumns": [
+                    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Last", "type": "string", "jsonPath": ".status.history[0].phase"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]},
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("bench.test", "v1", "Workflow"),
+        "workflows",
+    );
+    let workflows: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let size = workflow(0).to_string().len();
+    creates(count, |i| {
+        let workflows = workflows.clone();
+        let resource = resource.clone();
+        async move {
+            let mut obj: DynamicObject =
+                serde_json::from_value(workflow(i)).map_err(kube::Error::SerdeError)?;
+            obj.types = Some(kube::core::TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            });
+            workflows
+                .create(&PostParams::default(), &obj)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    println!("list figures with {count} custom objects of ~{size} bytes stored:");
+
+    let rounds = 3;
+    let start = Instant::now();
+    let mut pages = 0;
+    for _ in 0..rounds {
+        let mut params = ListParams::default().limit(500);
+        let mut seen = 0;
+        loop {
+            let page = workflows.list(&params).await?;
+            pages += 1;
+            seen += page.items.len();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        if seen != count {
+            eprintln!("paged list saw {seen} of {count} objects");
+        }
+    }
+    let took = start.elapsed() / rounds;
+    println!(
+        "  full paged list (limit 500, {} pages): {:>8.1} ms",
+        pages / rounds,
+        took.as_secs_f64() * 1e3
+    );
+
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let all = workflows.list(&ListParams::default()).await?;
+        if all.items.len() != count {
+            eprintln!("unpaged list saw {} of {count} objects", all.items.len());
+        }
+    }
+    let took = start.elapsed() / rounds;
+    println!(
+        "  unpaged list:                          {:>8.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+
+    let table = |limit: Option<usize>| {
+        let mut uri = "/apis/bench.test/v1/namespaces/default/workflows".to_string();
+        if let Some(limit) = limit {
+            uri.push_str(&format!("?limit={limit}"));
+        }
+        axum::http::Request::get(uri)
+            .header(
+                axum::http::header::ACCEPT,
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .body(Vec::new())
+    };
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let mut continue_token: Option<String> = None;
+        loop {
+            let mut request = table(Some(500))?;
+            if let Some(token) = &continue_token {
+                let uri = format!("{}&continue={token}", request.uri());
+                *request.uri_mut() = uri.parse()?;
+            }
+            let page: serde_json::Value =
+                serde_json::from_str(&client.request_text(request).await?)?;
+            continue_token = page
+                .pointer("/metadata/continue")
+                .and_then(serde_json::Value::as_str)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if continue_token.is_none() {
+                break;
+            }
+        }
+    }
+    let took = start.elapsed() / rounds;
+    println!(
+        "  paged Table (kubectl get, limit 500):  {:>8.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    println!("  RSS: {:.0} MiB", rss_mib());
     server.shutdown().await;
     Ok(())
 }

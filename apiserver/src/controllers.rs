@@ -2,7 +2,7 @@
 //! read-modify-write with retries, random name suffixes, and an Event recorder.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
@@ -83,7 +83,7 @@ pub fn modify(
             return Ok(Some(obj));
         }
         match store.update(t, namespace, name, obj, status_only, Write::default()) {
-            Ok(written) => return Ok(Some(written)),
+            Ok(written) => return Ok(Some(Arc::unwrap_or_clone(written))),
             Err(err) if err.code == 409 => continue,
             Err(err) if err.code == 404 => return Ok(None),
             Err(err) => return Err(err),

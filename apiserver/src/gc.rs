@@ -131,8 +131,8 @@ pub fn delete_object(
     namespace: &str,
     name: &str,
     policy: Propagation,
-) -> Result<Value, ApiError> {
-    let obj = state.store.get(t, namespace, name)?;
+) -> Result<Arc<Value>, ApiError> {
+    let obj = state.store.get_shared(t, namespace, name)?;
     let d = deletion(state, t, &obj, policy, None);
     let uid = serde_json::json!({"uid": text(&obj, "/metadata/uid")});
     state

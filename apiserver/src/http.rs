@@ -16,7 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
-use crate::store::{Event, Store, Write, type_key};
+use crate::store::{Event, Page, Store, Write, type_key};
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -35,12 +35,52 @@ pub struct AppState {
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    json_text_response(code, value.to_string())
+}
+
+fn json_text_response(code: StatusCode, body: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A list response, written straight from the store's shared objects rather than from a
+/// copy of them; fields in the order a JSON object of them prints in.
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    items: Shared<'a>,
+    kind: String,
+    metadata: Value,
+}
+
+/// A `{Kind}List` of `items`.
+fn list_response(
+    t: &ResourceType,
+    metadata: Value,
+    items: &[Arc<Value>],
+) -> Result<Response, ApiError> {
+    let body = ListBody {
+        api_version: t.api_version(),
+        items: Shared(items),
+        kind: format!("{}List", t.kind),
+        metadata,
+    };
+    let text = serde_json::to_string(&body).map_err(|e| ApiError {
+        code: 500,
+        reason: "InternalError",
+        message: format!("encoding the list: {e}"),
+        details: None,
+    })?;
+    Ok(json_text_response(StatusCode::OK, text))
+}
+
+/// Shared objects serialised as a JSON array.
+struct Shared<'a>(&'a [Arc<Value>]);
+
+impl serde::Serialize for Shared<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|v| &**v))
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -349,14 +389,19 @@ async fn resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let as_table = crate::table::wanted(accept);
-    let table = |items: &[Value], rv: Option<u64>| {
-        crate::table::render(items, &store.printer_columns(&t), rv, chrono::Utc::now())
+    let table = |items: &[Arc<Value>], rv: Option<u64>| {
+        crate::table::render(
+            items.iter().map(|v| &**v),
+            &store.printer_columns(&t),
+            rv,
+            chrono::Utc::now(),
+        )
     };
     match (method.clone(), name) {
         (Method::GET, Some(name)) if as_table => {
-            ok(&table(&[store.get(&t, namespace, name)?], None))
+            ok(&table(&[store.get_shared(&t, namespace, name)?], None))
         }
-        (Method::GET, Some(name)) => ok(&store.get(&t, namespace, name)?),
+        (Method::GET, Some(name)) => ok(store.get_shared(&t, namespace, name)?.as_ref()),
         (Method::GET, None) => {
             let labels =
                 Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
@@ -368,25 +413,27 @@ async fn resource(
                 let columns = as_table.then(|| store.printer_columns(&t));
                 return watch(app, &t, namespace, query, labels, fields, columns);
             }
-            let (items, rv) = store.list(&t, namespace, &labels, &fields);
-            let (items, metadata) = paginate(items, rv, query)?;
+            let paging = Paging::from_query(query)?;
+            let after = paging
+                .after
+                .as_ref()
+                .map(|(ns, name)| (ns.as_str(), name.as_str()));
+            let page = store.page(&t, namespace, &labels, &fields, after, paging.limit);
+            let metadata = paging.metadata(&page);
             if as_table {
-                let mut table = table(&items, Some(rv));
+                let mut table = table(&page.items, Some(page.rv));
                 table["metadata"] = metadata;
                 return ok(&table);
             }
-            ok(&json!({
-                "kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
-                "metadata": metadata, "items": items,
-            }))
+            list_response(&t, metadata, &page.items)
         }
         (Method::POST, None) => {
             let created = store.create(&t, namespace, parse_body()?, opts)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
-        (Method::PUT, Some(name)) => {
-            ok(&store.update(&t, namespace, name, parse_body()?, status_only, opts)?)
-        }
+        (Method::PUT, Some(name)) => ok(store
+            .update(&t, namespace, name, parse_body()?, status_only, opts)?
+            .as_ref()),
         (Method::PATCH, Some(name)) => {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
@@ -405,8 +452,7 @@ async fn resource(
                     opts,
                 );
             }
-            let current = store.get(&t, namespace, name)?;
-            let mut patched = current.clone();
+            let mut patched = store.get(&t, namespace, name)?;
             if content_type.starts_with("application/json-patch+json") {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
@@ -435,7 +481,9 @@ async fn resource(
                     meta.remove("resourceVersion");
                 }
             }
-            ok(&store.update(&t, namespace, name, patched, status_only, opts)?)
+            ok(store
+                .update(&t, namespace, name, patched, status_only, opts)?
+                .as_ref())
         }
         (Method::DELETE, Some(name)) => {
             let named = query.get("propagationPolicy").map(String::as_str);
@@ -445,7 +493,7 @@ async fn resource(
                 .get("gracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
-            let current = store.get(&t, namespace, name)?;
+            let current = store.get_shared(&t, namespace, name)?;
             let deletion = crate::gc::deletion(app, &t, &current, policy, grace);
             let deleted =
                 store.delete_with(&t, namespace, name, &preconditions, opts, &deletion)?;
@@ -492,10 +540,7 @@ async fn resource(
                     Err(err) => return Err(err),
                 }
             }
-            ok(
-                &json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()}, "items": deleted}),
-            )
+            list_response(&t, json!({"resourceVersion": rv.to_string()}), &deleted)
         }
         (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
     }
@@ -563,55 +608,64 @@ fn server_side_apply(
     Ok(json_response(StatusCode::OK, &updated))
 }
 
-/// Applies `limit` and `continue` to a list sorted by namespace and name. The continue token
-/// carries the first page's resourceVersion and names the last object returned. Later pages
-/// show the objects as they are now rather than as of the first page, but every page reports
-/// the first page's resourceVersion: a client that watches from it after the last page is
-/// replayed whatever changed while it paged (at worst twice), and misses nothing.
-fn paginate(
-    items: Vec<Value>,
-    rv: u64,
-    query: &HashMap<String, String>,
-) -> Result<(Vec<Value>, Value), ApiError> {
-    let mut rv = rv;
-    let position = |v: &Value| {
-        let text = |p: &str| {
-            v.pointer(p)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
+/// `limit` and `continue` of a list request, applied to a list sorted by namespace and name.
+/// The continue token carries the first page's resourceVersion and names the last object
+/// returned. Later pages show the objects as they are now rather than as of the first page,
+/// but every page reports the first page's resourceVersion: a client that watches from it
+/// after the last page is replayed whatever changed while it paged (at worst twice), and
+/// misses nothing.
+struct Paging {
+    /// The first page's resourceVersion, from the continue token.
+    rv: Option<u64>,
+    /// The (namespace, name) of the last object already returned.
+    after: Option<(String, String)>,
+    /// At most this many objects per page.
+    limit: Option<usize>,
+}
+
+impl Paging {
+    fn from_query(query: &HashMap<String, String>) -> Result<Paging, ApiError> {
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0);
+        let Some(token) = query.get("continue").filter(|c| !c.is_empty()) else {
+            return Ok(Paging {
+                rv: None,
+                after: None,
+                limit,
+            });
         };
-        (text("/metadata/namespace"), text("/metadata/name"))
-    };
-    let mut items = items;
-    if let Some(token) = query.get("continue").filter(|c| !c.is_empty()) {
         let mut parts = token.splitn(3, '/');
         let (Some(first), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(ApiError::bad_request("invalid continue token"));
         };
-        rv = first
+        let rv = first
             .parse()
             .map_err(|_| ApiError::bad_request("invalid continue token"))?;
-        let after = (ns.to_string(), name.to_string());
-        items.retain(|v| position(v) > after);
+        Ok(Paging {
+            rv: Some(rv),
+            after: Some((ns.to_string(), name.to_string())),
+            limit,
+        })
     }
-    let limit = query
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0);
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if let Some(limit) = limit
-        && items.len() > limit
-    {
-        let remaining = items.len() - limit;
-        items.truncate(limit);
-        if let Some(last) = items.last() {
-            let (ns, name) = position(last);
+
+    /// The list metadata of `page`: its resourceVersion, and a continue token and the count
+    /// left when more objects follow.
+    fn metadata(&self, page: &Page) -> Value {
+        let rv = self.rv.unwrap_or(page.rv);
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if self.limit.is_some()
+            && page.remaining > 0
+            && let Some(last) = page.items.last()
+        {
+            let text = |p: &str| last.pointer(p).and_then(Value::as_str).unwrap_or_default();
+            let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
             metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
-            metadata["remainingItemCount"] = json!(remaining);
+            metadata["remainingItemCount"] = json!(page.remaining);
         }
+        metadata
     }
-    Ok((items, metadata))
 }
 
 /// A line of a watch stream; `Last` ends it.
@@ -635,12 +689,7 @@ fn event_line(kind: &str, object: &Value, columns: Option<&[Value]>) -> Bytes {
     match columns {
         Some(columns) => watch_line(
             kind,
-            &crate::table::render(
-                std::slice::from_ref(object),
-                columns,
-                None,
-                chrono::Utc::now(),
-            ),
+            &crate::table::render(std::iter::once(object), columns, None, chrono::Utc::now()),
         ),
         None => watch_line(kind, object),
     }

@@ -81,9 +81,17 @@ impl Selector {
         })
     }
 
+    /// Whether the selector matches everything, so callers can skip asking.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Matches against `metadata.labels`.
     pub fn matches_labels(&self, obj: &Value) -> bool {
-        let labels = obj.pointer("/metadata/labels");
+        if self.is_empty() {
+            return true;
+        }
+        let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         self.matches(|k| {
             labels
                 .and_then(|l| l.get(k))

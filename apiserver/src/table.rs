@@ -12,8 +12,8 @@ pub fn wanted(accept: &str) -> bool {
 }
 
 /// Renders `items` with `columns` (a CRD's additionalPrinterColumns; empty gives Name and Age).
-pub fn render(
-    items: &[Value],
+pub fn render<'a>(
+    items: impl IntoIterator<Item = &'a Value>,
     columns: &[Value],
     list_rv: Option<u64>,
     now: chrono::DateTime<chrono::Utc>,
@@ -39,7 +39,7 @@ pub fn render(
         }));
     }
     let rows: Vec<Value> = items
-        .iter()
+        .into_iter()
         .map(|item| {
             let mut cells = vec![item.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
             for c in &columns {
@@ -248,9 +248,10 @@ pub fn human_duration(d: chrono::Duration) -> String {
     format!("{}y", hours / 24 / 365)
 }
 
-/// The subset of JSONPath printer columns use: `.a.b`, `.a[0]`, `.a[?(@.k=="v")].b`.
+/// The subset of JSONPath printer columns use: `.a.b`, `.a[0]`, `.a[?(@.k=="v")].b`. Walks
+/// by reference and copies only the value found.
 pub fn jsonpath(obj: &Value, path: &str) -> Option<Value> {
-    let mut current = obj.clone();
+    let mut current = obj;
     let mut rest = path
         .trim()
         .trim_start_matches('{')
@@ -260,7 +261,7 @@ pub fn jsonpath(obj: &Value, path: &str) -> Option<Value> {
         if let Some(after) = rest.strip_prefix('.') {
             let end = after.find(['.', '[']).unwrap_or(after.len());
             let key = &after[..end];
-            current = current.get(key)?.clone();
+            current = current.get(key)?;
             rest = &after[end..];
         } else if let Some(after) = rest.strip_prefix('[') {
             let end = after.find(']')?;
@@ -272,17 +273,16 @@ pub fn jsonpath(obj: &Value, path: &str) -> Option<Value> {
                 current = current
                     .as_array()?
                     .iter()
-                    .find(|e| e.get(key.trim()).and_then(Value::as_str) == Some(want))?
-                    .clone();
+                    .find(|e| e.get(key.trim()).and_then(Value::as_str) == Some(want))?;
             } else {
                 let index: usize = inner.trim().parse().ok()?;
-                current = current.as_array()?.get(index)?.clone();
+                current = current.as_array()?.get(index)?;
             }
         } else {
             return None;
         }
     }
-    Some(current)
+    Some(current.clone())
 }
 
 #[cfg(test)]
