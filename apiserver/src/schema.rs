@@ -11,6 +11,27 @@ use serde_json::{Map, Value};
 
 use crate::error::FieldError;
 
+/// Compiled schema patterns: a CRD has a handful, and compiling one costs far more than
+/// the rest of validating an object.
+static PATTERNS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Option<regex::Regex>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The regex for `pattern`, compiled once (`None` when it does not parse).
+fn compiled(pattern: &str) -> Option<regex::Regex> {
+    let mut patterns = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(re) = patterns.get(pattern) {
+        return re.clone();
+    }
+    // Patterns come from stored CRDs, so the cache stays small; bound it all the same.
+    if patterns.len() > 1024 {
+        patterns.clear();
+    }
+    let re = regex::Regex::new(pattern).ok();
+    patterns.insert(pattern.to_string(), re.clone());
+    re
+}
+
 /// The outcome of [`apply`] when the object cannot be stored.
 #[derive(Debug, PartialEq)]
 pub enum SchemaError {
@@ -239,7 +260,7 @@ impl Walk {
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
             // An unparsable pattern is refused when the CRD is stored; here it never matches.
-            let matches = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(text));
+            let matches = compiled(pattern).is_some_and(|re| re.is_match(text));
             if !matches {
                 self.invalid(
                     path,

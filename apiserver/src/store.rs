@@ -1164,20 +1164,26 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn pages_walk_the_keys_after_the_continue_point() -> Result<(), ApiError> {
+    /// A store holding the namespaces `names`.
+    fn with_namespaces(names: &[&str]) -> Result<Store, ApiError> {
         let store = Store::default();
         let namespaces = store
             .find_type("", "v1", "namespaces")
             .unwrap_or_else(|| unreachable!("namespaces are built in"));
-        for ns in ["a", "b", "c"] {
+        for name in names {
             store.create(
                 &namespaces,
                 "",
-                json!({"metadata": {"name": ns}}),
+                json!({"metadata": {"name": name}}),
                 Write::default(),
             )?;
         }
+        Ok(store)
+    }
+
+    #[test]
+    fn pages_walk_the_keys_after_the_continue_point() -> Result<(), ApiError> {
+        let store = with_namespaces(&["a", "b", "c"])?;
         let t = pods(&store);
         for (ns, name) in [
             ("a", "p1"),
@@ -1235,16 +1241,7 @@ mod tests {
 
     #[test]
     fn writes_without_changes_keep_the_version() -> Result<(), ApiError> {
-        let store = Store::default();
-        let namespaces = store
-            .find_type("", "v1", "namespaces")
-            .unwrap_or_else(|| unreachable!("namespaces are built in"));
-        store.create(
-            &namespaces,
-            "",
-            json!({"metadata": {"name": "a"}}),
-            Write::default(),
-        )?;
+        let store = with_namespaces(&["a"])?;
         let t = pods(&store);
         let created = store.create(&t, "a", pod("p", &[]), Write::default())?;
         let same = store.update(
@@ -1296,18 +1293,7 @@ mod tests {
 
     #[test]
     fn the_owner_index_follows_every_write() -> Result<(), ApiError> {
-        let store = Store::default();
-        let namespaces = store
-            .find_type("", "v1", "namespaces")
-            .unwrap_or_else(|| unreachable!("namespaces are built in"));
-        for ns in ["a", "b"] {
-            store.create(
-                &namespaces,
-                "",
-                json!({"metadata": {"name": ns}}),
-                Write::default(),
-            )?;
-        }
+        let store = with_namespaces(&["a", "b"])?;
         let t = pods(&store);
         let all = |_: &Value| true;
         store.create(&t, "a", pod("p2", &["u1"]), Write::default())?;
@@ -1331,6 +1317,9 @@ mod tests {
         // Deletes leave it, whether of the object or of its namespace.
         store.delete(&t, "a", "p1", &Value::Null, Write::default())?;
         assert!(store.dependents(&t, "a", "u2", all).is_empty());
+        let namespaces = store
+            .find_type("", "v1", "namespaces")
+            .unwrap_or_else(|| unreachable!("namespaces are built in"));
         store.delete(&namespaces, "", "b", &Value::Null, Write::default())?;
         assert!(store.dependents(&t, "", "u1", all).is_empty());
         assert!(store.lock().objects.dependents.keys().all(|u| u == "u3"));
