@@ -32,6 +32,9 @@ pub const RETRY_NOW: &str = "charon.dev/retry-now";
 /// and Pod events wake it), bounding how long a lost watch event can delay a transition.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How soon a new instance held back by a burst of triggers is looked at again.
+const BURST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One reconcile of a WorkflowInstance.
 pub async fn reconcile(
     instance: Arc<WorkflowInstance>,
@@ -49,6 +52,10 @@ pub async fn reconcile(
     if ctx.writes.stale(&instance.metadata) {
         // Our last status write is not in the cache yet; its watch event will wake us.
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    }
+    if instance.status.is_none() && ctx.burst.holds() {
+        // Triggers first: start this one once the workflows have created theirs.
+        return Ok(Action::requeue(BURST_RETRY));
     }
     let now = ctx.clock.now();
     let status = instance.status.clone().unwrap_or_default();

@@ -126,6 +126,8 @@ pub struct Context {
     pub instances: Store<WorkflowInstance>,
     /// Which cached instances belong to which workflow.
     pub instance_index: Arc<InstanceIndex>,
+    /// Whether workflows are busy creating instances.
+    pub burst: Arc<TriggerBurst>,
     /// Cached Jobs created by Charon.
     pub jobs: Store<Job>,
     /// Cached Pods of those Jobs.
@@ -142,6 +144,55 @@ pub struct Context {
     /// The resourceVersion of this controller's last write to each object, until the cache
     /// has caught up with it (see [`Writes`]).
     pub writes: Writes,
+}
+
+/// Gives triggering priority over starting instances: while workflows are creating
+/// instances (thousands may come due at one instant), new instances wait to be started, so
+/// the API server and the machine serve the triggers first. The wait is bounded, so a steady
+/// stream of triggers cannot hold instances back for long.
+#[derive(Default)]
+pub struct TriggerBurst {
+    creating: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// The longest a burst of triggers holds back new instances.
+const BURST_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl TriggerBurst {
+    /// Marks a reconcile that creates instances, until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> BurstGuard {
+        if self.creating.fetch_add(1, Ordering::SeqCst) == 0
+            && let Ok(mut since) = self.since.lock()
+        {
+            since.get_or_insert_with(std::time::Instant::now);
+        }
+        BurstGuard(self.clone())
+    }
+
+    /// Whether new instances should wait.
+    fn holds(&self) -> bool {
+        self.creating.load(Ordering::SeqCst) > 0
+            && self
+                .since
+                .lock()
+                .ok()
+                .and_then(|since| *since)
+                .is_some_and(|since| since.elapsed() < BURST_HOLD)
+    }
+}
+
+/// Held while a reconcile creates instances (see [`TriggerBurst`]).
+struct BurstGuard(Arc<TriggerBurst>);
+
+impl Drop for BurstGuard {
+    fn drop(&mut self) {
+        if self.0.creating.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Ok(mut since) = self.0.since.lock()
+        {
+            *since = None;
+        }
+    }
 }
 
 /// The names of each workflow's instances, kept by the shared instance watch, so a reconcile
@@ -205,8 +256,10 @@ pub struct Writes {
     pending: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
-/// How long to wait for the cache to show a write before trusting it anyway.
-const WRITE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long to wait for the cache to show a write before trusting it anyway: under a burst of
+/// thousands of instances the watch can be seconds behind, and acting on the older view only
+/// ends in a conflict.
+const WRITE_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Writes {
     /// Records that the object with this metadata (as the write returned it) is ours.
@@ -225,7 +278,7 @@ impl Writes {
             return false;
         };
         match pending.get(uid) {
-            Some((rv, _)) if Some(rv.as_str()) == resource_version => {
+            Some((rv, _)) if resource_version.is_some_and(|cached| caught_up(cached, rv)) => {
                 pending.remove(uid);
                 false
             }
@@ -236,6 +289,16 @@ impl Writes {
             }
             None => false,
         }
+    }
+}
+
+/// Whether a cached resourceVersion shows the write that returned `written`: the same
+/// version, or (where versions are numbers, as etcd's revisions are) a later one, written by
+/// someone else after us. Versions that are not numbers are only compared for equality.
+fn caught_up(cached: &str, written: &str) -> bool {
+    match (cached.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(cached), Ok(written)) => cached >= written,
+        _ => cached == written,
     }
 }
 
@@ -401,6 +464,7 @@ pub async fn run(
         workflows: workflow_controller.store(),
         instances: instance_controller.store(),
         instance_index,
+        burst: Arc::new(TriggerBurst::default()),
         jobs,
         pods,
         events: EventRecorder::new(client, &options.identity),
@@ -505,4 +569,32 @@ fn instances_of(ctx: &Context, namespace: &str, workflow: &str) -> Vec<Arc<Workf
         // The name may have been reused by another workflow's instance after a deletion.
         .filter(|i| i.spec.workflow == workflow)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: &str, resource_version: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            resource_version: Some(resource_version.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_write_is_awaited_until_the_cache_shows_it_or_a_later_version() {
+        let writes = Writes::default();
+        writes.wrote(&meta("u", "10"));
+        assert!(writes.stale(&meta("u", "9")));
+        // Someone wrote after us: the cache is past our write, which is then forgotten.
+        assert!(!writes.stale(&meta("u", "12")));
+        assert!(!writes.stale(&meta("u", "9")));
+        // Versions that are not numbers are compared for equality only.
+        writes.wrote(&meta("v", "abc"));
+        assert!(writes.stale(&meta("v", "abd")));
+        assert!(!writes.stale(&meta("v", "abc")));
+        assert!(!writes.stale(&meta("never-written", "1")));
+    }
 }

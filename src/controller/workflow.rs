@@ -49,6 +49,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     }
 
     let instances = ctx.api::<WorkflowInstance>(&namespace);
+    let _burst = (!plan.create.is_empty()).then(|| ctx.burst.enter());
     let mut created = 0;
     let mut failure = None;
     for new in &plan.create {

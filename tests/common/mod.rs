@@ -241,6 +241,33 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Asserts that each of `instances` is a different partition that ran exactly once: one
+    /// Job, one attempt, one execution.
+    pub async fn assert_each_ran_once(&self, instances: &[WorkflowInstance]) {
+        let parameters: std::collections::BTreeSet<&str> = instances
+            .iter()
+            .map(|i| i.spec.parameter.as_str())
+            .collect();
+        assert_eq!(
+            parameters.len(),
+            instances.len(),
+            "one instance per partition"
+        );
+        for instance in instances {
+            let name = instance.metadata.name.clone().unwrap_or_default();
+            let jobs = self.jobs_of(&name).await;
+            assert_eq!(jobs.len(), 1, "{name} has {} jobs", jobs.len());
+            let status = instance.status.clone().unwrap_or_default();
+            assert_eq!(
+                (status.tries, status.execution),
+                (1, 1),
+                "{name}: one attempt, one execution"
+            );
+        }
+    }
+}
+
 pub fn state(instance: &WorkflowInstance) -> InstanceState {
     instance
         .status
