@@ -175,6 +175,28 @@ async fn a_backfill_from_the_cli_never_exceeds_its_concurrency() {
     let (ok, out, err) = cli.run(&["-n", NS, "logs", "hb-2024-01-01t05"]).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "done 2024-01-01T05");
+
+    // The whole output of each view, with what depends on when the test runs masked.
+    for (snapshot, args) in [
+        ("backfill_list", vec!["backfill", "list"]),
+        ("backfill_show", vec!["backfill", "show", name.as_str()]),
+        ("status_workflow", vec!["status", "hb"]),
+        ("backfill_list_json", vec!["backfill", "list", "-o", "json"]),
+    ] {
+        let mut full = vec!["-n", NS];
+        full.extend(args);
+        let (ok, out, err) = cli.run(&full).await;
+        assert!(ok, "{snapshot}: {err}");
+        insta::with_settings!({filters => vec![
+            (r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", "[time]"),
+            // Partitions of the test's own range are kept; the next one depends on today.
+            (r"\b20(2[5-9]|[3-9][0-9])-\d{2}-\d{2}T\d{2}\b", "[partition]"),
+            (r"\b\d+(\.\d+)?(ms|s|m|h|d)\b", "[duration]"),
+            (r"\b(uid|resourceVersion)(\W+)[0-9a-f-]+", "$1$2[id]"),
+        ]}, {
+            insta::assert_snapshot!(snapshot, out);
+        });
+    }
     cluster.stop().await;
 }
 
