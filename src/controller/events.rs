@@ -27,7 +27,39 @@ pub enum Severity {
 pub struct EventRecorder {
     queue: mpsc::Sender<Event>,
     instance: String,
+    dropped: Arc<Dropped>,
     _writer: Arc<Writer>,
+}
+
+/// Events dropped because too many were waiting: reported in one warning per period rather
+/// than one per Event, which would flood the log just when the operator is busiest.
+#[derive(Default)]
+struct Dropped {
+    since_report: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// How often dropped Events are reported.
+const DROPPED_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Dropped {
+    fn note(&self, reason: &str, object: &str) {
+        let Ok(mut state) = self.since_report.lock() else {
+            return;
+        };
+        state.0 += 1;
+        let due = state
+            .1
+            .is_none_or(|at| at.elapsed() >= DROPPED_REPORT_EVERY);
+        if due {
+            tracing::warn!(
+                dropped = state.0,
+                last_reason = reason,
+                last_object = object,
+                "Events dropped: too many waiting to be written"
+            );
+            *state = (0, Some(std::time::Instant::now()));
+        }
+    }
 }
 
 /// The task writing the queued Events; stopped when the last recorder is dropped, so a
@@ -72,6 +104,7 @@ impl EventRecorder {
         EventRecorder {
             queue,
             instance: instance.to_string(),
+            dropped: Arc::default(),
             _writer: Arc::new(Writer(tokio::spawn(writes))),
         }
     }
@@ -127,8 +160,8 @@ impl EventRecorder {
             }),
             ..Default::default()
         };
-        if let Err(err) = self.queue.try_send(event) {
-            tracing::warn!(%err, reason, object = %object.name_any(), "Event dropped: too many waiting to be written");
+        if self.queue.try_send(event).is_err() {
+            self.dropped.note(reason, &object.name_any());
         }
     }
 }
