@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::events::Severity;
 use super::{Context, Error, instances_of};
 use crate::resources::{Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowStatus};
 use crate::workflow::{plan, until};
+
+/// How long after creating instances a workflow writes its status.
+const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -51,6 +55,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     let instances = ctx.api::<WorkflowInstance>(&namespace);
     let _burst = (!plan.create.is_empty()).then(|| ctx.burst.enter());
     let mut created = 0;
+    let mut newly_created = 0;
     let mut failure = None;
     for new in &plan.create {
         let natural = Trigger {
@@ -65,14 +70,25 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             Vec::new(),
         )
         .ok_or(Error::Incomplete("metadata.uid"))?;
+        let instance_name = instance.name_any();
+        if ctx
+            .instances
+            .get(&ObjectRef::new(&instance_name).within(&namespace))
+            .is_some()
+        {
+            // Created by the pass that deferred this status write.
+            created += 1;
+            continue;
+        }
         match instances.create(&PostParams::default(), &instance).await {
-            Ok(created_instance) => {
-                unfinished.insert(created_instance.name_any());
+            Ok(_) => {
+                unfinished.insert(instance_name);
                 let late = ctx.clock.now() - new.trigger_at;
                 ctx.metrics
                     .lateness(late.num_milliseconds() as f64 / 1000.0);
                 tracing::info!(workflow = %name, parameter = %new.parameter, "triggered");
                 created += 1;
+                newly_created += 1;
             }
             // Already triggered (by an earlier pass, or by hand): exactly once holds.
             Err(kube::Error::Api(e)) if e.code == 409 => created += 1,
@@ -81,6 +97,12 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
                 break;
             }
         }
+    }
+    if newly_created > 0 && failure.is_none() {
+        // The status (cursor, lastTriggered, active) is written by the next pass, once the
+        // burst of triggers this one may be part of has passed: other workflows' instances
+        // are created first. Names make the next pass find these instead of creating them.
+        return Ok(Action::requeue(STATUS_AFTER_TRIGGER));
     }
     let mut status = plan.status_after(created);
     // The instances just created count at once, so they cost no second status write.
