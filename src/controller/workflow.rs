@@ -105,7 +105,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::requeue(STATUS_AFTER_TRIGGER));
     }
     let mut status = plan.status_after(created);
-    // The instances just created count at once, so they cost no second status write.
+    // Instances this pass created count even before the cache shows them.
     status.active = count(&unfinished);
     write_status(&ctx, &workflow, &namespace, status).await?;
     if let Some(err) = failure {
