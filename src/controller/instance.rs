@@ -48,7 +48,6 @@ pub async fn reconcile(
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = instance.name_any();
-    tracing::debug!(instance = %name, resource_version = ?instance.metadata.resource_version, "reconciling");
     if ctx.writes.stale(&instance.metadata) {
         // Our last status write is not in the cache yet; its watch event will wake us.
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));

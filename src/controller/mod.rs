@@ -152,8 +152,8 @@ pub struct Context {
 /// stream of triggers cannot hold instances back for long.
 #[derive(Default)]
 pub struct TriggerBurst {
-    creating: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Reconciles creating instances now, and since when there have been any.
+    creating: std::sync::Mutex<(usize, Option<std::time::Instant>)>,
 }
 
 /// The longest a burst of triggers holds back new instances.
@@ -162,23 +162,18 @@ const BURST_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 impl TriggerBurst {
     /// Marks a reconcile that creates instances, until the guard is dropped.
     fn enter(self: &Arc<Self>) -> BurstGuard {
-        if self.creating.fetch_add(1, Ordering::SeqCst) == 0
-            && let Ok(mut since) = self.since.lock()
-        {
-            since.get_or_insert_with(std::time::Instant::now);
+        if let Ok(mut creating) = self.creating.lock() {
+            creating.0 += 1;
+            creating.1.get_or_insert_with(std::time::Instant::now);
         }
         BurstGuard(self.clone())
     }
 
     /// Whether new instances should wait.
     fn holds(&self) -> bool {
-        self.creating.load(Ordering::SeqCst) > 0
-            && self
-                .since
-                .lock()
-                .ok()
-                .and_then(|since| *since)
-                .is_some_and(|since| since.elapsed() < BURST_HOLD)
+        self.creating.lock().is_ok_and(|creating| {
+            creating.0 > 0 && creating.1.is_some_and(|since| since.elapsed() < BURST_HOLD)
+        })
     }
 }
 
@@ -187,10 +182,11 @@ struct BurstGuard(Arc<TriggerBurst>);
 
 impl Drop for BurstGuard {
     fn drop(&mut self) {
-        if self.0.creating.fetch_sub(1, Ordering::SeqCst) == 1
-            && let Ok(mut since) = self.0.since.lock()
-        {
-            *since = None;
+        if let Ok(mut creating) = self.0.creating.lock() {
+            creating.0 = creating.0.saturating_sub(1);
+            if creating.0 == 0 {
+                creating.1 = None;
+            }
         }
     }
 }
@@ -397,6 +393,8 @@ pub async fn run(
     let (backfill_wake, backfill_woken) = mpsc::unbounded_channel();
     let instance_index = Arc::new(InstanceIndex::default());
     let index = instance_index.clone();
+    let finished_seen = Arc::new(FinishedSeen::default());
+    let forget_finished = finished_seen.clone();
     let instance_root = watcher(instances_api, watcher::Config::default())
         .default_backoff()
         // The index learns of an instance before the cache does, so whoever the change
@@ -412,6 +410,7 @@ pub async fn run(
         .for_each(move |event| {
             match event {
                 Ok(watcher::Event::Delete(instance)) => {
+                    forget_finished.forget(&instance);
                     if let Some(workflow) = workflow_of(&instance) {
                         let _ = workflow_wake.send(workflow);
                     }
@@ -421,7 +420,6 @@ pub async fn run(
                 }
                 Ok(watcher::Event::Init) => tracing::info!("listing WorkflowInstances"),
                 Ok(watcher::Event::InitDone) => tracing::info!("listed WorkflowInstances"),
-                Ok(watcher::Event::Apply(i)) => tracing::debug!(instance = %i.metadata.name.as_deref().unwrap_or_default(), resource_version = ?i.metadata.resource_version, "instance changed"),
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
             }
@@ -440,7 +438,7 @@ pub async fn run(
     // into one reconcile (and one status write) per period.
     .with_config(kube::runtime::controller::Config::default().debounce(BACKFILL_DEBOUNCE));
     let mut workflow_controller = Controller::new(workflows_api, watcher::Config::default())
-        .owns_shared_stream(finished_flips(workflow_events))
+        .owns_shared_stream(finished_flips(workflow_events, finished_seen))
         .reconcile_on(tokio_stream_from(workflow_woken))
         .with_config(kube::runtime::controller::Config::default().concurrency(WORKFLOW_RECONCILES));
     let mut instance_controller = Controller::for_shared_stream(instance_events, instances)
@@ -535,23 +533,36 @@ fn instance_of(
     Some(ObjectRef::new(name).within(namespace))
 }
 
-/// The instances whose finished-or-not changed (or that are new): all a workflow's status
-/// shows of them, so other changes do not wake the workflow.
-fn finished_flips(
-    instances: impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static,
-) -> impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static {
-    let mut last: HashMap<(Option<String>, Option<String>), bool> = HashMap::new();
-    instances.filter(move |instance| {
+/// Whether each instance was last seen finished, to tell when that changes.
+#[derive(Default)]
+struct FinishedSeen(std::sync::Mutex<HashMap<ObjectRef<WorkflowInstance>, bool>>);
+
+impl FinishedSeen {
+    /// Whether the instance is new, or finished since it was last seen (or the reverse).
+    fn flipped(&self, instance: &WorkflowInstance) -> bool {
         let finished = instance
             .status
             .as_ref()
             .is_some_and(|s| s.state.is_terminal());
-        let key = (
-            instance.metadata.namespace.clone(),
-            instance.metadata.name.clone(),
-        );
-        futures::future::ready(last.insert(key, finished) != Some(finished))
-    })
+        self.0.lock().is_ok_and(|mut seen| {
+            seen.insert(ObjectRef::from_obj(instance), finished) != Some(finished)
+        })
+    }
+
+    fn forget(&self, instance: &WorkflowInstance) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.remove(&ObjectRef::from_obj(instance));
+        }
+    }
+}
+
+/// The instances whose finished-or-not changed (or that are new): all a workflow's status
+/// shows of them, so other changes do not wake the workflow.
+fn finished_flips(
+    instances: impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static,
+    seen: Arc<FinishedSeen>,
+) -> impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static {
+    instances.filter(move |instance| futures::future::ready(seen.flipped(instance)))
 }
 
 /// The workflow that owns an instance.
@@ -581,6 +592,40 @@ mod tests {
             resource_version: Some(resource_version.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn new_instances_wait_while_any_workflow_is_creating() {
+        let burst = Arc::new(TriggerBurst::default());
+        assert!(!burst.holds());
+        let first = burst.enter();
+        let second = burst.enter();
+        assert!(burst.holds());
+        drop(first);
+        assert!(burst.holds(), "one workflow is still creating");
+        drop(second);
+        assert!(!burst.holds());
+    }
+
+    #[test]
+    fn a_workflow_is_woken_when_an_instance_appears_or_finishes() {
+        let seen = FinishedSeen::default();
+        let mut instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-1", "namespace": "ns"},
+            "spec": {"workflow": "w", "parameter": "p", "logicalTime": "2024-01-01T00:00:00Z",
+                "trigger": {"type": "natural", "id": "natural"}},
+        }))
+        .expect("an instance");
+        assert!(seen.flipped(&instance), "new");
+        assert!(!seen.flipped(&instance), "unchanged");
+        instance.status = Some(crate::resources::WorkflowInstanceStatus {
+            state: InstanceState::Done,
+            ..Default::default()
+        });
+        assert!(seen.flipped(&instance), "finished");
+        assert!(!seen.flipped(&instance));
+        seen.forget(&instance);
+        assert!(seen.flipped(&instance), "seen anew after being forgotten");
     }
 
     #[test]
