@@ -315,7 +315,8 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
         let list = cluster.instances_of("limited").await;
         let active = list.iter().filter(|i| state(i).is_active()).count();
         max_active = max_active.max(active);
-        if list.len() == 6 && list.iter().all(|i| state(i) == InstanceState::Done) {
+        // At least six: one more is due if the test spans the top of a wall-clock hour.
+        if list.len() >= 6 && list.iter().all(|i| state(i) == InstanceState::Done) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "not all done");

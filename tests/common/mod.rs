@@ -50,7 +50,7 @@ impl Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "charon=info,kube_runtime=warn".into()),
+                    .unwrap_or_else(|_| "charon=warn,kube_runtime=warn".into()),
             )
             .with_test_writer()
             .try_init();
