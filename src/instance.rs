@@ -4,9 +4,9 @@
 //! The adapter around it reads the instance, its current Job and the workflow, calls
 //! [`step`], applies the actions (create or delete Jobs), records each transition in
 //! `status.history` and as an Event, and writes the status. Job names are derived from the
-//! execution number, which is recorded *before* the Job is created, so a restarted controller
-//! finds the Job instead of creating a second one. A Job that disappears is an attempt that
-//! broke, never a reason to run the same execution again.
+//! instance and the execution number, so whoever plans an execution plans the same name and a
+//! restarted controller finds the Job instead of creating a second one. A Job that disappears
+//! is an attempt that broke, never a reason to run the same execution again.
 
 use chrono::{DateTime, Duration, Utc};
 

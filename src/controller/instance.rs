@@ -1,8 +1,15 @@
 //! The WorkflowInstance reconciler: observes the current Job, runs one step of the state
-//! machine ([`crate::instance::step`]), writes the status, and only then creates or deletes
-//! Jobs. Writing first is what makes Job creation exactly-once: the execution number (and so
-//! the Job's name) is on record before the Job exists, so a restarted controller finds the
-//! Job or creates it under the same name, never a second one.
+//! machine ([`crate::instance::step`]), applies its actions and writes the status.
+//!
+//! Job creation is exactly-once because the Job's name comes from the instance and the
+//! execution number: whoever plans an execution plans the same name, and the API server
+//! refuses a second Job under it (the existing one is adopted once it is shown to be this
+//! instance's). A new attempt's Job is therefore created *before* the attempt is written,
+//! once a read has shown that the stored instance is the one the attempt was planned from,
+//! and the attempt is recorded with its first observation (the pod running or finished, or
+//! [`RECORD_WITHIN`] at the latest), saving a status write per attempt (two for a short
+//! one). Everything else is written first and acted on after: a halt is on record before
+//! its Job is deleted.
 
 use std::sync::Arc;
 
@@ -17,7 +24,7 @@ use kube::{Api, ResourceExt};
 use super::events::Severity;
 use super::{Context, Error, instances_of};
 use crate::concurrency::{self, Candidate};
-use crate::instance::{self as machine, Instance, JobStatus, Observation, State, Transition};
+use crate::instance::{self as machine, Instance, JobStatus, Observation, State, Step, Transition};
 use crate::job::{self, Execution};
 use crate::resources::{
     HistoryEntry, InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus,
@@ -31,6 +38,10 @@ pub const RETRY_NOW: &str = "charon.dev/retry-now";
 /// How often an active instance is looked at even without events: a safety net only (Job
 /// and Pod events wake it), bounding how long a lost watch event can delay a transition.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a started attempt may go unrecorded while its pod has neither run nor finished:
+/// a short run is then recorded once, finished; a slow start is on record within this time.
+const RECORD_WITHIN: Duration = Duration::seconds(3);
 
 /// How soon a new instance held back by a burst of triggers is looked at again.
 const BURST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -57,7 +68,16 @@ pub async fn reconcile(
         return Ok(Action::requeue(BURST_RETRY));
     }
     let now = ctx.clock.now();
-    let status = instance.status.clone().unwrap_or_default();
+    let stored_status = instance.status.clone().unwrap_or_default();
+    // An attempt started by an earlier pass and not on record yet continues from what is owed.
+    let owed = if stored_status.state.is_terminal() {
+        None
+    } else {
+        ctx.unrecorded.owed(&instance)
+    };
+    let status = owed
+        .as_ref()
+        .map_or_else(|| stored_status.clone(), |o| o.status.clone());
     let workflow = ctx
         .workflows
         .get(&ObjectRef::new(&instance.spec.workflow).within(&namespace));
@@ -111,6 +131,8 @@ pub async fn reconcile(
         }
         _ => None,
     });
+    let mut since = owed.as_ref().map(|o| o.since);
+    let mut invalid = None;
     if created_execution.is_some() {
         // Prepare snapshots what this execution runs from the current workflow spec.
         new_status.snapshot = Some(job::snapshot(
@@ -118,21 +140,36 @@ pub async fn reconcile(
             &instance.spec.parameter,
             workflow.metadata.generation,
         ));
-    }
-
-    let mut stored = (*instance).clone();
-    if new_status != status {
-        stored = match write_status(&ctx, &instance, &namespace, new_status).await {
-            Ok(stored) => stored,
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
-                // Our view was stale; the next reconcile sees the newer object.
-                return Ok(Action::requeue(std::time::Duration::from_millis(100)));
+        if owed.is_none() {
+            // This plan came from the cache. A cache that is behind (a later attempt already
+            // ran, its Job deleted) would start an attempt again, so a new attempt's Job is
+            // only created from the stored object as it is now.
+            let fresh = ctx
+                .api::<WorkflowInstance>(&namespace)
+                .get_opt(&name)
+                .await?;
+            let current = fresh.is_some_and(|fresh| {
+                fresh.metadata.resource_version == instance.metadata.resource_version
+            });
+            if !current {
+                return Ok(Action::requeue(std::time::Duration::from_millis(200)));
             }
-            Err(err) => return Err(err),
-        };
+        }
+        // The new attempt's Job first; the attempt is recorded once it is observed.
+        for action in &step.actions {
+            if let machine::Action::CreateJob { name: job_name, .. } = action {
+                match create_job(&ctx, &instance, &new_status, &workflow, job_name).await? {
+                    Ok(()) => {
+                        ctx.unrecorded.owe(&instance, new_status.clone(), now);
+                        since = Some(now);
+                    }
+                    Err(message) => invalid = Some(message),
+                }
+            }
+        }
     }
-    // Every state written for a workflow with a limit goes in the ledger, which admission
-    // trusts over the cache.
+    // Every state this controller decides for a workflow with a limit goes in the ledger,
+    // which admission trusts over the cache.
     if limit.is_some() {
         let instance_ref = ObjectRef::from_obj(&*instance);
         match ledger.as_mut() {
@@ -149,21 +186,6 @@ pub async fn reconcile(
     }
     drop(ledger);
 
-    // Apply the actions, now that the status records them.
-    let mut invalid = None;
-    for action in &step.actions {
-        match action {
-            machine::Action::CreateJob { name: job_name, .. } => {
-                if let Err(message) = create_job(&ctx, &stored, &workflow, job_name).await? {
-                    invalid = Some(message);
-                }
-            }
-            machine::Action::DeleteJob { name: job_name } => {
-                delete_job(&ctx, &namespace, job_name).await?;
-            }
-        }
-    }
-    let mut transitions = std::mem::take(&mut step.transitions);
     if let Some(message) = invalid {
         // The API server refused the Job: an invalid Job is an immediate Error (SPEC §4).
         let observation = Observation {
@@ -178,18 +200,75 @@ pub async fn reconcile(
             now,
             &mut random_below,
         );
-        let status = stored.status.clone().unwrap_or_default();
-        let new_status = to_status(&status, &again.instance, &again.transitions, now, &workflow);
-        stored = write_status(&ctx, &stored, &namespace, new_status).await?;
+        new_status = to_status(
+            &new_status,
+            &again.instance,
+            &again.transitions,
+            now,
+            &workflow,
+        );
         if limit.is_some() {
             ctx.ledger
                 .lock()
                 .await
-                .insert(ObjectRef::from_obj(&stored), again.instance.state);
+                .insert(ObjectRef::from_obj(&*instance), again.instance.state);
         }
+        let mut transitions = std::mem::take(&mut step.transitions);
         transitions.extend(again.transitions.iter().cloned());
-        step = again;
+        step = Step {
+            transitions,
+            ..again
+        };
     }
+
+    // A started attempt whose pod has neither run nor finished is written once it does, or
+    // after RECORD_WITHIN; anything else is written now.
+    let unstarted = matches!(new_status.state, State::Submitting | State::Submitted);
+    let record_by = since.filter(|_| unstarted).map(|at| at + RECORD_WITHIN);
+    let defer = record_by.is_some_and(|by| now < by);
+    // What the remaining actions go by: the status as written, or as owed.
+    let effective = new_status.clone();
+    let mut stored = (*instance).clone();
+    if defer {
+        ctx.unrecorded
+            .owe(&instance, new_status.clone(), since.unwrap_or(now));
+    } else if new_status != stored_status {
+        stored = match write_status(&ctx, &instance, &namespace, new_status).await {
+            Ok(stored) => stored,
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                // Our view was stale; the next reconcile sees the newer object.
+                return Ok(Action::requeue(std::time::Duration::from_millis(100)));
+            }
+            Err(err) => return Err(err),
+        };
+        ctx.unrecorded.settle(&instance);
+    }
+
+    // Apply the remaining actions, now that the status records them.
+    for action in &step.actions {
+        match action {
+            machine::Action::CreateJob { execution, .. }
+                if created_execution == Some(*execution) => {}
+            machine::Action::CreateJob { name: job_name, .. } => {
+                // The current attempt's Job is gone: create it under its name again.
+                if let Err(message) =
+                    create_job(&ctx, &stored, &effective, &workflow, job_name).await?
+                {
+                    tracing::warn!(instance = %name, job = %job_name, %message, "Job refused");
+                }
+            }
+            machine::Action::DeleteJob { name: job_name } => {
+                delete_job(&ctx, &namespace, job_name).await?;
+            }
+        }
+    }
+    if owed.is_none() && current.state == State::Queued && step.instance.state == State::Halted {
+        // A restarted controller may have lost the record of the next attempt's Job (created
+        // just before it stopped): make sure it does not run on unrecorded.
+        let next = crate::names::job_name(&name, current.execution + 1);
+        delete_job(&ctx, &namespace, &next).await?;
+    }
+    let transitions = std::mem::take(&mut step.transitions);
 
     for t in &transitions {
         let severity = match t.to {
@@ -221,6 +300,10 @@ pub async fn reconcile(
     if step.instance.state.is_terminal() {
         // Arrange the history TTL.
         return expire(&ctx, &stored, &namespace, Some(&workflow), now).await;
+    }
+    if let Some(by) = record_by.filter(|_| defer) {
+        // Job and Pod events wake it sooner.
+        return Ok(Action::requeue((by - now).to_std().unwrap_or_default()));
     }
     Ok(match step.requeue_after {
         Some(after) => Action::requeue(after.to_std().unwrap_or_default().min(RESYNC)),
@@ -459,13 +542,13 @@ fn wake_waiting(ctx: &Context, namespace: &str, workflow: &str, except: &str) {
 async fn create_job(
     ctx: &Context,
     instance: &WorkflowInstance,
+    status: &WorkflowInstanceStatus,
     workflow: &Workflow,
     job_name: &str,
 ) -> Result<Result<(), String>, Error> {
     let namespace = instance
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
-    let status = instance.status.clone().unwrap_or_default();
     let snapshot = status.snapshot.clone().unwrap_or_else(|| {
         job::snapshot(
             &workflow.spec.template,
@@ -504,8 +587,21 @@ async fn create_job(
         .await
     {
         Ok(_) => Ok(Ok(())),
-        // Created by an earlier pass: the same execution, so nothing to do.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        // Created by an earlier pass (perhaps by a controller that stopped before recording
+        // it): the same execution, so it is adopted, as long as it is this instance's.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = ctx.api::<Job>(&namespace).get_opt(job_name).await?;
+            let ours = existing.is_some_and(|job| {
+                job.owner_references()
+                    .iter()
+                    .any(|owner| owner.uid == uid && owner.controller == Some(true))
+            });
+            if ours {
+                Ok(Ok(()))
+            } else {
+                Err(Error::ForeignJob(job_name.to_string()))
+            }
+        }
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Ok(Err(e.message)),
         Err(err) => Err(err.into()),
     }

@@ -33,7 +33,7 @@ use kube::{Api, Client};
 use thiserror::Error;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::resources::{InstanceState, Workflow, WorkflowInstance};
+use crate::resources::{InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus};
 
 pub use events::EventRecorder;
 pub use instance::RETRY_NOW;
@@ -52,6 +52,10 @@ pub enum Error {
     /// The object lacks something every stored object has.
     #[error("object without {0}")]
     Incomplete(&'static str),
+    /// A Job with the name this attempt needs exists but is not this instance's (left by an
+    /// earlier instance of the same name, on its way out): wait for it to go.
+    #[error("Job {0} exists but belongs to another object; waiting for it to be deleted")]
+    ForeignJob(String),
 }
 
 /// Where the controllers get the time from: the system clock, or in tests a clock that can
@@ -144,6 +148,42 @@ pub struct Context {
     /// The resourceVersion of this controller's last write to each object, until the cache
     /// has caught up with it (see [`Writes`]).
     pub writes: Writes,
+    /// Attempts started but not yet recorded (see [`Unrecorded`]).
+    pub unrecorded: Arc<Unrecorded>,
+    /// Workflows holding back their status write after a trigger.
+    pub status_held: Held,
+}
+
+/// Since when each workflow has held back its status write (see the workflow reconciler).
+#[derive(Default)]
+pub struct Held(std::sync::Mutex<HashMap<ObjectRef<Workflow>, std::time::Instant>>);
+
+impl Held {
+    /// Starts holding, unless already holding (the first trigger's time bounds the hold).
+    pub fn hold(&self, key: &ObjectRef<Workflow>) {
+        if let Ok(mut held) = self.0.lock() {
+            held.entry(key.clone())
+                .or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// How much longer the hold may last, if it is held and `limit` has not passed.
+    pub fn left(
+        &self,
+        key: &ObjectRef<Workflow>,
+        limit: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let held = self.0.lock().ok()?;
+        let since = held.get(key)?;
+        limit.checked_sub(since.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    /// Stops holding.
+    pub fn release(&self, key: &ObjectRef<Workflow>) {
+        if let Ok(mut held) = self.0.lock() {
+            held.remove(key);
+        }
+    }
 }
 
 /// Gives triggering priority over starting instances: while workflows are creating
@@ -288,6 +328,63 @@ impl Writes {
     }
 }
 
+/// Attempts whose Job exists but whose start is not on record yet: the status this controller
+/// owes each instance's status subresource. Recording an attempt with its first observation
+/// rather than before the Job saves a status write per attempt (two for a short one). It is
+/// safe to lose: the Job's name comes from the execution number, so a restarted controller
+/// plans the same name again and finds the Job instead of creating a second one.
+#[derive(Default)]
+pub struct Unrecorded(std::sync::Mutex<HashMap<ObjectRef<WorkflowInstance>, Owed>>);
+
+/// A status not yet written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owed {
+    /// The instance's uid: an instance deleted and created again under the name owes nothing.
+    pub uid: String,
+    /// The status to write.
+    pub status: WorkflowInstanceStatus,
+    /// When the Job was created, by the controller's clock.
+    pub since: DateTime<Utc>,
+}
+
+impl Unrecorded {
+    /// What is owed to this instance, as long as its stored status has not moved past it.
+    pub fn owed(&self, instance: &WorkflowInstance) -> Option<Owed> {
+        let key = ObjectRef::from_obj(instance);
+        let mut owed = self.0.lock().ok()?;
+        let entry = owed.get(&key)?;
+        let applies = instance.metadata.uid.as_deref() == Some(entry.uid.as_str())
+            && instance.status.as_ref().is_none_or(|stored| {
+                stored.execution < entry.status.execution && !stored.state.is_terminal()
+            });
+        if applies {
+            Some(entry.clone())
+        } else {
+            owed.remove(&key);
+            None
+        }
+    }
+
+    /// Records the status owed to an instance.
+    pub fn owe(
+        &self,
+        instance: &WorkflowInstance,
+        status: WorkflowInstanceStatus,
+        since: DateTime<Utc>,
+    ) {
+        if let (Some(uid), Ok(mut owed)) = (instance.metadata.uid.clone(), self.0.lock()) {
+            owed.insert(ObjectRef::from_obj(instance), Owed { uid, status, since });
+        }
+    }
+
+    /// Forgets what was owed: written, or the instance is gone.
+    pub fn settle(&self, instance: &WorkflowInstance) {
+        if let Ok(mut owed) = self.0.lock() {
+            owed.remove(&ObjectRef::from_obj(instance));
+        }
+    }
+}
+
 /// Whether a cached resourceVersion shows the write that returned `written`: the same
 /// version, or (where versions are numbers, as etcd's revisions are) a later one, written by
 /// someone else after us. Versions that are not numbers are only compared for equality.
@@ -395,6 +492,8 @@ pub async fn run(
     let index = instance_index.clone();
     let finished_seen = Arc::new(FinishedSeen::default());
     let forget_finished = finished_seen.clone();
+    let unrecorded = Arc::new(Unrecorded::default());
+    let forget_unrecorded = unrecorded.clone();
     let instance_root = watcher(instances_api, watcher::Config::default())
         .default_backoff()
         // The index learns of an instance before the cache does, so whoever the change
@@ -411,6 +510,7 @@ pub async fn run(
             match event {
                 Ok(watcher::Event::Delete(instance)) => {
                     forget_finished.forget(&instance);
+                    forget_unrecorded.settle(&instance);
                     if let Some(workflow) = workflow_of(&instance) {
                         let _ = workflow_wake.send(workflow);
                     }
@@ -469,6 +569,8 @@ pub async fn run(
         metrics: options.metrics.clone(),
         ledger: Mutex::new(HashMap::new()),
         writes: Writes::default(),
+        unrecorded,
+        status_held: Held::default(),
         wake,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -626,6 +728,46 @@ mod tests {
         assert!(!seen.flipped(&instance));
         seen.forget(&instance);
         assert!(seen.flipped(&instance), "seen anew after being forgotten");
+    }
+
+    #[test]
+    fn an_owed_status_holds_until_the_stored_one_catches_up() {
+        let mut instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-1", "namespace": "ns", "uid": "u1"},
+            "spec": {"workflow": "w", "parameter": "p", "logicalTime": "2024-01-01T00:00:00Z",
+                "trigger": {"type": "natural", "id": "natural"}},
+        }))
+        .expect("an instance");
+        let unrecorded = Unrecorded::default();
+        assert_eq!(unrecorded.owed(&instance), None);
+        let started = WorkflowInstanceStatus {
+            state: InstanceState::Submitting,
+            execution: 1,
+            ..Default::default()
+        };
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        unrecorded.owe(&instance, started.clone(), at);
+        let owed = unrecorded.owed(&instance).expect("owed");
+        assert_eq!((owed.status, owed.since), (started.clone(), at));
+
+        // An instance created again under the name owes nothing.
+        let mut again = instance.clone();
+        again.metadata.uid = Some("u2".into());
+        assert_eq!(unrecorded.owed(&again), None);
+        unrecorded.owe(&instance, started.clone(), at);
+
+        // Still queued on record: the owed status stands.
+        instance.status = Some(WorkflowInstanceStatus::default());
+        assert!(unrecorded.owed(&instance).is_some());
+        // Recorded (by us or another replica): forgotten.
+        instance.status = Some(started.clone());
+        assert_eq!(unrecorded.owed(&instance), None);
+        assert_eq!(unrecorded.owed(&again), None, "and stays forgotten");
+
+        unrecorded.owe(&instance, started, at);
+        unrecorded.settle(&instance);
+        instance.status = None;
+        assert_eq!(unrecorded.owed(&instance), None, "settled");
     }
 
     #[test]

@@ -15,8 +15,10 @@ use super::{Context, Error, instances_of};
 use crate::resources::{Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowStatus};
 use crate::workflow::{plan, until};
 
-/// How long after creating instances a workflow writes its status.
-const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long after creating instances a workflow may hold back its status write: until the
+/// instances finish, so one write records both the trigger and the end of a short run, and
+/// a burst of triggers is not slowed by status writes.
+const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -25,6 +27,7 @@ const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200
 pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("workflow");
     if workflow.metadata.deletion_timestamp.is_some() {
+        ctx.status_held.release(&ObjectRef::from_obj(&*workflow));
         return Ok(Action::await_change());
     }
     let namespace = workflow
@@ -98,12 +101,28 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
+    // The status (cursor, lastTriggered, active) of a trigger is written once its instances
+    // have finished, or STATUS_AFTER_TRIGGER after it; names make a pass in between find the
+    // instances instead of creating them again. A spec change is answered at once.
+    let key = ObjectRef::from_obj(&*workflow);
     if newly_created > 0 && failure.is_none() {
-        // The status (cursor, lastTriggered, active) is written by the next pass, once the
-        // burst of triggers this one may be part of has passed: other workflows' instances
-        // are created first. Names make the next pass find these instead of creating them.
-        return Ok(Action::requeue(STATUS_AFTER_TRIGGER));
+        ctx.status_held.hold(&key);
     }
+    let spec_seen = workflow
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == workflow.metadata.generation);
+    if failure.is_none()
+        && spec_seen
+        && !unfinished.is_empty()
+        && let Some(left) = ctx.status_held.left(&key, STATUS_AFTER_TRIGGER)
+    {
+        let next_trigger = plan
+            .requeue_at
+            .map(|at| until(at, now).to_std().unwrap_or_default());
+        return Ok(Action::requeue(next_trigger.map_or(left, |t| t.min(left))));
+    }
+    ctx.status_held.release(&key);
     let mut status = plan.status_after(created);
     // Instances this pass created count even before the cache shows them.
     status.active = count(&unfinished);

@@ -277,3 +277,36 @@ pub fn state(instance: &WorkflowInstance) -> InstanceState {
 }
 
 pub const LONG: StdDuration = StdDuration::from_secs(60);
+
+/// The most attempts that held a slot at once, from the instances' recorded history: an
+/// attempt holds one from its `Submitting` transition to the transition that ends it. Taken
+/// from the record rather than by polling, so runs shorter than a poll still count.
+pub fn most_active_at_once(instances: &[WorkflowInstance]) -> usize {
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
+    for instance in instances {
+        let history = instance
+            .status
+            .as_ref()
+            .map(|s| s.history.clone())
+            .unwrap_or_default();
+        let mut started = None;
+        for entry in history {
+            if entry.to == InstanceState::Submitting {
+                started = Some(entry.at);
+            } else if !entry.to.is_active()
+                && let Some(at) = started.take()
+            {
+                edges.push((at, 1));
+                edges.push((entry.at, -1));
+            }
+        }
+    }
+    // At the same instant a slot is freed before it is taken.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
+}
