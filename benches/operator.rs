@@ -12,8 +12,8 @@
 //! and max, API requests and writes per triggered instance, operator RSS.
 //!
 //! `backfill P C`: one Backfill of P partitions whose command exits 0, at most C at a time:
-//! partitions finished per second, API writes per partition, and the same server's raw Job
-//! creation rate for comparison.
+//! partitions finished per second, API requests and writes per partition (by kind), and the
+//! same server's raw Job creation rate for comparison.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -148,9 +148,9 @@ async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow:
         counter.requests.fetch_add(1, Ordering::Relaxed);
         if req.method() != http::Method::GET {
             counter.writes.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut kinds) = counter.by_kind.lock() {
-                *kinds.entry(kind_of(&req)).or_default() += 1;
-            }
+        }
+        if let Ok(mut kinds) = counter.by_kind.lock() {
+            *kinds.entry(kind_of(&req)).or_default() += 1;
         }
         req
     });
@@ -363,7 +363,7 @@ async fn triggers(n: usize) {
     let breakdown: Vec<String> = kinds_after
         .iter()
         .map(|(k, v)| (k, v - kinds_before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
+        .filter(|(k, v)| *v > 0 && !k.starts_with("GET "))
         .map(|(k, v)| format!("{k} {:.2}", v as f64 / triggered))
         .collect();
     println!("  writes per instance by kind: {}", breakdown.join(", "));
@@ -429,6 +429,11 @@ async fn backfill(partitions: usize, concurrency: u32) {
     }))
     .expect("backfill");
     let before = counter.snapshot();
+    let kinds_before = counter
+        .by_kind
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_default();
     let t0 = Instant::now();
     backfills
         .create(&PostParams::default(), &b)
@@ -461,6 +466,11 @@ async fn backfill(partitions: usize, concurrency: u32) {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let after = counter.snapshot();
+    let kinds_after = counter
+        .by_kind
+        .lock()
+        .map(|k| k.clone())
+        .unwrap_or_default();
     println!("backfill: {partitions} partitions (command `true`), concurrency {concurrency}");
     println!(
         "  finished in {elapsed:.1}s: {:.0} partitions/s; at most {max_active} active",
@@ -471,6 +481,13 @@ async fn backfill(partitions: usize, concurrency: u32) {
         (after.requests - before.requests) as f64 / partitions as f64,
         (after.writes - before.writes) as f64 / partitions as f64
     );
+    let breakdown: Vec<String> = kinds_after
+        .iter()
+        .map(|(k, v)| (k, v - kinds_before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k} {:.2}", v as f64 / partitions as f64))
+        .collect();
+    println!("  requests per partition by kind: {}", breakdown.join(", "));
     println!("  raw Job creates on the same server: {raw_rate:.0}/s (32 concurrent clients)");
     println!("  operator RSS {:.0} MiB", rss_mib());
     let _ = stop.send(true);

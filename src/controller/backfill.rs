@@ -110,8 +110,13 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
     );
 
     // What exists, from the cache; instances this backfill triggered are read fresh when the
-    // cache does not (yet) show them as ours, since a stale view would misreport them.
+    // cache does not (yet) show them as ours, since a stale view would misreport them. (A
+    // partition not triggered yet that the cache misses is created; AlreadyExists then says
+    // the cache was behind, below.)
     let instances: Api<WorkflowInstance> = ctx.api(&namespace);
+    let ours = |i: &WorkflowInstance| {
+        i.spec.trigger.trigger_type == TriggerType::Backfill && i.spec.trigger.id == name
+    };
     let mut known: HashMap<String, Option<Existing>> = HashMap::new();
     for row in &previous.partitions {
         let Some(instance) = row.instance.as_deref() else {
@@ -120,13 +125,10 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         let cached = ctx
             .instances
             .get(&ObjectRef::new(instance).within(&namespace));
-        let ours = |i: &WorkflowInstance| {
-            i.spec.trigger.trigger_type == TriggerType::Backfill && i.spec.trigger.id == name
-        };
+        let triggered = row.state == crate::backfill::partition_state::TRIGGERED;
         let fresh = match cached {
-            Some(i) if row.state != crate::backfill::partition_state::TRIGGERED || ours(&i) => {
-                Some((*i).clone())
-            }
+            Some(i) if !triggered || ours(&i) => Some((*i).clone()),
+            None if !triggered => None,
             _ => instances.get_opt(instance).await?,
         };
         known.insert(instance.to_string(), fresh.as_ref().map(existing));
@@ -155,6 +157,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         id: name.clone(),
     };
     let mut rows = planned.partitions.clone();
+    let mut look_again = false;
     for action in &planned.actions {
         match action {
             BackfillAction::Create {
@@ -174,8 +177,15 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                 match instances.create(&PostParams::default(), &object).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {
-                        // Someone else triggered it in between: report, do not run twice.
-                        mark_skipped(&mut rows, instance, "triggered elsewhere at the same time");
+                        // The cache did not show it. Created by an earlier pass of this
+                        // backfill: triggered, as planned. Triggered otherwise (or finished,
+                        // to be re-processed or not): decided on the next pass, from a view
+                        // that shows it; never run twice.
+                        let fresh = instances.get_opt(instance).await?;
+                        if !fresh.as_ref().is_some_and(ours) {
+                            mark_pending(&mut rows, instance);
+                            look_again = true;
+                        }
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -259,7 +269,9 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
     }
     let running = status.state == BackfillState::Running;
     write_status(&ctx, &backfill, &namespace, status).await?;
-    Ok(if running {
+    Ok(if look_again {
+        Action::requeue(std::time::Duration::from_millis(200))
+    } else if running {
         // Instance changes wake a running backfill; this only bounds how long a lost one
         // could leave its status behind.
         Action::requeue(RESYNC)
@@ -277,6 +289,17 @@ fn existing(instance: &WorkflowInstance) -> Existing {
             .unwrap_or_default(),
         trigger_type: instance.spec.trigger.trigger_type,
         trigger_id: instance.spec.trigger.id.clone(),
+    }
+}
+
+/// Puts a partition back to be decided again.
+fn mark_pending(rows: &mut [crate::resources::BackfillPartition], instance: &str) {
+    if let Some(row) = rows
+        .iter_mut()
+        .find(|r| r.instance.as_deref() == Some(instance))
+    {
+        row.state = crate::backfill::partition_state::PENDING.to_string();
+        row.reason = None;
     }
 }
 
