@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
@@ -16,7 +16,10 @@ use thiserror::Error;
 
 use crate::names;
 use crate::partition::{rfc3339, substitute};
-use crate::resources::{ExecutionSnapshot, TriggerType, WorkflowTemplate};
+use crate::resources::{
+    ExecutionSnapshot, TriggerType, Workflow, WorkflowInstance, WorkflowTemplate,
+};
+use crate::schedule::IsoDuration;
 
 /// Label carrying the workflow's name.
 pub const LABEL_WORKFLOW: &str = "charon.dev/workflow";
@@ -60,6 +63,49 @@ pub struct Execution<'a> {
     pub running_timeout_seconds: Option<i64>,
     /// `spec.styxCompatibleEnv`.
     pub styx_compatible_env: bool,
+}
+
+impl<'a> Execution<'a> {
+    /// Execution `execution` of a stored instance, whose namespace, name and uid are passed
+    /// in as the object has them, with `tries_before` earlier attempts in its run and the
+    /// workflow's settings: what the controller renders every attempt's Job from.
+    pub fn of(
+        workflow: &Workflow,
+        instance: &'a WorkflowInstance,
+        (namespace, name, uid): (&'a str, &'a str, &'a str),
+        execution: u32,
+        tries_before: u32,
+    ) -> Execution<'a> {
+        Execution {
+            namespace,
+            workflow: &instance.spec.workflow,
+            instance: name,
+            instance_uid: uid,
+            parameter: &instance.spec.parameter,
+            logical_time: instance.spec.logical_time,
+            trigger_type: instance.spec.trigger.trigger_type,
+            trigger_id: &instance.spec.trigger.id,
+            execution,
+            tries_before,
+            trigger_env: &instance.spec.env,
+            running_timeout_seconds: running_timeout(workflow)
+                .map(|d| d.num_seconds())
+                .filter(|s| *s > 0),
+            styx_compatible_env: workflow.spec.styx_compatible_env,
+        }
+    }
+}
+
+/// `spec.runningTimeout`, when set to a positive duration: enforced by the controller and
+/// given to the Job as its deadline.
+pub fn running_timeout(workflow: &Workflow) -> Option<Duration> {
+    workflow
+        .spec
+        .running_timeout
+        .as_deref()
+        .and_then(|t| IsoDuration::parse(t).ok())
+        .map(|d| d.approximate())
+        .filter(|d| *d > Duration::zero())
 }
 
 /// Why a Job could not be rendered; permanent until the workflow changes.

@@ -609,21 +609,7 @@ async fn unrecorded_job(
         &instance.spec.parameter,
         workflow.metadata.generation,
     );
-    let execution = charon::job::Execution {
-        namespace: NS,
-        workflow: &instance.spec.workflow,
-        instance: &name,
-        instance_uid: &uid,
-        parameter: &instance.spec.parameter,
-        logical_time: instance.spec.logical_time,
-        trigger_type: instance.spec.trigger.trigger_type,
-        trigger_id: &instance.spec.trigger.id,
-        execution: 1,
-        tries_before: 0,
-        trigger_env: &instance.spec.env,
-        running_timeout_seconds: None,
-        styx_compatible_env: false,
-    };
+    let execution = charon::job::Execution::of(workflow, instance, (NS, &name, &uid), 1, 0);
     let mut job =
         charon::job::render(&workflow.spec.template, &snapshot, &execution).expect("renders");
     if let Some(owner) = owner {

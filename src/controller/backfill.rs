@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use super::events::Severity;
 use super::triggers::{TriggerError, new_instance, reopen};
 use super::{Context, Error};
-use crate::backfill::{BackfillAction, Existing, plan, resolve_range};
+use crate::backfill::{BackfillAction, Existing, partition_state, plan, resolve_range};
 use crate::resources::{
     Backfill, BackfillState, BackfillStatus, Condition, ConditionStatus, Trigger, TriggerType,
     WorkflowInstance, set_condition,
@@ -125,7 +125,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         let cached = ctx
             .instances
             .get(&ObjectRef::new(instance).within(&namespace));
-        let triggered = row.state == crate::backfill::partition_state::TRIGGERED;
+        let triggered = row.state == partition_state::TRIGGERED;
         let fresh = match cached {
             Some(i) if !triggered || ours(&i) => Some((*i).clone()),
             None if !triggered => None,
@@ -183,7 +183,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                         // that shows it; never run twice.
                         let fresh = instances.get_opt(instance).await?;
                         if !fresh.as_ref().is_some_and(ours) {
-                            mark_pending(&mut rows, instance);
+                            mark(&mut rows, instance, partition_state::PENDING, None);
                             look_again = true;
                         }
                     }
@@ -203,7 +203,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                 {
                     Ok(_) => {}
                     Err(TriggerError::Refused(reason)) => {
-                        mark_skipped(&mut rows, instance, &reason)
+                        mark(&mut rows, instance, partition_state::SKIPPED, Some(&reason))
                     }
                     Err(TriggerError::Kube(kube::Error::Api(e))) if e.code == 409 => {
                         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
@@ -233,7 +233,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
     let skipped = status
         .partitions
         .iter()
-        .filter(|r| r.state == crate::backfill::partition_state::SKIPPED)
+        .filter(|r| r.state == partition_state::SKIPPED)
         .count() as u32;
     status.counts = planned.counts.clone();
     status.counts.skipped = skipped;
@@ -292,24 +292,19 @@ fn existing(instance: &WorkflowInstance) -> Existing {
     }
 }
 
-/// Puts a partition back to be decided again.
-fn mark_pending(rows: &mut [crate::resources::BackfillPartition], instance: &str) {
+/// Sets the state (and the reason, if any) of the partition of `instance`.
+fn mark(
+    rows: &mut [crate::resources::BackfillPartition],
+    instance: &str,
+    state: &str,
+    reason: Option<&str>,
+) {
     if let Some(row) = rows
         .iter_mut()
         .find(|r| r.instance.as_deref() == Some(instance))
     {
-        row.state = crate::backfill::partition_state::PENDING.to_string();
-        row.reason = None;
-    }
-}
-
-fn mark_skipped(rows: &mut [crate::resources::BackfillPartition], instance: &str, reason: &str) {
-    if let Some(row) = rows
-        .iter_mut()
-        .find(|r| r.instance.as_deref() == Some(instance))
-    {
-        row.state = crate::backfill::partition_state::SKIPPED.to_string();
-        row.reason = Some(reason.to_string());
+        row.state = state.to_string();
+        row.reason = reason.map(str::to_string);
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn reconcile(
     };
 
     let policy = retry_policy(&workflow);
-    let running_timeout = running_timeout(&workflow);
+    let running_timeout = job::running_timeout(&workflow);
     let job_status = observe(&ctx, &namespace, &status, now).await?;
     let retry_now = instance.annotations().contains_key(RETRY_NOW);
     let current = to_machine(&name, &status);
@@ -159,10 +159,7 @@ pub async fn reconcile(
         for action in &step.actions {
             if let machine::Action::CreateJob { name: job_name, .. } = action {
                 match create_job(&ctx, &instance, &new_status, &workflow, job_name).await? {
-                    Ok(()) => {
-                        ctx.unrecorded.owe(&instance, new_status.clone(), now);
-                        since = Some(now);
-                    }
+                    Ok(()) => since = Some(now),
                     Err(message) => invalid = Some(message),
                 }
             }
@@ -224,16 +221,15 @@ pub async fn reconcile(
     // A started attempt whose pod has neither run nor finished is written once it does, or
     // after RECORD_WITHIN; anything else is written now.
     let unstarted = matches!(new_status.state, State::Submitting | State::Submitted);
-    let record_by = since.filter(|_| unstarted).map(|at| at + RECORD_WITHIN);
-    let defer = record_by.is_some_and(|by| now < by);
-    // What the remaining actions go by: the status as written, or as owed.
-    let effective = new_status.clone();
+    let record_by = since
+        .filter(|_| unstarted)
+        .map(|at| (at, at + RECORD_WITHIN))
+        .filter(|(_, by)| now < *by);
     let mut stored = (*instance).clone();
-    if defer {
-        ctx.unrecorded
-            .owe(&instance, new_status.clone(), since.unwrap_or(now));
+    if let Some((since, _)) = record_by {
+        ctx.unrecorded.owe(&instance, new_status.clone(), since);
     } else if new_status != stored_status {
-        stored = match write_status(&ctx, &instance, &namespace, new_status).await {
+        stored = match write_status(&ctx, &instance, &namespace, &new_status).await {
             Ok(stored) => stored,
             Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
                 // Our view was stale; the next reconcile sees the newer object.
@@ -252,7 +248,7 @@ pub async fn reconcile(
             machine::Action::CreateJob { name: job_name, .. } => {
                 // The current attempt's Job is gone: create it under its name again.
                 if let Err(message) =
-                    create_job(&ctx, &stored, &effective, &workflow, job_name).await?
+                    create_job(&ctx, &stored, &new_status, &workflow, job_name).await?
                 {
                     tracing::warn!(instance = %name, job = %job_name, %message, "Job refused");
                 }
@@ -301,7 +297,7 @@ pub async fn reconcile(
         // Arrange the history TTL.
         return expire(&ctx, &stored, &namespace, Some(&workflow), now).await;
     }
-    if let Some(by) = record_by.filter(|_| defer) {
+    if let Some((_, by)) = record_by {
         // Job and Pod events wake it sooner.
         return Ok(Action::requeue((by - now).to_std().unwrap_or_default()));
     }
@@ -309,18 +305,6 @@ pub async fn reconcile(
         Some(after) => Action::requeue(after.to_std().unwrap_or_default().min(RESYNC)),
         None => Action::requeue(RESYNC),
     })
-}
-
-/// `spec.runningTimeout`, when set to a positive duration: enforced by the controller and
-/// given to the Job as its deadline.
-fn running_timeout(workflow: &Workflow) -> Option<Duration> {
-    workflow
-        .spec
-        .running_timeout
-        .as_deref()
-        .and_then(|t| IsoDuration::parse(t).ok())
-        .map(|d| d.approximate())
-        .filter(|d| *d > Duration::zero())
 }
 
 /// The Styx retry policy with the workflow's numbers.
@@ -460,10 +444,10 @@ async fn write_status(
     ctx: &Context,
     instance: &WorkflowInstance,
     namespace: &str,
-    status: WorkflowInstanceStatus,
+    status: &WorkflowInstanceStatus,
 ) -> Result<WorkflowInstance, Error> {
     let mut updated = instance.clone();
-    updated.status = Some(status);
+    updated.status = Some(status.clone());
     let stored = ctx
         .api::<WorkflowInstance>(namespace)
         .replace_status(&instance.name_any(), &PostParams::default(), &updated)
@@ -558,24 +542,13 @@ async fn create_job(
     });
     let uid = instance.uid().ok_or(Error::Incomplete("metadata.uid"))?;
     let name = instance.name_any();
-    let running_timeout_seconds = running_timeout(workflow)
-        .map(|d| d.num_seconds())
-        .filter(|s| *s > 0);
-    let execution = Execution {
-        namespace: &namespace,
-        workflow: &instance.spec.workflow,
-        instance: &name,
-        instance_uid: &uid,
-        parameter: &instance.spec.parameter,
-        logical_time: instance.spec.logical_time,
-        trigger_type: instance.spec.trigger.trigger_type,
-        trigger_id: &instance.spec.trigger.id,
-        execution: status.execution,
-        tries_before: status.tries.saturating_sub(1),
-        trigger_env: &instance.spec.env,
-        running_timeout_seconds,
-        styx_compatible_env: workflow.spec.styx_compatible_env,
-    };
+    let execution = Execution::of(
+        workflow,
+        instance,
+        (&namespace, &name, &uid),
+        status.execution,
+        status.tries.saturating_sub(1),
+    );
     let rendered = match job::render(&workflow.spec.template, &snapshot, &execution) {
         Ok(job) => job,
         Err(err) => return Ok(Err(err.to_string())),

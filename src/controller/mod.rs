@@ -696,6 +696,16 @@ mod tests {
         }
     }
 
+    /// An instance of workflow `w` as stored, with uid `uid` and no status.
+    fn instance(uid: &str) -> WorkflowInstance {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-1", "namespace": "ns", "uid": uid},
+            "spec": {"workflow": "w", "parameter": "p", "logicalTime": "2024-01-01T00:00:00Z",
+                "trigger": {"type": "natural", "id": "natural"}},
+        }))
+        .expect("an instance")
+    }
+
     #[test]
     fn new_instances_wait_while_any_workflow_is_creating() {
         let burst = Arc::new(TriggerBurst::default());
@@ -712,12 +722,7 @@ mod tests {
     #[test]
     fn a_workflow_is_woken_when_an_instance_appears_or_finishes() {
         let seen = FinishedSeen::default();
-        let mut instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "w-1", "namespace": "ns"},
-            "spec": {"workflow": "w", "parameter": "p", "logicalTime": "2024-01-01T00:00:00Z",
-                "trigger": {"type": "natural", "id": "natural"}},
-        }))
-        .expect("an instance");
+        let mut instance = instance("u1");
         assert!(seen.flipped(&instance), "new");
         assert!(!seen.flipped(&instance), "unchanged");
         instance.status = Some(crate::resources::WorkflowInstanceStatus {
@@ -732,12 +737,7 @@ mod tests {
 
     #[test]
     fn an_owed_status_holds_until_the_stored_one_catches_up() {
-        let mut instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "w-1", "namespace": "ns", "uid": "u1"},
-            "spec": {"workflow": "w", "parameter": "p", "logicalTime": "2024-01-01T00:00:00Z",
-                "trigger": {"type": "natural", "id": "natural"}},
-        }))
-        .expect("an instance");
+        let mut instance = instance("u1");
         let unrecorded = Unrecorded::default();
         assert_eq!(unrecorded.owed(&instance), None);
         let started = WorkflowInstanceStatus {
@@ -751,8 +751,7 @@ mod tests {
         assert_eq!((owed.status, owed.since), (started.clone(), at));
 
         // An instance created again under the name owes nothing.
-        let mut again = instance.clone();
-        again.metadata.uid = Some("u2".into());
+        let again = self::instance("u2");
         assert_eq!(unrecorded.owed(&again), None);
         unrecorded.owe(&instance, started.clone(), at);
 
