@@ -241,8 +241,21 @@ fn true_job(name: &str, suspend: bool) -> Result<Job, serde_json::Error> {
     }))
 }
 
-/// Waits (polling, at most `limit`) until `want` Jobs of `names` have completed; returns how
-/// many did.
+/// Creates `n` Jobs running `true`, named `<prefix>-<i>`, suspended or not.
+async fn create_jobs(jobs: &Api<Job>, prefix: &str, n: usize, suspend: bool) {
+    creates(n, |i| {
+        let jobs = jobs.clone();
+        async move {
+            let job =
+                true_job(&format!("{prefix}-{i}"), suspend).map_err(kube::Error::SerdeError)?;
+            jobs.create(&PostParams::default(), &job).await.map(|_| ())
+        }
+    })
+    .await;
+}
+
+/// Waits (polling, at most `limit`) until `want` Jobs named `<prefix>…` have completed;
+/// returns how many did.
 async fn wait_complete(jobs: &Api<Job>, prefix: &str, want: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
@@ -292,14 +305,7 @@ async fn jobs() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let cpu_start = cpu_time();
-    creates(burst, |i| {
-        let jobs = jobs.clone();
-        async move {
-            let job = true_job(&format!("burst-{i}"), false).map_err(kube::Error::SerdeError)?;
-            jobs.create(&PostParams::default(), &job).await.map(|_| ())
-        }
-    })
-    .await;
+    create_jobs(&jobs, "burst", burst, false).await;
     let done = wait_complete(&jobs, "burst-", burst, limit).await;
     let took = start.elapsed();
     let cpu = cpu_time() - cpu_start;
@@ -310,24 +316,10 @@ async fn jobs() -> Result<(), Box<dyn std::error::Error>> {
         cpu.as_secs_f64()
     );
 
-    // More finished Jobs, suspended ones, and custom objects beside them.
+    // More finished Jobs, and suspended ones beside them.
     let more = finished - burst;
-    creates(more, |i| {
-        let jobs = jobs.clone();
-        async move {
-            let job = true_job(&format!("done-{i}"), false).map_err(kube::Error::SerdeError)?;
-            jobs.create(&PostParams::default(), &job).await.map(|_| ())
-        }
-    })
-    .await;
-    creates(suspended, |i| {
-        let jobs = jobs.clone();
-        async move {
-            let job = true_job(&format!("held-{i}"), true).map_err(kube::Error::SerdeError)?;
-            jobs.create(&PostParams::default(), &job).await.map(|_| ())
-        }
-    })
-    .await;
+    create_jobs(&jobs, "done", more, false).await;
+    create_jobs(&jobs, "held", suspended, true).await;
     wait_complete(&jobs, "done-", more, limit).await;
     // Let the last pod statuses, finalizer removals and Events settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -462,10 +454,11 @@ async fn lists() -> Result<(), Box<dyn std::error::Error>> {
         took.as_secs_f64() * 1e3
     );
 
-    let table = |limit: Option<usize>| {
-        let mut uri = "/apis/bench.test/v1/namespaces/default/workflows".to_string();
-        if let Some(limit) = limit {
-            uri.push_str(&format!("?limit={limit}"));
+    // A page of 500 as a Table, as `kubectl get` asks for it.
+    let table = |continue_token: Option<&str>| {
+        let mut uri = "/apis/bench.test/v1/namespaces/default/workflows?limit=500".to_string();
+        if let Some(token) = continue_token {
+            uri.push_str(&format!("&continue={token}"));
         }
         axum::http::Request::get(uri)
             .header(
@@ -478,11 +471,7 @@ async fn lists() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..rounds {
         let mut continue_token: Option<String> = None;
         loop {
-            let mut request = table(Some(500))?;
-            if let Some(token) = &continue_token {
-                let uri = format!("{}&continue={token}", request.uri());
-                *request.uri_mut() = uri.parse()?;
-            }
+            let request = table(continue_token.as_deref())?;
             let page: serde_json::Value =
                 serde_json::from_str(&client.request_text(request).await?)?;
             continue_token = page

@@ -25,6 +25,18 @@ pub fn builtin(store: &Store, group: &str, plural: &str) -> Option<ResourceType>
     store.find_type(group, "v1", plural)
 }
 
+/// Tasks a controller carries out between two yields to the runtime.
+const YIELD_EVERY: usize = 64;
+
+/// Yields to the runtime every [`YIELD_EVERY`] tasks of a pass (call with each task's
+/// index): a long pass (after a rescan, or after falling behind the events) must not hold a
+/// worker thread, or a shutdown's abort, until it ends.
+pub async fn pace(task: usize) {
+    if task > 0 && task.is_multiple_of(YIELD_EVERY) {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A string at `pointer`, or "".
 pub fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::controllers::{builtin, has_finalizer, modify, remove_finalizer, text};
+use crate::controllers::{builtin, has_finalizer, modify, pace, remove_finalizer, text};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::registry::ResourceType;
@@ -29,8 +29,6 @@ const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 /// How often everything is looked at again although no event was missed.
 const RESCAN: Duration = Duration::from_secs(300);
-/// Tasks carried out between two yields to the runtime.
-const YIELD_EVERY: usize = 64;
 
 /// DeleteOptions' `propagationPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,49 +150,23 @@ enum Task {
     Namespace(String),
 }
 
-#[derive(Default)]
-struct Index {
-    owners_of: HashMap<Key, Vec<String>>,
-    dependents: HashMap<String, HashSet<Key>>,
-}
-
-impl Index {
-    fn set(&mut self, key: &Key, owners: Vec<String>) {
-        self.remove(key);
-        if owners.is_empty() {
-            return;
-        }
-        for o in &owners {
-            self.dependents
-                .entry(o.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-        self.owners_of.insert(key.clone(), owners);
-    }
-
-    fn remove(&mut self, key: &Key) {
-        if let Some(old) = self.owners_of.remove(key) {
-            for o in old {
-                if let Some(set) = self.dependents.get_mut(&o) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.dependents.remove(&o);
-                    }
-                }
-            }
-        }
-    }
-}
+/// The owners of each object that has any, by uid: to tell when they change.
+type Owners = HashMap<Key, Vec<String>>;
 
 fn owner_uids(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
+    crate::store::owner_uids(obj)
         .into_iter()
-        .flatten()
-        .map(|r| text(r, "/uid").to_string())
-        .filter(|u| !u.is_empty())
+        .map(String::from)
         .collect()
+}
+
+/// Records `key`'s owners (forgetting it if it has none).
+fn set_owners(owners_of: &mut Owners, key: &Key, owners: Vec<String>) {
+    if owners.is_empty() {
+        owners_of.remove(key);
+    } else {
+        owners_of.insert(key.clone(), owners);
+    }
 }
 
 fn key_of(type_key: &str, obj: &Value) -> Key {
@@ -222,7 +194,7 @@ fn deleting(obj: &Value) -> bool {
 
 struct Gc {
     state: Arc<AppState>,
-    index: Index,
+    owners_of: Owners,
     tasks: BTreeSet<Task>,
 }
 
@@ -231,7 +203,7 @@ pub async fn run(state: Arc<AppState>) {
     let mut events = state.store.subscribe();
     let mut gc = Gc {
         state,
-        index: Index::default(),
+        owners_of: Owners::new(),
         tasks: BTreeSet::new(),
     };
     gc.scan();
@@ -240,11 +212,7 @@ pub async fn run(state: Arc<AppState>) {
     resync.tick().await;
     loop {
         for (i, task) in std::mem::take(&mut gc.tasks).into_iter().enumerate() {
-            if i > 0 && i % YIELD_EVERY == 0 {
-                // A long pass (after a rescan) must not hold a worker thread, or a
-                // shutdown's abort, until it ends.
-                tokio::task::yield_now().await;
-            }
+            pace(i).await;
             gc.process(task);
         }
         tokio::select! {
@@ -276,10 +244,10 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 impl Gc {
-    /// Rebuilds the index from the store and queues whatever may need work, reading the
+    /// Rebuilds the owners from the store and queues whatever may need work, reading the
     /// objects in place rather than copying them out.
     fn scan(&mut self) {
-        let mut index = Index::default();
+        let mut owners_of = Owners::new();
         let tasks = &mut self.tasks;
         self.state.store.visit(|tk, obj| {
             let owners = owner_uids(obj);
@@ -292,7 +260,7 @@ impl Gc {
             if !owners.is_empty() {
                 tasks.insert(Task::Dependent(key.clone()));
             }
-            index.set(&key, owners);
+            set_owners(&mut owners_of, &key, owners);
             if deleting(obj) {
                 if tk == "/namespaces" {
                     tasks.insert(Task::Namespace(key.2.clone()));
@@ -301,15 +269,15 @@ impl Gc {
                 }
             }
         });
-        self.index = index;
+        self.owners_of = owners_of;
     }
 
     fn observe(&mut self, e: &crate::store::Event) {
         let key = key_of(&e.type_key, &e.object);
         if e.kind == "DELETED" {
-            self.index.remove(&key);
-            let uid = text(&e.object, "/metadata/uid").to_string();
-            for dep in self.index.dependents.get(&uid).cloned().unwrap_or_default() {
+            self.owners_of.remove(&key);
+            let uid = text(&e.object, "/metadata/uid");
+            for dep in self.state.store.dependent_keys(uid) {
                 self.tasks.insert(Task::Dependent(dep));
             }
             // An owner waiting in foreground deletion may be free now.
@@ -339,11 +307,11 @@ impl Gc {
             return;
         }
         let owners = owner_uids(&e.object);
-        let changed = self.index.owners_of.get(&key).map(Vec::as_slice) != Some(owners.as_slice());
+        let changed = self.owners_of.get(&key).map(Vec::as_slice) != Some(owners.as_slice());
         if !owners.is_empty() && (changed || e.kind == "ADDED") {
             self.tasks.insert(Task::Dependent(key.clone()));
         }
-        self.index.set(&key, owners);
+        set_owners(&mut self.owners_of, &key, owners);
         if deleting(&e.object) {
             if e.type_key == "/namespaces" {
                 self.tasks.insert(Task::Namespace(key.2.clone()));
@@ -419,11 +387,12 @@ impl Gc {
         });
     }
 
-    /// Current dependents of the owner `uid` (re-read, since the index may lag).
+    /// Current dependents of the owner `uid`, from the store's index (each re-read, and
+    /// checked, as it may change in between).
     fn dependents(&self, uid: &str) -> Vec<(ResourceType, Value)> {
         let store = &self.state.store;
         let mut out = Vec::new();
-        for key in self.index.dependents.get(uid).cloned().unwrap_or_default() {
+        for key in store.dependent_keys(uid) {
             let Some(t) = type_for(store, &key.0) else {
                 continue;
             };

@@ -29,13 +29,8 @@ use crate::store::Write;
 /// The finalizer that keeps a finished pod until the controller has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
-/// JSON pointers to [`INDEX_KEY`] among a pod's annotations and labels (`/` escaped as `~1`).
-const INDEX_ANNOTATION: &str = "/metadata/annotations/batch.kubernetes.io~1job-completion-index";
-const INDEX_LABEL: &str = "/metadata/labels/batch.kubernetes.io~1job-completion-index";
 /// How often Jobs that are not settled are looked at again.
 const RESYNC: Duration = Duration::from_secs(5);
-/// Jobs looked at between two yields to the runtime.
-const YIELD_EVERY: usize = 64;
 const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
 const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
 const SUCCESS_MESSAGE: &str = "Reached expected number of succeeded pods";
@@ -97,11 +92,7 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for (i, key) in std::mem::take(&mut dirty).into_iter().enumerate() {
-            if i > 0 && i % YIELD_EVERY == 0 {
-                // A long pass (after falling behind the events) must not hold a worker
-                // thread, or a shutdown's abort, until it ends.
-                tokio::task::yield_now().await;
-            }
+            controllers::pace(i).await;
             timers.remove(&key);
             let outcome = reconcile(&ctx, &key);
             if let Some(after) = outcome.after {
@@ -301,11 +292,12 @@ fn set_condition(status: &mut Value, new: Value) {
     }
 }
 
+/// A pod's completion index, from its annotation or else its label.
 fn pod_index(pod: &Value) -> Option<i64> {
-    text(pod, INDEX_ANNOTATION)
-        .parse()
-        .ok()
-        .or_else(|| text(pod, INDEX_LABEL).parse().ok())
+    let metadata = pod.get("metadata")?;
+    ["annotations", "labels"]
+        .iter()
+        .find_map(|m| metadata.get(*m)?.get(INDEX_KEY)?.as_str()?.parse().ok())
 }
 
 /// Parses `1,3-5` into indexes.

@@ -314,7 +314,8 @@ async fn watch_pods(shared: Arc<Shared>) {
 /// up costs little while thousands of finished pods are stored.
 fn resync(shared: &Arc<Shared>) {
     let resource_version = |p: &Value| text(p, "/metadata/resourceVersion").to_string();
-    let seen: HashMap<String, String> = lock(&shared.workers)
+    // Each worker's pod as last seen; the ones whose pod is not found below are gone.
+    let mut unseen: HashMap<String, String> = lock(&shared.workers)
         .iter()
         .map(|(uid, w)| {
             let rv = w.pod.borrow().as_ref().map(resource_version);
@@ -322,30 +323,26 @@ fn resync(shared: &Arc<Shared>) {
         })
         .collect();
     let node = shared.config.node_name.as_str();
-    let mut live: HashSet<String> = HashSet::new();
     let changed = shared.state.store.select(&shared.pods, "", |p| {
-        let uid = text(p, "/metadata/uid");
-        live.insert(uid.to_string());
-        let pod_node = text(p, "/spec/nodeName");
-        // Pods of other nodes are not ours to run (see `observe`).
-        (pod_node.is_empty() || pod_node == node)
-            && seen
-                .get(uid)
-                .is_none_or(|rv| rv != text(p, "/metadata/resourceVersion"))
+        let seen_at = unseen.remove(text(p, "/metadata/uid"));
+        ours(p, node) && seen_at.is_none_or(|rv| rv != text(p, "/metadata/resourceVersion"))
     });
-    let gone: Vec<String> = lock(&shared.workers)
-        .keys()
-        .filter(|uid| !live.contains(*uid))
-        .cloned()
-        .collect();
-    for uid in gone {
-        if let Some(w) = lock(&shared.workers).get(&uid) {
+    let workers = lock(&shared.workers);
+    for uid in unseen.keys() {
+        if let Some(w) = workers.get(uid) {
             w.pod.send_replace(None);
         }
     }
+    drop(workers);
     for pod in changed {
         observe(shared, "MODIFIED", pod);
     }
+}
+
+/// Whether this node runs the pod: pods bound to other nodes are theirs.
+fn ours(pod: &Value, node: &str) -> bool {
+    let bound_to = text(pod, "/spec/nodeName");
+    bound_to.is_empty() || bound_to == node
 }
 
 fn observe(shared: &Arc<Shared>, kind: &str, pod: Value) {
@@ -357,8 +354,7 @@ fn observe(shared: &Arc<Shared>, kind: &str, pod: Value) {
         }
         return;
     }
-    let node = text(&pod, "/spec/nodeName");
-    if !node.is_empty() && node != shared.config.node_name {
+    if !ours(&pod, &shared.config.node_name) {
         return;
     }
     if let Some(w) = workers.get(&uid) {

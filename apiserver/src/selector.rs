@@ -81,16 +81,8 @@ impl Selector {
         })
     }
 
-    /// Whether the selector matches everything, so callers can skip asking.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Matches against `metadata.labels`.
+    /// Matches against `metadata.labels` (an empty selector matches without looking).
     pub fn matches_labels(&self, obj: &Value) -> bool {
-        if self.is_empty() {
-            return true;
-        }
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         self.matches(|k| {
             labels

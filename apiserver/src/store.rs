@@ -37,7 +37,7 @@ pub struct Event {
 type Key = (String, String, String); // (type key, namespace, name)
 
 /// The uids an object's ownerReferences name (empty ones left out).
-fn owner_uids(obj: &Value) -> Vec<&str> {
+pub(crate) fn owner_uids(obj: &Value) -> Vec<&str> {
     obj.get("metadata")
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
@@ -404,12 +404,11 @@ impl Store {
         } else {
             (key, format!("{namespace}\0"), String::new())
         };
-        let everything = labels.is_empty() && fields.is_empty();
         let mut matching = inner
             .objects
             .range((start, Bound::Excluded(end)))
             .map(|(_, v)| v)
-            .filter(|v| everything || (labels.matches_labels(v) && fields.matches_fields(v)));
+            .filter(|v| labels.matches_labels(v) && fields.matches_fields(v));
         let items: Vec<Arc<Value>> = matching
             .by_ref()
             .take(limit.unwrap_or(usize::MAX))
@@ -466,6 +465,17 @@ impl Store {
             .filter(|v| keep(v))
             .map(|v| Value::clone(v))
             .collect()
+    }
+
+    /// The keys (type key, namespace, name) of the objects of any type whose
+    /// ownerReferences name the owner with uid `owner`.
+    pub fn dependent_keys(&self, owner: &str) -> Vec<(String, String, String)> {
+        self.lock()
+            .objects
+            .dependents
+            .get(owner)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Calls `visit` with the type key and value of every object of a served type, under the

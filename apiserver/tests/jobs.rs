@@ -376,8 +376,10 @@ async fn an_active_deadline_fails_the_job_and_kills_the_process() {
     let c = cluster().await;
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
     let host = temp_dir("deadline");
-    // `$$$$` is `$$` once the kubelet has expanded `$$` escapes: the shell's pid.
-    let spec = json!({"spec": {"activeDeadlineSeconds": 1, "template": {"spec": {
+    // `$$$$` is `$$` once the kubelet has expanded `$$` escapes: the shell's pid. The
+    // deadline counts from `startTime`, which has whole seconds (as the real API's), so a
+    // deadline of 2 s leaves the process at least 1 s to be seen alive.
+    let spec = json!({"spec": {"activeDeadlineSeconds": 2, "template": {"spec": {
         "volumes": [{"name": "data", "hostPath": {"path": host.display().to_string()}}],
         "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "echo $$$$ > /data/pid; exec sleep 30"],
             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
