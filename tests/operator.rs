@@ -378,7 +378,8 @@ async fn concurrency_is_never_exceeded_and_older_partitions_go_first() {
 async fn a_restart_neither_duplicates_nor_misses() {
     let mut cluster = Cluster::start().await;
 
-    // Crash the operator while an instance runs, miss five hours, and restart it.
+    // Crash the operator while an instance's Job runs (an attempt that short is not on record
+    // yet), miss five hours, and restart it.
     cluster
         .apply_workflow(
             "steady",
@@ -387,7 +388,21 @@ async fn a_restart_neither_duplicates_nor_misses() {
         .await;
     cluster.clock.advance(Duration::minutes(61));
     cluster
-        .wait_states("steady", 1, &[InstanceState::Running], LONG)
+        .eventually("a running Job of steady", LONG, || async {
+            let Some(instance) = cluster.instances_of("steady").await.into_iter().next() else {
+                return Err("no instance".to_string());
+            };
+            let jobs = cluster.jobs_of(&instance.name_any()).await;
+            let active = jobs
+                .iter()
+                .filter_map(|j| j.status.as_ref()?.active)
+                .sum::<i32>();
+            if active > 0 {
+                Ok(())
+            } else {
+                Err(format!("{} Jobs, none active", jobs.len()))
+            }
+        })
         .await;
     cluster.kill_operator().await;
     cluster.clock.advance(Duration::hours(5));

@@ -6,9 +6,8 @@
 //! refuses a second Job under it (the existing one is adopted once it is shown to be this
 //! instance's). A new attempt's Job is therefore created *before* the attempt is written,
 //! once a read has shown that the stored instance is the one the attempt was planned from,
-//! and the attempt is recorded with its first observation (the pod running or finished, or
-//! [`RECORD_WITHIN`] at the latest), saving a status write per attempt (two for a short
-//! one). Everything else is written first and acted on after: a halt is on record before
+//! and the attempt is recorded when it finishes or [`RECORD_WITHIN`] after its Job was
+//! created, whichever comes first: a short attempt costs one status write, not three. Everything else is written first and acted on after: a halt is on record before
 //! its Job is deleted.
 
 use std::sync::Arc;
@@ -39,9 +38,9 @@ pub const RETRY_NOW: &str = "charon.dev/retry-now";
 /// and Pod events wake it), bounding how long a lost watch event can delay a transition.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How long a started attempt may go unrecorded while its pod has neither run nor finished:
-/// a short run is then recorded once, finished; a slow start is on record within this time.
-const RECORD_WITHIN: Duration = Duration::seconds(3);
+/// How long a started attempt may go unrecorded while it has not finished: a short run is
+/// recorded once, finished; a longer one is on record (Submitted or Running) within this time.
+const RECORD_WITHIN: Duration = Duration::seconds(5);
 
 /// How soon a new instance held back by a burst of triggers is looked at again.
 const BURST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -218,11 +217,14 @@ pub async fn reconcile(
         };
     }
 
-    // A started attempt whose pod has neither run nor finished is written once it does, or
-    // after RECORD_WITHIN; anything else is written now.
-    let unstarted = matches!(new_status.state, State::Submitting | State::Submitted);
+    // A started attempt that has not finished is written once it does, or after
+    // RECORD_WITHIN; anything else is written now.
+    let unfinished = matches!(
+        new_status.state,
+        State::Submitting | State::Submitted | State::Running
+    );
     let record_by = since
-        .filter(|_| unstarted)
+        .filter(|_| unfinished)
         .map(|at| (at, at + RECORD_WITHIN))
         .filter(|(_, by)| now < *by);
     let mut stored = (*instance).clone();
@@ -354,11 +356,8 @@ async fn observe(
             .await?
             .items
     } else {
-        ctx.pods
-            .state_filter(|p| {
-                p.metadata.namespace.as_deref() == Some(namespace)
-                    && p.labels().get("job-name").map(String::as_str) == Some(job_name)
-            })
+        ctx.pod_index
+            .lookup(&ctx.pods, namespace, job_name)
             .iter()
             .map(|p| (**p).clone())
             .collect()

@@ -129,7 +129,9 @@ pub struct Context {
     /// Cached WorkflowInstances.
     pub instances: Store<WorkflowInstance>,
     /// Which cached instances belong to which workflow.
-    pub instance_index: Arc<InstanceIndex>,
+    pub instance_index: Arc<NameIndex<WorkflowInstance>>,
+    /// Pods by the Job they belong to.
+    pub pod_index: Arc<NameIndex<Pod>>,
     /// Whether workflows are busy creating instances.
     pub burst: Arc<TriggerBurst>,
     /// Cached Jobs created by Charon.
@@ -231,36 +233,57 @@ impl Drop for BurstGuard {
     }
 }
 
-/// The names of each workflow's instances, kept by the shared instance watch, so a reconcile
-/// finds a workflow's instances without scanning every instance in the cache.
-#[derive(Default)]
-pub struct InstanceIndex {
-    by_workflow: std::sync::RwLock<HashMap<(String, String), std::collections::BTreeSet<String>>>,
+/// Object names grouped by (namespace, owner name), kept from a watch stream, so a reconcile
+/// finds a workflow's instances or a Job's pods without scanning every object in a cache.
+/// `key` says which owner an object belongs to (none: not indexed).
+pub struct NameIndex<K> {
+    key: fn(&K) -> Option<&str>,
+    by_owner: std::sync::RwLock<HashMap<(String, String), std::collections::BTreeSet<String>>>,
 }
 
-impl InstanceIndex {
-    fn key(instance: &WorkflowInstance) -> Option<(String, String)> {
+impl<K: kube::Resource> NameIndex<K> {
+    /// An empty index grouping objects by `key`.
+    pub fn new(key: fn(&K) -> Option<&str>) -> Self {
+        NameIndex {
+            key,
+            by_owner: std::sync::RwLock::default(),
+        }
+    }
+
+    fn key_of(&self, object: &K) -> Option<(String, String)> {
         Some((
-            instance.metadata.namespace.clone()?,
-            instance.spec.workflow.clone(),
+            object.meta().namespace.clone()?,
+            (self.key)(object)?.to_string(),
         ))
     }
 
-    fn insert(&self, instance: &WorkflowInstance) {
+    /// Follows a watch event (applied before the cache sees it, so whoever the change wakes
+    /// finds the object in both).
+    fn follow(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                self.insert(object);
+            }
+            Ok(watcher::Event::Delete(object)) => self.remove(object),
+            _ => {}
+        }
+    }
+
+    fn insert(&self, object: &K) {
         if let (Some(key), Some(name), Ok(mut index)) = (
-            Self::key(instance),
-            instance.metadata.name.clone(),
-            self.by_workflow.write(),
+            self.key_of(object),
+            object.meta().name.clone(),
+            self.by_owner.write(),
         ) {
             index.entry(key).or_default().insert(name);
         }
     }
 
-    fn remove(&self, instance: &WorkflowInstance) {
+    fn remove(&self, object: &K) {
         if let (Some(key), Some(name), Ok(mut index)) = (
-            Self::key(instance),
-            instance.metadata.name.as_deref(),
-            self.by_workflow.write(),
+            self.key_of(object),
+            object.meta().name.as_deref(),
+            self.by_owner.write(),
         ) && let Some(names) = index.get_mut(&key)
         {
             names.remove(name);
@@ -270,19 +293,42 @@ impl InstanceIndex {
         }
     }
 
-    /// Names that may belong to the workflow: some may have been deleted meanwhile (a relist
-    /// does not report deletions), so callers look each one up in the cache.
-    fn names(&self, namespace: &str, workflow: &str) -> Vec<String> {
-        self.by_workflow
-            .read()
-            .ok()
-            .and_then(|index| {
-                index
-                    .get(&(namespace.to_string(), workflow.to_string()))
-                    .map(|names| names.iter().cloned().collect())
-            })
-            .unwrap_or_default()
+    /// The cached objects of one owner. The index may name objects deleted meanwhile (a
+    /// relist does not report deletions) or names reused by another owner's object, so each
+    /// is looked up in the cache and checked there.
+    pub fn lookup(&self, store: &Store<K>, namespace: &str, owner: &str) -> Vec<Arc<K>>
+    where
+        K: Clone,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let Ok(index) = self.by_owner.read() else {
+            return Vec::new();
+        };
+        index
+            .get(&(namespace.to_string(), owner.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|name| store.get(&ObjectRef::new(name).within(namespace)))
+            .filter(|object| (self.key)(object) == Some(owner))
+            .collect()
     }
+}
+
+/// The label the Job controller puts on a Job's pods.
+const JOB_NAME_LABEL: &str = "job-name";
+
+/// The Job a pod belongs to, by its label.
+fn job_of_pod(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(JOB_NAME_LABEL)
+        .map(String::as_str)
+}
+
+/// The workflow an instance belongs to.
+fn workflow_name(instance: &WorkflowInstance) -> Option<&str> {
+    Some(instance.spec.workflow.as_str())
 }
 
 /// Remembers this controller's own recent writes so a reconcile does not act on a cache that
@@ -329,8 +375,8 @@ impl Writes {
 }
 
 /// Attempts whose Job exists but whose start is not on record yet: the status this controller
-/// owes each instance's status subresource. Recording an attempt with its first observation
-/// rather than before the Job saves a status write per attempt (two for a short one). It is
+/// owes each instance's status subresource. Recording an attempt when it finishes (or after a
+/// few seconds) rather than before the Job saves up to two status writes per attempt. It is
 /// safe to lose: the Job's name comes from the execution number, so a restarted controller
 /// plans the same name again and finds the Job instead of creating a second one.
 #[derive(Default)]
@@ -464,8 +510,12 @@ pub async fn run(
         .default_backoff()
         .touched_objects();
     let (pods, pods_writer) = reflector::store();
-    let pod_stream = reflector::reflector(pods_writer, watcher(pods_api, charon_children))
+    let pod_index = Arc::new(NameIndex::new(job_of_pod));
+    let index = pod_index.clone();
+    let pod_stream = watcher(pods_api, charon_children)
         .default_backoff()
+        .inspect(move |event| index.follow(event))
+        .reflect(pods_writer)
         .touched_objects();
 
     let (wake, woken) = mpsc::unbounded_channel();
@@ -488,7 +538,7 @@ pub async fn run(
     // instance are told through these instead.
     let (workflow_wake, workflow_woken) = mpsc::unbounded_channel();
     let (backfill_wake, backfill_woken) = mpsc::unbounded_channel();
-    let instance_index = Arc::new(InstanceIndex::default());
+    let instance_index = Arc::new(NameIndex::new(workflow_name));
     let index = instance_index.clone();
     let finished_seen = Arc::new(FinishedSeen::default());
     let forget_finished = finished_seen.clone();
@@ -498,13 +548,7 @@ pub async fn run(
         .default_backoff()
         // The index learns of an instance before the cache does, so whoever the change
         // wakes finds it in both.
-        .inspect(move |event| match event {
-            Ok(watcher::Event::Apply(instance) | watcher::Event::InitApply(instance)) => {
-                index.insert(instance);
-            }
-            Ok(watcher::Event::Delete(instance)) => index.remove(instance),
-            _ => {}
-        })
+        .inspect(move |event| index.follow(event))
         .reflect_shared(instances_writer)
         .for_each(move |event| {
             match event {
@@ -562,6 +606,7 @@ pub async fn run(
         workflows: workflow_controller.store(),
         instances: instance_controller.store(),
         instance_index,
+        pod_index,
         burst: Arc::new(TriggerBurst::default()),
         jobs,
         pods,
@@ -676,12 +721,7 @@ fn workflow_of(instance: &WorkflowInstance) -> Option<ObjectRef<Workflow>> {
 /// The instances of one workflow in the cache.
 fn instances_of(ctx: &Context, namespace: &str, workflow: &str) -> Vec<Arc<WorkflowInstance>> {
     ctx.instance_index
-        .names(namespace, workflow)
-        .into_iter()
-        .filter_map(|name| ctx.instances.get(&ObjectRef::new(&name).within(namespace)))
-        // The name may have been reused by another workflow's instance after a deletion.
-        .filter(|i| i.spec.workflow == workflow)
-        .collect()
+        .lookup(&ctx.instances, namespace, workflow)
 }
 
 #[cfg(test)]
@@ -704,6 +744,52 @@ mod tests {
                 "trigger": {"type": "natural", "id": "natural"}},
         }))
         .expect("an instance")
+    }
+
+    fn pod(namespace: &str, name: &str, job: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace, "labels": {JOB_NAME_LABEL: job}},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn the_name_index_finds_an_owners_objects_as_the_cache_has_them() {
+        let index = NameIndex::new(job_of_pod);
+        let mut writer = reflector::store::Writer::<Pod>::default();
+        let store = writer.as_reader();
+        let seen = |event: watcher::Event<Pod>, writer: &mut reflector::store::Writer<Pod>| {
+            index.follow(&Ok(event.clone()));
+            writer.apply_watcher_event(&event);
+        };
+        for p in [
+            pod("ns", "a-1", "a"),
+            pod("ns", "a-2", "a"),
+            pod("ns", "b-1", "b"),
+            pod("other", "a-3", "a"),
+        ] {
+            seen(watcher::Event::Apply(p), &mut writer);
+        }
+        let names = |job: &str| {
+            let mut names: Vec<String> = index
+                .lookup(&store, "ns", job)
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("a"), ["a-1", "a-2"], "other namespaces and Jobs left out");
+        assert_eq!(names("b"), ["b-1"]);
+        seen(watcher::Event::Delete(pod("ns", "a-1", "a")), &mut writer);
+        assert_eq!(names("a"), ["a-2"]);
+        // A relist reports no deletions: the cache may hold the name for another Job while
+        // the index still lists it under the old one.
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("ns", "a-2", "c")));
+        index.insert(&pod("ns", "a-2", "c"));
+        assert!(names("a").is_empty(), "checked against the cache");
+        assert_eq!(names("c"), ["a-2"]);
+        assert!(names("missing").is_empty());
     }
 
     #[test]

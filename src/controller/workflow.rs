@@ -18,7 +18,7 @@ use crate::workflow::{plan, until};
 /// How long after creating instances a workflow may hold back its status write: until the
 /// instances finish, so one write records both the trigger and the end of a short run, and
 /// a burst of triggers is not slowed by status writes.
-const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(5);
+const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -56,7 +56,9 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     }
 
     let instances = ctx.api::<WorkflowInstance>(&namespace);
-    let _burst = (!plan.create.is_empty()).then(|| ctx.burst.enter());
+    // Marks this reconcile as part of a burst from its first create on: a pass that only finds
+    // the instances an earlier pass created (its status still held back) holds nothing back.
+    let mut burst = None;
     let mut created = 0;
     let mut newly_created = 0;
     let mut failure = None;
@@ -83,6 +85,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             created += 1;
             continue;
         }
+        burst.get_or_insert_with(|| ctx.burst.enter());
         match instances.create(&PostParams::default(), &instance).await {
             Ok(_) => {
                 unfinished.insert(instance_name);
