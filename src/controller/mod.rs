@@ -156,35 +156,80 @@ pub struct Context {
     pub status_held: Held,
 }
 
-/// Since when each workflow has held back its status write (see the workflow reconciler).
+/// The workflows holding back their status write after a trigger (see the workflow
+/// reconciler): since when, and which instances they created meanwhile.
 #[derive(Default)]
-pub struct Held(std::sync::Mutex<HashMap<ObjectRef<Workflow>, std::time::Instant>>);
+pub struct Held(std::sync::Mutex<HashMap<ObjectRef<Workflow>, Hold>>);
+
+/// One workflow's held-back status write.
+struct Hold {
+    /// The workflow's uid: a workflow created again under the name holds nothing.
+    uid: String,
+    since: std::time::Instant,
+    /// Instances created while holding. Until the status (the trigger cursor) is written,
+    /// every pass plans them again; this answers for those the cache does not show yet, so
+    /// they are not created a second time only to get AlreadyExists.
+    created: std::collections::HashSet<String>,
+}
+
+impl Hold {
+    fn new(uid: String) -> Self {
+        Hold {
+            uid,
+            since: std::time::Instant::now(),
+            created: Default::default(),
+        }
+    }
+}
 
 impl Held {
-    /// Starts holding, unless already holding (the first trigger's time bounds the hold).
-    pub fn hold(&self, key: &ObjectRef<Workflow>) {
-        if let Ok(mut held) = self.0.lock() {
-            held.entry(key.clone())
-                .or_insert_with(std::time::Instant::now);
+    fn with<T>(&self, workflow: &Workflow, f: impl FnOnce(Option<&mut Hold>) -> T) -> T {
+        let key = ObjectRef::from_obj(workflow);
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let uid = workflow.metadata.uid.as_deref().unwrap_or_default();
+        if held.get(&key).is_some_and(|h| h.uid != uid) {
+            held.remove(&key);
         }
+        f(held.get_mut(&key))
+    }
+
+    /// Records an instance created after a trigger, and starts holding unless already
+    /// holding (the first trigger's time bounds the hold).
+    pub fn created(&self, workflow: &Workflow, instance: &str) {
+        let key = ObjectRef::from_obj(workflow);
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let uid = workflow.metadata.uid.clone().unwrap_or_default();
+        let hold = held.entry(key).or_insert_with(|| Hold::new(uid.clone()));
+        if hold.uid != uid {
+            *hold = Hold::new(uid);
+        }
+        hold.created.insert(instance.to_string());
+    }
+
+    /// Whether this workflow created the instance while holding.
+    pub fn has_created(&self, workflow: &Workflow, instance: &str) -> bool {
+        self.with(workflow, |hold| {
+            hold.is_some_and(|h| h.created.contains(instance))
+        })
     }
 
     /// How much longer the hold may last, if it is held and `limit` has not passed.
     pub fn left(
         &self,
-        key: &ObjectRef<Workflow>,
+        workflow: &Workflow,
         limit: std::time::Duration,
     ) -> Option<std::time::Duration> {
-        let held = self.0.lock().ok()?;
-        let since = held.get(key)?;
-        limit.checked_sub(since.elapsed()).filter(|d| !d.is_zero())
+        self.with(workflow, |hold| {
+            limit
+                .checked_sub(hold?.since.elapsed())
+                .filter(|d| !d.is_zero())
+        })
     }
 
-    /// Stops holding.
-    pub fn release(&self, key: &ObjectRef<Workflow>) {
-        if let Ok(mut held) = self.0.lock() {
-            held.remove(key);
-        }
+    /// Stops holding: the status is written (or the workflow is going).
+    pub fn release(&self, workflow: &Workflow) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&ObjectRef::from_obj(workflow));
     }
 }
 
@@ -779,7 +824,11 @@ mod tests {
             names.sort();
             names
         };
-        assert_eq!(names("a"), ["a-1", "a-2"], "other namespaces and Jobs left out");
+        assert_eq!(
+            names("a"),
+            ["a-1", "a-2"],
+            "other namespaces and Jobs left out"
+        );
         assert_eq!(names("b"), ["b-1"]);
         seen(watcher::Event::Delete(pod("ns", "a-1", "a")), &mut writer);
         assert_eq!(names("a"), ["a-2"]);
@@ -790,6 +839,39 @@ mod tests {
         assert!(names("a").is_empty(), "checked against the cache");
         assert_eq!(names("c"), ["a-2"]);
         assert!(names("missing").is_empty());
+    }
+
+    #[test]
+    fn a_held_status_remembers_what_was_created_for_that_workflow_only() {
+        let workflow = |uid: &str| -> Workflow {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "w", "namespace": "ns", "uid": uid},
+                "spec": {"schedule": "@hourly", "template": {"image": "busybox"}},
+            }))
+            .expect("a workflow")
+        };
+        let (first, again) = (workflow("u1"), workflow("u2"));
+        let held = Held::default();
+        let limit = std::time::Duration::from_secs(10);
+        assert_eq!(held.left(&first, limit), None, "nothing held yet");
+        held.created(&first, "w-1");
+        held.created(&first, "w-2");
+        assert!(held.has_created(&first, "w-1") && held.has_created(&first, "w-2"));
+        assert!(!held.has_created(&first, "w-3"));
+        assert!(held.left(&first, limit).is_some_and(|left| left <= limit));
+        assert_eq!(
+            held.left(&first, std::time::Duration::ZERO),
+            None,
+            "limit passed"
+        );
+        // The same name, created again: the old hold is not its own.
+        assert!(!held.has_created(&again, "w-1"));
+        assert_eq!(held.left(&again, limit), None);
+        assert!(!held.has_created(&first, "w-1"), "forgotten");
+        held.created(&again, "w-1");
+        held.release(&again);
+        assert!(!held.has_created(&again, "w-1"));
+        assert_eq!(held.left(&again, limit), None);
     }
 
     #[test]

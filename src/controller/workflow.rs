@@ -27,7 +27,7 @@ const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200
 pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("workflow");
     if workflow.metadata.deletion_timestamp.is_some() {
-        ctx.status_held.release(&ObjectRef::from_obj(&*workflow));
+        ctx.status_held.release(&workflow);
         return Ok(Action::await_change());
     }
     let namespace = workflow
@@ -60,7 +60,6 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     // the instances an earlier pass created (its status still held back) holds nothing back.
     let mut burst = None;
     let mut created = 0;
-    let mut newly_created = 0;
     let mut failure = None;
     for new in &plan.create {
         let natural = Trigger {
@@ -85,16 +84,22 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             created += 1;
             continue;
         }
+        if ctx.status_held.has_created(&workflow, &instance_name) {
+            // The same, not in the cache yet (so not finished either).
+            unfinished.insert(instance_name);
+            created += 1;
+            continue;
+        }
         burst.get_or_insert_with(|| ctx.burst.enter());
         match instances.create(&PostParams::default(), &instance).await {
             Ok(_) => {
+                ctx.status_held.created(&workflow, &instance_name);
                 unfinished.insert(instance_name);
                 let late = ctx.clock.now() - new.trigger_at;
                 ctx.metrics
                     .lateness(late.num_milliseconds() as f64 / 1000.0);
                 tracing::info!(workflow = %name, parameter = %new.parameter, "triggered");
                 created += 1;
-                newly_created += 1;
             }
             // Already triggered (by an earlier pass, or by hand): exactly once holds.
             Err(kube::Error::Api(e)) if e.code == 409 => created += 1,
@@ -107,10 +112,6 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     // The status (cursor, lastTriggered, active) of a trigger is written once its instances
     // have finished, or STATUS_AFTER_TRIGGER after it; names make a pass in between find the
     // instances instead of creating them again. A spec change is answered at once.
-    let key = ObjectRef::from_obj(&*workflow);
-    if newly_created > 0 && failure.is_none() {
-        ctx.status_held.hold(&key);
-    }
     let spec_seen = workflow
         .status
         .as_ref()
@@ -118,18 +119,18 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     if failure.is_none()
         && spec_seen
         && !unfinished.is_empty()
-        && let Some(left) = ctx.status_held.left(&key, STATUS_AFTER_TRIGGER)
+        && let Some(left) = ctx.status_held.left(&workflow, STATUS_AFTER_TRIGGER)
     {
         let next_trigger = plan
             .requeue_at
             .map(|at| until(at, now).to_std().unwrap_or_default());
         return Ok(Action::requeue(next_trigger.map_or(left, |t| t.min(left))));
     }
-    ctx.status_held.release(&key);
     let mut status = plan.status_after(created);
     // Instances this pass created count even before the cache shows them.
     status.active = count(&unfinished);
     write_status(&ctx, &workflow, &namespace, status).await?;
+    ctx.status_held.release(&workflow);
     if let Some(err) = failure {
         return Err(err.into());
     }
