@@ -7,8 +7,9 @@
 //! instance's). A new attempt's Job is therefore created *before* the attempt is written,
 //! once a read has shown that the stored instance is the one the attempt was planned from,
 //! and the attempt is recorded when it finishes or [`RECORD_WITHIN`] after its Job was
-//! created, whichever comes first: a short attempt costs one status write, not three. Everything else is written first and acted on after: a halt is on record before
-//! its Job is deleted.
+//! created, whichever comes first: a short attempt costs one status write, not three.
+//! Everything else is written first and acted on after: a halt is on record before its Job
+//! is deleted.
 
 use std::sync::Arc;
 

@@ -183,33 +183,35 @@ impl Hold {
 }
 
 impl Held {
-    fn with<T>(&self, workflow: &Workflow, f: impl FnOnce(Option<&mut Hold>) -> T) -> T {
+    /// Runs `f` on the workflow's hold, if any; a hold left by an earlier workflow of the same
+    /// name is dropped first. What `f` leaves in the option is kept.
+    fn with<T>(&self, workflow: &Workflow, f: impl FnOnce(&mut Option<Hold>) -> T) -> T {
         let key = ObjectRef::from_obj(workflow);
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let uid = workflow.metadata.uid.as_deref().unwrap_or_default();
-        if held.get(&key).is_some_and(|h| h.uid != uid) {
-            held.remove(&key);
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hold = held.remove(&key).filter(|h| h.uid == uid);
+        let out = f(&mut hold);
+        if let Some(hold) = hold {
+            held.insert(key, hold);
         }
-        f(held.get_mut(&key))
+        out
     }
 
     /// Records an instance created after a trigger, and starts holding unless already
     /// holding (the first trigger's time bounds the hold).
     pub fn created(&self, workflow: &Workflow, instance: &str) {
-        let key = ObjectRef::from_obj(workflow);
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let uid = workflow.metadata.uid.clone().unwrap_or_default();
-        let hold = held.entry(key).or_insert_with(|| Hold::new(uid.clone()));
-        if hold.uid != uid {
-            *hold = Hold::new(uid);
-        }
-        hold.created.insert(instance.to_string());
+        self.with(workflow, |hold| {
+            hold.get_or_insert_with(|| Hold::new(uid))
+                .created
+                .insert(instance.to_string());
+        });
     }
 
     /// Whether this workflow created the instance while holding.
     pub fn has_created(&self, workflow: &Workflow, instance: &str) -> bool {
         self.with(workflow, |hold| {
-            hold.is_some_and(|h| h.created.contains(instance))
+            hold.as_ref().is_some_and(|h| h.created.contains(instance))
         })
     }
 
@@ -221,15 +223,14 @@ impl Held {
     ) -> Option<std::time::Duration> {
         self.with(workflow, |hold| {
             limit
-                .checked_sub(hold?.since.elapsed())
+                .checked_sub(hold.as_ref()?.since.elapsed())
                 .filter(|d| !d.is_zero())
         })
     }
 
     /// Stops holding: the status is written (or the workflow is going).
     pub fn release(&self, workflow: &Workflow) {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&ObjectRef::from_obj(workflow));
+        self.with(workflow, |hold| *hold = None);
     }
 }
 
