@@ -251,11 +251,7 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
     assert!(out.contains("re-opened"), "{out}");
     let reopened = cluster
         .eventually("the second run to finish", LONG, || async {
-            let i = cluster
-                .instances()
-                .get("hb-2024-01-02t05")
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance("hb-2024-01-02t05").await?;
             let s = i.status.clone().unwrap_or_default();
             if s.state == InstanceState::Done && s.runs.len() == 1 {
                 Ok(i)
@@ -353,11 +349,7 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
     assert!(ok);
     cluster
         .eventually("the first failure", LONG, || async {
-            let i = cluster
-                .instances()
-                .get("flaky-2024-01-01t00")
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance("flaky-2024-01-01t00").await?;
             let s = i.status.unwrap_or_default();
             if s.state == InstanceState::Queued && s.tries == 1 {
                 Ok(())
@@ -374,11 +366,7 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
     );
     cluster
         .eventually("the second attempt at once", LONG, || async {
-            let i = cluster
-                .instances()
-                .get("flaky-2024-01-01t00")
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance("flaky-2024-01-01t00").await?;
             let s = i.status.unwrap_or_default();
             // Cost is not reset by a retry-now.
             if s.tries == 2 && s.cost >= 2.0 {
@@ -497,11 +485,7 @@ async fn reverse_order_reprocess_modes_and_halting() {
         let first = format!("long-{}", start.to_lowercase());
         cluster
             .eventually("the first partition to run", LONG, || async {
-                let i = cluster
-                    .instances()
-                    .get(&first)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let i = cluster.instance(&first).await?;
                 if state(&i) == InstanceState::Running {
                     Ok(())
                 } else {
@@ -540,11 +524,7 @@ async fn reverse_order_reprocess_modes_and_halting() {
         } else {
             cluster
                 .eventually("the instance to halt", LONG, || async {
-                    let i = cluster
-                        .instances()
-                        .get(&first)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let i = cluster.instance(&first).await?;
                     if state(&i) == InstanceState::Halted {
                         Ok(())
                     } else {

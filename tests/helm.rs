@@ -964,11 +964,7 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
         .expect("halt");
     cluster
         .eventually("the halted instance", long, || async {
-            let i = cluster
-                .instances()
-                .get("slow-2024-01-01t00")
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance("slow-2024-01-01t00").await?;
             if common::state(&i) == InstanceState::Halted {
                 Ok(())
             } else {
@@ -978,11 +974,7 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
         .await;
     cluster
         .eventually("the re-run", long, || async {
-            let i = cluster
-                .instances()
-                .get(&done_instance.name_any())
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance(&done_instance.name_any()).await?;
             let s = i.status.unwrap_or_default();
             if s.runs.len() == 1 && s.state == InstanceState::Done {
                 Ok(())
@@ -1011,11 +1003,7 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
         .expect("delete the job");
     cluster
         .eventually("the lost attempt to be judged", long, || async {
-            let i = cluster
-                .instances()
-                .get(&vanishing.name_any())
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance(&vanishing.name_any()).await?;
             if common::state(&i) == InstanceState::Queued {
                 Ok(())
             } else {

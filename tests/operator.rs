@@ -33,11 +33,7 @@ async fn forty_eight_hours_of_an_hourly_workflow() {
     // Nothing is due until the first hour after creation has passed.
     let workflow = cluster
         .eventually("nextTrigger", LONG, || async {
-            let wf = cluster
-                .workflows()
-                .get("hb")
-                .await
-                .map_err(|e| e.to_string())?;
+            let wf = cluster.workflow("hb").await?;
             match wf.status.as_ref().and_then(|s| s.next_trigger.clone()) {
                 Some(_) => Ok(wf),
                 None => Err(format!("{:?}", wf.status)),
@@ -79,11 +75,7 @@ async fn forty_eight_hours_of_an_hourly_workflow() {
     let last = expected.last().cloned();
     let wf = cluster
         .eventually("the workflow's status", LONG, || async {
-            let wf = cluster
-                .workflows()
-                .get("hb")
-                .await
-                .map_err(|e| e.to_string())?;
+            let wf = cluster.workflow("hb").await?;
             let status = wf.status.clone().unwrap_or_default();
             let recorded = status.last_triggered.map(|t| t.parameter);
             if recorded == last && status.active == 0 {
@@ -234,11 +226,7 @@ async fn invalid_specs_and_halts() {
         .await;
     let message = cluster
         .eventually("Valid=False", LONG, || async {
-            let wf = cluster
-                .workflows()
-                .get("bad")
-                .await
-                .map_err(|e| e.to_string())?;
+            let wf = cluster.workflow("bad").await?;
             let status = wf.status.unwrap_or_default();
             match find_condition(&status.conditions, "Valid") {
                 Some(c) if c.status == charon::resources::ConditionStatus::False => {
@@ -283,11 +271,7 @@ async fn invalid_specs_and_halts() {
         .expect("fix");
     cluster
         .eventually("Valid=True and instances", LONG, || async {
-            let wf = cluster
-                .workflows()
-                .get("bad")
-                .await
-                .map_err(|e| e.to_string())?;
+            let wf = cluster.workflow("bad").await?;
             let status = wf.status.unwrap_or_default();
             let valid = find_condition(&status.conditions, "Valid")
                 .is_some_and(|c| c.status == charon::resources::ConditionStatus::True);
@@ -330,11 +314,7 @@ async fn invalid_specs_and_halts() {
         .expect("halt");
     cluster
         .eventually("the instance to halt and its Job to go", LONG, || async {
-            let i = cluster
-                .instances()
-                .get(&name)
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance(&name).await?;
             let jobs = cluster.jobs_of(&name).await.len();
             if state(&i) == InstanceState::Halted && jobs == 0 {
                 Ok(())
@@ -707,11 +687,7 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
     let adopted = instances[0].name_any();
     let done = cluster
         .eventually("the adopted attempt to be Done", LONG, || async {
-            let i = cluster
-                .instances()
-                .get(&adopted)
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance(&adopted).await?;
             if state(&i) == InstanceState::Done {
                 Ok(i)
             } else {
@@ -741,11 +717,7 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
         .expect("delete");
     cluster
         .eventually("the waiting instance to run its own Job", LONG, || async {
-            let i = cluster
-                .instances()
-                .get(&waiting)
-                .await
-                .map_err(|e| e.to_string())?;
+            let i = cluster.instance(&waiting).await?;
             let jobs = cluster.jobs_of(&waiting).await;
             let own = jobs.iter().all(|j| {
                 j.owner_references()

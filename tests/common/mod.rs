@@ -139,6 +139,16 @@ impl Cluster {
         Api::namespaced(self.client.clone(), NS)
     }
 
+    /// One instance as stored, or the error as text (for [`Cluster::eventually`]).
+    pub async fn instance(&self, name: &str) -> Result<WorkflowInstance, String> {
+        self.instances().get(name).await.map_err(|e| e.to_string())
+    }
+
+    /// One workflow as stored, or the error as text (for [`Cluster::eventually`]).
+    pub async fn workflow(&self, name: &str) -> Result<Workflow, String> {
+        self.workflows().get(name).await.map_err(|e| e.to_string())
+    }
+
     pub async fn apply_workflow(&self, name: &str, spec: serde_json::Value) -> Workflow {
         let workflow: Workflow = serde_json::from_value(json!({
             "apiVersion": "charon.dev/v1alpha1",
