@@ -686,7 +686,7 @@ async fn running_job(c: &Cluster, name: &str) -> (Api<Job>, Api<Pod>, String) {
         &PostParams::default(),
         &job(
             name,
-            "trap 'sleep 0.5; exit 0' TERM; sleep 30 & wait",
+            "trap 'sleep 0.5; exit 0' TERM; echo trapped; sleep 30 & wait",
             json!({}),
         ),
     )
@@ -699,7 +699,19 @@ async fn running_job(c: &Cluster, name: &str) -> (Api<Job>, Api<Pod>, String) {
             .then(|| pod.metadata.name.clone())?
     })
     .await;
+    trapped(&pods, &pod).await;
     (jobs, pods, pod)
+}
+
+/// Waits until a pod's shell has set its TERM trap (it prints `trapped`): `Running` only
+/// says the process started, and a TERM before the trap ends the pod at once instead of
+/// after its grace.
+async fn trapped(pods: &Api<Pod>, name: &str) {
+    eventually(10, "the TERM trap", || async {
+        let log = pods.logs(name, &LogParams::default()).await.ok()?;
+        log.contains("trapped").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -826,17 +838,13 @@ async fn deleting_a_namespace_terminates_it_first() {
     let sleeper = |name: &str| -> Pod {
         serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
             "terminationGracePeriodSeconds": 5,
-            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "trap 'sleep 1; exit 0' TERM; sleep 30 & wait"]}]}}))
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "trap 'sleep 1; exit 0' TERM; echo trapped; sleep 30 & wait"]}]}}))
         .expect("pod")
     };
     pods.create(&PostParams::default(), &sleeper("sleeper"))
         .await
         .expect("pod");
-    eventually(10, "the pod to run", || async {
-        let pod = pods.get("sleeper").await.ok()?;
-        (pod.status?.phase.as_deref() == Some("Running")).then_some(())
-    })
-    .await;
+    trapped(&pods, "sleeper").await;
     namespaces
         .delete("doomed", &DeleteParams::default())
         .await
