@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use charon::resources::{InstanceState, find_condition};
 use chrono::Duration;
-use common::{Cluster, LONG, NS, state};
+use common::{Cluster, LONG, NS, is_status_write, is_write, requests_between, state};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -96,34 +96,121 @@ async fn forty_eight_hours_of_an_hourly_workflow() {
     // trigger written once its instances have finished. Events aside (one per transition),
     // that is at most four writes per instance.
     let after = server.requests();
-    let since_trigger = |keep: &dyn Fn(&charon_apiserver::Request) -> bool| -> u64 {
-        let sum = |requests: &[charon_apiserver::Request]| -> u64 {
-            requests.iter().filter(|r| keep(r)).map(|r| r.count).sum()
-        };
-        sum(&after) - sum(&before)
-    };
-    let write = |r: &charon_apiserver::Request| {
-        matches!(
-            r.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        )
-    };
+    let since_trigger =
+        |keep: &dyn Fn(&charon_apiserver::Request) -> bool| requests_between(&before, &after, keep);
     let creates = |resource: &str| {
         since_trigger(&|r: &charon_apiserver::Request| r.verb == "create" && r.resource == resource)
     };
     assert_eq!(creates("jobs"), 48);
     assert_eq!(creates("workflowinstances"), 48);
-    let status_writes = since_trigger(&|r| {
-        r.verb == "update" && r.resource == "workflowinstances" && r.subresource == "status"
-    });
+    let status_writes = since_trigger(&|r| is_status_write(r, "workflowinstances"));
     assert!(
         status_writes < 2 * 48,
         "{status_writes} instance status writes"
     );
-    let workflow_writes = since_trigger(&|r| write(r) && r.resource == "workflows");
+    let workflow_writes = since_trigger(&|r| is_write(r) && r.resource == "workflows");
     assert!(workflow_writes <= 3, "{workflow_writes} workflow writes");
-    let writes = since_trigger(&|r| write(r) && r.resource != "events");
+    let writes = since_trigger(&|r| is_write(r) && r.resource != "events");
     assert!(writes <= 4 * 48, "{writes} writes besides Events");
+    cluster.stop().await;
+}
+
+/// Workflows due at the same instant.
+const BURST: usize = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_long_runs_writes_each_status_once() {
+    let cluster = Cluster::start().await;
+    // Runs that outlast the quiet windows for progress writes (5 s for an attempt, 10 s for a
+    // trigger): alone, each would be written twice, running and then finished.
+    for n in 0..BURST {
+        cluster
+            .apply_workflow(
+                &format!("b{n:02}"),
+                json!({
+                    "schedule": "@hourly",
+                    "template": {"image": "busybox", "command": ["sleep", "12"]},
+                }),
+            )
+            .await;
+    }
+    cluster
+        .eventually("every nextTrigger", LONG, || async {
+            let list = cluster
+                .workflows()
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|w| w.status.as_ref().is_some_and(|s| s.next_trigger.is_some()))
+                .count();
+            if ready == BURST {
+                Ok(())
+            } else {
+                Err(format!("{ready} of {BURST}"))
+            }
+        })
+        .await;
+    let server = cluster.server.as_ref().expect("server");
+    let before = server.requests();
+    cluster.clock.advance(Duration::hours(1));
+    let mut instances = Vec::new();
+    for n in 0..BURST {
+        let done = cluster
+            .wait_states(&format!("b{n:02}"), 1, &[InstanceState::Done], LONG)
+            .await;
+        cluster.assert_each_ran_once(&done[..1]).await;
+        instances.extend(done.into_iter().take(1));
+    }
+    cluster
+        .eventually("every trigger recorded", LONG, || async {
+            let list = cluster
+                .workflows()
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let idle = list
+                .items
+                .iter()
+                .filter(|w| {
+                    w.status
+                        .as_ref()
+                        .is_some_and(|s| s.last_triggered.is_some() && s.active == 0)
+                })
+                .count();
+            if idle == BURST {
+                Ok(())
+            } else {
+                Err(format!("{idle} of {BURST}"))
+            }
+        })
+        .await;
+    let after = server.requests();
+    // A burst keeps the operator busy, so progress waits for the runs to end: most runs and
+    // triggers are written once. Quiet, every one would be written twice.
+    let instance_writes =
+        requests_between(&before, &after, |r| is_status_write(r, "workflowinstances"));
+    let workflow_writes = requests_between(&before, &after, |r| is_status_write(r, "workflows"));
+    let most = (BURST * 3 / 2) as u64;
+    assert!(
+        instance_writes < most,
+        "{instance_writes} instance status writes for {BURST} runs"
+    );
+    assert!(
+        workflow_writes < most,
+        "{workflow_writes} workflow status writes for {BURST} triggers"
+    );
+    // The history still has every transition, with its real time.
+    for instance in &instances {
+        let history = &instance.status.as_ref().expect("status").history;
+        assert!(
+            history.iter().any(|h| h.to == InstanceState::Running),
+            "{}: {history:?}",
+            instance.name_any()
+        );
+    }
     cluster.stop().await;
 }
 

@@ -175,7 +175,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                     return Err(Error::Incomplete("workflow metadata.uid"));
                 };
                 match instances.create(&PostParams::default(), &object).await {
-                    Ok(_) => {}
+                    Ok(_) => ctx.pace.wrote(),
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         // The cache did not show it. Created by an earlier pass of this
                         // backfill: triggered, as planned. Triggered otherwise (or finished,

@@ -7,7 +7,8 @@
 //! instance's). A new attempt's Job is therefore created *before* the attempt is written,
 //! once a read has shown that the stored instance is the one the attempt was planned from,
 //! and the attempt is recorded when it finishes or [`RECORD_WITHIN`] after its Job was
-//! created, whichever comes first: a short attempt costs one status write, not three.
+//! created (longer while the controller is busy, see [`super::pace`]), whichever comes
+//! first: a short attempt costs one status write, not three.
 //! Everything else is written first and acted on after: a halt is on record before its Job
 //! is deleted.
 
@@ -41,7 +42,7 @@ const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a started attempt may go unrecorded while it has not finished: a short run is
 /// recorded once, finished; a longer one is on record (Submitted or Running) within this time.
-const RECORD_WITHIN: Duration = Duration::seconds(5);
+const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How soon a new instance held back by a burst of triggers is looked at again.
 const BURST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -219,14 +220,19 @@ pub async fn reconcile(
     }
 
     // A started attempt that has not finished is written once it does, or after
-    // RECORD_WITHIN; anything else is written now.
+    // RECORD_WITHIN (longer while the controller is busy); anything else is written now.
     let unfinished = matches!(
         new_status.state,
         State::Submitting | State::Submitted | State::Running
     );
+    // (Seconds always fit; failing that, it is written now.)
+    let record_within =
+        Duration::from_std(ctx.pace.progress_within(RECORD_WITHIN)).unwrap_or_default();
+    // A write while an attempt is under way only shows progress; the others start or end runs.
+    let progress_only = unfinished;
     let record_by = since
         .filter(|_| unfinished)
-        .map(|at| (at, at + RECORD_WITHIN))
+        .map(|at| (at, at + record_within))
         .filter(|(_, by)| now < *by);
     let mut stored = (*instance).clone();
     if let Some((since, _)) = record_by {
@@ -241,6 +247,9 @@ pub async fn reconcile(
             Err(err) => return Err(err),
         };
         ctx.unrecorded.settle(&instance);
+        if !progress_only {
+            ctx.pace.wrote();
+        }
     }
 
     // Apply the remaining actions, now that the status records them.
@@ -559,7 +568,10 @@ async fn create_job(
         .create(&PostParams::default(), &rendered)
         .await
     {
-        Ok(_) => Ok(Ok(())),
+        Ok(_) => {
+            ctx.pace.wrote();
+            Ok(Ok(()))
+        }
         // Created by an earlier pass (perhaps by a controller that stopped before recording
         // it): the same execution, so it is adopted, as long as it is this instance's.
         Err(kube::Error::Api(e)) if e.code == 409 => {

@@ -10,6 +10,7 @@
 mod events;
 mod instance;
 mod metrics;
+mod pace;
 mod workflow;
 
 pub mod backfill;
@@ -154,6 +155,8 @@ pub struct Context {
     pub unrecorded: Arc<Unrecorded>,
     /// Workflows holding back their status write after a trigger.
     pub status_held: Held,
+    /// How busy the controller is starting and ending runs (see [`pace`]).
+    pub pace: pace::Pace,
 }
 
 /// The workflows holding back their status write after a trigger (see the workflow
@@ -662,6 +665,7 @@ pub async fn run(
         writes: Writes::default(),
         unrecorded,
         status_held: Held::default(),
+        pace: pace::Pace::default(),
         wake,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -17,7 +17,8 @@ use crate::workflow::{plan, until};
 
 /// How long after creating instances a workflow may hold back its status write: until the
 /// instances finish, so one write records both the trigger and the end of a short run, and
-/// a burst of triggers is not slowed by status writes.
+/// a burst of triggers is not slowed by status writes. Longer while the controller is busy
+/// (see [`super::pace`]).
 const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
@@ -93,6 +94,7 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         burst.get_or_insert_with(|| ctx.burst.enter());
         match instances.create(&PostParams::default(), &instance).await {
             Ok(_) => {
+                ctx.pace.wrote();
                 ctx.status_held.created(&workflow, &instance_name);
                 unfinished.insert(instance_name);
                 let late = ctx.clock.now() - new.trigger_at;
@@ -110,8 +112,9 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
         }
     }
     // The status (cursor, lastTriggered, active) of a trigger is written once its instances
-    // have finished, or STATUS_AFTER_TRIGGER after it; names make a pass in between find the
-    // instances instead of creating them again. A spec change is answered at once.
+    // have finished, or STATUS_AFTER_TRIGGER after it (longer while the controller is busy);
+    // names make a pass in between find the instances instead of creating them again. A spec
+    // change is answered at once.
     let spec_seen = workflow
         .status
         .as_ref()
@@ -119,7 +122,9 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     if failure.is_none()
         && spec_seen
         && !unfinished.is_empty()
-        && let Some(left) = ctx.status_held.left(&workflow, STATUS_AFTER_TRIGGER)
+        && let Some(left) = ctx
+            .status_held
+            .left(&workflow, ctx.pace.progress_within(STATUS_AFTER_TRIGGER))
     {
         let next_trigger = plan
             .requeue_at

@@ -288,6 +288,31 @@ pub fn state(instance: &WorkflowInstance) -> InstanceState {
 
 pub const LONG: StdDuration = StdDuration::from_secs(60);
 
+/// Requests made between two snapshots of the server's request counts that `keep` selects.
+pub fn requests_between(
+    before: &[charon_apiserver::Request],
+    after: &[charon_apiserver::Request],
+    keep: impl Fn(&charon_apiserver::Request) -> bool,
+) -> u64 {
+    let sum = |requests: &[charon_apiserver::Request]| -> u64 {
+        requests.iter().filter(|r| keep(r)).map(|r| r.count).sum()
+    };
+    sum(after) - sum(before)
+}
+
+/// Whether a request changes something.
+pub fn is_write(request: &charon_apiserver::Request) -> bool {
+    matches!(
+        request.verb.as_str(),
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
+}
+
+/// Whether a request writes the status of a `resource`.
+pub fn is_status_write(request: &charon_apiserver::Request, resource: &str) -> bool {
+    request.verb == "update" && request.resource == resource && request.subresource == "status"
+}
+
 /// The most attempts that held a slot at once, from the instances' recorded history: an
 /// attempt holds one from its `Submitting` transition to the transition that ends it. Taken
 /// from the record rather than by polling, so runs shorter than a poll still count.
