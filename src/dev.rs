@@ -1,7 +1,8 @@
 //! `charon dev`: Charon on one machine, with no cluster. It runs the embedded API server
 //! (whose simulated kubelet runs each Job's command as a local process), installs the CRDs,
 //! runs the operator in the same process, applies the manifests of `--apply DIR`, writes a
-//! kubeconfig for `kubectl`, prints a compact live log of instance state changes, and stays
+//! kubeconfig for `kubectl`, prints a compact live log of instance state changes (and of
+//! workflows whose spec is invalid), and stays
 //! in the foreground until interrupted.
 
 use std::collections::HashMap;
@@ -19,7 +20,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::controller::{Metrics, SystemClock};
-use crate::resources::WorkflowInstance;
+use crate::resources::{
+    ConditionStatus, Workflow, WorkflowInstance, condition_type, find_condition,
+};
 
 /// Arguments of `charon dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -103,37 +106,73 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints one line per instance state change: `time instance state (message)`.
+/// Prints one line per instance state change (`time instance state message`), and one when a
+/// workflow's spec becomes invalid (naming the field) or valid again.
 async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
-    let api: Api<WorkflowInstance> = Api::all(client);
+    let instances = follow(Api::<WorkflowInstance>::all(client.clone()), |instance| {
+        let status = instance.status.clone().unwrap_or_default();
+        Some((
+            instance.name_any(),
+            status.state.as_str().to_string(),
+            status.message,
+        ))
+    });
+    let workflows = follow(Api::<Workflow>::all(client), |workflow| {
+        let conditions = workflow.status.as_ref().map(|s| s.conditions.as_slice());
+        let valid = find_condition(conditions.unwrap_or_default(), condition_type::VALID)?;
+        let state = match valid.status {
+            ConditionStatus::False => "Invalid",
+            _ => "Valid",
+        };
+        Some((
+            format!("workflow/{}", workflow.name_any()),
+            state.to_string(),
+            valid.message.clone(),
+        ))
+    });
+    tokio::select! {
+        _ = futures::future::join(instances, workflows) => {}
+        () = stop => {}
+    }
+}
+
+/// Prints a line whenever `line` of an object (name, state, message) changes. A workflow that
+/// was valid from the start is not worth a line: only a first line saying "Valid" is skipped.
+async fn follow<K>(api: Api<K>, line: fn(&K) -> Option<(String, String, String)>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
     let mut seen: HashMap<String, String> = HashMap::new();
     let events = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects();
-    let print = events.for_each(|event| {
-        if let Ok(instance) = event {
-            let key = format!(
-                "{}/{}",
-                instance.namespace().unwrap_or_default(),
-                instance.name_any()
-            );
-            let status = instance.status.clone().unwrap_or_default();
-            let line = format!("{:<10} {}", status.state.as_str(), status.message);
-            if seen.get(&key) != Some(&line) {
-                println!(
-                    "{} {:<40} {line}",
-                    chrono::Local::now().format("%H:%M:%S"),
-                    instance.name_any()
-                );
-                seen.insert(key, line);
+    events
+        .for_each(|event| {
+            if let Ok(object) = event
+                && let Some((name, state, message)) = line(&object)
+            {
+                let key = format!("{}/{name}", object.namespace().unwrap_or_default());
+                let text = format!("{state:<10} {message}");
+                let first_valid = !seen.contains_key(&key) && state == "Valid";
+                if seen.get(&key) != Some(&text) {
+                    if !first_valid {
+                        println!(
+                            "{} {name:<40} {}",
+                            chrono::Local::now().format("%H:%M:%S"),
+                            text.trim_end()
+                        );
+                    }
+                    seen.insert(key, text);
+                }
             }
-        }
-        async {}
-    });
-    tokio::select! {
-        () = print => {}
-        () = stop => {}
-    }
+            async {}
+        })
+        .await;
 }
 
 /// Applies the manifests at `path` (a file, or every manifest file in a directory, sorted by

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 struct Dev {
     child: Child,
     kubeconfig: PathBuf,
+    /// What `charon dev` printed: its live log.
+    output: PathBuf,
+}
+
+impl Dev {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
 }
 
 impl Drop for Dev {
@@ -17,6 +25,7 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.kubeconfig);
+        let _ = std::fs::remove_file(&self.output);
     }
 }
 
@@ -30,16 +39,21 @@ fn start_with(flags: &[&str], tag: &str) -> Dev {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&kubeconfig);
+    let output = kubeconfig.with_extension("out");
     let child = Command::new(env!("CARGO_BIN_EXE_charon"))
         .arg("dev")
         .args(flags)
         .args(["--port", "0", "--kubeconfig"])
         .arg(&kubeconfig)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&output).expect("output file"))
         .stderr(Stdio::null())
         .spawn()
         .expect("charon dev starts");
-    let dev = Dev { child, kubeconfig };
+    let dev = Dev {
+        child,
+        kubeconfig,
+        output,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     // The CRDs are installed after the kubeconfig is written: wait until kubectl sees them.
     while Instant::now() < deadline {
@@ -286,5 +300,30 @@ spec:
         ],
     );
     assert_eq!(jobs.lines().count(), 1, "{jobs}");
+
+    // The live log told the same story, one line per change.
+    let log = dev.output();
+    let lines: Vec<Vec<&str>> = log
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let said = |name: &str, state: &str| {
+        lines
+            .iter()
+            .any(|words| words.get(1) == Some(&name) && words.get(2) == Some(&state))
+    };
+    let finished = done.split(' ').next().expect("instance name");
+    assert!(said(finished, "Queued") && said(finished, "Done"), "{log}");
+    assert!(said(&instance, "Error"), "{log}");
+    assert!(said("workflow/bad-minute", "Invalid"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("workflow/bad-minute") && l.contains("spec.schedule: ")),
+        "{log}"
+    );
+    assert!(
+        !said("workflow/every-minute", "Valid"),
+        "valid from the start: {log}"
+    );
     let _ = std::fs::remove_file(&manifest);
 }
