@@ -5,7 +5,10 @@
 //! cargo bench --bench operator                       # both, at their default sizes
 //! cargo bench --bench operator -- triggers 1000 10000
 //! cargo bench --bench operator -- backfill 10000 500
+//! cargo bench --bench operator -- triggers 10000 --events=warnings
 //! ```
+//!
+//! `--events=warnings` runs the operator as `charon operator --events warnings` does.
 //!
 //! `triggers N…`: N hourly workflows, all due at the same top of the hour (the operator's clock
 //! is moved to just before it): trigger lateness (trigger instant → instance created) p50, p99
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration as StdDuration, Instant};
 
-use charon::controller::{Clock, Metrics, ShiftedClock};
+use charon::controller::{Clock, EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
 use charon::resources::{Backfill, Workflow, WorkflowInstance};
 use chrono::{DateTime, Duration, DurationRound, Utc};
@@ -123,6 +126,16 @@ fn kind_of(req: &http::Request<kube::client::Body>) -> String {
     format!("{} {resource}", req.method())
 }
 
+/// Which Events the benchmarked operator writes: `--events=warnings` on the command line
+/// measures an operator run with `charon operator --events warnings`.
+fn events_level() -> EventLevel {
+    if std::env::args().any(|a| a == "--events=warnings") {
+        EventLevel::Warnings
+    } else {
+        EventLevel::All
+    }
+}
+
 /// Writes (anything but GET) counted between two snapshots of the requests by kind, Events
 /// left out: they are a courtesy, one per transition, dropped under load.
 fn writes_besides_events(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> u64 {
@@ -188,6 +201,7 @@ fn start_operator(
             clock,
             metrics,
             identity: "bench".into(),
+            events: events_level(),
         };
         let shutdown = async move {
             let mut stopped = stopped;
@@ -352,9 +366,10 @@ async fn triggers(n: usize) {
         .map(|k| k.clone())
         .unwrap_or_default();
     println!(
-        "triggers: {n} hourly workflows: planned in {:.1}s; {} instances at the top of the hour",
+        "triggers: {n} hourly workflows: planned in {:.1}s; {} instances at the top of the hour; Events: {:?}",
         planned_in.as_secs_f64(),
-        lateness.len()
+        lateness.len(),
+        events_level()
     );
     let (p50, p99, count) =
         histogram_quantiles(&metrics.encode(), "charon_trigger_lateness_seconds");
@@ -493,7 +508,10 @@ async fn backfill(partitions: usize, concurrency: u32) {
         .lock()
         .map(|k| k.clone())
         .unwrap_or_default();
-    println!("backfill: {partitions} partitions (command `true`), concurrency {concurrency}");
+    println!(
+        "backfill: {partitions} partitions (command `true`), concurrency {concurrency}; Events: {:?}",
+        events_level()
+    );
     println!(
         "  finished in {elapsed:.1}s: {:.0} partitions/s; at most {max_active} active",
         partitions as f64 / elapsed

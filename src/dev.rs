@@ -83,6 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             metrics: Arc::new(Metrics::default()),
             identity: "charon-dev".to_string(),
+            events: crate::controller::EventLevel::All,
         };
         let operator_client = crate::operator::client_with_agent(
             kube::Config::new(server.url().parse()?),

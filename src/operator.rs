@@ -16,7 +16,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::controller::leader::{LeaseConfig, run_elected};
-use crate::controller::{self, Clock, Metrics, Options, SystemClock};
+use crate::controller::{self, Clock, EventLevel, Metrics, Options, SystemClock};
 
 /// Arguments of `charon operator`.
 #[derive(Clone, Debug, clap::Args)]
@@ -48,6 +48,9 @@ pub struct OperatorArgs {
     /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_address: SocketAddr,
+    /// Which Kubernetes Events to write: `all` (one per instance transition) or `warnings`.
+    #[arg(long, value_enum, default_value_t = EventLevel::All)]
+    pub events: EventLevel,
 }
 
 /// Settings of a running operator (what the arguments resolve to).
@@ -63,6 +66,8 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Replica name.
     pub identity: String,
+    /// Which Events to write.
+    pub events: EventLevel,
 }
 
 /// User agent of the operator's requests (the RBAC test tells its calls apart by it).
@@ -130,6 +135,7 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         metrics: Arc::new(Metrics::default()),
         identity,
+        events: args.events,
     };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -195,6 +201,7 @@ pub async fn run(
                     clock: settings.clock.clone(),
                     metrics: settings.metrics.clone(),
                     identity: settings.identity.clone(),
+                    events: settings.events,
                 };
                 controller::run(client.clone(), options, shutdown.clone())
             });

@@ -337,6 +337,7 @@ fn values_outside_the_schema_are_refused() {
     for (set, complaint) in [
         ("replicaCount=lots", "/replicaCount"),
         ("logFormat=xml", "/logFormat"),
+        ("events=none", "/events"),
         ("logLevel=verbose", "/logLevel"),
         ("metrics.port=70000", "/metrics/port"),
         ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
@@ -521,6 +522,8 @@ fn operator_pod_runs_under_the_restricted_profile_with_probes() {
             "info",
             "--log-format",
             "json",
+            "--events",
+            "all",
         ]
     );
     let env: Vec<(&str, &str)> = c["env"]
@@ -628,6 +631,8 @@ fn watched_namespaces_get_roles_and_no_cluster_rights() {
             "debug",
             "--log-format",
             "text",
+            "--events",
+            "warnings",
             "--namespace",
             "data",
             "--namespace",

@@ -215,6 +215,69 @@ async fn a_burst_of_long_runs_writes_each_status_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_only_events_leave_successful_runs_quiet() {
+    let mut cluster = Cluster::without_operator().await;
+    cluster.events = charon::controller::EventLevel::Warnings;
+    cluster.start_operator();
+    for (name, command) in [("fine", "true"), ("fatal", "exit 50")] {
+        cluster
+            .apply_workflow(
+                name,
+                json!({
+                    "schedule": "@hourly",
+                    "template": {"image": "busybox", "command": ["sh", "-c", command]},
+                }),
+            )
+            .await;
+    }
+    cluster.clock.advance(Duration::minutes(61));
+    let fine = cluster
+        .wait_states("fine", 1, &[InstanceState::Done], LONG)
+        .await;
+    let fatal = cluster
+        .wait_states("fatal", 1, &[InstanceState::Error], LONG)
+        .await;
+    let about = |instance: &charon::resources::WorkflowInstance| {
+        let uid = instance.metadata.uid.clone();
+        move |e: &k8s_openapi::api::core::v1::Event| e.involved_object.uid == uid
+    };
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), NS);
+    // The failure is reported (Events are written in the background)...
+    let all = cluster
+        .eventually("a Warning about the fatal run", LONG, || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
+            if list.iter().any(about(&fatal[0])) {
+                Ok(list)
+            } else {
+                Err(format!("{} events", list.len()))
+            }
+        })
+        .await;
+    // ...and nothing else: every transition is still in the history.
+    let ours: Vec<_> = all
+        .iter()
+        .filter(|e| e.reporting_component.as_deref() == Some("charon-operator"))
+        .collect();
+    assert!(
+        ours.iter().all(|e| e.type_.as_deref() == Some("Warning")),
+        "{:?}",
+        ours.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    assert!(!all.iter().any(about(&fine[0])), "the successful run");
+    let history = &fine[0].status.as_ref().expect("status").history;
+    assert!(
+        history.len() >= 4 && history.last().is_some_and(|h| h.to == InstanceState::Done),
+        "{history:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_decide_retries() {
     let cluster = Cluster::start().await;
     let spec = |script: &str| {

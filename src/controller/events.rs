@@ -22,11 +22,24 @@ pub enum Severity {
     Warning,
 }
 
+/// Which Events the operator writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventLevel {
+    /// One per instance transition (SPEC §4), and every warning.
+    #[default]
+    All,
+    /// Warnings only (failed attempts, invalid specs, refused triggers): a successful run
+    /// writes no Event, which spares the API server about five writes per run where Events
+    /// are too many to be read anyway. `status.history` keeps every transition.
+    Warnings,
+}
+
 /// Writes Events on behalf of one controller replica.
 #[derive(Clone)]
 pub struct EventRecorder {
     queue: mpsc::Sender<Event>,
     instance: String,
+    level: EventLevel,
     dropped: Arc<Dropped>,
     _writer: Arc<Writer>,
 }
@@ -82,9 +95,10 @@ const WRITERS: usize = 8;
 pub const COMPONENT: &str = "charon-operator";
 
 impl EventRecorder {
-    /// A recorder for the replica named `instance`. Must be called within a Tokio runtime:
-    /// it starts the task that writes the Events, which ends when every clone is dropped.
-    pub fn new(client: Client, instance: &str) -> Self {
+    /// A recorder for the replica named `instance`, writing the Events `level` asks for.
+    /// Must be called within a Tokio runtime: it starts the task that writes the Events,
+    /// which ends when every clone is dropped.
+    pub fn new(client: Client, instance: &str, level: EventLevel) -> Self {
         let (queue, pending) = mpsc::channel::<Event>(QUEUE);
         let writes = futures::stream::unfold(pending, |mut pending| async move {
             pending.recv().await.map(|event| (event, pending))
@@ -104,6 +118,7 @@ impl EventRecorder {
         EventRecorder {
             queue,
             instance: instance.to_string(),
+            level,
             dropped: Arc::default(),
             _writer: Arc::new(Writer(tokio::spawn(writes))),
         }
@@ -114,6 +129,9 @@ impl EventRecorder {
     where
         K: Resource<DynamicType = ()>,
     {
+        if severity == Severity::Normal && self.level == EventLevel::Warnings {
+            return;
+        }
         let namespace = object.namespace().unwrap_or_else(|| "default".to_string());
         let now = Utc::now();
         let timestamp = k8s_openapi::jiff::Timestamp::from_microsecond(now.timestamp_micros())

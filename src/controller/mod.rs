@@ -36,7 +36,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::resources::{InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus};
 
-pub use events::EventRecorder;
+pub use events::{EventLevel, EventRecorder};
 pub use instance::RETRY_NOW;
 pub use metrics::Metrics;
 
@@ -511,6 +511,8 @@ pub struct Options {
     pub metrics: Arc<Metrics>,
     /// Name of this replica, for Events.
     pub identity: String,
+    /// Which Events to write.
+    pub events: EventLevel,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -659,7 +661,7 @@ pub async fn run(
         burst: Arc::new(TriggerBurst::default()),
         jobs,
         pods,
-        events: EventRecorder::new(client, &options.identity),
+        events: EventRecorder::new(client, &options.identity, options.events),
         metrics: options.metrics.clone(),
         ledger: Mutex::new(HashMap::new()),
         writes: Writes::default(),

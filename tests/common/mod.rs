@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use charon::controller::{Metrics, ShiftedClock};
+use charon::controller::{EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
 use charon::resources::{InstanceState, Workflow, WorkflowInstance};
 use k8s_openapi::api::batch::v1::Job;
@@ -24,6 +24,8 @@ pub struct Cluster {
     pub server: Option<charon_apiserver::RunningServer>,
     pub client: Client,
     pub clock: Arc<ShiftedClock>,
+    /// Which Events operators started from now on write.
+    pub events: EventLevel,
     operator: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -69,6 +71,7 @@ impl Cluster {
             server: Some(server),
             client,
             clock: Arc::new(ShiftedClock::default()),
+            events: EventLevel::All,
             operator: None,
         }
     }
@@ -91,6 +94,7 @@ impl Cluster {
             clock: self.clock.clone(),
             metrics: Arc::new(Metrics::default()),
             identity: identity.into(),
+            events: self.events,
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {
