@@ -118,6 +118,33 @@ async fn forty_eight_hours_of_an_hourly_workflow() {
 /// Workflows due at the same instant.
 const BURST: usize = 30;
 
+/// Waits until every workflow's status satisfies `check`.
+async fn all_workflows(
+    cluster: &Cluster,
+    what: &str,
+    check: impl Fn(&charon::resources::WorkflowStatus) -> bool,
+) {
+    cluster
+        .eventually(&format!("every workflow: {what}"), LONG, || async {
+            let list = cluster
+                .workflows()
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|w| w.status.as_ref().is_some_and(&check))
+                .count();
+            if !list.items.is_empty() && ready == list.items.len() {
+                Ok(())
+            } else {
+                Err(format!("{ready} of {}", list.items.len()))
+            }
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_long_runs_writes_each_status_once() {
     let cluster = Cluster::start().await;
@@ -134,25 +161,7 @@ async fn a_burst_of_long_runs_writes_each_status_once() {
             )
             .await;
     }
-    cluster
-        .eventually("every nextTrigger", LONG, || async {
-            let list = cluster
-                .workflows()
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|w| w.status.as_ref().is_some_and(|s| s.next_trigger.is_some()))
-                .count();
-            if ready == BURST {
-                Ok(())
-            } else {
-                Err(format!("{ready} of {BURST}"))
-            }
-        })
-        .await;
+    all_workflows(&cluster, "a nextTrigger", |s| s.next_trigger.is_some()).await;
     let server = cluster.server.as_ref().expect("server");
     let before = server.requests();
     cluster.clock.advance(Duration::hours(1));
@@ -164,29 +173,10 @@ async fn a_burst_of_long_runs_writes_each_status_once() {
         cluster.assert_each_ran_once(&done[..1]).await;
         instances.extend(done.into_iter().take(1));
     }
-    cluster
-        .eventually("every trigger recorded", LONG, || async {
-            let list = cluster
-                .workflows()
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let idle = list
-                .items
-                .iter()
-                .filter(|w| {
-                    w.status
-                        .as_ref()
-                        .is_some_and(|s| s.last_triggered.is_some() && s.active == 0)
-                })
-                .count();
-            if idle == BURST {
-                Ok(())
-            } else {
-                Err(format!("{idle} of {BURST}"))
-            }
-        })
-        .await;
+    all_workflows(&cluster, "the trigger recorded, nothing active", |s| {
+        s.last_triggered.is_some() && s.active == 0
+    })
+    .await;
     let after = server.requests();
     // A burst keeps the operator busy, so progress waits for the runs to end: most runs and
     // triggers are written once. Quiet, every one would be written twice.
