@@ -16,20 +16,19 @@ pub const BUSY_WRITES_PER_SECOND: u32 = 20;
 /// How long a progress-only status write may be held back while the operator is busy.
 pub const BUSY_PROGRESS_WITHIN: Duration = Duration::from_secs(60);
 
-/// How long the operator counts as busy after a second with [`BUSY_WRITES_PER_SECOND`]
-/// writes: long enough to carry a burst over a pause (a relist, a slow answer).
+/// How long the operator counts as busy after [`BUSY_WRITES_PER_SECOND`] writes within one
+/// second: long enough to carry a burst over a pause (a relist, a slow answer).
 pub const BUSY_LINGER: Duration = Duration::from_secs(10);
 
-/// Counts the writes that start or end runs, per second of wall-clock time.
+/// Counts the writes that start or end runs, over a sliding second of wall-clock time.
 #[derive(Default)]
 pub struct Pace(std::sync::Mutex<Counts>);
 
-/// Writes in the current second, and until when the operator is busy.
+/// The times of the latest writes (at most [`BUSY_WRITES_PER_SECOND`]), and until when the
+/// operator is busy.
 #[derive(Default)]
 struct Counts {
-    /// When the current second began (none before the first write).
-    second: Option<Instant>,
-    writes: u32,
+    latest: std::collections::VecDeque<Instant>,
     busy_until: Option<Instant>,
 }
 
@@ -55,15 +54,17 @@ impl Pace {
 
     fn wrote_at(&self, now: Instant) {
         let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let new_second = counts
-            .second
-            .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
-        if new_second {
-            counts.second = Some(now);
-            counts.writes = 0;
+        counts.latest.push_back(now);
+        if counts.latest.len() > BUSY_WRITES_PER_SECOND as usize {
+            counts.latest.pop_front();
         }
-        counts.writes = counts.writes.saturating_add(1);
-        if counts.writes >= BUSY_WRITES_PER_SECOND {
+        // Busy when the last BUSY_WRITES_PER_SECOND writes all fell within one second.
+        let full = counts.latest.len() == BUSY_WRITES_PER_SECOND as usize;
+        let within = counts
+            .latest
+            .front()
+            .is_some_and(|first| now.saturating_duration_since(*first) < Duration::from_secs(1));
+        if full && within {
             counts.busy_until = Some(now + BUSY_LINGER);
         }
     }
@@ -79,12 +80,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_from_a_second_with_many_writes_until_it_lingers_out() {
+    fn busy_from_many_writes_within_a_second_until_it_lingers_out() {
         let pace = Pace::default();
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         assert!(!pace.busy_at(start), "nothing written");
-        // Writes spread over more than a second never make a busy second.
+        // Writes spread out never make the operator busy.
         for i in 0..2 * BUSY_WRITES_PER_SECOND {
             pace.wrote_at(at(u64::from(i) * 100));
         }
@@ -99,6 +100,18 @@ mod tests {
         let linger = u64::try_from(BUSY_LINGER.as_millis()).unwrap_or(u64::MAX);
         assert!(pace.busy_at(at(5_200 + linger - 1)));
         assert!(!pace.busy_at(at(5_200 + linger)), "quiet after the linger");
+        // Any second counts, not only whole ones from the first write.
+        for i in 0..BUSY_WRITES_PER_SECOND {
+            pace.wrote_at(at(20_000 + 90 * u64::from(i)));
+        }
+        assert!(!pace.busy_at(at(21_800)), "20 writes over 1.71 s");
+        for i in 0..BUSY_WRITES_PER_SECOND / 2 {
+            pace.wrote_at(at(22_900 + u64::from(i)));
+        }
+        for i in 0..BUSY_WRITES_PER_SECOND / 2 {
+            pace.wrote_at(at(23_100 + u64::from(i)));
+        }
+        assert!(pace.busy_at(at(23_200)), "20 writes within 0.21 s");
     }
 
     #[test]
