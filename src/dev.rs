@@ -2,8 +2,7 @@
 //! (whose simulated kubelet runs each Job's command as a local process), installs the CRDs,
 //! runs the operator in the same process, applies the manifests of `--apply DIR`, writes a
 //! kubeconfig for `kubectl`, prints a compact live log of instance state changes (and of
-//! workflows whose spec is invalid), and stays
-//! in the foreground until interrupted.
+//! workflows whose spec is invalid), and stays in the foreground until interrupted.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -110,15 +109,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Prints one line per instance state change (`time instance state message`), and one when a
 /// workflow's spec becomes invalid (naming the field) or valid again.
 async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
-    let instances = follow(Api::<WorkflowInstance>::all(client.clone()), |instance| {
-        let status = instance.status.clone().unwrap_or_default();
-        Some((
-            instance.name_any(),
-            status.state.as_str().to_string(),
-            status.message,
-        ))
-    });
-    let workflows = follow(Api::<Workflow>::all(client), |workflow| {
+    let instances = follow(
+        Api::<WorkflowInstance>::all(client.clone()),
+        None,
+        |instance| {
+            let status = instance.status.clone().unwrap_or_default();
+            Some((
+                instance.name_any(),
+                status.state.as_str().to_string(),
+                status.message,
+            ))
+        },
+    );
+    // A workflow valid from the start is not worth a line.
+    let workflows = follow(Api::<Workflow>::all(client), Some("Valid"), |workflow| {
         let conditions = workflow.status.as_ref().map(|s| s.conditions.as_slice());
         let valid = find_condition(conditions.unwrap_or_default(), condition_type::VALID)?;
         let state = match valid.status {
@@ -137,10 +141,13 @@ async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
     }
 }
 
-/// Prints a line whenever `line` of an object (name, state, message) changes. A workflow that
-/// was valid from the start is not worth a line: only a first line saying "Valid" is skipped.
-async fn follow<K>(api: Api<K>, line: fn(&K) -> Option<(String, String, String)>)
-where
+/// Prints a line whenever `line` of an object (name, state, message) changes, except an
+/// object's first line when its state is `quiet`.
+async fn follow<K>(
+    api: Api<K>,
+    quiet: Option<&str>,
+    line: fn(&K) -> Option<(String, String, String)>,
+) where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -159,9 +166,9 @@ where
             {
                 let key = format!("{}/{name}", object.namespace().unwrap_or_default());
                 let text = format!("{state:<10} {message}");
-                let first_valid = !seen.contains_key(&key) && state == "Valid";
+                let first_quiet = !seen.contains_key(&key) && quiet == Some(state.as_str());
                 if seen.get(&key) != Some(&text) {
-                    if !first_valid {
+                    if !first_quiet {
                         println!(
                             "{} {name:<40} {}",
                             chrono::Local::now().format("%H:%M:%S"),

@@ -634,7 +634,7 @@ async fn two_replicas_only_the_leader_writes_and_failover_continues() {
             .requests()
             .into_iter()
             .filter(|r| r.user_agent == agent && r.resource != "leases")
-            .filter(|r| matches!(r.verb.as_str(), "create" | "update" | "patch" | "delete"))
+            .filter(is_write)
             .map(|r| format!("{} {}/{}", r.verb, r.resource, r.subresource))
             .collect()
     };

@@ -225,14 +225,14 @@ pub async fn reconcile(
         new_status.state,
         State::Submitting | State::Submitted | State::Running
     );
-    // (Seconds always fit; failing that, it is written now.)
-    let record_within =
-        Duration::from_std(ctx.pace.progress_within(RECORD_WITHIN)).unwrap_or_default();
-    // A write while an attempt is under way only shows progress; the others start or end runs.
-    let progress_only = unfinished;
     let record_by = since
         .filter(|_| unfinished)
-        .map(|at| (at, at + record_within))
+        .map(|at| {
+            // (Seconds always fit; failing that, it is written now.)
+            let within =
+                Duration::from_std(ctx.pace.progress_within(RECORD_WITHIN)).unwrap_or_default();
+            (at, at + within)
+        })
         .filter(|(_, by)| now < *by);
     let mut stored = (*instance).clone();
     if let Some((since, _)) = record_by {
@@ -247,7 +247,9 @@ pub async fn reconcile(
             Err(err) => return Err(err),
         };
         ctx.unrecorded.settle(&instance);
-        if !progress_only {
+        // A write while an attempt is under way only shows progress; the others start or
+        // end runs.
+        if !unfinished {
             ctx.pace.wrote();
         }
     }

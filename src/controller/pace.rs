@@ -38,14 +38,9 @@ impl Pace {
         self.wrote_at(Instant::now());
     }
 
-    /// Whether the operator is busy: a progress-only write waits longer for its run to end.
-    pub fn busy(&self) -> bool {
-        self.busy_at(Instant::now())
-    }
-
     /// How long a progress-only write may be held back: `quiet` normally, longer when busy.
     pub fn progress_within(&self, quiet: Duration) -> Duration {
-        if self.busy() {
+        if self.busy_at(Instant::now()) {
             quiet.max(BUSY_PROGRESS_WITHIN)
         } else {
             quiet
