@@ -27,7 +27,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use charon::controller::{Clock, EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
-use charon::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;

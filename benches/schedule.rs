@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use charon::schedule::Schedule;
+use charon_core::schedule::Schedule;
 use chrono::{DateTime, Utc};
 
 fn measure(label: &str, schedule: &Schedule, budget: Duration) {

@@ -21,7 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
 
 /// First line of every file under `crds/`, so nobody edits them by hand.
 pub const GENERATED_HEADER: &str =

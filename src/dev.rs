@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::controller::{Metrics, SystemClock};
-use crate::resources::{
+use charon_core::resources::{
     ConditionStatus, Workflow, WorkflowInstance, condition_type, find_condition,
 };
 

@@ -1,26 +1,14 @@
 //! Charon: a Kubernetes-native batch scheduler.
 //!
-//! The crate is split into a pure core (schedule math, partitions, names, the resource types)
-//! that takes the current time as an argument, and thin adapters that talk to Kubernetes.
+//! Every decision lives in the pure core, [`charon_core`]; this crate holds what talks to the
+//! world: the kube-runtime adapters ([`controller`]), the entry points (`charon operator`,
+//! `charon dev`, the user commands) and the CLI.
 
-pub mod backfill;
 pub mod cli;
-pub mod concurrency;
 pub mod controller;
 pub mod crd;
 pub mod dev;
-pub mod instance;
-pub mod job;
-pub mod names;
-pub mod observe;
 pub mod operator;
-pub mod partition;
 pub mod preview;
-pub mod resources;
-pub mod retry;
-pub mod schedule;
 pub mod telemetry;
-pub mod trigger;
 pub mod user;
-pub mod validate;
-pub mod workflow;

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use crate::partition::{Partition, rfc3339};
-use crate::schedule::{Schedule, ScheduleError};
+use charon_core::partition::{Partition, rfc3339};
+use charon_core::schedule::{Schedule, ScheduleError};
 
 /// Output format of `charon preview`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

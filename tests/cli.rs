@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration as StdDuration;
 
-use charon::resources::{Backfill, InstanceState, TriggerType, Workflow};
+use charon_core::resources::{Backfill, InstanceState, TriggerType, Workflow};
 use common::{Cluster, LONG, NS, state};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -395,13 +395,13 @@ async fn create(cluster: &Cluster, name: &str, extra: serde_json::Value) {
         .expect("created");
 }
 
-async fn wait_completed(cluster: &Cluster, name: &str) -> charon::resources::BackfillStatus {
+async fn wait_completed(cluster: &Cluster, name: &str) -> charon_core::resources::BackfillStatus {
     let api = backfills(cluster);
     cluster
         .eventually(&format!("backfill {name} to complete"), LONG, || async {
             let b = api.get(name).await.map_err(|e| e.to_string())?;
             let s = b.status.unwrap_or_default();
-            if s.state == charon::resources::BackfillState::Completed {
+            if s.state == charon_core::resources::BackfillState::Completed {
                 Ok(s)
             } else {
                 Err(format!("{s:?}"))
@@ -508,8 +508,8 @@ async fn reverse_order_reprocess_modes_and_halting() {
                     .await
                     .map_err(|e| e.to_string())?;
                 let s = b.status.clone().unwrap_or_default();
-                if s.state == charon::resources::BackfillState::Halted
-                    || (!graceful && s.state == charon::resources::BackfillState::Completed)
+                if s.state == charon_core::resources::BackfillState::Halted
+                    || (!graceful && s.state == charon_core::resources::BackfillState::Completed)
                 {
                     Ok(s)
                 } else {

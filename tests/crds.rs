@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use charon::resources::{
+use charon_core::resources::{
     Backfill, BackfillCounts, BackfillPartition, BackfillSpec, BackfillState, BackfillStatus,
     Condition, ConditionStatus, ExecutionSnapshot, HistoryEntry, InstanceState, NextTrigger,
     RunRecord, Trigger, TriggerType, TriggeredPartition, Workflow, WorkflowInstance,
@@ -1007,7 +1007,7 @@ fn what_the_controller_writes_validates() {
             end: "2024-11-01T00+01:00".into(),
             concurrency: 2,
             reverse: true,
-            reprocess: charon::resources::Reprocess::Failed,
+            reprocess: charon_core::resources::Reprocess::Failed,
             halted: false,
             graceful_halt: true,
             allow_future: false,

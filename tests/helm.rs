@@ -859,7 +859,7 @@ fn operator_calls(server: &charon_apiserver::RunningServer) -> BTreeSet<Permissi
 /// expiry, leader election), records its API calls, and holds the chart's RBAC to exactly them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
-    use charon::resources::{Backfill, InstanceState, Workflow};
+    use charon_core::resources::{Backfill, InstanceState, Workflow};
     use chrono::Duration as Span;
     use kube::api::{Patch, PatchParams};
     use kube::{Api, ResourceExt};
@@ -995,7 +995,8 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
             list.into_iter()
                 .find(|i| {
                     common::state(i) == InstanceState::Running
-                        && i.spec.trigger.trigger_type == charon::resources::TriggerType::Natural
+                        && i.spec.trigger.trigger_type
+                            == charon_core::resources::TriggerType::Natural
                 })
                 .ok_or_else(|| "none yet".to_string())
         })

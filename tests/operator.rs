@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration as StdDuration;
 
-use charon::resources::{InstanceState, find_condition};
+use charon_core::resources::{InstanceState, find_condition};
 use chrono::Duration;
 use common::{Cluster, LONG, NS, is_status_write, is_write, requests_between, state};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -50,7 +50,7 @@ async fn forty_eight_hours_of_an_hourly_workflow() {
     let instances = cluster
         .wait_states("hb", 48, &[InstanceState::Done], LONG * 2)
         .await;
-    let schedule = charon::schedule::Schedule::new("@hourly", None, None).expect("schedule");
+    let schedule = charon_core::schedule::Schedule::new("@hourly", None, None).expect("schedule");
     let expected: Vec<String> = schedule
         .partitions_after(next.logical_time - Duration::seconds(1))
         .take(48)
@@ -122,7 +122,7 @@ const BURST: usize = 30;
 async fn all_workflows(
     cluster: &Cluster,
     what: &str,
-    check: impl Fn(&charon::resources::WorkflowStatus) -> bool,
+    check: impl Fn(&charon_core::resources::WorkflowStatus) -> bool,
 ) {
     cluster
         .eventually(&format!("every workflow: {what}"), LONG, || async {
@@ -227,7 +227,7 @@ async fn warnings_only_events_leave_successful_runs_quiet() {
     let fatal = cluster
         .wait_states("fatal", 1, &[InstanceState::Error], LONG)
         .await;
-    let about = |instance: &charon::resources::WorkflowInstance| {
+    let about = |instance: &charon_core::resources::WorkflowInstance| {
         let uid = instance.metadata.uid.clone();
         move |e: &k8s_openapi::api::core::v1::Event| e.involved_object.uid == uid
     };
@@ -369,7 +369,7 @@ async fn invalid_specs_and_halts() {
             let wf = cluster.workflow("bad").await?;
             let status = wf.status.unwrap_or_default();
             match find_condition(&status.conditions, "Valid") {
-                Some(c) if c.status == charon::resources::ConditionStatus::False => {
+                Some(c) if c.status == charon_core::resources::ConditionStatus::False => {
                     Ok(c.message.clone())
                 }
                 other => Err(format!("{other:?}")),
@@ -414,7 +414,7 @@ async fn invalid_specs_and_halts() {
             let wf = cluster.workflow("bad").await?;
             let status = wf.status.unwrap_or_default();
             let valid = find_condition(&status.conditions, "Valid")
-                .is_some_and(|c| c.status == charon::resources::ConditionStatus::True);
+                .is_some_and(|c| c.status == charon_core::resources::ConditionStatus::True);
             let n = cluster.instances_of("bad").await.len();
             if valid && n >= 1 {
                 Ok(())
@@ -753,20 +753,20 @@ async fn infrastructure_failures_are_retried_without_cost() {
 /// operator renders it; `owner` replaces the instance as its owner when given.
 async fn unrecorded_job(
     cluster: &Cluster,
-    workflow: &charon::resources::Workflow,
-    instance: &charon::resources::WorkflowInstance,
+    workflow: &charon_core::resources::Workflow,
+    instance: &charon_core::resources::WorkflowInstance,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> k8s_openapi::api::batch::v1::Job {
     let uid = instance.uid().expect("uid");
     let name = instance.name_any();
-    let snapshot = charon::job::snapshot(
+    let snapshot = charon_core::job::snapshot(
         &workflow.spec.template,
         &instance.spec.parameter,
         workflow.metadata.generation,
     );
-    let execution = charon::job::Execution::of(workflow, instance, (NS, &name, &uid), 1, 0);
+    let execution = charon_core::job::Execution::of(workflow, instance, (NS, &name, &uid), 1, 0);
     let mut job =
-        charon::job::render(&workflow.spec.template, &snapshot, &execution).expect("renders");
+        charon_core::job::render(&workflow.spec.template, &snapshot, &execution).expect("renders");
     if let Some(owner) = owner {
         job.metadata.owner_references = Some(vec![owner]);
     }

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use charon::instance::{self, Action, Instance, JobStatus, Observation, State};
-use charon::names;
-use charon::retry::{AttemptOutcome, RetryPolicy};
-use charon::schedule::Schedule;
-use charon::trigger::{TriggerPolicy, plan_natural};
+use charon_core::instance::{self, Action, Instance, JobStatus, Observation, State};
+use charon_core::names;
+use charon_core::retry::{AttemptOutcome, RetryPolicy};
+use charon_core::schedule::Schedule;
+use charon_core::trigger::{TriggerPolicy, plan_natural};
 use chrono::{DateTime, Duration, Utc};
 
 fn utc(s: &str) -> DateTime<Utc> {

@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use charon::controller::{EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
-use charon::resources::{InstanceState, Workflow, WorkflowInstance};
+use charon_core::resources::{InstanceState, Workflow, WorkflowInstance};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::names;
+use crate::resources::condition_type;
 use crate::resources::{
     Condition, ConditionStatus, NextTrigger, TriggeredPartition, Workflow, WorkflowStatus,
     set_condition,
@@ -15,8 +16,6 @@ use crate::resources::{
 use crate::trigger::{Due, TriggerPolicy, plan_natural};
 use crate::validate;
 
-/// Condition type saying whether the spec is usable.
-pub const CONDITION_VALID: &str = "Valid";
 /// At most this many instances are created in one pass; the rest follow at once.
 pub const MAX_BATCH: usize = 100;
 
@@ -99,7 +98,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
     let mut status = previous.clone();
     status.observed_generation = generation;
     status.active = active;
-    let was_invalid = crate::resources::find_condition(&previous.conditions, CONDITION_VALID)
+    let was_invalid = crate::resources::find_condition(&previous.conditions, condition_type::VALID)
         .is_some_and(|c| c.status == ConditionStatus::False);
 
     let valid = match validate::workflow(&workflow.spec) {
@@ -107,7 +106,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
         Err(errors) => {
             let message = validate::message(&errors);
             let condition = Condition::new(
-                CONDITION_VALID,
+                condition_type::VALID,
                 ConditionStatus::False,
                 "InvalidSpec",
                 message.clone(),
@@ -115,7 +114,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
                 now,
             );
             let previous_message =
-                crate::resources::find_condition(&previous.conditions, CONDITION_VALID)
+                crate::resources::find_condition(&previous.conditions, condition_type::VALID)
                     .map(|c| c.message.clone());
             set_condition(&mut status.conditions, condition);
             status.next_trigger = None;
@@ -134,7 +133,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
     set_condition(
         &mut status.conditions,
         Condition::new(
-            CONDITION_VALID,
+            condition_type::VALID,
             ConditionStatus::True,
             "Valid",
             "the spec is valid",
@@ -286,7 +285,7 @@ mod tests {
         let mut wf = workflow("61 * * * *", "2024-01-01T00:00:00Z");
         let p = plan(&wf, 0, utc("2024-01-01T03:00:00Z"));
         assert!(p.create.is_empty());
-        let valid = crate::resources::find_condition(&p.status.conditions, CONDITION_VALID)
+        let valid = crate::resources::find_condition(&p.status.conditions, condition_type::VALID)
             .expect("condition");
         assert_eq!(valid.status, ConditionStatus::False);
         assert!(

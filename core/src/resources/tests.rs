@@ -374,18 +374,7 @@ fn enums_use_their_documented_spelling() {
 
 #[test]
 fn instance_state_names_match_their_serialisation() {
-    for state in [
-        InstanceState::Queued,
-        InstanceState::Prepare,
-        InstanceState::Submitting,
-        InstanceState::Submitted,
-        InstanceState::Running,
-        InstanceState::Terminated,
-        InstanceState::Failed,
-        InstanceState::Done,
-        InstanceState::Error,
-        InstanceState::Halted,
-    ] {
+    for state in InstanceState::ALL {
         assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         assert_eq!(
             state.is_terminal(),
@@ -396,4 +385,15 @@ fn instance_state_names_match_their_serialisation() {
         );
         assert!(!(state.is_terminal() && state.is_active()));
     }
+    // `ALL` names every state the schema allows, each once.
+    let schema = serde_json::to_value(schemars::schema_for!(InstanceState)).unwrap();
+    // Variants with doc comments are `oneOf` one `const` (or one-value `enum`) each.
+    let allowed: Vec<&str> = schema["oneOf"]
+        .as_array()
+        .expect("a oneOf schema")
+        .iter()
+        .filter_map(|v| v["const"].as_str().or(v["enum"][0].as_str()))
+        .collect();
+    let all: Vec<&str> = InstanceState::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(all, allowed);
 }

@@ -115,6 +115,20 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [InstanceState; 10] = [
+        InstanceState::Queued,
+        InstanceState::Prepare,
+        InstanceState::Submitting,
+        InstanceState::Submitted,
+        InstanceState::Running,
+        InstanceState::Terminated,
+        InstanceState::Failed,
+        InstanceState::Done,
+        InstanceState::Error,
+        InstanceState::Halted,
+    ];
+
     /// Whether the instance is finished.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -18,6 +18,18 @@ pub struct RetryPolicy {
     pub infrastructure_attempts: u32,
 }
 
+impl RetryPolicy {
+    /// The Styx policy with a workflow's numbers (`spec.retry`).
+    pub fn of(spec: &crate::resources::RetryPolicySpec) -> Self {
+        RetryPolicy {
+            max_cost: spec.max_cost,
+            missing_dependency_exit_code: spec.missing_dependency_exit_code,
+            fatal_exit_codes: spec.fatal_exit_codes.clone(),
+            infrastructure_attempts: spec.infrastructure_attempts,
+        }
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
