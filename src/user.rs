@@ -14,8 +14,9 @@ use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
+use crate::controller::error::{ApiErrorExt, ApiFailure};
 use crate::controller::triggers;
-use crate::resources::{
+use charon_core::resources::{
     Backfill, BackfillSpec, InstanceState, Reprocess, Workflow, WorkflowInstance,
 };
 
@@ -271,11 +272,9 @@ struct Ctx {
 }
 
 fn not_found(kind: &str, name: &str, namespace: &str, err: kube::Error) -> anyhow::Error {
-    match err {
-        kube::Error::Api(e) if e.code == 404 => {
-            anyhow!("{kind} {name:?} not found in namespace {namespace}")
-        }
-        other => other.into(),
+    match err.failure() {
+        ApiFailure::NotFound => anyhow!("{kind} {name:?} not found in namespace {namespace}"),
+        _ => err.into(),
     }
 }
 
@@ -336,7 +335,7 @@ impl Ctx {
         {
             Ok(t) => t,
             Err(triggers::TriggerError::Refused(reason)) => bail!("{reason}"),
-            Err(triggers::TriggerError::Kube(err)) => return Err(err.into()),
+            Err(triggers::TriggerError::Api(err)) => return Err(err.into()),
         };
         match self.output {
             Output::Table => writeln!(
@@ -376,10 +375,10 @@ impl Ctx {
                     bail!("--concurrency must be at least 1");
                 }
                 let wf = self.workflow(&workflow).await?;
-                let valid = crate::validate::workflow(&wf.spec).map_err(|e| {
+                let valid = charon_core::validate::workflow(&wf.spec).map_err(|e| {
                     anyhow!(
                         "workflow {workflow} is invalid: {}",
-                        crate::validate::message(&e)
+                        charon_core::validate::message(&e)
                     )
                 })?;
                 let spec = BackfillSpec {
@@ -396,10 +395,12 @@ impl Ctx {
                     env: Vec::new(),
                 };
                 // Refuse what the controller would refuse, before creating anything.
-                let partitions = crate::backfill::resolve_range(&valid.schedule, &spec, Utc::now())
-                    .map_err(|e| anyhow!("{e}"))?;
-                let name =
-                    name.unwrap_or_else(|| crate::backfill::default_name(&workflow, &start, &end));
+                let partitions =
+                    charon_core::backfill::resolve_range(&valid.schedule, &spec, Utc::now())
+                        .map_err(|e| anyhow!("{e}"))?;
+                let name = name.unwrap_or_else(|| {
+                    charon_core::backfill::default_name(&workflow, &start, &end)
+                });
                 let mut backfill = Backfill::new(&name, spec);
                 backfill.metadata.owner_references =
                     kube::Resource::controller_owner_ref(&wf, &()).map(|o| vec![o]);
@@ -407,13 +408,13 @@ impl Ctx {
                     .backfills()
                     .create(&PostParams::default(), &backfill)
                     .await
-                    .map_err(|e| match e {
-                        kube::Error::Api(e) if e.code == 409 => {
+                    .map_err(|e| match e.failure() {
+                        ApiFailure::Conflict => {
                             anyhow!(
                                 "backfill {name:?} already exists; pass --name to choose another"
                             )
                         }
-                        other => other.into(),
+                        _ => anyhow::Error::from(e),
                     })?;
                 match self.output {
                     Output::Table => writeln!(
@@ -487,8 +488,10 @@ impl Ctx {
                     "Counts:      triggered {} active {} done {} failed {} skipped {}",
                     c.triggered, c.active, c.done, c.failed, c.skipped
                 )?;
-                if let Some(valid) = crate::resources::find_condition(&s.conditions, "Valid")
-                    && valid.status == crate::resources::ConditionStatus::False
+                if let Some(valid) = charon_core::resources::find_condition(
+                    &s.conditions,
+                    charon_core::resources::condition_type::VALID,
+                ) && valid.status == charon_core::resources::ConditionStatus::False
                 {
                     writeln!(out, "Invalid:     {}", valid.message)?;
                 }
@@ -546,7 +549,7 @@ impl Ctx {
         let current = self.instance(instance).await?;
         let status = current.status.clone().unwrap_or_default();
         let job = match attempt {
-            Some(n) => crate::names::job_name(instance, n),
+            Some(n) => charon_core::names::job_name(instance, n),
             None => status
                 .job
                 .clone()
@@ -563,7 +566,7 @@ impl Ctx {
         };
         let params = LogParams {
             follow,
-            container: Some(crate::job::MAIN_CONTAINER.to_string()),
+            container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
             ..Default::default()
         };
         if follow {
@@ -621,8 +624,10 @@ impl Ctx {
             let name = wf.name_any();
             let status = wf.status.clone().unwrap_or_default();
             writeln!(out, "Workflow {name}  ({})", wf.spec.schedule)?;
-            if let Some(c) = crate::resources::find_condition(&status.conditions, "Valid")
-                && c.status == crate::resources::ConditionStatus::False
+            if let Some(c) = charon_core::resources::find_condition(
+                &status.conditions,
+                charon_core::resources::condition_type::VALID,
+            ) && c.status == charon_core::resources::ConditionStatus::False
             {
                 writeln!(out, "  Invalid:  {}", c.message)?;
             }
@@ -729,7 +734,7 @@ fn progress_line(backfill: &Backfill, now: DateTime<Utc>) -> String {
             let remaining = (c.total - f) as f64 * elapsed / f as f64;
             format!(
                 "  ETA {}",
-                crate::retry::human(chrono::Duration::seconds(remaining as i64))
+                charon_core::retry::human(chrono::Duration::seconds(remaining as i64))
             )
         }
         _ => String::new(),

@@ -1,37 +1,53 @@
 //! The Backfill reconciler (SPEC §5): resolves the range, plans with
-//! [`crate::backfill::plan`], creates, re-opens or halts instances, and writes progress.
+//! [`charon_core::backfill::plan`], creates, re-opens or halts instances, and writes progress.
 //! Instances it triggered wake it when they change, so it needs no polling.
+//!
+//! One reconcile: [`resolve`] (validate the workflow and range) → [`known_instances`] (read)
+//! → plan (pure) → [`apply`] → [`progress`] → status.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use super::context::{Context, Opening};
+use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
 use super::triggers::{TriggerError, new_instance, reopen};
-use super::{Context, Error};
-use crate::backfill::{BackfillAction, Existing, partition_state, plan, resolve_range};
-use crate::resources::{
-    Backfill, BackfillState, BackfillStatus, Condition, ConditionStatus, Trigger, TriggerType,
-    WorkflowInstance, set_condition,
+use charon_core::backfill::{
+    BackfillAction, BackfillPlan, Existing, partition_state, plan, resolve_range,
 };
+use charon_core::resources::{
+    Backfill, BackfillPartition, BackfillState, BackfillStatus, Condition, ConditionStatus,
+    Trigger, TriggerType, Workflow, WorkflowInstance, condition_type, set_condition,
+};
+use charon_core::schedule::Schedule;
 
 /// How often a running backfill is looked at without being woken.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How soon a backfill whose workflow is missing (it may appear) is looked at again.
+const INVALID_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How soon a backfill that found the cache behind is looked at again.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One reconcile of a Backfill.
 pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile("backfill");
-    if backfill.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let namespace = backfill
-        .namespace()
-        .ok_or(Error::Incomplete("metadata.namespace"))?;
-    let name = backfill.name_any();
+    ctx.clone()
+        .guarded(backfill.clone(), reconcile_backfill(backfill, ctx))
+        .await
+}
+
+async fn reconcile_backfill(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (namespace, name) = match ctx.open(&*backfill)? {
+        Opening::Ready { namespace, name } => (namespace, name),
+        Opening::Deleting | Opening::Stale => return Ok(Action::await_change()),
+    };
     let now = ctx.clock.now();
     let previous = backfill.status.clone().unwrap_or_default();
     let mut status = previous.clone();
@@ -41,66 +57,44 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
     let workflow = ctx
         .workflows
         .get(&ObjectRef::new(&backfill.spec.workflow).within(&namespace));
-    let resolved = match &workflow {
-        None => Err(format!(
-            "spec.workflow: workflow {:?} not found in namespace {namespace}",
-            backfill.spec.workflow
-        )),
-        Some(workflow) => match crate::validate::workflow(&workflow.spec) {
-            Err(errors) => Err(format!(
-                "spec.workflow: workflow {} is invalid: {}",
-                backfill.spec.workflow,
-                crate::validate::message(&errors)
-            )),
-            Ok(valid) => {
-                // The range is checked once, when the backfill starts; a backfill already
-                // running keeps going as time passes.
-                let check_now =
-                    if previous.started_at.is_some() && previous.state != BackfillState::Invalid {
-                        previous.started_at.unwrap_or(now)
-                    } else {
-                        now
-                    };
-                resolve_range(&valid.schedule, &backfill.spec, check_now)
-                    .map(|partitions| (valid.schedule, partitions))
-                    .map_err(|e| e.to_string())
-            }
-        },
-    };
-    let (schedule, partitions) = match resolved {
-        Ok(ok) => ok,
-        Err(message) => {
-            let was = crate::resources::find_condition(&previous.conditions, "Valid")
+    let (schedule, partitions) =
+        match resolve(&backfill, workflow.as_deref(), &namespace, &previous, now) {
+            Ok(ok) => ok,
+            Err(message) => {
+                let was = charon_core::resources::find_condition(
+                    &previous.conditions,
+                    condition_type::VALID,
+                )
                 .map(|c| c.message.clone());
-            status.state = BackfillState::Invalid;
-            set_condition(
-                &mut status.conditions,
-                Condition::new(
-                    "Valid",
-                    ConditionStatus::False,
-                    "InvalidSpec",
-                    message.clone(),
-                    generation,
-                    now,
-                ),
-            );
-            if was.as_deref() != Some(&message) {
-                ctx.events
-                    .record(&*backfill, Severity::Warning, "InvalidSpec", &message)
-                    .await;
+                status.state = BackfillState::Invalid;
+                set_condition(
+                    &mut status.conditions,
+                    Condition::new(
+                        condition_type::VALID,
+                        ConditionStatus::False,
+                        "InvalidSpec",
+                        message.clone(),
+                        generation,
+                        now,
+                    ),
+                );
+                if was.as_deref() != Some(&message) {
+                    ctx.events
+                        .record(&*backfill, Severity::Warning, "InvalidSpec", &message)
+                        .await;
+                }
+                ctx.write_status(&*backfill, status).await?;
+                // A missing workflow may appear: look again later.
+                return Ok(Action::requeue(INVALID_RETRY));
             }
-            write_status(&ctx, &backfill, &namespace, status).await?;
-            // A missing workflow may appear: look again later.
-            return Ok(Action::requeue(std::time::Duration::from_secs(30)));
-        }
-    };
+        };
     let Some(workflow) = workflow else {
         return Ok(Action::await_change());
     };
     set_condition(
         &mut status.conditions,
         Condition::new(
-            "Valid",
+            condition_type::VALID,
             ConditionStatus::True,
             "Valid",
             "the range is valid",
@@ -109,30 +103,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         ),
     );
 
-    // What exists, from the cache; instances this backfill triggered are read fresh when the
-    // cache does not (yet) show them as ours, since a stale view would misreport them. (A
-    // partition not triggered yet that the cache misses is created; AlreadyExists then says
-    // the cache was behind, below.)
-    let instances: Api<WorkflowInstance> = ctx.api(&namespace);
-    let ours = |i: &WorkflowInstance| {
-        i.spec.trigger.trigger_type == TriggerType::Backfill && i.spec.trigger.id == name
-    };
-    let mut known: HashMap<String, Option<Existing>> = HashMap::new();
-    for row in &previous.partitions {
-        let Some(instance) = row.instance.as_deref() else {
-            continue;
-        };
-        let cached = ctx
-            .instances
-            .get(&ObjectRef::new(instance).within(&namespace));
-        let triggered = row.state == partition_state::TRIGGERED;
-        let fresh = match cached {
-            Some(i) if !triggered || ours(&i) => Some((*i).clone()),
-            None if !triggered => None,
-            _ => instances.get_opt(instance).await?,
-        };
-        known.insert(instance.to_string(), fresh.as_ref().map(existing));
-    }
+    let known = known_instances(&ctx, &namespace, &name, &previous).await?;
     let lookup = |instance: &str| -> Option<Existing> {
         match known.get(instance) {
             Some(found) => found.clone(),
@@ -151,13 +122,130 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         &previous.partitions,
         &lookup,
     );
+    let Some(applied) = apply(&ctx, &backfill, &workflow, &namespace, &planned, now).await? else {
+        return Ok(Action::requeue(LOOK_AGAIN));
+    };
+    progress(
+        &ctx,
+        &backfill,
+        &mut status,
+        &planned,
+        applied.rows,
+        (&schedule, &partitions),
+        now,
+    )
+    .await;
+    let running = status.state == BackfillState::Running;
+    ctx.write_status(&*backfill, status).await?;
+    Ok(if applied.look_again {
+        Action::requeue(LOOK_AGAIN)
+    } else if running {
+        // Instance changes wake a running backfill; this only bounds how long a lost one
+        // could leave its status behind.
+        Action::requeue(RESYNC)
+    } else {
+        Action::await_change()
+    })
+}
 
+/// The backfill's schedule and partitions, or why it cannot run (naming the field).
+fn resolve(
+    backfill: &Backfill,
+    workflow: Option<&Workflow>,
+    namespace: &str,
+    previous: &BackfillStatus,
+    now: DateTime<Utc>,
+) -> Result<(Schedule, Vec<DateTime<Utc>>), String> {
+    let Some(workflow) = workflow else {
+        return Err(format!(
+            "spec.workflow: workflow {:?} not found in namespace {namespace}",
+            backfill.spec.workflow
+        ));
+    };
+    let valid = charon_core::validate::workflow(&workflow.spec).map_err(|errors| {
+        format!(
+            "spec.workflow: workflow {} is invalid: {}",
+            backfill.spec.workflow,
+            charon_core::validate::message(&errors)
+        )
+    })?;
+    // The range is checked once, when the backfill starts; a backfill already running keeps
+    // going as time passes.
+    let check_now = match previous.started_at {
+        Some(started) if previous.state != BackfillState::Invalid => started,
+        _ => now,
+    };
+    resolve_range(&valid.schedule, &backfill.spec, check_now)
+        .map(|partitions| (valid.schedule, partitions))
+        .map_err(|e| e.to_string())
+}
+
+/// What exists of the partitions on record, from the cache; instances this backfill
+/// triggered are read fresh when the cache does not (yet) show them as ours, since a stale
+/// view would misreport them. (A partition not triggered yet that the cache misses is
+/// created; AlreadyExists then says the cache was behind, in [`apply`].)
+async fn known_instances(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    previous: &BackfillStatus,
+) -> Result<HashMap<String, Option<Existing>>, Error> {
+    let instances: Api<WorkflowInstance> = ctx.api(namespace);
+    let mut known = HashMap::new();
+    for row in &previous.partitions {
+        let Some(instance) = row.instance.as_deref() else {
+            continue;
+        };
+        let cached = ctx
+            .instances
+            .get(&ObjectRef::new(instance).within(namespace));
+        let triggered = row.state == partition_state::TRIGGERED;
+        let fresh = match cached {
+            Some(i) if !triggered || is_ours(&i, name) => Some((*i).clone()),
+            None if !triggered => None,
+            _ => instances.get_opt(instance).await.map_err(call(
+                "get",
+                "WorkflowInstance",
+                namespace,
+                instance,
+            ))?,
+        };
+        known.insert(instance.to_string(), fresh.as_ref().map(existing));
+    }
+    Ok(known)
+}
+
+/// Whether the backfill `name` triggered this instance's current run.
+fn is_ours(instance: &WorkflowInstance, name: &str) -> bool {
+    instance.spec.trigger.trigger_type == TriggerType::Backfill && instance.spec.trigger.id == name
+}
+
+/// What applying the plan left: the partition rows, and whether the cache was behind.
+struct Applied {
+    rows: Vec<BackfillPartition>,
+    look_again: bool,
+}
+
+/// Creates, re-opens and halts instances as planned. `None`: a re-open conflicted; plan
+/// again from the newer object.
+async fn apply(
+    ctx: &Context,
+    backfill: &Backfill,
+    workflow: &Workflow,
+    namespace: &str,
+    planned: &BackfillPlan,
+    now: DateTime<Utc>,
+) -> Result<Option<Applied>, Error> {
+    let name = backfill.name_any();
+    let instances: Api<WorkflowInstance> = ctx.api(namespace);
     let trigger = Trigger {
         trigger_type: TriggerType::Backfill,
         id: name.clone(),
     };
-    let mut rows = planned.partitions.clone();
-    let mut look_again = false;
+    let mut applied = Applied {
+        rows: planned.partitions.clone(),
+        look_again: false,
+    };
     for action in &planned.actions {
         match action {
             BackfillAction::Create {
@@ -165,50 +253,51 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                 parameter,
                 instance,
             } => {
-                let Some(object) = new_instance(
-                    &workflow,
+                let object = new_instance(
+                    workflow,
                     *logical,
                     parameter,
                     trigger.clone(),
                     backfill.spec.env.clone(),
-                ) else {
-                    return Err(Error::Incomplete("workflow metadata.uid"));
-                };
+                )
+                .ok_or_else(|| {
+                    incomplete("Workflow", namespace, &workflow.name_any(), "metadata.uid")
+                })?;
                 match instances.create(&PostParams::default(), &object).await {
-                    Ok(_) => ctx.pace.wrote(),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                    Ok(_) => ctx.memory.pace.wrote(),
+                    Err(e) if e.failure() == ApiFailure::Conflict => {
                         // The cache did not show it. Created by an earlier pass of this
                         // backfill: triggered, as planned. Triggered otherwise (or finished,
                         // to be re-processed or not): decided on the next pass, from a view
                         // that shows it; never run twice.
-                        let fresh = instances.get_opt(instance).await?;
-                        if !fresh.as_ref().is_some_and(ours) {
-                            mark(&mut rows, instance, partition_state::PENDING, None);
-                            look_again = true;
+                        let fresh = instances.get_opt(instance).await.map_err(call(
+                            "get",
+                            "WorkflowInstance",
+                            namespace,
+                            instance,
+                        ))?;
+                        if !fresh.as_ref().is_some_and(|i| is_ours(i, &name)) {
+                            mark(&mut applied.rows, instance, partition_state::PENDING, None);
+                            applied.look_again = true;
                         }
                     }
-                    Err(err) => return Err(err.into()),
+                    Err(e) => {
+                        return Err(call("create", "WorkflowInstance", namespace, instance)(e));
+                    }
                 }
             }
             BackfillAction::Reopen { instance } => {
-                match reopen(
-                    &ctx.client,
-                    &workflow,
-                    instance,
-                    trigger.clone(),
-                    backfill.spec.env.clone(),
-                    now,
-                )
-                .await
-                {
+                let env = backfill.spec.env.clone();
+                match reopen(&ctx.client, workflow, instance, trigger.clone(), env, now).await {
                     Ok(_) => {}
-                    Err(TriggerError::Refused(reason)) => {
-                        mark(&mut rows, instance, partition_state::SKIPPED, Some(&reason))
-                    }
-                    Err(TriggerError::Kube(kube::Error::Api(e))) if e.code == 409 => {
-                        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-                    }
-                    Err(TriggerError::Kube(err)) => return Err(err.into()),
+                    Err(TriggerError::Refused(reason)) => mark(
+                        &mut applied.rows,
+                        instance,
+                        partition_state::SKIPPED,
+                        Some(&reason),
+                    ),
+                    Err(TriggerError::Api(e)) if e.is_conflict() => return Ok(None),
+                    Err(TriggerError::Api(e)) => return Err(e),
                 }
             }
             BackfillAction::Halt { instance } => {
@@ -218,12 +307,28 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
                     .await
                 {
                     Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(err) => return Err(err.into()),
+                    Err(e) if e.failure() == ApiFailure::NotFound => {}
+                    Err(e) => {
+                        return Err(call("patch", "WorkflowInstance", namespace, instance)(e));
+                    }
                 }
             }
         }
     }
+    Ok(Some(applied))
+}
+
+/// Writes the plan's progress into `status`: rows, counts, cursor, state, range, and the
+/// completion (with its Event).
+async fn progress(
+    ctx: &Context,
+    backfill: &Backfill,
+    status: &mut BackfillStatus,
+    planned: &BackfillPlan,
+    rows: Vec<BackfillPartition>,
+    (schedule, partitions): (&Schedule, &[DateTime<Utc>]),
+    now: DateTime<Utc>,
+) {
     let created = planned
         .actions
         .iter()
@@ -254,7 +359,7 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
         let c = &status.counts;
         ctx.events
             .record(
-                &*backfill,
+                backfill,
                 Severity::Normal,
                 "Completed",
                 &format!(
@@ -265,19 +370,8 @@ pub async fn reconcile(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Result<Act
             .await;
     }
     if created > 0 {
-        tracing::info!(backfill = %name, triggered = created, "backfill triggered partitions");
+        tracing::info!(triggered = created, "backfill triggered partitions");
     }
-    let running = status.state == BackfillState::Running;
-    write_status(&ctx, &backfill, &namespace, status).await?;
-    Ok(if look_again {
-        Action::requeue(std::time::Duration::from_millis(200))
-    } else if running {
-        // Instance changes wake a running backfill; this only bounds how long a lost one
-        // could leave its status behind.
-        Action::requeue(RESYNC)
-    } else {
-        Action::await_change()
-    })
 }
 
 fn existing(instance: &WorkflowInstance) -> Existing {
@@ -293,12 +387,7 @@ fn existing(instance: &WorkflowInstance) -> Existing {
 }
 
 /// Sets the state (and the reason, if any) of the partition of `instance`.
-fn mark(
-    rows: &mut [crate::resources::BackfillPartition],
-    instance: &str,
-    state: &str,
-    reason: Option<&str>,
-) {
+fn mark(rows: &mut [BackfillPartition], instance: &str, state: &str, reason: Option<&str>) {
     if let Some(row) = rows
         .iter_mut()
         .find(|r| r.instance.as_deref() == Some(instance))
@@ -306,23 +395,6 @@ fn mark(
         row.state = state.to_string();
         row.reason = reason.map(str::to_string);
     }
-}
-
-async fn write_status(
-    ctx: &Context,
-    backfill: &Backfill,
-    namespace: &str,
-    status: BackfillStatus,
-) -> Result<(), Error> {
-    if backfill.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut updated = backfill.clone();
-    updated.status = Some(status);
-    ctx.api::<Backfill>(namespace)
-        .replace_status(&backfill.name_any(), &PostParams::default(), &updated)
-        .await?;
-    Ok(())
 }
 
 /// The backfill an instance was triggered by, if any (to wake it when the instance changes).
@@ -335,12 +407,10 @@ pub fn backfill_of(instance: &WorkflowInstance) -> Option<ObjectRef<Backfill>> {
 
 /// Failed reconciles are retried after a delay.
 pub fn error_policy(backfill: Arc<Backfill>, error: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Kube(kube::Error::Api(e)) = error
-        && e.code == 409
-    {
-        return Action::requeue(std::time::Duration::from_millis(200));
-    }
-    ctx.metrics.error("backfill");
-    tracing::warn!(backfill = %backfill.name_any(), %error, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.requeue_after_error(
+        &*backfill,
+        error,
+        Some(LOOK_AGAIN),
+        std::time::Duration::from_secs(5),
+    )
 }

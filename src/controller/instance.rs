@@ -1,5 +1,5 @@
 //! The WorkflowInstance reconciler: observes the current Job, runs one step of the state
-//! machine ([`crate::instance::step`]), applies its actions and writes the status.
+//! machine ([`charon_core::instance::step`]), applies its actions and writes the status.
 //!
 //! Job creation is exactly-once because the Job's name comes from the instance and the
 //! execution number: whoever plans an execution plans the same name, and the API server
@@ -7,31 +7,35 @@
 //! instance's). A new attempt's Job is therefore created *before* the attempt is written,
 //! once a read has shown that the stored instance is the one the attempt was planned from,
 //! and the attempt is recorded when it finishes or [`RECORD_WITHIN`] after its Job was
-//! created (longer while the controller is busy, see [`super::pace`]), whichever comes
-//! first: a short attempt costs one status write, not three.
+//! created (longer while the controller is busy, see [`super::memory::pace`]), whichever
+//! comes first: a short attempt costs one status write, not three.
 //! Everything else is written first and acted on after: a halt is on record before its Job
 //! is deleted.
+//!
+//! One reconcile: [`read`] → [`plan`] (observe, admit, step) → [`start_attempt`] →
+//! [`record`] → [`act`] → [`next_look`].
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use super::context::{Context, Opening, STALE_RETRY};
+use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
-use super::{Context, Error, instances_of};
-use crate::concurrency::{self, Candidate};
-use crate::instance::{self as machine, Instance, JobStatus, Observation, State, Step, Transition};
-use crate::job::{self, Execution};
-use crate::resources::{
-    HistoryEntry, InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus,
-};
-use crate::retry::{AttemptOutcome, RetryCounters, RetryPolicy};
-use crate::schedule::IsoDuration;
+use super::index::{instances_of, pods_of_job};
+use super::memory::{Owed, Reservation};
+use charon_core::concurrency::{self, Candidate};
+use charon_core::instance::{self as machine, Instance, JobStatus, Observation, State, Step};
+use charon_core::job::{self, Execution};
+use charon_core::resources::{Workflow, WorkflowInstance, WorkflowInstanceStatus};
+use charon_core::retry::{AttemptOutcome, RetryPolicy};
+use charon_core::status;
 
 /// Annotation asking to skip the remaining retry delay (SPEC §4).
 pub const RETRY_NOW: &str = "charon.dev/retry-now";
@@ -47,34 +51,98 @@ const RECORD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How soon a new instance held back by a burst of triggers is looked at again.
 const BURST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How soon an instance whose workflow is not in the cache is looked at again.
+const NO_WORKFLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How soon an attempt planned from a cache that was behind is planned again.
+const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How soon a status write that conflicted is tried again from the newer object.
+const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One reconcile of a WorkflowInstance.
 pub async fn reconcile(
     instance: Arc<WorkflowInstance>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile("instance");
-    if instance.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let namespace = instance
-        .namespace()
-        .ok_or(Error::Incomplete("metadata.namespace"))?;
-    let name = instance.name_any();
-    if ctx.writes.stale(&instance.metadata) {
-        // Our last status write is not in the cache yet; its watch event will wake us.
-        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
-    }
-    if instance.status.is_none() && ctx.burst.holds() {
+    ctx.clone()
+        .guarded(instance.clone(), reconcile_instance(instance, ctx))
+        .await
+}
+
+async fn reconcile_instance(
+    instance: Arc<WorkflowInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let (namespace, name) = match ctx.open(&*instance)? {
+        Opening::Ready { namespace, name } => (namespace, name),
+        Opening::Deleting => return Ok(Action::await_change()),
+        Opening::Stale => return Ok(Action::requeue(STALE_RETRY)),
+    };
+    if instance.status.is_none() && ctx.memory.burst.holds() {
         // Triggers first: start this one once the workflows have created theirs.
         return Ok(Action::requeue(BURST_RETRY));
     }
     let now = ctx.clock.now();
+    let read = read(&ctx, &instance, namespace, name);
+    if read.status.state.is_terminal() {
+        return expire(
+            &ctx,
+            &instance,
+            &read.namespace,
+            read.workflow.as_deref(),
+            now,
+        )
+        .await;
+    }
+    let Some(workflow) = read.workflow.clone() else {
+        // Not in the cache yet, or being deleted (its instances go with it).
+        return Ok(Action::requeue(NO_WORKFLOW_RETRY));
+    };
+
+    let mut planned = plan(&ctx, &instance, &read, &workflow, now).await?;
+    let started = match start_attempt(&ctx, &instance, &read, &workflow, &mut planned, now).await? {
+        Some(started) => started,
+        None => return Ok(Action::requeue(BEHIND_RETRY)),
+    };
+    if let Some(message) = started.refused {
+        refuse_attempt(&ctx, &instance, &workflow, &mut planned, message, now);
+    }
+    let Some(recorded) = record(&ctx, &instance, &read, &planned, started.since, now).await? else {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    };
+    act(
+        &ctx,
+        &instance,
+        &read,
+        &workflow,
+        &mut planned,
+        &recorded.stored,
+    )
+    .await?;
+    next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await
+}
+
+/// What a reconcile starts from: the status on record, or the status owed by an attempt an
+/// earlier pass started and has not recorded yet, and the workflow.
+struct Read {
+    namespace: String,
+    name: String,
+    /// The status on record.
+    stored_status: WorkflowInstanceStatus,
+    /// The status owed, if any.
+    owed: Option<Owed>,
+    /// The status to plan from: the owed one, else the stored one.
+    status: WorkflowInstanceStatus,
+    workflow: Option<Arc<Workflow>>,
+}
+
+fn read(ctx: &Context, instance: &WorkflowInstance, namespace: String, name: String) -> Read {
     let stored_status = instance.status.clone().unwrap_or_default();
-    // An attempt started by an earlier pass and not on record yet continues from what is owed.
     let owed = if stored_status.state.is_terminal() {
         None
     } else {
-        ctx.unrecorded.owed(&instance)
+        ctx.memory.unrecorded.owed(instance)
     };
     let status = owed
         .as_ref()
@@ -82,205 +150,303 @@ pub async fn reconcile(
     let workflow = ctx
         .workflows
         .get(&ObjectRef::new(&instance.spec.workflow).within(&namespace));
-
-    if status.state.is_terminal() {
-        return expire(&ctx, &instance, &namespace, workflow.as_deref(), now).await;
+    Read {
+        namespace,
+        name,
+        stored_status,
+        owed,
+        status,
+        workflow,
     }
-    let Some(workflow) = workflow else {
-        // Not in the cache yet, or being deleted (its instances go with it).
-        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
-    };
+}
 
-    let policy = retry_policy(&workflow);
-    let running_timeout = job::running_timeout(&workflow);
-    let job_status = observe(&ctx, &namespace, &status, now).await?;
-    let retry_now = instance.annotations().contains_key(RETRY_NOW);
-    let current = to_machine(&name, &status);
+/// The machine's step and the status it leads to.
+struct Planned<'a> {
+    /// The instance before the step.
+    current: Instance,
+    observation: Observation,
+    policy: RetryPolicy,
+    step: Step,
+    new_status: WorkflowInstanceStatus,
+    /// The execution whose Job this step creates as a new attempt, if any.
+    created_execution: Option<u32>,
+    /// The state decided for a workflow with a concurrency limit, until it is kept.
+    reservation: Option<Reservation<'a>>,
+}
 
-    // Concurrency admission is decided and recorded under one lock, so two instances of a
-    // workflow reconciled at once cannot both take its last slot.
-    let limit = workflow.spec.concurrency;
-    let mut ledger = match (limit, status.state) {
-        (Some(_), State::Queued) => Some(ctx.ledger.lock().await),
-        _ => None,
-    };
-    let slot = match (&ledger, limit) {
-        (Some(ledger), Some(limit)) => admission(
-            &ctx,
-            ledger,
-            &instance,
-            &namespace,
-            &workflow.name_any(),
-            limit,
-            now,
-        ),
-        _ => Ok(()),
-    };
+/// Observes the current Job, decides admission (for a workflow with a concurrency limit:
+/// decided and reserved under that workflow's lock, so two of its instances reconciled at
+/// once cannot both take its last slot) and steps the machine.
+async fn plan<'a>(
+    ctx: &'a Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    workflow: &Workflow,
+    now: DateTime<Utc>,
+) -> Result<Planned<'a>, Error> {
+    let policy = RetryPolicy::of(&workflow.spec.retry);
+    let current = status::to_machine(&read.name, &read.status);
     let observation = Observation {
         halted: instance.spec.halted,
-        retry_now,
-        slot,
-        job: job_status,
-        running_timeout,
+        retry_now: instance.annotations().contains_key(RETRY_NOW),
+        slot: Ok(()),
+        job: observe(ctx, &read.namespace, &read.status, now).await?,
+        running_timeout: job::running_timeout(workflow),
     };
-    let mut step = machine::step(&current, &observation, &policy, now, &mut random_below);
-    let mut new_status = to_status(&status, &step.instance, &step.transitions, now, &workflow);
+    let step_with = |slot: Result<(), String>| {
+        let observation = Observation {
+            slot,
+            ..observation.clone()
+        };
+        let step = machine::step(&current, &observation, &policy, now, &mut random_below);
+        (observation, step)
+    };
+    let ((observation, step), reservation) = match workflow.spec.concurrency {
+        Some(limit) if read.status.state == State::Queued => {
+            let (planned, reservation) = ctx.memory.admission.decide(instance, |ledger| {
+                let slot = admission(ctx, ledger, instance, &read.namespace, workflow, limit, now);
+                let planned = step_with(slot);
+                let state = planned.1.instance.state;
+                (planned, state)
+            });
+            (planned, Some(reservation))
+        }
+        Some(_) => (
+            step_with(Ok(())),
+            Some(ctx.memory.admission.reservation(instance)),
+        ),
+        None => (step_with(Ok(())), None),
+    };
+    let mut new_status = status::after_step(
+        &read.status,
+        &step.instance,
+        &step.transitions,
+        now,
+        workflow,
+    );
     new_status.observed_generation = instance.metadata.generation;
     let created_execution = step.actions.iter().find_map(|a| match a {
-        machine::Action::CreateJob { execution, .. } if *execution > status.execution => {
+        machine::Action::CreateJob { execution, .. } if *execution > read.status.execution => {
             Some(*execution)
         }
         _ => None,
     });
-    let mut since = owed.as_ref().map(|o| o.since);
-    let mut invalid = None;
-    if created_execution.is_some() {
+    Ok(Planned {
+        current,
+        observation,
+        policy,
+        step,
+        new_status,
+        created_execution,
+        reservation,
+    })
+}
+
+/// A new attempt's start: since when its Job exists, or the API server's refusal of it.
+struct Started {
+    since: Option<DateTime<Utc>>,
+    refused: Option<String>,
+}
+
+/// Creates a new attempt's Job, before the attempt is recorded, once the stored instance is
+/// shown to be the one the attempt was planned from. `None`: the cache was behind, plan
+/// again.
+async fn start_attempt(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    workflow: &Workflow,
+    planned: &mut Planned<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<Started>, Error> {
+    let mut started = Started {
+        since: read.owed.as_ref().map(|o| o.since),
+        refused: None,
+    };
+    if planned.created_execution.is_some() {
         // Prepare snapshots what this execution runs from the current workflow spec.
-        new_status.snapshot = Some(job::snapshot(
+        planned.new_status.snapshot = Some(job::snapshot(
             &workflow.spec.template,
             &instance.spec.parameter,
             workflow.metadata.generation,
         ));
-        if owed.is_none() {
-            // This plan came from the cache. A cache that is behind (a later attempt already
-            // ran, its Job deleted) would start an attempt again, so a new attempt's Job is
-            // only created from the stored object as it is now.
-            let fresh = ctx
-                .api::<WorkflowInstance>(&namespace)
-                .get_opt(&name)
-                .await?;
-            let current = fresh.is_some_and(|fresh| {
-                fresh.metadata.resource_version == instance.metadata.resource_version
-            });
-            if !current {
-                return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-            }
+        if read.owed.is_none() && !is_current(ctx, instance, read).await? {
+            // A cache that is behind (a later attempt already ran, its Job deleted) would
+            // start an attempt again. (The reservation is put back when dropped.)
+            return Ok(None);
         }
-        // The new attempt's Job first; the attempt is recorded once it is observed.
-        for action in &step.actions {
+        for action in &planned.step.actions {
             if let machine::Action::CreateJob { name: job_name, .. } = action {
-                match create_job(&ctx, &instance, &new_status, &workflow, job_name).await? {
-                    Ok(()) => since = Some(now),
-                    Err(message) => invalid = Some(message),
+                match create_job(ctx, instance, &planned.new_status, workflow, job_name).await? {
+                    JobCreation::Created => started.since = Some(now),
+                    JobCreation::Refused(message) => started.refused = Some(message),
                 }
             }
         }
     }
-    // Every state this controller decides for a workflow with a limit goes in the ledger,
-    // which admission trusts over the cache.
-    if limit.is_some() {
-        let instance_ref = ObjectRef::from_obj(&*instance);
-        match ledger.as_mut() {
-            Some(ledger) => {
-                ledger.insert(instance_ref, step.instance.state);
-            }
-            None => {
-                ctx.ledger
-                    .lock()
-                    .await
-                    .insert(instance_ref, step.instance.state);
-            }
-        }
+    if let Some(reservation) = planned.reservation.take() {
+        reservation.record(planned.step.instance.state);
     }
-    drop(ledger);
+    Ok(Some(started))
+}
 
-    if let Some(message) = invalid {
-        // The API server refused the Job: an invalid Job is an immediate Error (SPEC §4).
-        let observation = Observation {
-            job: JobStatus::Finished(AttemptOutcome::Invalid(message)),
-            slot: Ok(()),
-            ..observation
-        };
-        let again = machine::step(
-            &step.instance,
-            &observation,
-            &policy,
-            now,
-            &mut random_below,
-        );
-        new_status = to_status(
-            &new_status,
-            &again.instance,
-            &again.transitions,
-            now,
-            &workflow,
-        );
-        if limit.is_some() {
-            ctx.ledger
-                .lock()
-                .await
-                .insert(ObjectRef::from_obj(&*instance), again.instance.state);
-        }
-        let mut transitions = std::mem::take(&mut step.transitions);
-        transitions.extend(again.transitions.iter().cloned());
-        step = Step {
-            transitions,
-            ..again
-        };
-    }
+/// Whether the stored instance is still the version the plan was made from (the plan came
+/// from the cache).
+async fn is_current(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+) -> Result<bool, Error> {
+    let fresh = ctx
+        .api::<WorkflowInstance>(&read.namespace)
+        .get_opt(&read.name)
+        .await
+        .map_err(call("get", "WorkflowInstance", &read.namespace, &read.name))?;
+    Ok(fresh
+        .is_some_and(|fresh| fresh.metadata.resource_version == instance.metadata.resource_version))
+}
 
-    // A started attempt that has not finished is written once it does, or after
-    // RECORD_WITHIN (longer while the controller is busy); anything else is written now.
-    let unfinished = matches!(
-        new_status.state,
-        State::Submitting | State::Submitted | State::Running
+/// The API server refused the new attempt's Job: an invalid Job is an immediate Error
+/// (SPEC §4), stepped on top of the planned step.
+fn refuse_attempt(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    workflow: &Workflow,
+    planned: &mut Planned<'_>,
+    message: String,
+    now: DateTime<Utc>,
+) {
+    let observation = Observation {
+        job: JobStatus::Finished(AttemptOutcome::Invalid(message)),
+        slot: Ok(()),
+        ..planned.observation.clone()
+    };
+    let again = machine::step(
+        &planned.step.instance,
+        &observation,
+        &planned.policy,
+        now,
+        &mut random_below,
     );
+    planned.new_status = status::after_step(
+        &planned.new_status,
+        &again.instance,
+        &again.transitions,
+        now,
+        workflow,
+    );
+    if workflow.spec.concurrency.is_some() {
+        ctx.memory
+            .admission
+            .reservation(instance)
+            .record(again.instance.state);
+    }
+    let mut transitions = std::mem::take(&mut planned.step.transitions);
+    transitions.extend(again.transitions.iter().cloned());
+    planned.step = Step {
+        transitions,
+        ..again
+    };
+}
+
+/// What recording the step left.
+struct Recorded {
+    /// The instance as stored after the write (or as read, if nothing was written).
+    stored: WorkflowInstance,
+    /// For an attempt left unrecorded: since when its Job exists, and until when it may go
+    /// unrecorded.
+    record_by: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Writes the new status, or, for a started attempt that has not finished, owes it until
+/// it finishes or [`RECORD_WITHIN`] has passed (longer while the controller is busy).
+/// `None`: the write conflicted; the next reconcile sees the newer object.
+async fn record(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    planned: &Planned<'_>,
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<Recorded>, Error> {
+    let unfinished = is_unfinished(&planned.new_status);
     let record_by = since
         .filter(|_| unfinished)
         .map(|at| {
             // (Seconds always fit; failing that, it is written now.)
-            let within =
-                Duration::from_std(ctx.pace.progress_within(RECORD_WITHIN)).unwrap_or_default();
+            let within = Duration::from_std(ctx.memory.pace.progress_within(RECORD_WITHIN))
+                .unwrap_or_default();
             (at, at + within)
         })
         .filter(|(_, by)| now < *by);
-    let mut stored = (*instance).clone();
+    let mut stored = instance.clone();
     if let Some((since, _)) = record_by {
-        ctx.unrecorded.owe(&instance, new_status.clone(), since);
-    } else if new_status != stored_status {
-        stored = match write_status(&ctx, &instance, &namespace, &new_status).await {
+        ctx.memory
+            .unrecorded
+            .owe(instance, planned.new_status.clone(), since);
+    } else if planned.new_status != read.stored_status {
+        stored = match ctx
+            .replace_status(instance, planned.new_status.clone())
+            .await
+        {
             Ok(stored) => stored,
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
-                // Our view was stale; the next reconcile sees the newer object.
-                return Ok(Action::requeue(std::time::Duration::from_millis(100)));
-            }
-            Err(err) => return Err(err),
+            Err(error) if error.is_conflict() => return Ok(None),
+            Err(error) => return Err(error),
         };
-        ctx.unrecorded.settle(&instance);
+        ctx.memory.unrecorded.settle(instance);
         // A write while an attempt is under way only shows progress; the others start or
         // end runs.
         if !unfinished {
-            ctx.pace.wrote();
+            ctx.memory.pace.wrote();
         }
     }
+    Ok(Some(Recorded { stored, record_by }))
+}
 
-    // Apply the remaining actions, now that the status records them.
+fn is_unfinished(status: &WorkflowInstanceStatus) -> bool {
+    matches!(
+        status.state,
+        State::Submitting | State::Submitted | State::Running
+    )
+}
+
+/// Applies the rest of the step, now that the status records it: Jobs created again or
+/// deleted, Events, the retry-now annotation consumed, waiting siblings woken.
+async fn act(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    workflow: &Workflow,
+    planned: &mut Planned<'_>,
+    stored: &WorkflowInstance,
+) -> Result<(), Error> {
+    let (namespace, name) = (read.namespace.as_str(), read.name.as_str());
+    let step = &planned.step;
     for action in &step.actions {
         match action {
             machine::Action::CreateJob { execution, .. }
-                if created_execution == Some(*execution) => {}
+                if planned.created_execution == Some(*execution) => {}
             machine::Action::CreateJob { name: job_name, .. } => {
                 // The current attempt's Job is gone: create it under its name again.
-                if let Err(message) =
-                    create_job(&ctx, &stored, &new_status, &workflow, job_name).await?
+                if let JobCreation::Refused(message) =
+                    create_job(ctx, stored, &planned.new_status, workflow, job_name).await?
                 {
-                    tracing::warn!(instance = %name, job = %job_name, %message, "Job refused");
+                    tracing::warn!(job = %job_name, %message, "Job refused");
                 }
             }
             machine::Action::DeleteJob { name: job_name } => {
-                delete_job(&ctx, &namespace, job_name).await?;
+                delete_job(ctx, namespace, job_name).await?;
             }
         }
     }
-    if owed.is_none() && current.state == State::Queued && step.instance.state == State::Halted {
+    let (current, after) = (&planned.current, step.instance.state);
+    if read.owed.is_none() && current.state == State::Queued && after == State::Halted {
         // A restarted controller may have lost the record of the next attempt's Job (created
         // just before it stopped): make sure it does not run on unrecorded.
-        let next = crate::names::job_name(&name, current.execution + 1);
-        delete_job(&ctx, &namespace, &next).await?;
+        let next = charon_core::names::job_name(name, current.execution + 1);
+        delete_job(ctx, namespace, &next).await?;
     }
-    let transitions = std::mem::take(&mut step.transitions);
-
-    for t in &transitions {
+    for t in std::mem::take(&mut planned.step.transitions) {
         let severity = match t.to {
             State::Failed | State::Error => Severity::Warning,
             State::Terminated
@@ -291,45 +457,47 @@ pub async fn reconcile(
             _ => Severity::Normal,
         };
         ctx.events
-            .record(&stored, severity, &t.reason, &t.message)
+            .record(stored, severity, &t.reason, &t.message)
             .await;
-        tracing::info!(instance = %name, from = %t.from.as_str(), to = %t.to.as_str(), reason = %t.reason, "{}", t.message);
+        tracing::info!(from = %t.from.as_str(), to = %t.to.as_str(), reason = %t.reason, "{}", t.message);
     }
-    if retry_now && step.instance.state != State::Queued {
+    if planned.observation.retry_now && after != State::Queued {
         let patch = serde_json::json!({"metadata": {"annotations": {RETRY_NOW: null}}});
         let patched = ctx
-            .api::<WorkflowInstance>(&namespace)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        ctx.writes.wrote(&patched.metadata);
+            .api::<WorkflowInstance>(namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(call("patch", "WorkflowInstance", namespace, name))?;
+        ctx.memory.writes.wrote(&patched.metadata);
     }
-    let freed = current.state.is_active() && !step.instance.state.is_active();
-    if freed && limit.is_some() {
-        wake_waiting(&ctx, &namespace, &instance.spec.workflow, &name);
+    let freed = current.state.is_active() && !after.is_active();
+    if freed && workflow.spec.concurrency.is_some() {
+        wake_waiting(ctx, namespace, &instance.spec.workflow, name);
     }
-    if step.instance.state.is_terminal() {
-        // Arrange the history TTL.
-        return expire(&ctx, &stored, &namespace, Some(&workflow), now).await;
+    Ok(())
+}
+
+/// When to look at the instance again: its history TTL once finished, when an unrecorded
+/// attempt is due to be recorded, else when the machine asked (at most [`RESYNC`]).
+async fn next_look(
+    ctx: &Context,
+    recorded: &Recorded,
+    planned: &Planned<'_>,
+    namespace: &str,
+    workflow: &Workflow,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    if planned.step.instance.state.is_terminal() {
+        return expire(ctx, &recorded.stored, namespace, Some(workflow), now).await;
     }
-    if let Some((_, by)) = record_by {
+    if let Some((_, by)) = recorded.record_by {
         // Job and Pod events wake it sooner.
         return Ok(Action::requeue((by - now).to_std().unwrap_or_default()));
     }
-    Ok(match step.requeue_after {
+    Ok(match planned.step.requeue_after {
         Some(after) => Action::requeue(after.to_std().unwrap_or_default().min(RESYNC)),
         None => Action::requeue(RESYNC),
     })
-}
-
-/// The Styx retry policy with the workflow's numbers.
-fn retry_policy(workflow: &Workflow) -> RetryPolicy {
-    let retry = &workflow.spec.retry;
-    RetryPolicy {
-        max_cost: retry.max_cost,
-        missing_dependency_exit_code: retry.missing_dependency_exit_code,
-        fatal_exit_codes: retry.fatal_exit_codes.clone(),
-        infrastructure_attempts: retry.infrastructure_attempts,
-    }
 }
 
 /// What the current execution's Job says. The cache may lag behind a Job just created or
@@ -360,13 +528,14 @@ async fn observe(
     };
     let job: Option<Job> = match cached {
         Some(job) => Some((*job).clone()),
-        None => ctx.api::<Job>(namespace).get_opt(job_name).await?,
+        None => ctx
+            .api::<Job>(namespace)
+            .get_opt(job_name)
+            .await
+            .map_err(call("get", "Job", namespace, job_name))?,
     };
     let pods: Vec<Pod> = if quiet {
-        ctx.api::<Pod>(namespace)
-            .list(&kube::api::ListParams::default().labels(&format!("job-name={job_name}")))
-            .await?
-            .items
+        list_pods(ctx, namespace, job_name).await?
     } else {
         ctx.pod_index
             .lookup(&ctx.pods, namespace, job_name)
@@ -374,124 +543,48 @@ async fn observe(
             .map(|p| (**p).clone())
             .collect()
     };
-    let observed = crate::observe::job_status(job.as_ref(), &pods);
+    let observed = charon_core::observe::job_status(job.as_ref(), &pods);
     if matches!(observed, JobStatus::Finished(AttemptOutcome::NoExitCode(_))) {
         // The Job's verdict can reach the cache before its pod's final status does: read the
         // pods fresh before concluding that the attempt left no exit code.
-        let fresh = ctx
-            .api::<Pod>(namespace)
-            .list(&kube::api::ListParams::default().labels(&format!("job-name={job_name}")))
-            .await?
-            .items;
-        return Ok(crate::observe::job_status(job.as_ref(), &fresh));
+        let fresh = list_pods(ctx, namespace, job_name).await?;
+        return Ok(charon_core::observe::job_status(job.as_ref(), &fresh));
     }
     Ok(observed)
 }
 
-pub(super) fn to_machine(name: &str, status: &WorkflowInstanceStatus) -> Instance {
-    Instance {
-        name: name.to_string(),
-        state: status.state,
-        tries: status.tries,
-        execution: status.execution,
-        counters: RetryCounters {
-            cost: status.cost,
-            consecutive_failures: status.consecutive_failures,
-            infrastructure_failures: status.infrastructure_failures,
-        },
-        next_attempt_at: status.next_attempt_at,
-        job: status.job.clone(),
-        last_exit_code: status.last_exit_code,
-        running_since: status.running_since,
-        message: status.message.clone(),
-    }
-}
-
-/// The status after a step: the machine's fields, the transitions in the bounded history,
-/// and the start and finish times of the run.
-pub(super) fn to_status(
-    before: &WorkflowInstanceStatus,
-    after: &Instance,
-    transitions: &[Transition],
-    now: DateTime<Utc>,
-    workflow: &Workflow,
-) -> WorkflowInstanceStatus {
-    let mut status = before.clone();
-    status.state = after.state;
-    status.tries = after.tries;
-    status.execution = after.execution;
-    status.cost = (after.counters.cost * 1000.0).round() / 1000.0;
-    status.consecutive_failures = after.counters.consecutive_failures;
-    status.infrastructure_failures = after.counters.infrastructure_failures;
-    status.next_attempt_at = after.next_attempt_at;
-    status.job = after.job.clone();
-    status.last_exit_code = after.last_exit_code;
-    status.running_since = after.running_since;
-    status.message = after.message.clone();
-    for t in transitions {
-        if t.to == InstanceState::Prepare && status.started_at.is_none() {
-            status.started_at = Some(now);
-        }
-        if t.to.is_terminal() {
-            status.finished_at = Some(now);
-        }
-        status.history.push(HistoryEntry {
-            at: now,
-            from: t.from,
-            to: t.to,
-            reason: t.reason.clone(),
-            message: t.message.clone(),
-        });
-    }
-    let limit = workflow.spec.history.limit.max(1) as usize;
-    if status.history.len() > limit {
-        let excess = status.history.len() - limit;
-        status.history.drain(..excess);
-    }
-    status
-}
-
-async fn write_status(
-    ctx: &Context,
-    instance: &WorkflowInstance,
-    namespace: &str,
-    status: &WorkflowInstanceStatus,
-) -> Result<WorkflowInstance, Error> {
-    let mut updated = instance.clone();
-    updated.status = Some(status.clone());
-    let stored = ctx
-        .api::<WorkflowInstance>(namespace)
-        .replace_status(&instance.name_any(), &PostParams::default(), &updated)
-        .await?;
-    ctx.writes.wrote(&stored.metadata);
-    Ok(stored)
+/// A Job's pods, read from the API server.
+async fn list_pods(ctx: &Context, namespace: &str, job: &str) -> Result<Vec<Pod>, Error> {
+    Ok(ctx
+        .api::<Pod>(namespace)
+        .list(&ListParams::default().labels(&pods_of_job(job)))
+        .await
+        .map_err(call("list", "Pod", namespace, ""))?
+        .items)
 }
 
 /// Whether this queued instance may take a slot of its workflow (SPEC §6): states come from
-/// the ledger of what this controller wrote, falling back to the cache.
+/// the ledger of what this controller decided, falling back to the cache.
 fn admission(
     ctx: &Context,
-    ledger: &std::collections::HashMap<ObjectRef<WorkflowInstance>, InstanceState>,
+    ledger: &super::memory::Entries,
     instance: &WorkflowInstance,
     namespace: &str,
-    workflow: &str,
+    workflow: &Workflow,
     limit: u32,
     now: DateTime<Utc>,
 ) -> Result<(), String> {
+    let workflow = workflow.name_any();
     let me = instance.name_any();
-    let siblings = instances_of(ctx, namespace, workflow);
     let mut active = 0;
     let mut ready: Vec<(DateTime<Utc>, String)> = Vec::new();
-    for sibling in &siblings {
+    for sibling in &instances_of(ctx, namespace, &workflow) {
         let sibling_name = sibling.name_any();
         if sibling_name == me {
             continue;
         }
         let status = sibling.status.clone().unwrap_or_default();
-        let state = ledger
-            .get(&ObjectRef::from_obj(&**sibling))
-            .copied()
-            .unwrap_or(status.state);
+        let state = ledger.get(&sibling_name).copied().unwrap_or(status.state);
         if state.is_active() {
             active += 1;
         } else if state == State::Queued
@@ -509,7 +602,7 @@ fn admission(
             name,
         })
         .collect();
-    let (admitted, waiting) = concurrency::admit(candidates, active, Some(limit), workflow);
+    let (admitted, waiting) = concurrency::admit(candidates, active, Some(limit), &workflow);
     if admitted.contains(&me.as_str()) {
         Ok(())
     } else {
@@ -532,18 +625,26 @@ fn wake_waiting(ctx: &Context, namespace: &str, workflow: &str, except: &str) {
     }
 }
 
-/// Creates the Job of the current execution from the recorded snapshot. `Ok(Err(message))`
-/// means the API server refused it as invalid.
+/// What became of a Job create.
+enum JobCreation {
+    /// The Job exists: created now, or by an earlier pass and adopted.
+    Created,
+    /// The API server refused it for good (or it could not be rendered): the message.
+    Refused(String),
+}
+
+/// Creates the Job of the current execution from the recorded snapshot.
 async fn create_job(
     ctx: &Context,
     instance: &WorkflowInstance,
     status: &WorkflowInstanceStatus,
     workflow: &Workflow,
     job_name: &str,
-) -> Result<Result<(), String>, Error> {
+) -> Result<JobCreation, Error> {
+    let name = instance.name_any();
     let namespace = instance
         .namespace()
-        .ok_or(Error::Incomplete("metadata.namespace"))?;
+        .ok_or_else(|| incomplete("WorkflowInstance", "", &name, "metadata.namespace"))?;
     let snapshot = status.snapshot.clone().unwrap_or_else(|| {
         job::snapshot(
             &workflow.spec.template,
@@ -551,8 +652,9 @@ async fn create_job(
             workflow.metadata.generation,
         )
     });
-    let uid = instance.uid().ok_or(Error::Incomplete("metadata.uid"))?;
-    let name = instance.name_any();
+    let uid = instance
+        .uid()
+        .ok_or_else(|| incomplete("WorkflowInstance", &namespace, &name, "metadata.uid"))?;
     let execution = Execution::of(
         workflow,
         instance,
@@ -562,35 +664,40 @@ async fn create_job(
     );
     let rendered = match job::render(&workflow.spec.template, &snapshot, &execution) {
         Ok(job) => job,
-        Err(err) => return Ok(Err(err.to_string())),
+        Err(err) => return Ok(JobCreation::Refused(err.to_string())),
     };
     debug_assert_eq!(rendered.metadata.name.as_deref(), Some(job_name));
-    match ctx
-        .api::<Job>(&namespace)
-        .create(&PostParams::default(), &rendered)
-        .await
-    {
+    let jobs = ctx.api::<Job>(&namespace);
+    match jobs.create(&PostParams::default(), &rendered).await {
         Ok(_) => {
-            ctx.pace.wrote();
-            Ok(Ok(()))
+            ctx.memory.pace.wrote();
+            Ok(JobCreation::Created)
         }
         // Created by an earlier pass (perhaps by a controller that stopped before recording
         // it): the same execution, so it is adopted, as long as it is this instance's.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let existing = ctx.api::<Job>(&namespace).get_opt(job_name).await?;
+        Err(e) if e.failure() == ApiFailure::Conflict => {
+            let existing = jobs
+                .get_opt(job_name)
+                .await
+                .map_err(call("get", "Job", &namespace, job_name))?;
             let ours = existing.is_some_and(|job| {
                 job.owner_references()
                     .iter()
                     .any(|owner| owner.uid == uid && owner.controller == Some(true))
             });
             if ours {
-                Ok(Ok(()))
+                Ok(JobCreation::Created)
             } else {
-                Err(Error::ForeignJob(job_name.to_string()))
+                Err(Error::ForeignJob {
+                    job: format!("{namespace}/{job_name}"),
+                })
             }
         }
-        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Ok(Err(e.message)),
-        Err(err) => Err(err.into()),
+        // Refused for good (invalid, too large): an immediate Error (SPEC §7).
+        Err(e) if e.failure() == ApiFailure::Refused => Ok(JobCreation::Refused(
+            e.server_message().unwrap_or_default().to_string(),
+        )),
+        Err(e) => Err(call("create", "Job", &namespace, job_name)(e)),
     }
 }
 
@@ -602,8 +709,8 @@ async fn delete_job(ctx: &Context, namespace: &str, name: &str) -> Result<(), Er
     };
     match ctx.api::<Job>(namespace).delete(name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(err) => Err(err.into()),
+        Err(e) if e.failure() == ApiFailure::NotFound => Ok(()),
+        Err(e) => Err(call("delete", "Job", namespace, name)(e)),
     }
 }
 
@@ -615,10 +722,7 @@ async fn expire(
     workflow: Option<&Workflow>,
     now: DateTime<Utc>,
 ) -> Result<Action, Error> {
-    let ttl = workflow
-        .and_then(|w| IsoDuration::parse(&w.spec.history.ttl).ok())
-        .map(|d| d.approximate())
-        .unwrap_or_else(|| Duration::days(7));
+    let ttl = status::history_ttl(workflow);
     let Some(finished) = instance.status.as_ref().and_then(|s| s.finished_at) else {
         return Ok(Action::await_change());
     };
@@ -633,18 +737,16 @@ async fn expire(
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
+    let name = instance.name_any();
     let api: Api<WorkflowInstance> = ctx.api(namespace);
-    match api.delete(&instance.name_any(), &params).await {
+    match api.delete(&name, &params).await {
         Ok(_) => {
-            tracing::info!(instance = %instance.name_any(), "history TTL passed: deleted");
-            ctx.ledger
-                .lock()
-                .await
-                .remove(&ObjectRef::from_obj(instance));
+            tracing::info!("history TTL passed: deleted");
+            ctx.memory.forget(instance);
             Ok(Action::await_change())
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
-        Err(err) => Err(err.into()),
+        Err(e) if e.failure() == ApiFailure::NotFound => Ok(Action::await_change()),
+        Err(e) => Err(call("delete", "WorkflowInstance", namespace, &name)(e)),
     }
 }
 
@@ -654,7 +756,5 @@ fn random_below(n: u32) -> u32 {
 
 /// Failed reconciles are retried after a delay.
 pub fn error_policy(instance: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error("instance");
-    tracing::warn!(instance = %instance.name_any(), %error, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(2))
+    ctx.requeue_after_error(&*instance, error, None, std::time::Duration::from_secs(2))
 }

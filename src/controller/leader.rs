@@ -18,6 +18,8 @@ use thiserror::Error;
 
 use super::Metrics;
 
+use super::error::{ApiErrorExt, ApiFailure};
+
 /// Lease settings.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -81,7 +83,7 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Outcome, 
         };
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(Outcome::Leading),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Following(String::new())),
+            Err(e) if e.failure() == ApiFailure::Conflict => Ok(Outcome::Following(String::new())),
             Err(err) => Err(err),
         };
     };
@@ -106,7 +108,7 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Outcome, 
         .await
     {
         Ok(_) => Ok(Outcome::Leading),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Following(holder)),
+        Err(e) if e.failure() == ApiFailure::Conflict => Ok(Outcome::Following(holder)),
         Err(err) => Err(err),
     }
 }

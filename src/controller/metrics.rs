@@ -11,15 +11,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::resources::InstanceState;
+use charon_core::resources::InstanceState;
 
-use super::Context;
+use super::context::Context;
 
 /// Label set naming a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
-    /// `workflow` or `instance`.
+    /// `workflow`, `instance` or `backfill`.
     pub controller: String,
+}
+
+/// Label set naming a controller and what kind of error it met.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `workflow`, `instance` or `backfill`.
+    pub controller: String,
+    /// What kind of failure (`conflict`, `server`, `connection`, `refused`, `panic`…).
+    pub kind: String,
 }
 
 /// Label set naming an instance state.
@@ -35,7 +44,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ControllerLabels, Counter>,
-    errors: Family<ControllerLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    panics: Family<ControllerLabels, Counter>,
     durations: HistogramFamily<ControllerLabels>,
     instances: Family<StateLabels, Gauge>,
     lateness: Histogram,
@@ -56,7 +66,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("charon");
         let reconciles = Family::<ControllerLabels, Counter>::default();
-        let errors = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let panics = Family::<ControllerLabels, Counter>::default();
         let durations: HistogramFamily<ControllerLabels> =
             Family::new_with_constructor(duration_histogram as fn() -> Histogram);
         let instances = Family::<StateLabels, Gauge>::default();
@@ -69,6 +80,11 @@ impl Default for Metrics {
             "reconcile_errors",
             "Reconciles that failed and were retried",
             errors.clone(),
+        );
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked (a bug), caught and retried",
+            panics.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -90,6 +106,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             errors,
+            panics,
             durations,
             instances,
             lateness,
@@ -112,9 +129,19 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed reconcile.
-    pub fn error(&self, controller: &str) {
+    /// Counts a failed reconcile, by what kind of failure it was.
+    pub fn error(&self, controller: &str, kind: &str) {
         self.errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a reconcile that panicked.
+    pub fn panic(&self, controller: &str) {
+        self.panics
             .get_or_create(&ControllerLabels {
                 controller: controller.to_string(),
             })
@@ -156,19 +183,6 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
-const STATES: [InstanceState; 10] = [
-    InstanceState::Queued,
-    InstanceState::Prepare,
-    InstanceState::Submitting,
-    InstanceState::Submitted,
-    InstanceState::Running,
-    InstanceState::Terminated,
-    InstanceState::Failed,
-    InstanceState::Done,
-    InstanceState::Error,
-    InstanceState::Halted,
-];
-
 /// Counts cached instances by state every few seconds until `stop` resolves.
 pub async fn refresh_instance_gauges(
     context: Arc<Context>,
@@ -176,18 +190,18 @@ pub async fn refresh_instance_gauges(
 ) {
     let refresh = async {
         loop {
-            let mut counts = [0i64; STATES.len()];
+            let mut counts = [0i64; InstanceState::ALL.len()];
             for instance in context.instances.state() {
                 let state = instance
                     .status
                     .as_ref()
                     .map(|s| s.state)
                     .unwrap_or_default();
-                if let Some(i) = STATES.iter().position(|s| *s == state) {
+                if let Some(i) = InstanceState::ALL.iter().position(|s| *s == state) {
                     counts[i] += 1;
                 }
             }
-            for (state, count) in STATES.iter().zip(counts) {
+            for (state, count) in InstanceState::ALL.iter().zip(counts) {
                 context
                     .metrics
                     .instances

@@ -8,26 +8,25 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use thiserror::Error;
 
-use super::instance::{to_machine, to_status};
-use crate::instance as machine;
-use crate::job::LABEL_WORKFLOW;
-use crate::names;
-use crate::resources::{
-    RunRecord, Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowInstanceSpec,
+use super::error::{ApiErrorExt, ApiFailure, Error, call};
+
+use charon_core::job::LABEL_WORKFLOW;
+use charon_core::names;
+use charon_core::resources::{
+    Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowInstanceSpec,
 };
-use crate::trigger::{AdhocDecision, adhoc_id, plan_adhoc};
+use charon_core::trigger::{AdhocDecision, adhoc_id, plan_adhoc};
 
 /// Why a trigger did not happen.
-#[derive(Debug, Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
     /// The request is not acceptable (future partition, already active, invalid workflow…).
     #[error("{0}")]
     Refused(String),
     /// The API server failed.
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Api(#[from] Error),
 }
 
 /// What a trigger did.
@@ -89,7 +88,10 @@ pub async fn reopen(
 ) -> Result<WorkflowInstance, TriggerError> {
     let namespace = workflow.namespace().unwrap_or_default();
     let api: Api<WorkflowInstance> = Api::namespaced(client.clone(), &namespace);
-    let mut instance = api.get(name).await?;
+    let mut instance =
+        api.get(name)
+            .await
+            .map_err(call("get", "WorkflowInstance", &namespace, name))?;
     let status = instance.status.clone().unwrap_or_default();
     if !status.state.is_terminal() {
         return Err(TriggerError::Refused(format!(
@@ -97,37 +99,23 @@ pub async fn reopen(
             status.state.as_str()
         )));
     }
-    let finished_run = RunRecord {
-        trigger: instance.spec.trigger.clone(),
-        state: status.state,
-        tries: status.tries,
-        cost: status.cost,
-        last_exit_code: status.last_exit_code,
-        started_at: status.started_at,
-        finished_at: status.finished_at,
-    };
-    let message = format!(
-        "re-opened by a {} trigger ({})",
-        trigger.trigger_type.as_str(),
-        trigger.id
-    );
-    instance.spec.trigger = trigger;
+    let finished_trigger = instance.spec.trigger.clone();
+    instance.spec.trigger = trigger.clone();
     instance.spec.env = env;
     instance.spec.halted = false;
-    let instance = api.replace(name, &PostParams::default(), &instance).await?;
-    let (reopened, transition) = machine::reopen(&to_machine(name, &status), "Reopened", message);
-    let mut before = status.clone();
-    before.started_at = None;
-    before.finished_at = None;
-    before.snapshot = None;
-    before.runs.push(finished_run);
-    let mut new_status = to_status(&before, &reopened, &[transition], now, workflow);
+    let instance = api
+        .replace(name, &PostParams::default(), &instance)
+        .await
+        .map_err(call("replace", "WorkflowInstance", &namespace, name))?;
+    let mut new_status =
+        charon_core::status::reopened(&status, name, &finished_trigger, &trigger, now, workflow);
     new_status.observed_generation = instance.metadata.generation;
     let mut updated = instance.clone();
     updated.status = Some(new_status);
     Ok(api
         .replace_status(name, &PostParams::default(), &updated)
-        .await?)
+        .await
+        .map_err(call("replace status", "WorkflowInstance", &namespace, name))?)
 }
 
 /// An ad-hoc trigger of the partition named by `text` (parsed leniently, SPEC §3).
@@ -139,11 +127,11 @@ pub async fn adhoc(
     allow_future: bool,
     now: DateTime<Utc>,
 ) -> Result<Triggered, TriggerError> {
-    let valid = crate::validate::workflow(&workflow.spec).map_err(|errors| {
+    let valid = charon_core::validate::workflow(&workflow.spec).map_err(|errors| {
         TriggerError::Refused(format!(
             "workflow {} is invalid: {}",
             workflow.name_any(),
-            crate::validate::message(&errors)
+            charon_core::validate::message(&errors)
         ))
     })?;
     let schedule = &valid.schedule;
@@ -155,7 +143,12 @@ pub async fn adhoc(
         .map_err(|e| TriggerError::Refused(e.to_string()))?;
     let parameter = schedule.parameter(logical);
     let instance_name = names::instance_name(&workflow.name_any(), &parameter);
-    let existing = api.get_opt(&instance_name).await?;
+    let existing = api.get_opt(&instance_name).await.map_err(call(
+        "get",
+        "WorkflowInstance",
+        &namespace,
+        &instance_name,
+    ))?;
     let lookup = |p: &str| {
         existing
             .as_ref()
@@ -180,10 +173,12 @@ pub async fn adhoc(
                     reopened: false,
                     trigger_id: id,
                 }),
-                Err(kube::Error::Api(e)) if e.code == 409 => Err(TriggerError::Refused(format!(
-                    "partition {parameter} was triggered by someone else just now"
-                ))),
-                Err(err) => Err(err.into()),
+                Err(e) if e.failure() == ApiFailure::Conflict => Err(TriggerError::Refused(
+                    format!("partition {parameter} was triggered by someone else just now"),
+                )),
+                Err(e) => {
+                    Err(call("create", "WorkflowInstance", &namespace, &instance_name)(e).into())
+                }
             }
         }
         AdhocDecision::Reopen { parameter, .. } => {

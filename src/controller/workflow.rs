@@ -1,24 +1,27 @@
-//! The Workflow reconciler: plans natural triggers ([`crate::workflow::plan`]), creates the
+//! The Workflow reconciler: plans natural triggers ([`charon_core::workflow::plan`]), creates the
 //! instances (their deterministic names make a second trigger of a partition fail with
 //! AlreadyExists), writes the status and asks to be woken at the next trigger instant.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::context::{Context, Opening, STALE_RETRY};
+use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
-use super::{Context, Error, instances_of};
-use crate::resources::{Trigger, TriggerType, Workflow, WorkflowInstance, WorkflowStatus};
-use crate::workflow::{plan, until};
+use super::index::instances_of;
+use super::triggers::{self, TriggerError};
+use charon_core::resources::{Trigger, TriggerType, Workflow, WorkflowInstance};
+use charon_core::workflow::{WorkflowPlan, plan, until};
 
 /// How long after creating instances a workflow may hold back its status write: until the
 /// instances finish, so one write records both the trigger and the end of a short run, and
 /// a burst of triggers is not slowed by status writes. Longer while the controller is busy
-/// (see [`super::pace`]).
+/// (see [`super::memory::pace`]).
 const STATUS_AFTER_TRIGGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How soon to retry after a conflict (someone else wrote the object since we read it).
@@ -26,19 +29,20 @@ const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200
 
 /// One reconcile of a Workflow.
 pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile("workflow");
-    if workflow.metadata.deletion_timestamp.is_some() {
-        ctx.status_held.release(&workflow);
-        return Ok(Action::await_change());
-    }
-    let namespace = workflow
-        .namespace()
-        .ok_or(Error::Incomplete("metadata.namespace"))?;
-    let name = workflow.name_any();
-    if ctx.writes.stale(&workflow.metadata) {
-        // Our last status write is not in the cache yet; its watch event will wake us.
-        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
-    }
+    ctx.clone()
+        .guarded(workflow.clone(), reconcile_workflow(workflow, ctx))
+        .await
+}
+
+async fn reconcile_workflow(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (namespace, name) = match ctx.open(&*workflow)? {
+        Opening::Ready { namespace, name } => (namespace, name),
+        Opening::Deleting => {
+            ctx.memory.held.release(&workflow);
+            return Ok(Action::await_change());
+        }
+        Opening::Stale => return Ok(Action::requeue(STALE_RETRY)),
+    };
     let now = ctx.clock.now();
     if handle_annotations(&ctx, &workflow, &namespace, now).await? {
         // The annotations were consumed (a metadata write): plan from the new version.
@@ -55,62 +59,8 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
             .record(&*workflow, Severity::Warning, "InvalidSpec", message)
             .await;
     }
-
-    let instances = ctx.api::<WorkflowInstance>(&namespace);
-    // Marks this reconcile as part of a burst from its first create on: a pass that only finds
-    // the instances an earlier pass created (its status still held back) holds nothing back.
-    let mut burst = None;
-    let mut created = 0;
-    let mut failure = None;
-    for new in &plan.create {
-        let natural = Trigger {
-            trigger_type: TriggerType::Natural,
-            id: "natural".to_string(),
-        };
-        let instance = super::triggers::new_instance(
-            &workflow,
-            new.logical,
-            &new.parameter,
-            natural,
-            Vec::new(),
-        )
-        .ok_or(Error::Incomplete("metadata.uid"))?;
-        let instance_name = instance.name_any();
-        if ctx
-            .instances
-            .get(&ObjectRef::new(&instance_name).within(&namespace))
-            .is_some()
-        {
-            // Created by the pass that deferred this status write.
-            created += 1;
-            continue;
-        }
-        if ctx.status_held.has_created(&workflow, &instance_name) {
-            // The same, not in the cache yet (so not finished either).
-            unfinished.insert(instance_name);
-            created += 1;
-            continue;
-        }
-        burst.get_or_insert_with(|| ctx.burst.enter());
-        match instances.create(&PostParams::default(), &instance).await {
-            Ok(_) => {
-                ctx.pace.wrote();
-                ctx.status_held.created(&workflow, &instance_name);
-                unfinished.insert(instance_name);
-                let late = ctx.clock.now() - new.trigger_at;
-                ctx.metrics
-                    .lateness(late.num_milliseconds() as f64 / 1000.0);
-                tracing::info!(workflow = %name, parameter = %new.parameter, "triggered");
-                created += 1;
-            }
-            // Already triggered (by an earlier pass, or by hand): exactly once holds.
-            Err(kube::Error::Api(e)) if e.code == 409 => created += 1,
-            Err(err) => {
-                failure = Some(err);
-                break;
-            }
-        }
-    }
+    let (created, failure) =
+        create_instances(&ctx, &workflow, &namespace, &plan, &mut unfinished).await?;
     // The status (cursor, lastTriggered, active) of a trigger is written once its instances
     // have finished, or STATUS_AFTER_TRIGGER after it (longer while the controller is busy);
     // names make a pass in between find the instances instead of creating them again. A spec
@@ -122,9 +72,10 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     if failure.is_none()
         && spec_seen
         && !unfinished.is_empty()
-        && let Some(left) = ctx
-            .status_held
-            .left(&workflow, ctx.pace.progress_within(STATUS_AFTER_TRIGGER))
+        && let Some(left) = ctx.memory.held.left(
+            &workflow,
+            ctx.memory.pace.progress_within(STATUS_AFTER_TRIGGER),
+        )
     {
         let next_trigger = plan
             .requeue_at
@@ -134,15 +85,78 @@ pub async fn reconcile(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Result<Act
     let mut status = plan.status_after(created);
     // Instances this pass created count even before the cache shows them.
     status.active = count(&unfinished);
-    write_status(&ctx, &workflow, &namespace, status).await?;
-    ctx.status_held.release(&workflow);
+    ctx.write_status(&*workflow, status).await?;
+    ctx.memory.held.release(&workflow);
     if let Some(err) = failure {
-        return Err(err.into());
+        return Err(err);
     }
     Ok(match plan.requeue_at {
         Some(at) => Action::requeue(until(at, now).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+/// Creates the planned instances in order, adding them to `unfinished`. Returns how many
+/// of the plan exist now, and the failure that stopped the rest (they are planned again).
+async fn create_instances(
+    ctx: &Context,
+    workflow: &Workflow,
+    namespace: &str,
+    plan: &WorkflowPlan,
+    unfinished: &mut HashSet<String>,
+) -> Result<(usize, Option<Error>), Error> {
+    let instances = ctx.api::<WorkflowInstance>(namespace);
+    // Marks this reconcile as part of a burst from its first create on: a pass that only finds
+    // the instances an earlier pass created (its status still held back) holds nothing back.
+    let mut burst = None;
+    let mut created = 0;
+    for new in &plan.create {
+        let natural = Trigger {
+            trigger_type: TriggerType::Natural,
+            id: "natural".to_string(),
+        };
+        let instance =
+            triggers::new_instance(workflow, new.logical, &new.parameter, natural, Vec::new())
+                .ok_or_else(|| {
+                    incomplete("Workflow", namespace, &workflow.name_any(), "metadata.uid")
+                })?;
+        let instance_name = instance.name_any();
+        if ctx
+            .instances
+            .get(&ObjectRef::new(&instance_name).within(namespace))
+            .is_some()
+        {
+            // Created by the pass that deferred this status write.
+            created += 1;
+            continue;
+        }
+        if ctx.memory.held.has_created(workflow, &instance_name) {
+            // The same, not in the cache yet (so not finished either).
+            unfinished.insert(instance_name);
+            created += 1;
+            continue;
+        }
+        burst.get_or_insert_with(|| ctx.memory.burst.enter());
+        match instances.create(&PostParams::default(), &instance).await {
+            Ok(_) => {
+                ctx.memory.pace.wrote();
+                ctx.memory.held.created(workflow, &instance_name);
+                unfinished.insert(instance_name);
+                let late = ctx.clock.now() - new.trigger_at;
+                ctx.metrics
+                    .lateness(late.num_milliseconds() as f64 / 1000.0);
+                tracing::info!(parameter = %new.parameter, "triggered");
+                created += 1;
+            }
+            // Already triggered (by an earlier pass, or by hand): exactly once holds.
+            Err(e) if e.failure() == ApiFailure::Conflict => created += 1,
+            Err(e) => {
+                let error = call("create", "WorkflowInstance", namespace, &instance_name)(e);
+                return Ok((created, Some(error)));
+            }
+        }
+    }
+    Ok((created, None))
 }
 
 fn count(names: &HashSet<String>) -> u32 {
@@ -169,7 +183,7 @@ async fn handle_annotations(
         return Ok(false);
     }
     if let Some(text) = &trigger {
-        match super::triggers::adhoc(&ctx.client, workflow, text, Vec::new(), false, now).await {
+        match triggers::adhoc(&ctx.client, workflow, text, Vec::new(), false, now).await {
             Ok(t) => {
                 let verb = if t.reopened { "re-opened" } else { "created" };
                 let message = format!(
@@ -180,21 +194,21 @@ async fn handle_annotations(
                     .record(workflow, Severity::Normal, "AdhocTrigger", &message)
                     .await;
             }
-            Err(super::triggers::TriggerError::Refused(reason)) => {
+            Err(TriggerError::Refused(reason)) => {
                 let message = format!("{TRIGGER_ANNOTATION}: {text:?} refused: {reason}");
                 ctx.events
                     .record(workflow, Severity::Warning, "TriggerRefused", &message)
                     .await;
             }
-            Err(super::triggers::TriggerError::Kube(err)) => return Err(err.into()),
+            Err(TriggerError::Api(err)) => return Err(err),
         }
     }
     if let Some(value) = &backfill {
-        match crate::backfill::parse_annotation(value) {
+        match charon_core::backfill::parse_annotation(value) {
             Ok((start, end, concurrency)) => {
                 let backfill = annotation_backfill(workflow, &start, &end, concurrency)?;
                 let bf_name = backfill.name_any();
-                let api = ctx.api::<crate::resources::Backfill>(namespace);
+                let api = ctx.api::<charon_core::resources::Backfill>(namespace);
                 match api.create(&PostParams::default(), &backfill).await {
                     Ok(_) => {
                         let message = format!(
@@ -204,14 +218,16 @@ async fn handle_annotations(
                             .record(workflow, Severity::Normal, "BackfillCreated", &message)
                             .await;
                     }
-                    Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {
-                        let message =
-                            format!("{BACKFILL_ANNOTATION}: {value:?} refused: {}", e.message);
+                    Err(e) if matches!(e.failure(), ApiFailure::Conflict | ApiFailure::Refused) => {
+                        let message = format!(
+                            "{BACKFILL_ANNOTATION}: {value:?} refused: {}",
+                            e.server_message().unwrap_or_default()
+                        );
                         ctx.events
                             .record(workflow, Severity::Warning, "BackfillRefused", &message)
                             .await;
                     }
-                    Err(err) => return Err(err.into()),
+                    Err(e) => return Err(call("create", "Backfill", namespace, &bf_name)(e)),
                 }
             }
             Err(reason) => {
@@ -226,15 +242,13 @@ async fn handle_annotations(
         TRIGGER_ANNOTATION: null,
         BACKFILL_ANNOTATION: null,
     }}});
+    let name = workflow.name_any();
     let patched = ctx
         .api::<Workflow>(namespace)
-        .patch(
-            &workflow.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await?;
-    ctx.writes.wrote(&patched.metadata);
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(call("patch", "Workflow", namespace, &name))?;
+    ctx.memory.writes.wrote(&patched.metadata);
     Ok(true)
 }
 
@@ -243,50 +257,31 @@ fn annotation_backfill(
     start: &str,
     end: &str,
     concurrency: u32,
-) -> Result<crate::resources::Backfill, Error> {
-    let name = crate::backfill::default_name(&workflow.name_any(), start, end);
-    let spec: crate::resources::BackfillSpec = serde_json::from_value(serde_json::json!({
+) -> Result<charon_core::resources::Backfill, Error> {
+    let name = charon_core::backfill::default_name(&workflow.name_any(), start, end);
+    let spec: charon_core::resources::BackfillSpec = serde_json::from_value(serde_json::json!({
         "workflow": workflow.name_any(),
         "start": start,
         "end": end,
         "concurrency": concurrency,
         "description": format!("from the {BACKFILL_ANNOTATION} annotation"),
-    }))?;
-    let mut backfill = crate::resources::Backfill::new(&name, spec);
+    }))
+    .map_err(|source| Error::Json {
+        what: format!("the Backfill of workflow {}", workflow.name_any()),
+        source,
+    })?;
+    let mut backfill = charon_core::resources::Backfill::new(&name, spec);
     backfill.metadata.namespace = workflow.namespace();
     backfill.metadata.owner_references = workflow.controller_owner_ref(&()).map(|o| vec![o]);
     Ok(backfill)
 }
 
-/// Writes the status when it differs from the stored one, guarded by the resourceVersion the
-/// plan was made from (a conflict means the plan may be stale: the reconcile runs again).
-async fn write_status(
-    ctx: &Context,
-    workflow: &Workflow,
-    namespace: &str,
-    status: WorkflowStatus,
-) -> Result<(), Error> {
-    if workflow.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut updated = workflow.clone();
-    updated.status = Some(status);
-    let api = ctx.api::<Workflow>(namespace);
-    let stored = api
-        .replace_status(&workflow.name_any(), &PostParams::default(), &updated)
-        .await?;
-    ctx.writes.wrote(&stored.metadata);
-    Ok(())
-}
-
 /// Failed reconciles are retried with a delay; conflicts soon, other errors later.
 pub fn error_policy(workflow: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Kube(kube::Error::Api(e)) = error
-        && e.code == 409
-    {
-        return Action::requeue(CONFLICT_RETRY);
-    }
-    ctx.metrics.error("workflow");
-    tracing::warn!(workflow = %workflow.name_any(), %error, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.requeue_after_error(
+        &*workflow,
+        error,
+        Some(CONFLICT_RETRY),
+        std::time::Duration::from_secs(5),
+    )
 }

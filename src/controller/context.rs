@@ -1,0 +1,283 @@
+//! What the controllers share, and the steps every reconcile has in common: its opening
+//! (deleted? is the cache behind our own write?), a status write only when it changed, and
+//! the guard around it (a `tracing` span naming the object, duration metrics, a caught panic).
+
+use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::clock::Clock;
+use super::error::{Error, call, incomplete};
+use super::events::{EventRecorder, Severity};
+use super::index::NameIndex;
+use super::memory::Memory;
+use super::metrics::Metrics;
+use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
+
+/// What the controllers share.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The namespace watched, or `None` for all.
+    pub namespace: Option<String>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// Cached Workflows.
+    pub workflows: Store<Workflow>,
+    /// Cached WorkflowInstances.
+    pub instances: Store<WorkflowInstance>,
+    /// Which cached instances belong to which workflow.
+    pub instance_index: Arc<NameIndex<WorkflowInstance>>,
+    /// Cached Jobs created by Charon.
+    pub jobs: Store<Job>,
+    /// Cached Pods of those Jobs.
+    pub pods: Store<Pod>,
+    /// Pods by the Job they belong to.
+    pub pod_index: Arc<NameIndex<Pod>>,
+    /// Event writer.
+    pub events: EventRecorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Asks the instance controller to look at instances again (a slot was freed).
+    pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
+    /// What the controllers remember between reconciles.
+    pub memory: Arc<Memory>,
+}
+
+impl Context {
+    /// The API of `K` in `namespace`.
+    pub fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// How a reconcile of `object` starts: with its namespace and name, unless it is being
+    /// deleted or (for kinds whose writes are tracked) the cache is behind our last write.
+    pub fn open<K: Charon>(&self, object: &K) -> Result<Opening, Error> {
+        if object.meta().deletion_timestamp.is_some() {
+            return Ok(Opening::Deleting);
+        }
+        let name = object.name_any();
+        let namespace = object
+            .namespace()
+            .ok_or_else(|| incomplete(K::KIND, "", &name, "metadata.namespace"))?;
+        if K::TRACK_WRITES && self.memory.writes.stale(object.meta()) {
+            return Ok(Opening::Stale);
+        }
+        Ok(Opening::Ready { namespace, name })
+    }
+
+    /// Writes `status` to `object`'s status subresource, guarded by the resourceVersion it
+    /// was read with (a conflict means the plan may be stale: the reconcile runs again).
+    pub async fn replace_status<K: Charon>(
+        &self,
+        object: &K,
+        status: K::Status,
+    ) -> Result<K, Error> {
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let mut updated = object.clone();
+        updated.set_status(status);
+        let stored = self
+            .api::<K>(&namespace)
+            .replace_status(&name, &PostParams::default(), &updated)
+            .await
+            .map_err(call("replace status", K::KIND, &namespace, &name))?;
+        if K::TRACK_WRITES {
+            self.memory.writes.wrote(stored.meta());
+        }
+        Ok(stored)
+    }
+
+    /// [`Context::replace_status`], only when `status` differs from the stored one.
+    pub async fn write_status<K: Charon>(
+        &self,
+        object: &K,
+        status: K::Status,
+    ) -> Result<(), Error> {
+        if object.status() != Some(&status) {
+            self.replace_status(object, status).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one reconcile of `object` inside a span naming it, timed, with a panic caught
+    /// and reported (a metric, a Warning Event on the object, an error to retry later)
+    /// instead of taking the operator and every other workflow down.
+    pub async fn guarded<K, F>(
+        self: Arc<Self>,
+        object: Arc<K>,
+        reconcile: F,
+    ) -> Result<Action, Error>
+    where
+        K: Charon,
+        F: Future<Output = Result<Action, Error>>,
+    {
+        let span = tracing::info_span!(
+            "reconcile",
+            kind = K::KIND,
+            namespace = object.namespace().unwrap_or_default(),
+            name = object.name_any(),
+        );
+        let _timer = self.metrics.reconcile(K::CONTROLLER);
+        let outcome = AssertUnwindSafe(reconcile)
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                self.metrics.panic(K::CONTROLLER);
+                tracing::error!(parent: &span, %message, "reconcile panicked");
+                let text = format!("reconcile panicked (a bug in Charon): {message}");
+                self.events
+                    .record(&*object, Severity::Warning, "ReconcilePanicked", &text)
+                    .await;
+                Err(Error::Panicked(message))
+            }
+        }
+    }
+
+    /// What to do after a failed reconcile: a conflict is tried again soon (someone wrote
+    /// the object since it was read), anything else after `delay`, counted and logged.
+    pub fn requeue_after_error<K: Charon>(
+        &self,
+        object: &K,
+        error: &Error,
+        conflict: Option<Duration>,
+        delay: Duration,
+    ) -> Action {
+        if let Some(soon) = conflict.filter(|_| error.is_conflict()) {
+            return Action::requeue(soon);
+        }
+        self.metrics.error(K::CONTROLLER, error.kind());
+        tracing::warn!(
+            kind = K::KIND,
+            namespace = object.namespace().unwrap_or_default(),
+            name = object.name_any(),
+            error_kind = error.kind(),
+            %error,
+            "reconcile failed"
+        );
+        Action::requeue(delay)
+    }
+}
+
+/// How a reconcile starts (see [`Context::open`]).
+pub enum Opening {
+    /// Go ahead with the object in `namespace` named `name`.
+    Ready {
+        /// The object's namespace.
+        namespace: String,
+        /// The object's name.
+        name: String,
+    },
+    /// The object is being deleted: its children go with it.
+    Deleting,
+    /// Our last write to it is not in the cache yet; its watch event will wake us.
+    Stale,
+}
+
+/// How soon a reconcile that found the cache behind its own write looks again.
+pub const STALE_RETRY: Duration = Duration::from_secs(1);
+
+/// Charon's resources, as the reconcilers handle them alike.
+pub trait Charon:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The status type.
+    type Status: PartialEq + Clone + Send + Sync;
+    /// The kind, for messages.
+    const KIND: &'static str;
+    /// The controller's name, for metrics.
+    const CONTROLLER: &'static str;
+    /// Whether this controller's writes to the kind are remembered until the cache shows
+    /// them (see [`super::memory::Writes`]).
+    const TRACK_WRITES: bool;
+    /// The stored status.
+    fn status(&self) -> Option<&Self::Status>;
+    /// Replaces the status.
+    fn set_status(&mut self, status: Self::Status);
+}
+
+macro_rules! charon_resource {
+    ($kind:ty, $status:ty, $controller:literal, $track:literal) => {
+        impl Charon for $kind {
+            type Status = $status;
+            const KIND: &'static str = stringify!($kind);
+            const CONTROLLER: &'static str = $controller;
+            const TRACK_WRITES: bool = $track;
+            fn status(&self) -> Option<&Self::Status> {
+                self.status.as_ref()
+            }
+            fn set_status(&mut self, status: Self::Status) {
+                self.status = Some(status);
+            }
+        }
+    };
+}
+
+charon_resource!(
+    Workflow,
+    charon_core::resources::WorkflowStatus,
+    "workflow",
+    true
+);
+charon_resource!(
+    WorkflowInstance,
+    charon_core::resources::WorkflowInstanceStatus,
+    "instance",
+    true
+);
+charon_resource!(
+    Backfill,
+    charon_core::resources::BackfillStatus,
+    "backfill",
+    false
+);
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panics_text_is_kept() {
+        let caught = std::panic::catch_unwind(|| panic!("days out of bounds")).unwrap_err();
+        assert_eq!(panic_message(&*caught), "days out of bounds");
+        let formatted = std::panic::catch_unwind(|| panic!("{} of {}", 1, 2)).unwrap_err();
+        assert_eq!(panic_message(&*formatted), "1 of 2");
+    }
+}

@@ -1,0 +1,106 @@
+//! Attempts whose Job exists but whose start is not on record yet: the status this controller
+//! owes each instance's status subresource. Recording an attempt when it finishes (or after a
+//! few seconds) rather than before the Job saves up to two status writes per attempt. It is
+//! safe to lose: the Job's name comes from the execution number, so a restarted controller
+//! plans the same name again and finds the Job instead of creating a second one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use kube::runtime::reflector::ObjectRef;
+
+use super::lock;
+use charon_core::resources::{WorkflowInstance, WorkflowInstanceStatus};
+
+/// The statuses owed, one per instance.
+#[derive(Default)]
+pub struct Unrecorded(Mutex<HashMap<ObjectRef<WorkflowInstance>, Owed>>);
+
+/// A status not yet written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owed {
+    /// The instance's uid: an instance deleted and created again under the name owes nothing.
+    pub uid: String,
+    /// The status to write.
+    pub status: WorkflowInstanceStatus,
+    /// When the Job was created, by the controller's clock.
+    pub since: DateTime<Utc>,
+}
+
+impl Unrecorded {
+    /// What is owed to this instance, as long as its stored status has not moved past it.
+    pub fn owed(&self, instance: &WorkflowInstance) -> Option<Owed> {
+        let key = ObjectRef::from_obj(instance);
+        let mut owed = lock(&self.0);
+        let entry = owed.get(&key)?;
+        let applies = instance.metadata.uid.as_deref() == Some(entry.uid.as_str())
+            && instance.status.as_ref().is_none_or(|stored| {
+                stored.execution < entry.status.execution && !stored.state.is_terminal()
+            });
+        if applies {
+            Some(entry.clone())
+        } else {
+            owed.remove(&key);
+            None
+        }
+    }
+
+    /// Records the status owed to an instance.
+    pub fn owe(
+        &self,
+        instance: &WorkflowInstance,
+        status: WorkflowInstanceStatus,
+        since: DateTime<Utc>,
+    ) {
+        if let Some(uid) = instance.metadata.uid.clone() {
+            lock(&self.0).insert(ObjectRef::from_obj(instance), Owed { uid, status, since });
+        }
+    }
+
+    /// Forgets what was owed: written, or the instance is gone.
+    pub fn settle(&self, instance: &WorkflowInstance) {
+        lock(&self.0).remove(&ObjectRef::from_obj(instance));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+    use super::*;
+    use charon_core::resources::InstanceState;
+
+    #[test]
+    fn an_owed_status_holds_until_the_stored_one_catches_up() {
+        let mut instance = fixtures::instance("u1");
+        let unrecorded = Unrecorded::default();
+        assert_eq!(unrecorded.owed(&instance), None);
+        let started = WorkflowInstanceStatus {
+            state: InstanceState::Submitting,
+            execution: 1,
+            ..Default::default()
+        };
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        unrecorded.owe(&instance, started.clone(), at);
+        let owed = unrecorded.owed(&instance).expect("owed");
+        assert_eq!((owed.status, owed.since), (started.clone(), at));
+
+        // An instance created again under the name owes nothing.
+        let again = fixtures::instance("u2");
+        assert_eq!(unrecorded.owed(&again), None);
+        unrecorded.owe(&instance, started.clone(), at);
+
+        // Still queued on record: the owed status stands.
+        instance.status = Some(WorkflowInstanceStatus::default());
+        assert!(unrecorded.owed(&instance).is_some());
+        // Recorded (by us or another replica): forgotten.
+        instance.status = Some(started.clone());
+        assert_eq!(unrecorded.owed(&instance), None);
+        assert_eq!(unrecorded.owed(&again), None, "and stays forgotten");
+
+        unrecorded.owe(&instance, started, at);
+        unrecorded.settle(&instance);
+        instance.status = None;
+        assert_eq!(unrecorded.owed(&instance), None, "settled");
+    }
+}
