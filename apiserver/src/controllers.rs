@@ -10,16 +10,6 @@ use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::store::{Store, Write};
 
-/// Which background loops run; the HTTP layer needs to know too (graceful pod deletes only
-/// make sense with a kubelet, foreground and orphan deletes only with a garbage collector).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    /// Job controller, garbage collector and namespace controller.
-    pub controllers: bool,
-    /// The simulated kubelet.
-    pub kubelet: bool,
-}
-
 /// The built-in type `group/v1/plural`; built-ins are always served.
 pub fn builtin(store: &Store, group: &str, plural: &str) -> Option<ResourceType> {
     store.find_type(group, "v1", plural)

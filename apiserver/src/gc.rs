@@ -20,9 +20,9 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::controllers::{builtin, has_finalizer, modify, pace, remove_finalizer, text};
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
+use crate::state::AppState;
 use crate::store::{Deletion, Store, Write, type_key};
 
 const FOREGROUND: &str = "foregroundDeletion";

@@ -16,23 +16,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
+use crate::state::AppState;
 use crate::store::{Event, Page, Store, Write, type_key};
-
-/// Shared state of the HTTP handlers.
-pub struct AppState {
-    /// The objects.
-    pub store: Store,
-    /// Address clients reach the server at.
-    pub address: String,
-    /// Which controllers and kubelet run (deletes behave differently without them).
-    pub features: crate::controllers::Features,
-    /// Container output captured by the kubelet, for `pods/log`.
-    pub logs: crate::kubelet::Logs,
-    /// Requests seen.
-    pub audit: crate::faults::Audit,
-    /// Faults injected into requests.
-    pub faults: crate::faults::Faults,
-}
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
     json_text_response(code, value.to_string())
@@ -335,7 +320,7 @@ async fn resource(
         if *method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
-        return crate::logs::pod_log(app, &t, namespace, name, query).await;
+        return crate::logs::pod_log(&app.store, &app.logs, &t, namespace, name, query);
     }
     let status_only = match sub {
         None => false,

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
 use crate::gc::{Propagation, delete_object};
-use crate::http::AppState;
 use crate::registry::ResourceType;
+use crate::state::AppState;
 use crate::store::Write;
 
 /// The finalizer that keeps a finished pod until the controller has counted it.

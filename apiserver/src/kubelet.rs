@@ -11,9 +11,9 @@
 //! that exists, else in the pod's directory.
 //!
 //! Output (stdout and stderr in one pipe, so in order) is kept per container instance,
-//! current and previous, bounded to [`LOG_LIMIT`] bytes each, for `pods/log`.
+//! current and previous, bounded to [`crate::logs::LOG_LIMIT`] bytes each, for `pods/log`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -30,147 +30,17 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::controllers::{self, Recorder, builtin, modify, text};
-use crate::http::AppState;
+use crate::lock::lock;
+use crate::logs::LogBuffer;
 use crate::registry::ResourceType;
+use crate::state::AppState;
 use crate::store::{Deletion, Write};
-
-/// Bytes of output kept per container instance; older lines are dropped first.
-pub const LOG_LIMIT: usize = 1 << 20;
 
 /// The IP every pod and the node report.
 const LOCAL_IP: &str = "127.0.0.1";
 
 /// Longest line kept whole; longer output is split, as the real runtime splits at 16 KiB.
 const MAX_LINE: usize = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data behind the lock: a panic elsewhere leaves it usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One line of output with the time it was read.
-#[derive(Clone, Debug)]
-pub struct LogLine {
-    /// When the kubelet read it.
-    pub time: chrono::DateTime<chrono::Utc>,
-    /// The bytes, with the trailing newline when there was one.
-    pub text: Vec<u8>,
-}
-
-struct LogInner {
-    lines: VecDeque<LogLine>,
-    /// Sequence number of `lines[0]`.
-    first: u64,
-    bytes: usize,
-    done: bool,
-}
-
-/// The output of one container instance; followers wait on [`LogBuffer::subscribe`].
-pub struct LogBuffer {
-    inner: Mutex<LogInner>,
-    changed: watch::Sender<u64>,
-}
-
-impl LogBuffer {
-    fn new() -> Self {
-        LogBuffer {
-            inner: Mutex::new(LogInner {
-                lines: VecDeque::new(),
-                first: 0,
-                bytes: 0,
-                done: false,
-            }),
-            changed: watch::channel(0).0,
-        }
-    }
-
-    fn push(&self, text: Vec<u8>) {
-        let mut inner = lock(&self.inner);
-        inner.bytes += text.len();
-        inner.lines.push_back(LogLine {
-            time: chrono::Utc::now(),
-            text,
-        });
-        while inner.bytes > LOG_LIMIT {
-            let Some(old) = inner.lines.pop_front() else {
-                break;
-            };
-            inner.bytes -= old.text.len();
-            inner.first += 1;
-        }
-        let next = inner.first + inner.lines.len() as u64;
-        drop(inner);
-        self.changed.send_replace(next);
-    }
-
-    fn close(&self) {
-        lock(&self.inner).done = true;
-        self.changed.send_modify(|v| *v += 0);
-    }
-
-    /// Lines from sequence number `from` on (or the oldest kept), the number to read from
-    /// next, and whether the instance has ended.
-    pub fn read_from(&self, from: u64) -> (Vec<LogLine>, u64, bool) {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let start = from.max(inner.first);
-        let skip = usize::try_from(start - inner.first).unwrap_or(usize::MAX);
-        let lines: Vec<LogLine> = inner.lines.iter().skip(skip).cloned().collect();
-        let next = inner.first + inner.lines.len() as u64;
-        (lines, next, inner.done)
-    }
-
-    /// Notified on every new line and when the instance ends.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-}
-
-#[derive(Default)]
-struct ContainerLogs {
-    current: Option<Arc<LogBuffer>>,
-    previous: Option<Arc<LogBuffer>>,
-}
-
-/// Output of every container the kubelet ran, by pod uid and container name.
-#[derive(Default)]
-pub struct Logs {
-    pods: Mutex<HashMap<String, HashMap<String, ContainerLogs>>>,
-}
-
-impl Logs {
-    /// The current (or previous) instance's output of `container` in the pod `uid`.
-    pub fn get(&self, uid: &str, container: &str, previous: bool) -> Option<Arc<LogBuffer>> {
-        let pods = lock(&self.pods);
-        let logs = pods.get(uid)?.get(container)?;
-        if previous {
-            logs.previous.clone()
-        } else {
-            logs.current.clone()
-        }
-    }
-
-    fn start_instance(&self, uid: &str, container: &str) -> Arc<LogBuffer> {
-        let buffer = Arc::new(LogBuffer::new());
-        let mut pods = lock(&self.pods);
-        let logs = pods
-            .entry(uid.to_string())
-            .or_default()
-            .entry(container.to_string())
-            .or_default();
-        logs.previous = logs.current.replace(buffer.clone());
-        buffer
-    }
-
-    fn remove_pod(&self, uid: &str) {
-        let removed = lock(&self.pods).remove(uid);
-        // Wake followers so they end.
-        for logs in removed.into_iter().flat_map(|m| m.into_values()) {
-            if let Some(b) = logs.current {
-                b.close();
-            }
-        }
-    }
-}
 
 /// How the kubelet runs.
 #[derive(Clone, Debug)]

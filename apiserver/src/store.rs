@@ -160,7 +160,7 @@ pub struct Write {
 }
 
 /// What a delete does besides removing the object, decided by the HTTP layer from
-/// DeleteOptions and by the controllers (see [`crate::gc::deletion`]).
+/// DeleteOptions and by the controllers (the garbage collector's `deletion` knows how).
 #[derive(Clone, Debug, Default)]
 pub struct Deletion {
     /// Finalizers to add with a deletionTimestamp instead of removing the object now
@@ -633,6 +633,7 @@ impl Store {
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         crate::builtin::prepare_create(t, &mut obj)
+            .and_then(|()| crate::workloads::prepare_create(t, &mut obj))
             .map_err(|errors| ApiError::invalid(t, &name, errors))?;
         if t.plural == "secrets" && t.group.is_empty() && obj.get("type").is_none() {
             obj["type"] = json!("Opaque");
