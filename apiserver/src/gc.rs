@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::controllers::{builtin, has_finalizer, modify, pace, remove_finalizer, text};
 use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
 use crate::state::AppState;
-use crate::store::{Deletion, Store, Write, type_key};
+use crate::store::{Change, Deletion, Store, Write, type_key};
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
@@ -200,7 +199,7 @@ struct Gc {
 
 /// Runs the garbage collector and namespace controller until the task is aborted.
 pub async fn run(state: Arc<AppState>) {
-    let mut events = state.store.subscribe();
+    let mut events = state.store.changes();
     let mut gc = Gc {
         state,
         owners_of: Owners::new(),
@@ -216,28 +215,10 @@ pub async fn run(state: Arc<AppState>) {
             gc.process(task);
         }
         tokio::select! {
-            event = events.recv() => {
-                let mut event = event;
-                loop {
-                    match event {
-                        Ok(e) => gc.observe(&e),
-                        Err(RecvError::Lagged(_)) => {
-                            // What is still queued is older than the store: go on from the
-                            // newest event, or a receiver that fell behind once stays a full
-                            // channel behind (rescanning each time), and rebuild from the store.
-                            events = events.resubscribe();
-                            gc.scan();
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                    event = match events.try_recv() {
-                        Ok(e) => Ok(e),
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return,
-                        Err(TryRecvError::Empty) => break,
-                    };
-                }
-            }
+            open = events.next_batch(|change| match change {
+                Change::Event(e) => gc.observe(&e),
+                Change::Missed => gc.scan(),
+            }) => if !open { return },
             _ = resync.tick() => gc.scan(),
         }
     }

@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
 use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
 use crate::gc::{Propagation, delete_object};
 use crate::registry::ResourceType;
 use crate::state::AppState;
-use crate::store::Write;
+use crate::store::{Change, Write};
 
 /// The finalizer that keeps a finished pod until the controller has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -82,7 +81,7 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
         recorder: Recorder::new("job-controller", None),
         last_failure: std::sync::Mutex::new(HashMap::new()),
     };
-    let mut events = ctx.state.store.subscribe();
+    let mut events = ctx.state.store.changes();
     let mut dirty: HashSet<Key> = all_jobs(&ctx);
     let mut timers: HashMap<Key, Instant> = HashMap::new();
     // Jobs the resync looks at: those whose last look did not leave them settled.
@@ -107,28 +106,10 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
         let next = timers.values().min().copied();
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
-            event = events.recv() => {
-                let mut event = event;
-                loop {
-                    match event {
-                        Ok(e) => observe(&ctx, &e, &mut dirty),
-                        Err(RecvError::Lagged(_)) => {
-                            // What is still queued is older than the store: go on from the
-                            // newest event, or a receiver that fell behind once stays a full
-                            // channel behind, and look at every Job.
-                            events = events.resubscribe();
-                            dirty.extend(all_jobs(&ctx));
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                    event = match events.try_recv() {
-                        Ok(e) => Ok(e),
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return,
-                        Err(TryRecvError::Empty) => break,
-                    };
-                }
-            }
+            open = events.next_batch(|change| match change {
+                Change::Event(e) => observe(&ctx, &e, &mut dirty),
+                Change::Missed => dirty.extend(all_jobs(&ctx)),
+            }) => if !open { return },
             _ = tokio::time::sleep_until(next.unwrap_or(far)), if next.is_some() => {
                 let now = Instant::now();
                 let due: Vec<Key> = timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();

@@ -34,7 +34,7 @@ use crate::lock::lock;
 use crate::logs::LogBuffer;
 use crate::registry::ResourceType;
 use crate::state::AppState;
-use crate::store::{Deletion, Write};
+use crate::store::{Change, Deletion, Write};
 
 /// The IP every pod and the node report.
 const LOCAL_IP: &str = "127.0.0.1";
@@ -154,26 +154,19 @@ impl Kubelet {
 }
 
 async fn watch_pods(shared: Arc<Shared>) {
-    let mut events = shared.state.store.subscribe();
+    let mut changes = shared.state.store.changes();
     let mut stop = shared.stop.subscribe();
     resync(&shared);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            event = events.recv() => match event {
-                Ok(e) if e.type_key == "/pods" => {
+            open = changes.next_batch(|change| match change {
+                Change::Event(e) if e.type_key == "/pods" => {
                     observe(&shared, e.kind, Arc::unwrap_or_clone(e.object));
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // What is still queued is older than the store: go on from the newest
-                    // event, or a receiver that fell behind once stays a full channel behind
-                    // (resyncing each time), and catch up from the store.
-                    events = events.resubscribe();
-                    resync(&shared);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+                Change::Event(_) => {}
+                Change::Missed => resync(&shared),
+            }) => if !open { return },
         }
     }
 }

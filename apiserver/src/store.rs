@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::error::ApiError;
 use crate::registry::{self, ResourceType};
@@ -32,6 +33,58 @@ pub struct Event {
     /// The object after the change (before it, for DELETED), shared by the history and
     /// every subscriber rather than copied for each.
     pub object: Arc<Value>,
+}
+
+/// What a [`Subscription`] hands its subscriber.
+#[derive(Debug)]
+pub enum Change {
+    /// The next change, in order.
+    Event(Event),
+    /// Changes were lost while the subscriber was behind: it must rebuild its view from the
+    /// store, as whatever it missed is there.
+    Missed,
+}
+
+/// A controller's subscription to the store's changes, which catches up by itself when the
+/// controller falls behind the broadcast channel.
+pub struct Subscription {
+    events: broadcast::Receiver<Event>,
+}
+
+impl From<broadcast::Receiver<Event>> for Subscription {
+    fn from(events: broadcast::Receiver<Event>) -> Self {
+        Subscription { events }
+    }
+}
+
+impl Subscription {
+    /// Waits for the next change, then hands `handle` it and every change already queued
+    /// behind it, so a burst is worked through in one go. A subscriber that fell behind and
+    /// lost changes is moved on to the newest (what is still queued is older than the store,
+    /// and a receiver that fell behind once would otherwise stay a full channel behind,
+    /// catching up each time) and gets [`Change::Missed`]. False once the store is gone.
+    ///
+    /// Cancel safe, for `select!`: it only waits before the first change, and hands out
+    /// everything it takes.
+    pub async fn next_batch(&mut self, mut handle: impl FnMut(Change)) -> bool {
+        let mut next = self.events.recv().await;
+        loop {
+            match next {
+                Ok(e) => handle(Change::Event(e)),
+                Err(RecvError::Lagged(_)) => {
+                    self.events = self.events.resubscribe();
+                    handle(Change::Missed);
+                }
+                Err(RecvError::Closed) => return false,
+            }
+            next = match self.events.try_recv() {
+                Ok(e) => Ok(e),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return false,
+                Err(TryRecvError::Empty) => return true,
+            };
+        }
+    }
 }
 
 type Key = (String, String, String); // (type key, namespace, name)
@@ -222,6 +275,11 @@ impl Store {
     /// Subscribes to changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Subscribes a controller to changes from now on (see [`Subscription`]).
+    pub fn changes(&self) -> Subscription {
+        Subscription::from(self.events.subscribe())
     }
 
     /// Every served type.
