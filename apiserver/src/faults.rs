@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
@@ -165,32 +164,8 @@ impl Faults {
             tokio::time::sleep(latency).await;
         }
         match error {
-            Some((rate, code)) if random_unit() < rate => Err(injected(code)),
+            Some((rate, code)) if random_unit() < rate => Err(ApiError::injected(code)),
             _ => Ok(()),
         }
-    }
-}
-
-/// The Status the real server sends with `code`.
-fn injected(code: u16) -> ApiError {
-    match code {
-        429 => ApiError {
-            code,
-            reason: "TooManyRequests",
-            message: "Too many requests, please try again later.".into(),
-            details: Some(json!({"retryAfterSeconds": 1})),
-        },
-        503 => ApiError {
-            code,
-            reason: "ServiceUnavailable",
-            message: "the server is currently unable to handle the request".into(),
-            details: Some(json!({"retryAfterSeconds": 1})),
-        },
-        _ => ApiError {
-            code,
-            reason: "InternalError",
-            message: "Internal error occurred: injected fault".into(),
-            details: Some(json!({"causes": [{"message": "injected fault"}]})),
-        },
     }
 }

@@ -52,14 +52,7 @@ impl Propagation {
             Some("Background") => Ok(Some(Propagation::Background)),
             Some("Foreground") => Ok(Some(Propagation::Foreground)),
             Some("Orphan") => Ok(Some(Propagation::Orphan)),
-            Some(other) => Err(ApiError {
-                code: 422,
-                reason: "Invalid",
-                message: format!(
-                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
-                ),
-                details: None,
-            }),
+            Some(other) => Err(ApiError::unsupported_propagation(other)),
             None => Ok(
                 match options.get("orphanDependents").and_then(Value::as_bool) {
                     Some(true) => Some(Propagation::Orphan),

@@ -50,12 +50,8 @@ fn list_response(
         kind: format!("{}List", t.kind),
         metadata,
     };
-    let text = serde_json::to_string(&body).map_err(|e| ApiError {
-        code: 500,
-        reason: "InternalError",
-        message: format!("encoding the list: {e}"),
-        details: None,
-    })?;
+    let text = serde_json::to_string(&body)
+        .map_err(|e| ApiError::internal(format!("encoding the list: {e}")))?;
     Ok(json_text_response(StatusCode::OK, text))
 }
 
@@ -441,12 +437,8 @@ async fn resource(
             if content_type.starts_with("application/json-patch+json") {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(&mut patched, &ops).map_err(|e| ApiError {
-                    code: 422,
-                    reason: "Invalid",
-                    message: e.to_string(),
-                    details: None,
-                })?;
+                json_patch::patch(&mut patched, &ops)
+                    .map_err(|e| ApiError::patch_failed(e.to_string()))?;
             } else if content_type.starts_with("application/strategic-merge-patch+json") {
                 if !crate::registry::is_builtin(&t) {
                     // As the real server: custom resources have no Go types to merge by.
@@ -544,13 +536,7 @@ fn server_side_apply(
     opts: Write,
 ) -> Result<Response, ApiError> {
     let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
-        return Err(ApiError {
-            code: 422,
-            reason: "Invalid",
-            message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
-            details: Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
-                {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
-        });
+        return Err(ApiError::field_manager_required());
     };
     let force = query.get("force").is_some_and(|f| f == "true");
     let (current, exists) = match store.get(t, namespace, name) {
@@ -570,15 +556,13 @@ fn server_side_apply(
         &t.api_version(),
         force,
     )
-    .map_err(|conflicts| ApiError {
-        code: 409,
-        reason: "Conflict",
-        message: crate::apply::conflict_message(&conflicts),
-        details: Some(json!({"causes": conflicts.iter().map(|c| json!({
-            "reason": "FieldManagerConflict",
-            "message": format!("conflict with \"{}\"", c.manager),
-            "field": c.field,
-        })).collect::<Vec<_>>()})),
+    .map_err(|conflicts| {
+        ApiError::apply_conflict(
+            crate::apply::conflict_message(&conflicts),
+            conflicts
+                .iter()
+                .map(|c| (c.manager.as_str(), c.field.as_str())),
+        )
     })?;
     if !exists {
         let created = store.create(t, namespace, applied, opts)?;

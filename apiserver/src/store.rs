@@ -648,7 +648,7 @@ impl Store {
                 ))
                 .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some());
             if terminating {
-                return Err(namespace_terminating(t, &name, namespace));
+                return Err(ApiError::namespace_terminating(t, &name, namespace));
             }
         }
         let key = object_key(t, namespace, &name);
@@ -1093,23 +1093,6 @@ impl Store {
                 namespace.to_string(),
             ))
             .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some())
-    }
-}
-
-/// 403 for creating into a namespace being deleted, worded as the real server does.
-fn namespace_terminating(t: &ResourceType, name: &str, namespace: &str) -> ApiError {
-    let message = format!(
-        "unable to create new content in namespace {namespace} because it is being terminated"
-    );
-    ApiError {
-        code: 403,
-        reason: "Forbidden",
-        message: format!("{} \"{name}\" is forbidden: {message}", t.group_resource()),
-        details: Some(
-            json!({"name": name, "group": t.group, "kind": t.plural, "causes": [
-                {"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}
-            ]}),
-        ),
     }
 }
 
