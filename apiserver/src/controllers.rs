@@ -94,6 +94,26 @@ pub fn modify(
     Err(ApiError::conflict(t, name))
 }
 
+/// Writes `status` through `/status` to the object `namespace/name` unless it has it already,
+/// and only while the stored object is the one with `uid` (one re-created under the same
+/// name is not this one's to write). The object as stored after; `Ok(None)` when it is gone.
+pub fn write_status(
+    store: &Store,
+    t: &ResourceType,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    status: &Value,
+) -> Result<Option<Value>, ApiError> {
+    modify(store, t, namespace, name, true, |obj| {
+        if text(obj, "/metadata/uid") != uid || obj.get("status") == Some(status) {
+            return false;
+        }
+        obj["status"] = status.clone();
+        true
+    })
+}
+
 /// Removes `finalizer` from an object; gone objects are fine.
 pub fn remove_finalizer(
     store: &Store,

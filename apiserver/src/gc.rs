@@ -461,7 +461,7 @@ impl Gc {
         if !deleting(&ns) {
             return;
         }
-        let everything = Selector::parse("").unwrap_or_default();
+        let everything = Selector::default();
         let mut left = 0;
         let mut seen = HashSet::new();
         for t in store.types().into_iter().filter(|t| t.namespaced) {

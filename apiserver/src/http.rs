@@ -280,6 +280,16 @@ fn group_list(store: &Store) -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
+/// The `labelSelector` and `fieldSelector` of a list, watch or deletecollection (empty ones
+/// match everything).
+fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector), ApiError> {
+    let parse = |key: &str| {
+        Selector::parse(query.get(key).map(String::as_str).unwrap_or(""))
+            .map_err(ApiError::bad_request)
+    };
+    Ok((parse("labelSelector")?, parse("fieldSelector")?))
+}
+
 /// `namespaces/{ns}/{plural}[/{name}[/{sub}]]` or `{plural}[/{name}[/{sub}]]`.
 fn parse_rest<'a>(
     rest: &[&'a str],
@@ -384,12 +394,7 @@ async fn resource(
         }
         (Method::GET, Some(name)) => ok(store.get_shared(&t, namespace, name)?.as_ref()),
         (Method::GET, None) => {
-            let labels =
-                Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?;
-            let fields =
-                Selector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?;
+            let (labels, fields) = selectors(query)?;
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 let columns = as_table.then(|| store.printer_columns(&t));
                 return watch(app, &t, namespace, query, labels, fields, columns);
@@ -487,12 +492,7 @@ async fn resource(
             Ok(response)
         }
         (Method::DELETE, None) => {
-            let labels =
-                Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?;
-            let fields =
-                Selector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?;
+            let (labels, fields) = selectors(query)?;
             let (items, rv) = store.list(&t, namespace, &labels, &fields);
             let mut deleted = Vec::new();
             for item in items {

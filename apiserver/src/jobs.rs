@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
+use crate::controllers::{self, Recorder, builtin, has_finalizer, text};
 use crate::gc::{Propagation, delete_object};
 use crate::registry::ResourceType;
 use crate::state::AppState;
@@ -323,26 +323,25 @@ fn format_indexes(set: &BTreeSet<i64>) -> String {
     parts.join(",")
 }
 
+/// Writes the Job's status when it changed; the Job as stored after, `None` when it is gone
+/// or the write failed.
 fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Option<Value> {
     if job.get("status") == Some(status) {
         return Some(job.clone());
     }
-    let ns = text(job, "/metadata/namespace");
     let name = text(job, "/metadata/name");
-    let uid = text(job, "/metadata/uid").to_string();
-    match modify(&ctx.state.store, &ctx.jobs, ns, name, true, |j| {
-        if text(j, "/metadata/uid") != uid {
-            return false;
-        }
-        j["status"] = status.clone();
-        true
-    }) {
-        Ok(written) => written,
-        Err(err) => {
-            tracing::debug!(%err, job = name, "writing job status");
-            None
-        }
-    }
+    controllers::write_status(
+        &ctx.state.store,
+        &ctx.jobs,
+        text(job, "/metadata/namespace"),
+        name,
+        text(job, "/metadata/uid"),
+        status,
+    )
+    .unwrap_or_else(|err| {
+        tracing::debug!(%err, job = name, "writing job status");
+        None
+    })
 }
 
 /// Brings one Job closer to its spec; says when to look again and whether the periodic

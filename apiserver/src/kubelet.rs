@@ -1051,20 +1051,13 @@ impl PodCtx {
             run.last_written = status.clone();
             status
         };
-        let store = &self.shared.state.store;
-        let written = modify(
-            store,
+        let written = controllers::write_status(
+            &self.shared.state.store,
             &self.shared.pods,
             &self.namespace,
             &self.name,
-            true,
-            |p| {
-                if text(p, "/metadata/uid") != self.uid {
-                    return false;
-                }
-                p["status"] = status.clone();
-                true
-            },
+            &self.uid,
+            &status,
         );
         if let Err(err) = written {
             tracing::debug!(%err, pod = self.name, "writing pod status");
