@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::registry::ResourceType;
 use crate::store::{Store, Write};
+pub use crate::time::{now, parse_time};
 
 /// The built-in type `group/v1/plural`; built-ins are always served.
 pub fn builtin(store: &Store, group: &str, plural: &str) -> Option<ResourceType> {
@@ -32,18 +33,6 @@ pub fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-/// Timestamps as the API writes them (seconds precision, UTC, `Z`).
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// Parses an RFC 3339 timestamp.
-pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Five characters from the alphabet Kubernetes uses for generated names (no vowels, no

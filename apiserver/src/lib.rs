@@ -72,6 +72,7 @@ mod state;
 mod store;
 mod strategic;
 mod table;
+mod time;
 mod validation;
 mod workloads;
 
