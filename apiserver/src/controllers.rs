@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::lock::lock;
 use crate::registry::ResourceType;
 use crate::store::{Store, Write};
 pub use crate::time::{now, parse_time};
@@ -190,12 +191,7 @@ impl Recorder {
             namespace
         );
         let time = now();
-        let existing = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let existing = lock(&self.seen).get(&key).cloned();
         if let Some(name) = existing {
             let bumped = modify(store, &events, &namespace, &name, false, |ev| {
                 let count = ev.get("count").and_then(Value::as_i64).unwrap_or(1);
@@ -232,7 +228,7 @@ impl Recorder {
         });
         match store.create(&events, &namespace, event, Write::default()) {
             Ok(_) => {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut seen = lock(&self.seen);
                 if seen.len() > 10_000 {
                     seen.clear();
                 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::lock::lock;
 
 /// One kind of API request, as an RBAC rule would name it, with how often it was seen.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,17 +41,12 @@ pub struct Audit {
 impl Audit {
     /// Counts one request (`count` is ignored).
     pub fn record(&self, request: Request) {
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(request)
-            .or_default() += 1;
+        *lock(&self.seen).entry(request).or_default() += 1;
     }
 
     /// Every kind of request seen, sorted, with its count.
     pub fn requests(&self) -> Vec<Request> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = lock(&self.seen);
         let mut out: Vec<Request> = seen
             .iter()
             .map(|(r, n)| Request {
@@ -100,7 +96,7 @@ fn random_unit() -> f64 {
 
 impl Faults {
     fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.settings)
     }
 
     /// Fails a share (0.0–1.0) of requests with `verb` ("*" for all) with `code`.

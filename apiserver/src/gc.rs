@@ -314,12 +314,17 @@ impl Gc {
             .is_ok_and(|o| text(&o, "/metadata/uid") == text(r, "/uid"))
     }
 
+    /// The type and the stored object of `key`, while both exist.
+    fn lookup(&self, key: &Key) -> Option<(ResourceType, Value)> {
+        let store = &self.state.store;
+        let t = type_for(store, &key.0)?;
+        let obj = store.get(&t, &key.1, &key.2).ok()?;
+        Some((t, obj))
+    }
+
     fn check_dependent(&mut self, key: &Key) {
         let store = &self.state.store;
-        let Some(t) = type_for(store, &key.0) else {
-            return;
-        };
-        let Ok(obj) = store.get(&t, &key.1, &key.2) else {
+        let Some((t, obj)) = self.lookup(key) else {
             return;
         };
         if deleting(&obj) {
@@ -381,10 +386,7 @@ impl Gc {
 
     fn finalize(&mut self, key: &Key) {
         let store = &self.state.store;
-        let Some(t) = type_for(store, &key.0) else {
-            return;
-        };
-        let Ok(owner) = store.get(&t, &key.1, &key.2) else {
+        let Some((t, owner)) = self.lookup(key) else {
             return;
         };
         if !deleting(&owner) {

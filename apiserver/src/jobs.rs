@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::controllers::{self, Recorder, builtin, has_finalizer, text};
 use crate::gc::{Propagation, delete_object};
+use crate::lock::lock;
 use crate::registry::ResourceType;
 use crate::state::AppState;
 use crate::store::{Change, Write};
@@ -155,10 +156,7 @@ fn observe(ctx: &Ctx, e: &crate::store::Event, dirty: &mut HashSet<Key>) {
         "batch/jobs" => {
             if e.kind == "DELETED" {
                 release_pods(ctx, &e.namespace, text(&e.object, "/metadata/uid"));
-                ctx.last_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(text(&e.object, "/metadata/uid"));
+                lock(&ctx.last_failure).remove(text(&e.object, "/metadata/uid"));
             } else {
                 dirty.insert((
                     e.namespace.clone(),
@@ -447,10 +445,7 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     failed += new_failures;
     uncounted_failed.clear();
     if new_failures > 0 {
-        ctx.last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.clone(), (failed, Instant::now()));
+        lock(&ctx.last_failure).insert(uid.clone(), (failed, Instant::now()));
     }
     status["uncountedTerminatedPods"] = json!({});
     set_count(&mut status, "succeeded", succeeded);
@@ -634,12 +629,7 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     // Start pods, after the back-off that follows failures.
     let mut wait = None;
     if failed > 0 {
-        let last = ctx
-            .last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uid)
-            .copied();
+        let last = lock(&ctx.last_failure).get(&uid).copied();
         if let Some((_, at)) = last {
             let exponent = u32::try_from((failed - 1).clamp(0, 20)).unwrap_or(20);
             let delay = ctx

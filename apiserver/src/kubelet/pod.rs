@@ -481,12 +481,7 @@ impl PodCtx {
                 let pull_error = format!(
                     "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": pull access denied, repository does not exist or may require authorization"
                 );
-                self.event(
-                    Some(&name),
-                    "Normal",
-                    "Pulling",
-                    &format!("Pulling image \"{image}\""),
-                );
+                self.pulling(&name, &image);
                 self.event(
                     Some(&name),
                     "Warning",
@@ -514,12 +509,7 @@ impl PodCtx {
             }
             if instances == 0 {
                 if text(&spec, "/imagePullPolicy") == "Always" {
-                    self.event(
-                        Some(&name),
-                        "Normal",
-                        "Pulling",
-                        &format!("Pulling image \"{image}\""),
-                    );
+                    self.pulling(&name, &image);
                     self.event(
                         Some(&name),
                         "Normal",
@@ -674,6 +664,16 @@ impl PodCtx {
                 });
             }
         }
+    }
+
+    /// The event of a (simulated) image pull starting.
+    fn pulling(&self, name: &str, image: &str) {
+        self.event(
+            Some(name),
+            "Normal",
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
     }
 
     /// The Warning event every failure to configure or start a container gets.

@@ -726,29 +726,19 @@ impl Store {
                 .unwrap_or_default()
                 .to_string()
         };
-        if let Some(uid) = preconditions.get("uid").and_then(Value::as_str)
-            && uid != stored("uid")
-        {
-            return Err(ApiError::precondition_failed(
-                t,
-                name,
-                format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    stored("uid")
-                ),
-            ));
-        }
-        if let Some(rv) = preconditions.get("resourceVersion").and_then(Value::as_str)
-            && rv != stored("resourceVersion")
-        {
-            return Err(ApiError::precondition_failed(
-                t,
-                name,
-                format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    stored("resourceVersion")
-                ),
-            ));
+        for (field, shown) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+            if let Some(wanted) = preconditions.get(field).and_then(Value::as_str)
+                && wanted != stored(field)
+            {
+                return Err(ApiError::precondition_failed(
+                    t,
+                    name,
+                    format!(
+                        "Precondition failed: {shown} in precondition: {wanted}, {shown} in object meta: {}",
+                        stored(field)
+                    ),
+                ));
+            }
         }
         if opts.dry_run {
             return Ok(Arc::new(obj));
