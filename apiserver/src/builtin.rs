@@ -83,6 +83,8 @@ fn job(obj: &mut Value) -> Result<(), Vec<FieldError>> {
     }
 }
 
+/// Defaults and checks the pod spec at `path`; in a Job's template the restart policy must be
+/// `OnFailure` or `Never`. The install-manifest kinds check their pod templates with it too.
 pub(crate) fn pod_spec(spec: &mut Value, path: &str, in_job: bool) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for (field, default) in [
