@@ -7,18 +7,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::lock::lock;
 use crate::registry::ResourceType;
 use crate::store::{Store, Write};
-
-/// Which background loops run; the HTTP layer needs to know too (graceful pod deletes only
-/// make sense with a kubelet, foreground and orphan deletes only with a garbage collector).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    /// Job controller, garbage collector and namespace controller.
-    pub controllers: bool,
-    /// The simulated kubelet.
-    pub kubelet: bool,
-}
+pub use crate::time::{now, parse_time};
 
 /// The built-in type `group/v1/plural`; built-ins are always served.
 pub fn builtin(store: &Store, group: &str, plural: &str) -> Option<ResourceType> {
@@ -42,18 +34,6 @@ pub fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-/// Timestamps as the API writes them (seconds precision, UTC, `Z`).
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// Parses an RFC 3339 timestamp.
-pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Five characters from the alphabet Kubernetes uses for generated names (no vowels, no
@@ -102,6 +82,26 @@ pub fn modify(
         }
     }
     Err(ApiError::conflict(t, name))
+}
+
+/// Writes `status` through `/status` to the object `namespace/name` unless it has it already,
+/// and only while the stored object is the one with `uid` (one re-created under the same
+/// name is not this one's to write). The object as stored after; `Ok(None)` when it is gone.
+pub fn write_status(
+    store: &Store,
+    t: &ResourceType,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    status: &Value,
+) -> Result<Option<Value>, ApiError> {
+    modify(store, t, namespace, name, true, |obj| {
+        if text(obj, "/metadata/uid") != uid || obj.get("status") == Some(status) {
+            return false;
+        }
+        obj["status"] = status.clone();
+        true
+    })
 }
 
 /// Removes `finalizer` from an object; gone objects are fine.
@@ -191,12 +191,7 @@ impl Recorder {
             namespace
         );
         let time = now();
-        let existing = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let existing = lock(&self.seen).get(&key).cloned();
         if let Some(name) = existing {
             let bumped = modify(store, &events, &namespace, &name, false, |ev| {
                 let count = ev.get("count").and_then(Value::as_i64).unwrap_or(1);
@@ -233,7 +228,7 @@ impl Recorder {
         });
         match store.create(&events, &namespace, event, Write::default()) {
             Ok(_) => {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut seen = lock(&self.seen);
                 if seen.len() > 10_000 {
                     seen.clear();
                 }

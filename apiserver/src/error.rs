@@ -135,6 +135,116 @@ impl ApiError {
         }
     }
 
+    /// 403 for creating into a namespace being deleted, worded as the real server does.
+    pub fn namespace_terminating(t: &ResourceType, name: &str, namespace: &str) -> Self {
+        let message = format!(
+            "unable to create new content in namespace {namespace} because it is being terminated"
+        );
+        ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("{} \"{name}\" is forbidden: {message}", t.group_resource()),
+            details: Some(
+                json!({"name": name, "group": t.group, "kind": t.plural, "causes": [
+                    {"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}
+                ]}),
+            ),
+        }
+    }
+
+    /// 409 for a server-side apply that would take fields another manager owns; `conflicts`
+    /// are (manager, field) pairs and `message` lists them as the real server does.
+    pub fn apply_conflict<'a>(
+        message: String,
+        conflicts: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let causes: Vec<Value> = conflicts
+            .into_iter()
+            .map(|(manager, field)| {
+                json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with \"{manager}\""),
+                    "field": field,
+                })
+            })
+            .collect();
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message,
+            details: Some(json!({ "causes": causes })),
+        }
+    }
+
+    /// 422 for a server-side apply without `fieldManager`.
+    pub fn field_manager_required() -> Self {
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+            details: Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
+                {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
+        }
+    }
+
+    /// 422 for a DeleteOptions `propagationPolicy` that is not one of the known ones.
+    pub fn unsupported_propagation(policy: &str) -> Self {
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+            ),
+            details: None,
+        }
+    }
+
+    /// 422 for a JSON patch that does not apply to the object (a failed `test`, a missing
+    /// path), with the patch library's message.
+    pub fn patch_failed(message: impl Into<String>) -> Self {
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 500 for a failure of the server itself.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            code: 500,
+            reason: "InternalError",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// The Status the real server sends with `code`, for an injected fault: 429 and 503 ask
+    /// clients to retry after a second, anything else is an internal error.
+    pub fn injected(code: u16) -> Self {
+        match code {
+            429 => ApiError {
+                code,
+                reason: "TooManyRequests",
+                message: "Too many requests, please try again later.".into(),
+                details: Some(json!({"retryAfterSeconds": 1})),
+            },
+            503 => ApiError {
+                code,
+                reason: "ServiceUnavailable",
+                message: "the server is currently unable to handle the request".into(),
+                details: Some(json!({"retryAfterSeconds": 1})),
+            },
+            _ => ApiError {
+                code,
+                reason: "InternalError",
+                message: "Internal error occurred: injected fault".into(),
+                details: Some(json!({"causes": [{"message": "injected fault"}]})),
+            },
+        }
+    }
+
     /// 422 with field causes, each given as `(field, body)` where the body starts the way
     /// the real server's does (`Required value`, `Invalid value: …`, `Unsupported value: …`).
     pub fn invalid_object(t: &ResourceType, name: &str, causes: Vec<(&str, String)>) -> Self {
@@ -231,7 +341,9 @@ fn shown(value: &Value) -> String {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: &'static str, body: String) -> Self {
+    /// A cause worded by the caller, for the few messages the constructors below do not
+    /// cover (`Duplicate value`, a label map printed as Go does).
+    pub fn new(field: impl Into<String>, reason: &'static str, body: String) -> Self {
         FieldError {
             field: field.into(),
             reason,

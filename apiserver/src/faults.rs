@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::lock::lock;
 
 /// One kind of API request, as an RBAC rule would name it, with how often it was seen.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,17 +41,12 @@ pub struct Audit {
 impl Audit {
     /// Counts one request (`count` is ignored).
     pub fn record(&self, request: Request) {
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(request)
-            .or_default() += 1;
+        *lock(&self.seen).entry(request).or_default() += 1;
     }
 
     /// Every kind of request seen, sorted, with its count.
     pub fn requests(&self) -> Vec<Request> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = lock(&self.seen);
         let mut out: Vec<Request> = seen
             .iter()
             .map(|(r, n)| Request {
@@ -101,7 +96,7 @@ fn random_unit() -> f64 {
 
 impl Faults {
     fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.settings)
     }
 
     /// Fails a share (0.0–1.0) of requests with `verb` ("*" for all) with `code`.
@@ -165,32 +160,8 @@ impl Faults {
             tokio::time::sleep(latency).await;
         }
         match error {
-            Some((rate, code)) if random_unit() < rate => Err(injected(code)),
+            Some((rate, code)) if random_unit() < rate => Err(ApiError::injected(code)),
             _ => Ok(()),
         }
-    }
-}
-
-/// The Status the real server sends with `code`.
-fn injected(code: u16) -> ApiError {
-    match code {
-        429 => ApiError {
-            code,
-            reason: "TooManyRequests",
-            message: "Too many requests, please try again later.".into(),
-            details: Some(json!({"retryAfterSeconds": 1})),
-        },
-        503 => ApiError {
-            code,
-            reason: "ServiceUnavailable",
-            message: "the server is currently unable to handle the request".into(),
-            details: Some(json!({"retryAfterSeconds": 1})),
-        },
-        _ => ApiError {
-            code,
-            reason: "InternalError",
-            message: "Internal error occurred: injected fault".into(),
-            details: Some(json!({"causes": [{"message": "injected fault"}]})),
-        },
     }
 }

@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::controllers::{builtin, has_finalizer, modify, pace, remove_finalizer, text};
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
-use crate::store::{Deletion, Store, Write, type_key};
+use crate::state::AppState;
+use crate::store::{Change, Deletion, Store, Write, type_key};
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
@@ -53,14 +52,7 @@ impl Propagation {
             Some("Background") => Ok(Some(Propagation::Background)),
             Some("Foreground") => Ok(Some(Propagation::Foreground)),
             Some("Orphan") => Ok(Some(Propagation::Orphan)),
-            Some(other) => Err(ApiError {
-                code: 422,
-                reason: "Invalid",
-                message: format!(
-                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
-                ),
-                details: None,
-            }),
+            Some(other) => Err(ApiError::unsupported_propagation(other)),
             None => Ok(
                 match options.get("orphanDependents").and_then(Value::as_bool) {
                     Some(true) => Some(Propagation::Orphan),
@@ -200,7 +192,7 @@ struct Gc {
 
 /// Runs the garbage collector and namespace controller until the task is aborted.
 pub async fn run(state: Arc<AppState>) {
-    let mut events = state.store.subscribe();
+    let mut events = state.store.changes();
     let mut gc = Gc {
         state,
         owners_of: Owners::new(),
@@ -216,28 +208,10 @@ pub async fn run(state: Arc<AppState>) {
             gc.process(task);
         }
         tokio::select! {
-            event = events.recv() => {
-                let mut event = event;
-                loop {
-                    match event {
-                        Ok(e) => gc.observe(&e),
-                        Err(RecvError::Lagged(_)) => {
-                            // What is still queued is older than the store: go on from the
-                            // newest event, or a receiver that fell behind once stays a full
-                            // channel behind (rescanning each time), and rebuild from the store.
-                            events = events.resubscribe();
-                            gc.scan();
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                    event = match events.try_recv() {
-                        Ok(e) => Ok(e),
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return,
-                        Err(TryRecvError::Empty) => break,
-                    };
-                }
-            }
+            open = events.next_batch(|change| match change {
+                Change::Event(e) => gc.observe(&e),
+                Change::Missed => gc.scan(),
+            }) => if !open { return },
             _ = resync.tick() => gc.scan(),
         }
     }
@@ -340,12 +314,17 @@ impl Gc {
             .is_ok_and(|o| text(&o, "/metadata/uid") == text(r, "/uid"))
     }
 
+    /// The type and the stored object of `key`, while both exist.
+    fn lookup(&self, key: &Key) -> Option<(ResourceType, Value)> {
+        let store = &self.state.store;
+        let t = type_for(store, &key.0)?;
+        let obj = store.get(&t, &key.1, &key.2).ok()?;
+        Some((t, obj))
+    }
+
     fn check_dependent(&mut self, key: &Key) {
         let store = &self.state.store;
-        let Some(t) = type_for(store, &key.0) else {
-            return;
-        };
-        let Ok(obj) = store.get(&t, &key.1, &key.2) else {
+        let Some((t, obj)) = self.lookup(key) else {
             return;
         };
         if deleting(&obj) {
@@ -407,10 +386,7 @@ impl Gc {
 
     fn finalize(&mut self, key: &Key) {
         let store = &self.state.store;
-        let Some(t) = type_for(store, &key.0) else {
-            return;
-        };
-        let Ok(owner) = store.get(&t, &key.1, &key.2) else {
+        let Some((t, owner)) = self.lookup(key) else {
             return;
         };
         if !deleting(&owner) {
@@ -487,7 +463,7 @@ impl Gc {
         if !deleting(&ns) {
             return;
         }
-        let everything = Selector::parse("").unwrap_or_default();
+        let everything = Selector::default();
         let mut left = 0;
         let mut seen = HashSet::new();
         for t in store.types().into_iter().filter(|t| t.namespaced) {

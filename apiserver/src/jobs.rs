@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
-use crate::controllers::{self, Recorder, builtin, has_finalizer, modify, text};
+use crate::controllers::{self, Recorder, builtin, has_finalizer, text};
 use crate::gc::{Propagation, delete_object};
-use crate::http::AppState;
+use crate::lock::lock;
 use crate::registry::ResourceType;
-use crate::store::Write;
+use crate::state::AppState;
+use crate::store::{Change, Write};
 
 /// The finalizer that keeps a finished pod until the controller has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -82,7 +82,7 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
         recorder: Recorder::new("job-controller", None),
         last_failure: std::sync::Mutex::new(HashMap::new()),
     };
-    let mut events = ctx.state.store.subscribe();
+    let mut events = ctx.state.store.changes();
     let mut dirty: HashSet<Key> = all_jobs(&ctx);
     let mut timers: HashMap<Key, Instant> = HashMap::new();
     // Jobs the resync looks at: those whose last look did not leave them settled.
@@ -107,28 +107,10 @@ pub async fn run(state: Arc<AppState>, config: JobConfig) {
         let next = timers.values().min().copied();
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
-            event = events.recv() => {
-                let mut event = event;
-                loop {
-                    match event {
-                        Ok(e) => observe(&ctx, &e, &mut dirty),
-                        Err(RecvError::Lagged(_)) => {
-                            // What is still queued is older than the store: go on from the
-                            // newest event, or a receiver that fell behind once stays a full
-                            // channel behind, and look at every Job.
-                            events = events.resubscribe();
-                            dirty.extend(all_jobs(&ctx));
-                        }
-                        Err(RecvError::Closed) => return,
-                    }
-                    event = match events.try_recv() {
-                        Ok(e) => Ok(e),
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => return,
-                        Err(TryRecvError::Empty) => break,
-                    };
-                }
-            }
+            open = events.next_batch(|change| match change {
+                Change::Event(e) => observe(&ctx, &e, &mut dirty),
+                Change::Missed => dirty.extend(all_jobs(&ctx)),
+            }) => if !open { return },
             _ = tokio::time::sleep_until(next.unwrap_or(far)), if next.is_some() => {
                 let now = Instant::now();
                 let due: Vec<Key> = timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
@@ -174,10 +156,7 @@ fn observe(ctx: &Ctx, e: &crate::store::Event, dirty: &mut HashSet<Key>) {
         "batch/jobs" => {
             if e.kind == "DELETED" {
                 release_pods(ctx, &e.namespace, text(&e.object, "/metadata/uid"));
-                ctx.last_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(text(&e.object, "/metadata/uid"));
+                lock(&ctx.last_failure).remove(text(&e.object, "/metadata/uid"));
             } else {
                 dirty.insert((
                     e.namespace.clone(),
@@ -342,26 +321,25 @@ fn format_indexes(set: &BTreeSet<i64>) -> String {
     parts.join(",")
 }
 
+/// Writes the Job's status when it changed; the Job as stored after, `None` when it is gone
+/// or the write failed.
 fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Option<Value> {
     if job.get("status") == Some(status) {
         return Some(job.clone());
     }
-    let ns = text(job, "/metadata/namespace");
     let name = text(job, "/metadata/name");
-    let uid = text(job, "/metadata/uid").to_string();
-    match modify(&ctx.state.store, &ctx.jobs, ns, name, true, |j| {
-        if text(j, "/metadata/uid") != uid {
-            return false;
-        }
-        j["status"] = status.clone();
-        true
-    }) {
-        Ok(written) => written,
-        Err(err) => {
-            tracing::debug!(%err, job = name, "writing job status");
-            None
-        }
-    }
+    controllers::write_status(
+        &ctx.state.store,
+        &ctx.jobs,
+        text(job, "/metadata/namespace"),
+        name,
+        text(job, "/metadata/uid"),
+        status,
+    )
+    .unwrap_or_else(|err| {
+        tracing::debug!(%err, job = name, "writing job status");
+        None
+    })
 }
 
 /// Brings one Job closer to its spec; says when to look again and whether the periodic
@@ -467,10 +445,7 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     failed += new_failures;
     uncounted_failed.clear();
     if new_failures > 0 {
-        ctx.last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.clone(), (failed, Instant::now()));
+        lock(&ctx.last_failure).insert(uid.clone(), (failed, Instant::now()));
     }
     status["uncountedTerminatedPods"] = json!({});
     set_count(&mut status, "succeeded", succeeded);
@@ -654,12 +629,7 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     // Start pods, after the back-off that follows failures.
     let mut wait = None;
     if failed > 0 {
-        let last = ctx
-            .last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uid)
-            .copied();
+        let last = lock(&ctx.last_failure).get(&uid).copied();
         if let Some((_, at)) = last {
             let exponent = u32::try_from((failed - 1).clamp(0, 20)).unwrap_or(20);
             let delay = ctx

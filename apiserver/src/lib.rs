@@ -61,15 +61,18 @@ mod gc;
 mod http;
 mod jobs;
 mod kubelet;
+mod lock;
 mod logs;
 mod openapi;
 mod protobuf;
 mod registry;
 mod schema;
 mod selector;
+mod state;
 mod store;
 mod strategic;
 mod table;
+mod time;
 mod validation;
 mod workloads;
 
@@ -92,7 +95,7 @@ pub struct RunningServer {
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    state: Arc<http::AppState>,
+    state: Arc<state::AppState>,
     controllers: Vec<JoinHandle<()>>,
     kubelet: Option<kubelet::Kubelet>,
 }
@@ -277,14 +280,14 @@ impl ApiServer {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.address).await?;
         let address = listener.local_addr()?;
-        let state = Arc::new(http::AppState {
+        let state = Arc::new(state::AppState {
             store: store::Store::default(),
             address: address.to_string(),
-            features: controllers::Features {
+            features: state::Features {
                 controllers: config.controllers,
                 kubelet: config.kubelet,
             },
-            logs: kubelet::Logs::default(),
+            logs: logs::Logs::default(),
             audit: faults::Audit::default(),
             faults: faults::Faults::default(),
         });
@@ -338,7 +341,7 @@ pub async fn start(address: SocketAddr) -> std::io::Result<RunningServer> {
 /// Seeds the namespaces and serves the API on `listener`.
 async fn serve(
     listener: TcpListener,
-    state: Arc<http::AppState>,
+    state: Arc<state::AppState>,
 ) -> std::io::Result<RunningServer> {
     let address = listener.local_addr()?;
     for namespace in ["default", "kube-system"] {

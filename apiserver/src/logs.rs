@@ -1,20 +1,154 @@
-//! `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the output the simulated kubelet captured,
+//! Pods' container logs: the buffers the simulated kubelet writes each container
+//! instance's output to, and `GET /api/v1/namespaces/{ns}/pods/{name}/log` serving them
 //! with `container`, `follow`, `previous`, `tailLines`, `sinceSeconds`, `sinceTime`,
 //! `timestamps` and `limitBytes`, and the real server's (kubelet's) errors.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::controllers::text;
 use crate::error::ApiError;
-use crate::http::AppState;
-use crate::kubelet::{LogBuffer, LogLine};
+use crate::lock::lock;
 use crate::registry::ResourceType;
+use crate::store::Store;
+
+/// Bytes of output kept per container instance; older lines are dropped first.
+pub const LOG_LIMIT: usize = 1 << 20;
+
+/// One line of output with the time it was read.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// When the kubelet read it.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The bytes, with the trailing newline when there was one.
+    pub text: Vec<u8>,
+}
+
+struct LogInner {
+    lines: VecDeque<LogLine>,
+    /// Sequence number of `lines[0]`.
+    first: u64,
+    bytes: usize,
+    done: bool,
+}
+
+/// The output of one container instance; followers wait on [`LogBuffer::subscribe`].
+pub struct LogBuffer {
+    inner: Mutex<LogInner>,
+    changed: watch::Sender<u64>,
+}
+
+impl LogBuffer {
+    fn new() -> Self {
+        LogBuffer {
+            inner: Mutex::new(LogInner {
+                lines: VecDeque::new(),
+                first: 0,
+                bytes: 0,
+                done: false,
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Appends a line (or a piece of an over-long one), dropping the oldest past
+    /// [`LOG_LIMIT`].
+    pub fn push(&self, text: Vec<u8>) {
+        let mut inner = lock(&self.inner);
+        inner.bytes += text.len();
+        inner.lines.push_back(LogLine {
+            time: chrono::Utc::now(),
+            text,
+        });
+        while inner.bytes > LOG_LIMIT {
+            let Some(old) = inner.lines.pop_front() else {
+                break;
+            };
+            inner.bytes -= old.text.len();
+            inner.first += 1;
+        }
+        let next = inner.first + inner.lines.len() as u64;
+        drop(inner);
+        self.changed.send_replace(next);
+    }
+
+    /// Marks the instance ended, waking followers.
+    pub fn close(&self) {
+        lock(&self.inner).done = true;
+        self.changed.send_modify(|v| *v += 0);
+    }
+
+    /// Lines from sequence number `from` on (or the oldest kept), the number to read from
+    /// next, and whether the instance has ended.
+    pub fn read_from(&self, from: u64) -> (Vec<LogLine>, u64, bool) {
+        let inner = lock(&self.inner);
+        let start = from.max(inner.first);
+        let skip = usize::try_from(start - inner.first).unwrap_or(usize::MAX);
+        let lines: Vec<LogLine> = inner.lines.iter().skip(skip).cloned().collect();
+        let next = inner.first + inner.lines.len() as u64;
+        (lines, next, inner.done)
+    }
+
+    /// Notified on every new line and when the instance ends.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+#[derive(Default)]
+struct ContainerLogs {
+    current: Option<Arc<LogBuffer>>,
+    previous: Option<Arc<LogBuffer>>,
+}
+
+/// Output of every container the kubelet ran, by pod uid and container name.
+#[derive(Default)]
+pub struct Logs {
+    pods: Mutex<HashMap<String, HashMap<String, ContainerLogs>>>,
+}
+
+impl Logs {
+    /// The current (or previous) instance's output of `container` in the pod `uid`.
+    pub fn get(&self, uid: &str, container: &str, previous: bool) -> Option<Arc<LogBuffer>> {
+        let pods = lock(&self.pods);
+        let logs = pods.get(uid)?.get(container)?;
+        if previous {
+            logs.previous.clone()
+        } else {
+            logs.current.clone()
+        }
+    }
+
+    /// A new instance of `container` in the pod `uid`: the current one becomes previous.
+    pub fn start_instance(&self, uid: &str, container: &str) -> Arc<LogBuffer> {
+        let buffer = Arc::new(LogBuffer::new());
+        let mut pods = lock(&self.pods);
+        let logs = pods
+            .entry(uid.to_string())
+            .or_default()
+            .entry(container.to_string())
+            .or_default();
+        logs.previous = logs.current.replace(buffer.clone());
+        buffer
+    }
+
+    /// Forgets a pod that is gone, ending its followers.
+    pub fn remove_pod(&self, uid: &str) {
+        let removed = lock(&self.pods).remove(uid);
+        // Wake followers so they end.
+        for logs in removed.into_iter().flat_map(|m| m.into_values()) {
+            if let Some(b) = logs.current {
+                b.close();
+            }
+        }
+    }
+}
 
 fn names(pod: &Value, field: &str) -> Vec<String> {
     pod.pointer(&format!("/spec/{field}"))
@@ -141,15 +275,16 @@ fn render(lines: &[LogLine], opts: &Options) -> Vec<u8> {
     out
 }
 
-/// Serves a pod's log.
-pub async fn pod_log(
-    app: &Arc<AppState>,
+/// Serves a pod's log from `logs`.
+pub fn pod_log(
+    store: &Store,
+    logs: &Logs,
     t: &ResourceType,
     namespace: &str,
     name: &str,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let pod = app.store.get(t, namespace, name)?;
+    let pod = store.get(t, namespace, name)?;
     let container = pick_container(&pod, name, query.get("container").map(String::as_str))?;
     let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
     let previous = flag("previous");
@@ -179,7 +314,7 @@ pub async fn pod_log(
         .filter(|n| *n >= 0)
         .and_then(|n| usize::try_from(n).ok());
     let uid = text(&pod, "/metadata/uid");
-    let Some(buffer) = app.logs.get(uid, &container, previous) else {
+    let Some(buffer) = logs.get(uid, &container, previous) else {
         return Ok(text_response(Body::empty()));
     };
     let (mut lines, next, done) = buffer.read_from(0);

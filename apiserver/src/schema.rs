@@ -10,6 +10,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
+use crate::lock::lock;
 
 /// Compiled schema patterns: a CRD has a handful, and compiling one costs far more than
 /// the rest of validating an object.
@@ -19,7 +20,7 @@ static PATTERNS: std::sync::LazyLock<
 
 /// The regex for `pattern`, compiled once (`None` when it does not parse).
 fn compiled(pattern: &str) -> Option<regex::Regex> {
-    let mut patterns = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut patterns = lock(&PATTERNS);
     if let Some(re) = patterns.get(pattern) {
         return re.clone();
     }

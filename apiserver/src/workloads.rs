@@ -30,14 +30,6 @@ pub fn prepare_create(t: &ResourceType, obj: &mut Value) -> Result<(), Vec<Field
     }
 }
 
-fn field_error(field: impl Into<String>, reason: &'static str, body: String) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason,
-        body,
-    }
-}
-
 /// `spec`, created as an empty object when absent or not an object.
 fn spec_of(obj: &mut Value) -> &mut Value {
     if !obj.get("spec").is_some_and(Value::is_object) {
@@ -165,7 +157,7 @@ fn deployment(obj: &mut Value) -> Vec<FieldError> {
     };
     let matches = selector.is_some_and(|s| s.matches_labels(template));
     if !matches {
-        errors.push(field_error(
+        errors.push(FieldError::new(
             "spec.template.metadata.labels",
             "FieldValueInvalid",
             format!(
@@ -235,7 +227,7 @@ fn service(obj: &mut Value) -> Vec<FieldError> {
         if name.is_empty() && count > 1 {
             errors.push(FieldError::required(format!("{path}.name"), String::new()));
         } else if !name.is_empty() && names.iter().any(|n| n == name) {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 format!("{path}.name"),
                 "FieldValueDuplicate",
                 format!("Duplicate value: {}", json!(name)),

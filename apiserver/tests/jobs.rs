@@ -24,6 +24,23 @@ async fn cluster_with(config: charon_apiserver::Config) -> Cluster {
     Cluster { server, client }
 }
 
+impl Cluster {
+    /// The Jobs and pods of the `default` namespace.
+    fn apis(&self) -> (Api<Job>, Api<Pod>) {
+        (
+            Api::namespaced(self.client.clone(), "default"),
+            Api::namespaced(self.client.clone(), "default"),
+        )
+    }
+}
+
+/// Creates `job`, failing the test when the server refuses it.
+async fn create_job(jobs: &Api<Job>, job: Job) {
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create");
+}
+
 async fn cluster() -> Cluster {
     cluster_with(charon_apiserver::Config::default().fast_backoff(Duration::from_millis(50))).await
 }
@@ -145,14 +162,8 @@ fn alive(pid: &str) -> bool {
 #[tokio::test]
 async fn a_failing_job_fails_with_its_exit_code_and_log() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job("boom", "echo hi; exit 3", json!({})),
-    )
-    .await
-    .expect("create");
+    let (jobs, pods) = c.apis();
+    create_job(&jobs, job("boom", "echo hi; exit 3", json!({}))).await;
     let done = finished(&jobs, "boom").await;
     let conds = conditions(&done);
     let types: Vec<&str> = conds.iter().map(|(t, _, _)| t.as_str()).collect();
@@ -224,18 +235,16 @@ async fn a_failing_job_fails_with_its_exit_code_and_log() {
 #[tokio::test]
 async fn a_succeeding_job_completes() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job(
             "fine",
             "echo one; echo two >&2; echo three",
             json!({"spec": {"completions": 2, "parallelism": 1}}),
         ),
     )
-    .await
-    .expect("create");
+    .await;
     let done = finished(&jobs, "fine").await;
     let conds = conditions(&done);
     let types: Vec<&str> = conds.iter().map(|(t, _, _)| t.as_str()).collect();
@@ -283,14 +292,12 @@ async fn a_succeeding_job_completes() {
 #[tokio::test]
 async fn the_backoff_limit_counts_failed_pods() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job("flaky", "exit 1", json!({"spec": {"backoffLimit": 2}})),
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job("flaky", "exit 1", json!({"spec": {"backoffLimit": 2}})),
     )
-    .await
-    .expect("create");
+    .await;
     let done = finished(&jobs, "flaky").await;
     assert_eq!(done.status.as_ref().and_then(|s| s.failed), Some(3));
     assert_eq!(conditions(&done)[1].1, "BackoffLimitExceeded");
@@ -301,20 +308,14 @@ async fn the_backoff_limit_counts_failed_pods() {
 #[tokio::test]
 async fn on_failure_restarts_the_container_in_place() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (jobs, pods) = c.apis();
     // Each run counts itself in a file of the pod's directory and succeeds on the third.
     let script = "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo attempt $n; [ $n -ge 3 ]";
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    create_job(&jobs, job(
             "retry",
             script,
             json!({"spec": {"backoffLimit": 5, "template": {"spec": {"restartPolicy": "OnFailure"}}}}),
-        ),
-    )
-    .await
-    .expect("create");
+        )).await;
     let done = finished(&jobs, "retry").await;
     assert_eq!(conditions(&done)[1].0, "Complete");
     let list = pods_of(&pods, "retry").await;
@@ -349,16 +350,11 @@ async fn on_failure_restarts_the_container_in_place() {
     // With a lower limit the restarts count against it.
     let c = cluster().await;
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    create_job(&jobs, job(
             "crashy",
             "exit 1",
             json!({"spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "OnFailure"}}}}),
-        ),
-    )
-    .await
-    .expect("create");
+        )).await;
     let done = finished(&jobs, "crashy").await;
     assert_eq!(
         conditions(&done)[1],
@@ -474,14 +470,8 @@ async fn images_that_cannot_be_pulled_never_start() {
 #[tokio::test]
 async fn an_evicted_pod_fails_its_job() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job("victim", "sleep 30", json!({})),
-    )
-    .await
-    .expect("create");
+    let (jobs, pods) = c.apis();
+    create_job(&jobs, job("victim", "sleep 30", json!({}))).await;
     let name = eventually(10, "a running pod", || async {
         let list = pods_of(&pods, "victim").await;
         let pod = list.first()?;
@@ -587,18 +577,16 @@ async fn containers_get_env_expansion_field_refs_secrets_and_volumes() {
 #[tokio::test]
 async fn indexed_jobs_give_each_pod_its_index() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job(
             "shards",
             "echo index=$JOB_COMPLETION_INDEX",
             json!({"spec": {"completions": 3, "parallelism": 3, "completionMode": "Indexed"}}),
         ),
     )
-    .await
-    .expect("create");
+    .await;
     let done = finished(&jobs, "shards").await;
     assert_eq!(conditions(&done)[1].0, "Complete");
     let status = done.status.expect("status");
@@ -627,14 +615,12 @@ async fn indexed_jobs_give_each_pod_its_index() {
 #[tokio::test]
 async fn suspended_jobs_wait_until_resumed() {
     let c = cluster().await;
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job("later", "true", json!({"spec": {"suspend": true}})),
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job("later", "true", json!({"spec": {"suspend": true}})),
     )
-    .await
-    .expect("create");
+    .await;
     eventually(5, "Suspended", || async {
         let job = jobs.get("later").await.ok()?;
         conditions(&job)
@@ -660,16 +646,15 @@ async fn suspended_jobs_wait_until_resumed() {
 async fn finished_jobs_go_after_their_ttl() {
     let c = cluster().await;
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    create_job(
+        &jobs,
+        job(
             "brief",
             "true",
             json!({"spec": {"ttlSecondsAfterFinished": 1}}),
         ),
     )
-    .await
-    .expect("create");
+    .await;
     let done = finished(&jobs, "brief").await;
     assert!(conditions(&done).iter().any(|(t, _, _)| t == "Complete"));
     eventually(10, "the finished job to go", || async {
@@ -680,18 +665,16 @@ async fn finished_jobs_go_after_their_ttl() {
 }
 
 async fn running_job(c: &Cluster, name: &str) -> (Api<Job>, Api<Pod>, String) {
-    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    jobs.create(
-        &PostParams::default(),
-        &job(
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job(
             name,
             "trap 'sleep 0.5; exit 0' TERM; echo trapped; sleep 30 & wait",
             json!({}),
         ),
     )
-    .await
-    .expect("create");
+    .await;
     let pod = eventually(10, "a running pod", || async {
         let list = pods_of(&pods, name).await;
         let pod = list.first()?;

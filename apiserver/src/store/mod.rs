@@ -2,134 +2,32 @@
 //! concurrency, generations, finalizers and a bounded event history for watches, plus an
 //! index of dependents by owner uid so controllers never scan every object for them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque, btree_map};
-use std::ops::{Bound, RangeBounds};
+mod crd;
+mod events;
+mod objects;
+
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use events::History;
+pub use events::{Change, Event, Subscription};
+use objects::{Key, Objects, object_key};
+pub use objects::{owner_uids, type_key};
+
 use crate::error::ApiError;
+use crate::lock::lock;
 use crate::registry::{self, ResourceType};
-use crate::schema::SchemaError;
 use crate::selector::Selector;
-
-/// Watch events kept for clients that resume from a resourceVersion; older ones are compacted
-/// and such clients get 410 Gone.
-const HISTORY: usize = 10_000;
-
-/// A change to one object.
-#[derive(Clone, Debug)]
-pub struct Event {
-    /// The resourceVersion of the change.
-    pub rv: u64,
-    /// `group/plural` of the object.
-    pub type_key: String,
-    /// Its namespace ("" when cluster-scoped).
-    pub namespace: String,
-    /// ADDED, MODIFIED or DELETED.
-    pub kind: &'static str,
-    /// The object after the change (before it, for DELETED), shared by the history and
-    /// every subscriber rather than copied for each.
-    pub object: Arc<Value>,
-}
-
-type Key = (String, String, String); // (type key, namespace, name)
-
-/// The uids an object's ownerReferences name (empty ones left out).
-pub(crate) fn owner_uids(obj: &Value) -> Vec<&str> {
-    obj.get("metadata")
-        .and_then(|m| m.get("ownerReferences"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r.get("uid").and_then(Value::as_str))
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
-/// The stored objects by key, with the keys of each owner's dependents (by owner uid) kept
-/// in step on every write, so finding an owner's dependents costs what they number rather
-/// than what the store holds. Objects are shared with the watch history and with readers:
-/// handing one out costs a reference count, not a copy, and a write stores a new object.
-#[derive(Default)]
-struct Objects {
-    by_key: BTreeMap<Key, Arc<Value>>,
-    dependents: HashMap<String, BTreeSet<Key>>,
-}
-
-impl Objects {
-    fn get(&self, key: &Key) -> Option<&Arc<Value>> {
-        self.by_key.get(key)
-    }
-
-    fn contains_key(&self, key: &Key) -> bool {
-        self.by_key.contains_key(key)
-    }
-
-    fn range<R: RangeBounds<Key>>(&self, range: R) -> btree_map::Range<'_, Key, Arc<Value>> {
-        self.by_key.range(range)
-    }
-
-    fn keys(&self) -> btree_map::Keys<'_, Key, Arc<Value>> {
-        self.by_key.keys()
-    }
-
-    fn insert(&mut self, key: Key, obj: Arc<Value>) -> Option<Arc<Value>> {
-        let old = self.by_key.get(&key);
-        let unchanged = old.is_some_and(|old| owner_uids(old) == owner_uids(&obj));
-        if !unchanged {
-            if let Some(old) = old {
-                unindex(&mut self.dependents, &key, old);
-            }
-            for uid in owner_uids(&obj) {
-                self.dependents
-                    .entry(uid.to_string())
-                    .or_default()
-                    .insert(key.clone());
-            }
-        }
-        self.by_key.insert(key, obj)
-    }
-
-    fn remove(&mut self, key: &Key) -> Option<Arc<Value>> {
-        let old = self.by_key.remove(key)?;
-        unindex(&mut self.dependents, key, &old);
-        Some(old)
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&Key, &Value) -> bool) {
-        let gone: Vec<Key> = self
-            .by_key
-            .iter()
-            .filter(|(k, v)| !keep(k, v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            self.remove(&key);
-        }
-    }
-}
-
-/// Drops `key` (holding `obj`) from the dependents of its owners.
-fn unindex(dependents: &mut HashMap<String, BTreeSet<Key>>, key: &Key, obj: &Value) {
-    for uid in owner_uids(obj) {
-        if let Some(keys) = dependents.get_mut(uid) {
-            keys.remove(key);
-            if keys.is_empty() {
-                dependents.remove(uid);
-            }
-        }
-    }
-}
+use crate::time::now;
 
 struct Inner {
     rv: u64,
     types: Vec<ResourceType>,
     objects: Objects,
-    history: VecDeque<Event>,
-    /// Events up to and including this version were dropped from `history`.
-    compacted: u64,
+    history: History,
 }
 
 /// The server's state.
@@ -160,7 +58,7 @@ pub struct Write {
 }
 
 /// What a delete does besides removing the object, decided by the HTTP layer from
-/// DeleteOptions and by the controllers (see [`crate::gc::deletion`]).
+/// DeleteOptions and by the controllers (the garbage collector's `deletion` knows how).
 #[derive(Clone, Debug, Default)]
 pub struct Deletion {
     /// Finalizers to add with a deletionTimestamp instead of removing the object now
@@ -173,11 +71,6 @@ pub struct Deletion {
     pub terminate_namespace: bool,
 }
 
-/// `group/plural`, the key of a type in the store.
-pub fn type_key(t: &ResourceType) -> String {
-    format!("{}/{}", t.group, t.plural)
-}
-
 impl Default for Store {
     fn default() -> Self {
         let (events, _) = broadcast::channel(4096);
@@ -186,22 +79,11 @@ impl Default for Store {
                 rv: 1,
                 types: registry::builtins(),
                 objects: Objects::default(),
-                history: VecDeque::new(),
-                compacted: 0,
+                history: History::default(),
             }),
             events,
         }
     }
-}
-
-/// Where an object of `t` lives: cluster-scoped objects ignore the namespace.
-fn object_key(t: &ResourceType, namespace: &str, name: &str) -> Key {
-    let namespace = if t.namespaced { namespace } else { "" };
-    (type_key(t), namespace.to_string(), name.to_string())
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn name_of(obj: &Value) -> String {
@@ -213,15 +95,17 @@ fn name_of(obj: &Value) -> String {
 
 impl Store {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 
     /// Subscribes to changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Subscribes a controller to changes from now on (see [`Subscription`]).
+    pub fn changes(&self) -> Subscription {
+        Subscription::from(self.events.subscribe())
     }
 
     /// Every served type.
@@ -261,7 +145,7 @@ impl Store {
 
     /// The entry of `spec.versions` of the CRD that serves `t`.
     fn crd_version(&self, t: &ResourceType) -> Option<Value> {
-        crd_version_in(&self.lock(), t).cloned()
+        crd::version_of(&self.lock().objects, t).cloned()
     }
 
     /// The current resourceVersion.
@@ -295,12 +179,7 @@ impl Store {
             kind,
             object,
         };
-        inner.history.push_back(event.clone());
-        while inner.history.len() > HISTORY {
-            if let Some(old) = inner.history.pop_front() {
-                inner.compacted = old.rv;
-            }
-        }
+        inner.history.push(event.clone());
         // Nobody listening is fine.
         let _ = self.events.send(event);
     }
@@ -312,26 +191,14 @@ impl Store {
         namespace: &str,
         rv: u64,
     ) -> Result<Vec<Event>, ApiError> {
-        let inner = self.lock();
-        if rv < inner.compacted {
-            return Err(ApiError::gone(rv));
-        }
-        let key = type_key(t);
-        Ok(inner
-            .history
-            .iter()
-            .filter(|e| {
-                e.rv > rv && e.type_key == key && (namespace.is_empty() || e.namespace == namespace)
-            })
-            .cloned()
-            .collect())
+        self.lock().history.since(&type_key(t), namespace, rv)
     }
 
     /// Forgets every event so far: clients resuming from an older version get 410 Gone.
     pub fn compact(&self) {
         let mut inner = self.lock();
-        inner.compacted = inner.rv;
-        inner.history.clear();
+        let rv = inner.rv;
+        inner.history.compact(rv);
     }
 
     /// One object, as a copy the caller may change.
@@ -484,7 +351,7 @@ impl Store {
     pub fn visit(&self, mut visit: impl FnMut(&str, &Value)) {
         let inner = self.lock();
         let served: std::collections::HashSet<String> = inner.types.iter().map(type_key).collect();
-        for ((tk, _, _), obj) in inner.objects.by_key.iter() {
+        for ((tk, _, _), obj) in inner.objects.iter() {
             if served.contains(tk) {
                 visit(tk, obj);
             }
@@ -590,7 +457,7 @@ impl Store {
                 ))
                 .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_some());
             if terminating {
-                return Err(namespace_terminating(t, &name, namespace));
+                return Err(ApiError::namespace_terminating(t, &name, namespace));
             }
         }
         let key = object_key(t, namespace, &name);
@@ -607,7 +474,7 @@ impl Store {
             // Status is written through /status only.
             fields.remove("status");
         }
-        apply_schema(&inner, t, &name, &mut obj, opts.strict)?;
+        crd::apply_schema(&inner.objects, t, &name, &mut obj, opts.strict)?;
         if !opts.dry_run {
             inner.rv += 1;
         }
@@ -633,6 +500,7 @@ impl Store {
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         crate::builtin::prepare_create(t, &mut obj)
+            .and_then(|()| crate::workloads::prepare_create(t, &mut obj))
             .map_err(|errors| ApiError::invalid(t, &name, errors))?;
         if t.plural == "secrets" && t.group.is_empty() && obj.get("type").is_none() {
             obj["type"] = json!("Opaque");
@@ -647,7 +515,7 @@ impl Store {
             return Ok(Arc::new(obj));
         }
         if t.plural == "customresourcedefinitions" {
-            self.register_crd(&mut inner, &mut obj)?;
+            crd::register(&mut inner.types, &mut obj)?;
         }
         Ok(self.write(&mut inner, t, key, "ADDED", obj))
     }
@@ -667,23 +535,6 @@ impl Store {
         inner.objects.insert(key, shared.clone());
         self.record(inner, t, &namespace, kind, shared.clone());
         shared
-    }
-
-    fn register_crd(&self, inner: &mut Inner, crd: &mut Value) -> Result<(), ApiError> {
-        serve_crd(inner, crd)?;
-        let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
-        let time = now();
-        crd["status"] = json!({
-            "acceptedNames": names,
-            "storedVersions": crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten()
-                .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-                .filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>(),
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": time},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time},
-            ],
-        });
-        Ok(())
     }
 
     /// Replaces an object (or only its status when `status_only`). A resourceVersion in the
@@ -746,7 +597,7 @@ impl Store {
                 }
             }
         }
-        apply_schema(&inner, t, name, &mut obj, opts.strict)?;
+        crd::apply_schema(&inner.objects, t, name, &mut obj, opts.strict)?;
         let is_crd = t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions";
         if is_crd && !status_only {
             crate::validation::validate_crd(&obj)
@@ -826,7 +677,7 @@ impl Store {
             return Ok(gone);
         }
         if is_crd && !status_only {
-            serve_crd(&mut inner, &obj)?;
+            crd::serve(&mut inner.types, &obj)?;
         }
         Ok(self.write(&mut inner, t, key, "MODIFIED", obj))
     }
@@ -875,29 +726,19 @@ impl Store {
                 .unwrap_or_default()
                 .to_string()
         };
-        if let Some(uid) = preconditions.get("uid").and_then(Value::as_str)
-            && uid != stored("uid")
-        {
-            return Err(ApiError::precondition_failed(
-                t,
-                name,
-                format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    stored("uid")
-                ),
-            ));
-        }
-        if let Some(rv) = preconditions.get("resourceVersion").and_then(Value::as_str)
-            && rv != stored("resourceVersion")
-        {
-            return Err(ApiError::precondition_failed(
-                t,
-                name,
-                format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    stored("resourceVersion")
-                ),
-            ));
+        for (field, shown) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+            if let Some(wanted) = preconditions.get(field).and_then(Value::as_str)
+                && wanted != stored(field)
+            {
+                return Err(ApiError::precondition_failed(
+                    t,
+                    name,
+                    format!(
+                        "Precondition failed: {shown} in precondition: {wanted}, {shown} in object meta: {}",
+                        stored(field)
+                    ),
+                ));
+            }
         }
         if opts.dry_run {
             return Ok(Arc::new(obj));
@@ -955,7 +796,7 @@ impl Store {
         }
         if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
             // Its custom objects go with it (without watch events, unlike the real server).
-            unserve_crd(&mut inner, &obj);
+            crd::unserve(&mut inner.types, &obj);
             let prefix = format!(
                 "{}/{}",
                 obj.pointer("/spec/group")
@@ -1037,102 +878,6 @@ impl Store {
     }
 }
 
-/// 403 for creating into a namespace being deleted, worded as the real server does.
-fn namespace_terminating(t: &ResourceType, name: &str, namespace: &str) -> ApiError {
-    let message = format!(
-        "unable to create new content in namespace {namespace} because it is being terminated"
-    );
-    ApiError {
-        code: 403,
-        reason: "Forbidden",
-        message: format!("{} \"{name}\" is forbidden: {message}", t.group_resource()),
-        details: Some(
-            json!({"name": name, "group": t.group, "kind": t.plural, "causes": [
-                {"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}
-            ]}),
-        ),
-    }
-}
-
-/// Serves the resource types a CRD declares, replacing what it served before.
-fn serve_crd(inner: &mut Inner, crd: &Value) -> Result<(), ApiError> {
-    let served = registry::from_crd(crd).map_err(ApiError::bad_request)?;
-    unserve_crd(inner, crd);
-    inner.types.extend(served);
-    Ok(())
-}
-
-/// Stops serving a deleted CRD's types and drops their objects, as the real server does.
-fn unserve_crd(inner: &mut Inner, crd: &Value) {
-    let group = crd
-        .pointer("/spec/group")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let plural = crd
-        .pointer("/spec/names/plural")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    inner
-        .types
-        .retain(|t| !(t.group == group && t.plural == plural));
-}
-
-/// The entry of `spec.versions` of the CRD that serves `t`.
-fn crd_version_in<'a>(inner: &'a Inner, t: &ResourceType) -> Option<&'a Value> {
-    const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
-    if registry::is_builtin(t) {
-        return None;
-    }
-    inner
-        .objects
-        .range((CRDS.to_string(), String::new(), String::new())..)
-        .take_while(|((k, _, _), _)| k == CRDS)
-        .map(|(_, crd)| crd)
-        .find(|crd| {
-            crd.pointer("/spec/group").and_then(Value::as_str) == Some(t.group.as_str())
-                && crd.pointer("/spec/names/plural").and_then(Value::as_str)
-                    == Some(t.plural.as_str())
-        })
-        .and_then(|crd| {
-            crd.pointer("/spec/versions")?
-                .as_array()?
-                .iter()
-                .find(|v| v.get("name").and_then(Value::as_str) == Some(t.version.as_str()))
-        })
-}
-
-/// Applies the CRD schema of `t` (if it is a custom resource) to `obj`: defaults, pruning and
-/// validation, with errors as the real server words them.
-fn apply_schema(
-    inner: &Inner,
-    t: &ResourceType,
-    name: &str,
-    obj: &mut Value,
-    strict: bool,
-) -> Result<(), ApiError> {
-    // Borrowed from the stored CRD: the store is locked for the whole write anyway.
-    let Some(schema) = crd_version_in(inner, t).and_then(|v| v.pointer("/schema/openAPIV3Schema"))
-    else {
-        return Ok(());
-    };
-    match crate::schema::apply(obj, schema, strict) {
-        Ok(()) => Ok(()),
-        Err(SchemaError::Invalid(errors)) => Err(ApiError::invalid(t, name, errors)),
-        Err(SchemaError::Unknown(paths)) => {
-            let fields: Vec<String> = paths
-                .iter()
-                .map(|p| format!("unknown field \"{p}\""))
-                .collect();
-            Err(ApiError::bad_request(format!(
-                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                fields.join(", "),
-                kind = t.kind,
-                version = t.version,
-            )))
-        }
-    }
-}
-
 /// Whether `a` and `b` agree in everything but metadata (without a status subresource, any
 /// change there is a new generation), compared in place rather than on stripped copies.
 fn same_but_metadata(a: &Value, b: &Value) -> bool {
@@ -1149,190 +894,4 @@ fn same_but_metadata(a: &Value, b: &Value) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pods(store: &Store) -> ResourceType {
-        store
-            .find_type("", "v1", "pods")
-            .unwrap_or_else(|| unreachable!("pods are built in"))
-    }
-
-    fn pod(name: &str, owners: &[&str]) -> Value {
-        let refs: Vec<Value> = owners
-            .iter()
-            .map(|u| json!({"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": u}))
-            .collect();
-        json!({"metadata": {"name": name, "ownerReferences": refs},
-            "spec": {"containers": [{"name": "c", "image": "i"}]}})
-    }
-
-    fn names(objects: &[Value]) -> Vec<&str> {
-        objects
-            .iter()
-            .map(|o| o["metadata"]["name"].as_str().unwrap_or_default())
-            .collect()
-    }
-
-    /// A store holding the namespaces `names`.
-    fn with_namespaces(names: &[&str]) -> Result<Store, ApiError> {
-        let store = Store::default();
-        let namespaces = store
-            .find_type("", "v1", "namespaces")
-            .unwrap_or_else(|| unreachable!("namespaces are built in"));
-        for name in names {
-            store.create(
-                &namespaces,
-                "",
-                json!({"metadata": {"name": name}}),
-                Write::default(),
-            )?;
-        }
-        Ok(store)
-    }
-
-    #[test]
-    fn pages_walk_the_keys_after_the_continue_point() -> Result<(), ApiError> {
-        let store = with_namespaces(&["a", "b", "c"])?;
-        let t = pods(&store);
-        for (ns, name) in [
-            ("a", "p1"),
-            ("a", "p2"),
-            ("b", "p1"),
-            ("b", "p3"),
-            ("c", "p2"),
-        ] {
-            store.create(&t, ns, pod(name, &[]), Write::default())?;
-        }
-        let everything = Selector::default();
-        let page = |ns, labels: &Selector, after, limit| {
-            let page = store.page(&t, ns, labels, &everything, after, limit);
-            let names: Vec<String> = page
-                .items
-                .iter()
-                .map(|o| format!("{}/{}", o["metadata"]["namespace"], o["metadata"]["name"]))
-                .map(|n| n.replace('"', ""))
-                .collect();
-            (names, page.remaining)
-        };
-        assert_eq!(
-            page("", &everything, None, Some(2)),
-            (vec!["a/p1".into(), "a/p2".into()], 3)
-        );
-        assert_eq!(
-            page("", &everything, Some(("a", "p2")), Some(2)),
-            (vec!["b/p1".into(), "b/p3".into()], 1)
-        );
-        assert_eq!(
-            page("", &everything, Some(("b", "p3")), Some(2)),
-            (vec!["c/p2".into()], 0)
-        );
-        // A continue point that is not stored still resumes after where it would sort.
-        assert_eq!(
-            page("", &everything, Some(("b", "p2")), None),
-            (vec!["b/p3".into(), "c/p2".into()], 0)
-        );
-        // In one namespace, a continue point before it starts at its beginning.
-        assert_eq!(
-            page("b", &everything, Some(("a", "zz")), Some(1)),
-            (vec!["b/p1".into()], 1)
-        );
-        assert_eq!(
-            page("b", &everything, Some(("c", "")), Some(1)),
-            (vec![], 0)
-        );
-        // Selectors count only what matches towards the page and what remains.
-        let p1 = Selector::parse("metadata.name=p1").map_err(ApiError::bad_request)?;
-        let page_fields = store.page(&t, "", &everything, &p1, None, Some(1));
-        assert_eq!((page_fields.items.len(), page_fields.remaining), (1, 1));
-        assert_eq!(page("", &p1, None, None), (vec![], 0));
-        Ok(())
-    }
-
-    #[test]
-    fn writes_without_changes_keep_the_version() -> Result<(), ApiError> {
-        let store = with_namespaces(&["a"])?;
-        let t = pods(&store);
-        let created = store.create(&t, "a", pod("p", &[]), Write::default())?;
-        let same = store.update(
-            &t,
-            "a",
-            "p",
-            Value::clone(&created),
-            false,
-            Write::default(),
-        )?;
-        assert_eq!(same, created);
-        let mut labelled = Value::clone(&created);
-        labelled["metadata"]["labels"] = json!({"x": "y"});
-        let relabelled = store.update(&t, "a", "p", labelled, false, Write::default())?;
-        assert_ne!(
-            relabelled["metadata"]["resourceVersion"],
-            created["metadata"]["resourceVersion"]
-        );
-        assert_eq!(relabelled["metadata"]["generation"], 1);
-        let mut changed = Value::clone(&relabelled);
-        changed["spec"]["nodeName"] = json!("n");
-        let changed = store.update(&t, "a", "p", changed, false, Write::default())?;
-        assert_eq!(changed["metadata"]["generation"], 2);
-
-        // Without a status subresource, anything but metadata is the spec.
-        let maps = store
-            .find_type("", "v1", "configmaps")
-            .unwrap_or_else(|| unreachable!("configmaps are built in"));
-        let cm = store.create(
-            &maps,
-            "a",
-            json!({"metadata": {"name": "c"}, "data": {"k": "v"}}),
-            Write::default(),
-        )?;
-        assert_eq!(
-            store.update(&maps, "a", "c", Value::clone(&cm), false, Write::default())?,
-            cm
-        );
-        let mut labelled = Value::clone(&cm);
-        labelled["metadata"]["labels"] = json!({"x": "y"});
-        let labelled = store.update(&maps, "a", "c", labelled, false, Write::default())?;
-        assert_eq!(labelled["metadata"]["generation"], 1);
-        let mut more = Value::clone(&labelled);
-        more["binaryData"] = json!({});
-        let more = store.update(&maps, "a", "c", more, false, Write::default())?;
-        assert_eq!(more["metadata"]["generation"], 2);
-        Ok(())
-    }
-
-    #[test]
-    fn the_owner_index_follows_every_write() -> Result<(), ApiError> {
-        let store = with_namespaces(&["a", "b"])?;
-        let t = pods(&store);
-        let all = |_: &Value| true;
-        store.create(&t, "a", pod("p2", &["u1"]), Write::default())?;
-        store.create(&t, "a", pod("p1", &["u1", "u2"]), Write::default())?;
-        store.create(&t, "b", pod("p3", &["u1"]), Write::default())?;
-        store.create(&t, "a", pod("p4", &[]), Write::default())?;
-        // Key order, filtered by namespace.
-        assert_eq!(
-            names(&store.dependents(&t, "", "u1", all)),
-            ["p1", "p2", "p3"]
-        );
-        assert_eq!(names(&store.dependents(&t, "a", "u1", all)), ["p1", "p2"]);
-        assert_eq!(names(&store.dependents(&t, "a", "u2", all)), ["p1"]);
-        assert!(store.dependents(&t, "a", "u3", all).is_empty());
-
-        // An update that changes the owners moves the object in the index.
-        store.update(&t, "a", "p2", pod("p2", &["u3"]), false, Write::default())?;
-        assert_eq!(names(&store.dependents(&t, "a", "u1", all)), ["p1"]);
-        assert_eq!(names(&store.dependents(&t, "a", "u3", all)), ["p2"]);
-
-        // Deletes leave it, whether of the object or of its namespace.
-        store.delete(&t, "a", "p1", &Value::Null, Write::default())?;
-        assert!(store.dependents(&t, "a", "u2", all).is_empty());
-        let namespaces = store
-            .find_type("", "v1", "namespaces")
-            .unwrap_or_else(|| unreachable!("namespaces are built in"));
-        store.delete(&namespaces, "", "b", &Value::Null, Write::default())?;
-        assert!(store.dependents(&t, "", "u1", all).is_empty());
-        assert!(store.lock().objects.dependents.keys().all(|u| u == "u3"));
-        Ok(())
-    }
-}
+mod tests;

@@ -1,0 +1,186 @@
+//! The REST surface: discovery, CRUD, patch, watch, and `/status`. Requests are routed by
+//! the shape of their path rather than a fixed route table, because the served kinds change
+//! as CRDs are registered.
+
+mod discovery;
+mod resource;
+mod response;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use discovery::{group_list, resource_list};
+use resource::{parse_rest, resource};
+use response::json_response;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The single entry point: routes by path shape rather than a fixed route table, because the
+/// served kinds change as CRDs are registered.
+pub async fn handle(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let verb = audit(&app, &method, &uri, &query, &headers);
+    if let Err(err) = app.faults.before(&verb).await {
+        let retry = err.code == 429 || err.code == 503;
+        let mut response = err.into_response();
+        if retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        return response;
+    }
+    match route(&app, &method, &uri, &query, &headers, &body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Records the request in the audit and returns its verb as RBAC names it.
+fn audit(
+    app: &AppState,
+    method: &Method,
+    uri: &Uri,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> String {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest): (&str, &[&str]) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", rest),
+        ["apis", group, _, rest @ ..] if !rest.is_empty() => (group, rest),
+        _ => ("", &[]),
+    };
+    let parsed = parse_rest(rest);
+    let named = parsed.is_some_and(|(_, _, name, _)| name.is_some());
+    let verb = match *method {
+        Method::GET | Method::HEAD if parsed.is_none() => "get",
+        Method::GET | Method::HEAD
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+        {
+            "watch"
+        }
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named || parsed.is_none() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "get",
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let request = match parsed {
+        Some((namespace, resource, _, sub)) => crate::faults::Request {
+            user_agent,
+            verb: verb.to_string(),
+            api_group: group.to_string(),
+            resource: resource.to_string(),
+            subresource: sub.unwrap_or_default().to_string(),
+            namespace: namespace.to_string(),
+            path: String::new(),
+            count: 0,
+        },
+        None => crate::faults::Request {
+            user_agent,
+            verb: verb.to_string(),
+            api_group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            path: uri.path().to_string(),
+            count: 0,
+        },
+    };
+    app.audit.record(request);
+    verb.to_string()
+}
+
+async fn route(
+    app: &Arc<AppState>,
+    method: &Method,
+    uri: &Uri,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let store = &app.store;
+    match segments.as_slice() {
+        ["version"] => Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "embedded",
+                "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24",
+                "compiler": "gc", "platform": "linux/amd64",
+            }),
+        )),
+        ["openapi", "v3"] => Ok(json_response(StatusCode::OK, &crate::openapi::root(store))),
+        ["openapi", "v3", "api", version] => crate::openapi::group_version(store, "", version)
+            .map(|doc| json_response(StatusCode::OK, &doc))
+            .ok_or_else(|| ApiError::no_route(uri.path())),
+        ["openapi", "v3", "apis", group, version] => {
+            crate::openapi::group_version(store, group, version)
+                .map(|doc| json_response(StatusCode::OK, &doc))
+                .ok_or_else(|| ApiError::no_route(uri.path()))
+        }
+        ["healthz"] | ["readyz"] | ["livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] => Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.address}],
+            }),
+        )),
+        ["api", "v1"] => Ok(json_response(
+            StatusCode::OK,
+            &resource_list(store, "", "v1"),
+        )),
+        ["apis"] => Ok(json_response(StatusCode::OK, &group_list(store))),
+        ["apis", group] => {
+            let list = group_list(store);
+            let found = list["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["name"] == *group)
+                .cloned();
+            let mut g = found.ok_or_else(|| ApiError::no_route(uri.path()))?;
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            Ok(json_response(StatusCode::OK, &g))
+        }
+        ["apis", group, version] => {
+            let list = resource_list(store, group, version);
+            if list["resources"].as_array().is_none_or(|r| r.is_empty()) {
+                return Err(ApiError::no_route(uri.path()));
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        ["api", "v1", rest @ ..] => {
+            resource(app, "", "v1", rest, method, query, headers, body, uri).await
+        }
+        ["apis", group, version, rest @ ..] => {
+            resource(app, group, version, rest, method, query, headers, body, uri).await
+        }
+        _ => Err(ApiError::no_route(uri.path())),
+    }
+}
