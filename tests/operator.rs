@@ -295,9 +295,13 @@ async fn exit_codes_decide_retries() {
     assert_eq!(status.tries, 1);
     assert_eq!(cluster.jobs_of(&fatal[0].name_any()).await.len(), 1);
 
-    let deps = cluster
-        .wait_states("deps", 1, &[InstanceState::Queued], LONG)
+    // (A new instance has no status yet, which reads as Queued: wait for the retry.)
+    cluster
+        .first_status_where("deps", "the exit-20 retry", LONG, |s| {
+            s.state == InstanceState::Queued && s.tries == 1
+        })
         .await;
+    let deps = cluster.instances_of("deps").await;
     let status = deps[0].status.clone().expect("status");
     assert_eq!(status.last_exit_code, Some(20));
     assert!((status.cost - 0.1).abs() < 1e-9, "cost {}", status.cost);
@@ -305,10 +309,11 @@ async fn exit_codes_decide_retries() {
     let delay = status.next_attempt_at.expect("retry time") - finished;
     assert_eq!(delay, Duration::minutes(10));
 
-    let flaky = cluster
-        .wait_states("flaky", 1, &[InstanceState::Queued], LONG)
+    let status = cluster
+        .first_status_where("flaky", "the exit-3 retry", LONG, |s| {
+            s.state == InstanceState::Queued && s.tries == 1
+        })
         .await;
-    let status = flaky[0].status.clone().expect("status");
     assert_eq!(status.last_exit_code, Some(3));
     assert!((status.cost - 1.0).abs() < 1e-9);
     let delay = status.next_attempt_at.expect("retry") - status.history.last().expect("h").at;
@@ -687,17 +692,8 @@ async fn infrastructure_failures_are_retried_without_cost() {
         .await;
     cluster.clock.advance(Duration::minutes(61));
     let failed = cluster
-        .eventually("the pull failure to be judged", LONG, || async {
-            let list = cluster.instances_of("unpullable").await;
-            let s = list
-                .first()
-                .and_then(|i| i.status.clone())
-                .unwrap_or_default();
-            if s.infrastructure_failures == 1 {
-                Ok(s)
-            } else {
-                Err(format!("{s:?}"))
-            }
+        .first_status_where("unpullable", "the pull failure to be judged", LONG, |s| {
+            s.infrastructure_failures == 1
         })
         .await;
     assert_eq!(failed.state, InstanceState::Queued);
@@ -731,17 +727,8 @@ async fn infrastructure_failures_are_retried_without_cost() {
             .evict_pod(NS, &pod.name_any())
     );
     let s = cluster
-        .eventually("the eviction to be judged", LONG, || async {
-            let list = cluster.instances_of("evicted").await;
-            let s = list
-                .first()
-                .and_then(|i| i.status.clone())
-                .unwrap_or_default();
-            if s.infrastructure_failures == 1 {
-                Ok(s)
-            } else {
-                Err(format!("{s:?}"))
-            }
+        .first_status_where("evicted", "the eviction to be judged", LONG, |s| {
+            s.infrastructure_failures == 1
         })
         .await;
     assert_eq!(s.state, InstanceState::Queued);

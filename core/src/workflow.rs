@@ -105,14 +105,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
         Ok(valid) => valid,
         Err(errors) => {
             let message = validate::message(&errors);
-            let condition = Condition::new(
-                condition_type::VALID,
-                ConditionStatus::False,
-                "InvalidSpec",
-                message.clone(),
-                generation,
-                now,
-            );
+            let condition = Condition::invalid(&message, generation, now);
             let previous_message =
                 crate::resources::find_condition(&previous.conditions, condition_type::VALID)
                     .map(|c| c.message.clone());
@@ -132,14 +125,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
     };
     set_condition(
         &mut status.conditions,
-        Condition::new(
-            condition_type::VALID,
-            ConditionStatus::True,
-            "Valid",
-            "the spec is valid",
-            generation,
-            now,
-        ),
+        Condition::valid("the spec is valid", generation, now),
     );
 
     let schedule = &valid.schedule;

@@ -93,14 +93,7 @@ async fn reconcile_backfill(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Resul
     };
     set_condition(
         &mut status.conditions,
-        Condition::new(
-            condition_type::VALID,
-            ConditionStatus::True,
-            "Valid",
-            "the range is valid",
-            generation,
-            now,
-        ),
+        Condition::valid("the range is valid", generation, now),
     );
 
     let known = known_instances(&ctx, &namespace, &name, &previous).await?;

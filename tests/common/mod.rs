@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use charon::controller::{EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
-use charon_core::resources::{InstanceState, Workflow, WorkflowInstance};
+use charon_core::resources::{InstanceState, Workflow, WorkflowInstance, WorkflowInstanceStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -217,6 +217,29 @@ impl Cluster {
                 Err(_) => tokio::time::sleep(StdDuration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Polls the status of `workflow`'s oldest instance until `ready` accepts it.
+    pub async fn first_status_where(
+        &self,
+        workflow: &str,
+        what: &str,
+        timeout: StdDuration,
+        ready: impl Fn(&WorkflowInstanceStatus) -> bool,
+    ) -> WorkflowInstanceStatus {
+        self.eventually(what, timeout, || async {
+            let list = self.instances_of(workflow).await;
+            let s = list
+                .first()
+                .and_then(|i| i.status.clone())
+                .unwrap_or_default();
+            if ready(&s) {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await
     }
 
     pub async fn wait_states(

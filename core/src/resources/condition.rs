@@ -91,6 +91,32 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// `Valid=True`: the spec can be acted on.
+    pub fn valid(message: &str, observed_generation: Option<i64>, now: DateTime<Utc>) -> Self {
+        Condition::new(
+            condition_type::VALID,
+            ConditionStatus::True,
+            "Valid",
+            message,
+            observed_generation,
+            now,
+        )
+    }
+
+    /// `Valid=False` with reason `InvalidSpec`: `message` names the field and the reason.
+    pub fn invalid(message: &str, observed_generation: Option<i64>, now: DateTime<Utc>) -> Self {
+        Condition::new(
+            condition_type::VALID,
+            ConditionStatus::False,
+            "InvalidSpec",
+            message,
+            observed_generation,
+            now,
+        )
+    }
+}
+
 /// The condition of type `type_`, if present.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
