@@ -238,7 +238,7 @@ pub async fn serve_endpoints(
 ) {
     let app = axum::Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
         .with_state(Endpoints { metrics, ready });
     if let Err(err) = axum::serve(listener, app).await {
@@ -254,6 +254,14 @@ async fn metrics_handler(State(e): State<Endpoints>) -> impl IntoResponse {
         )],
         e.metrics.encode(),
     )
+}
+
+/// Live unless a controller has stopped making progress while work is due.
+async fn health_handler(State(e): State<Endpoints>) -> impl IntoResponse {
+    match e.metrics.liveness().check() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(stalled) => (StatusCode::SERVICE_UNAVAILABLE, stalled),
+    }
 }
 
 async fn ready_handler(State(e): State<Endpoints>) -> impl IntoResponse {

@@ -140,6 +140,9 @@ impl Context {
             .catch_unwind()
             .instrument(span.clone())
             .await;
+        self.metrics
+            .liveness()
+            .progressed(self.namespace.as_deref().unwrap_or_default(), K::CONTROLLER);
         match outcome {
             Ok(result) => result,
             Err(panic) => {

@@ -50,6 +50,7 @@ pub struct Metrics {
     instances: Family<StateLabels, Gauge>,
     lateness: Histogram,
     leader: Gauge,
+    liveness: super::liveness::Liveness,
 }
 
 /// Bucket bounds of `charon_trigger_lateness_seconds`.
@@ -111,6 +112,7 @@ impl Default for Metrics {
             instances,
             lateness,
             leader,
+            liveness: Default::default(),
         }
     }
 }
@@ -151,6 +153,11 @@ impl Metrics {
     /// Records how late an instance was created after its trigger instant.
     pub fn lateness(&self, seconds: f64) {
         self.lateness.observe(seconds.max(0.0));
+    }
+
+    /// Whether the controllers make progress (`/healthz`).
+    pub fn liveness(&self) -> &super::liveness::Liveness {
+        &self.liveness
     }
 
     /// Records whether this replica leads.

@@ -18,6 +18,7 @@ mod context;
 mod events;
 mod index;
 mod instance;
+mod liveness;
 mod memory;
 mod metrics;
 mod workflow;
@@ -124,16 +125,14 @@ pub async fn run(
     // One watch of the instances feeds every controller, after its cache is updated: a
     // controller woken by an instance change then reads at least that change from
     // `Context::instances`. (With a watch each, a workflow or backfill could be woken by its
-    // own watch, read an older cache, write a stale status and never be woken again.)
-    let (instances, instances_writer) = reflector::store_shared(INSTANCE_EVENTS_BUFFER);
-    let subscribe = || {
-        instances_writer
-            .subscribe()
-            // A writer made by `store_shared` always hands out subscribers.
-            .expect("a shared store")
-    };
-    let (instance_events, workflow_events, backfill_events) =
-        (subscribe(), subscribe(), subscribe());
+    // own watch, read an older cache, write a stale status and never be woken again.) The
+    // objects are handed on as the cache holds them when the change is applied: a subscriber
+    // handed only a name would look it up later and find nothing if the instance was deleted
+    // meanwhile (kube-runtime's shared-store subscriber then waits for ever, which stalled
+    // the instance controller when instances were deleted as soon as they finished).
+    let (instances, instances_writer) = reflector::store();
+    let (fan_out, [instance_events, workflow_events, backfill_events]) =
+        FanOut::new(INSTANCE_EVENTS_BUFFER);
     // Deletions are not passed to subscribers; the workflow and backfill of a deleted
     // instance are told through these instead.
     let (workflow_wake, workflow_woken) = mpsc::unbounded_channel();
@@ -142,6 +141,7 @@ pub async fn run(
     let index = instance_index.clone();
     let memory = Arc::new(Memory::default());
     let forget = memory.clone();
+    let cached = instances.clone();
     let instance_root = watcher(
         api_for::<WorkflowInstance>(&client, namespace),
         watcher::Config::default(),
@@ -150,24 +150,35 @@ pub async fn run(
     // The index learns of an instance before the cache does, so whoever the change wakes
     // finds it in both.
     .inspect(move |event| index.follow(event))
-    .reflect_shared(instances_writer)
+    .reflect(instances_writer)
     .for_each(move |event| {
-        match event {
-            Ok(watcher::Event::Delete(instance)) => {
-                forget.forget(&instance);
-                if let Some(workflow) = workflow_of(&instance) {
-                    let _ = workflow_wake.send(workflow);
+        let fan_out = fan_out.clone();
+        let cached = cached.clone();
+        let (forget, workflow_wake, backfill_wake) =
+            (forget.clone(), workflow_wake.clone(), backfill_wake.clone());
+        async move {
+            match event {
+                Ok(watcher::Event::Apply(instance) | watcher::Event::InitApply(instance)) => {
+                    // Just applied, so the cache has it (this stream applies the next event
+                    // only after this one is handed on).
+                    if let Some(stored) = cached.get(&reflector::ObjectRef::from_obj(&instance)) {
+                        fan_out.send(stored).await;
+                    }
                 }
-                if let Some(backfill) = backfill::backfill_of(&instance) {
-                    let _ = backfill_wake.send(backfill);
+                Ok(watcher::Event::Delete(instance)) => {
+                    forget.forget(&instance);
+                    if let Some(workflow) = workflow_of(&instance) {
+                        let _ = workflow_wake.send(workflow);
+                    }
+                    if let Some(backfill) = backfill::backfill_of(&instance) {
+                        let _ = backfill_wake.send(backfill);
+                    }
                 }
+                Ok(watcher::Event::Init) => tracing::info!("listing WorkflowInstances"),
+                Ok(watcher::Event::InitDone) => tracing::info!("listed WorkflowInstances"),
+                Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
             }
-            Ok(watcher::Event::Init) => tracing::info!("listing WorkflowInstances"),
-            Ok(watcher::Event::InitDone) => tracing::info!("listed WorkflowInstances"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
         }
-        futures::future::ready(())
     });
 
     let backfill_controller = Controller::new(
@@ -234,7 +245,8 @@ pub async fn run(
         .run(backfill::reconcile, backfill::error_policy, context.clone())
         .for_each(|_| async {});
     let stop_rx_root = stop_rx.clone();
-    let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx));
+    let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx.clone()));
+    let watchdog = liveness::watch(context.clone(), stopped(stop_rx));
     let signal = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -251,9 +263,43 @@ pub async fn run(
         instances,
         backfills,
         gauges,
+        watchdog,
         signal,
         instance_root
     );
+}
+
+/// Hands each changed instance to every controller, in order, waiting for one that is
+/// behind by more than its buffer (so the watch slows down rather than a change being lost).
+#[derive(Clone)]
+struct FanOut(Arc<[mpsc::Sender<Arc<WorkflowInstance>>; 3]>);
+
+impl FanOut {
+    /// The fan-out and one stream per subscriber.
+    fn new(
+        buffer: usize,
+    ) -> (
+        FanOut,
+        [impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static; 3],
+    ) {
+        let (a, ra) = mpsc::channel(buffer);
+        let (b, rb) = mpsc::channel(buffer);
+        let (c, rc) = mpsc::channel(buffer);
+        let stream = |mut rx: mpsc::Receiver<Arc<WorkflowInstance>>| {
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        };
+        (
+            FanOut(Arc::new([a, b, c])),
+            [stream(ra), stream(rb), stream(rc)],
+        )
+    }
+
+    async fn send(&self, instance: Arc<WorkflowInstance>) {
+        for subscriber in self.0.iter() {
+            // A subscriber gone means its controller stopped: nothing is owed to it.
+            let _ = subscriber.send(instance.clone()).await;
+        }
+    }
 }
 
 /// A stream of what `rx` receives.
