@@ -54,3 +54,98 @@ async fn instances_deleted_as_they_finish_do_not_stall_the_others() {
     tokio::time::sleep(StdDuration::from_millis(100)).await;
     cluster.stop().await;
 }
+
+/// With `history.ttl` shorter than the workflow's held-back status write, an instance was
+/// deleted before the workflow's trigger cursor recorded its partition; an operator killed
+/// in between then triggered the partition again. Every deletion must come after the cursor
+/// write that covers the partition, in the server's own order of changes (resourceVersions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{Config, Event, watcher};
+
+    let cluster = Cluster::start().await;
+    let rv = |meta: &kube::api::ObjectMeta| -> u64 {
+        meta.resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("numeric resourceVersion")
+    };
+    // Every change of the workflows and instances, with its resourceVersion.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = |seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>| {
+        move |line: (u64, String)| seen.lock().expect("not poisoned").push(line)
+    };
+    let workflows = watcher(cluster.workflows(), Config::default());
+    let push = record(seen.clone());
+    tokio::spawn(workflows.for_each(move |event| {
+        if let Ok(Event::Apply(w) | Event::InitApply(w)) = event
+            && let Some(cursor) = w.status.as_ref().and_then(|s| s.trigger_cursor)
+        {
+            push((rv(&w.metadata), format!("cursor {}", cursor.to_rfc3339())));
+        }
+        futures::future::ready(())
+    }));
+    let instances = watcher(cluster.instances(), Config::default());
+    let push = record(seen.clone());
+    tokio::spawn(instances.for_each(move |event| {
+        if let Ok(Event::Delete(i)) = event {
+            let trigger_at = i.spec.logical_time + Duration::hours(1);
+            push((
+                rv(&i.metadata),
+                format!("deleted {}", trigger_at.to_rfc3339()),
+            ));
+        }
+        futures::future::ready(())
+    }));
+    // Two partitions come due in one pass; the odd hour's run is slow, so the workflow holds
+    // its status write back while the even hour's instance has already finished.
+    cluster
+        .apply_workflow(
+            "brief",
+            json!({
+                "schedule": "@hourly",
+                "history": {"ttl": "PT0S"},
+                "template": {"image": "busybox", "command": ["sh", "-c",
+                    "h=$(echo \"$CHARON_PARAMETER\" | cut -c12-13); if [ $((1$h % 2)) = 1 ]; then sleep 4; fi"]},
+            }),
+        )
+        .await;
+    // Its first status first, so the trigger below is not its first reconcile.
+    cluster
+        .eventually("the workflow's status", LONG, || async {
+            let wf = cluster.workflow("brief").await?;
+            match wf.status.and_then(|s| s.next_trigger) {
+                Some(next) => Ok(next),
+                None => Err("no nextTrigger yet".to_string()),
+            }
+        })
+        .await;
+    cluster.clock.advance(Duration::minutes(121));
+    cluster
+        .eventually("both instances to run and go", LONG, || async {
+            let s = seen.lock().expect("not poisoned");
+            let deleted = s.iter().filter(|(_, l)| l.starts_with("deleted")).count();
+            if deleted >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    let mut changes = seen.lock().expect("not poisoned").clone();
+    changes.sort();
+    let mut cursor: Option<chrono::DateTime<chrono::Utc>> = None;
+    for (version, line) in &changes {
+        if let Some(at) = line.strip_prefix("cursor ") {
+            cursor = cursor.max(Some(at.parse().expect("a time")));
+        } else if let Some(at) = line.strip_prefix("deleted ") {
+            let trigger_at: chrono::DateTime<chrono::Utc> = at.parse().expect("a time");
+            assert!(
+                cursor.is_some_and(|c| c >= trigger_at),
+                "deleted at version {version} before the cursor recorded its trigger at {at}: {changes:?}"
+            );
+        }
+    }
+    cluster.stop().await;
+}

@@ -5,9 +5,11 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::backfill::partition_state;
 use crate::instance::{self, Instance, Transition};
 use crate::resources::{
-    HistoryEntry, InstanceState, RunRecord, Trigger, Workflow, WorkflowInstanceStatus,
+    Backfill, HistoryEntry, InstanceState, RunRecord, Trigger, TriggerType, Workflow,
+    WorkflowInstance, WorkflowInstanceStatus,
 };
 use crate::retry::RetryCounters;
 
@@ -118,8 +120,162 @@ pub fn history_ttl(workflow: Option<&Workflow>) -> chrono::Duration {
         .unwrap_or_else(|| chrono::Duration::days(7))
 }
 
+/// Whether the trigger of an instance's current run is on record where that trigger is
+/// planned from, so that deleting the instance (its history TTL passed) cannot make the
+/// partition run again (SPEC §3: exactly once):
+///
+/// - a natural trigger, once the workflow's stored trigger cursor has passed the partition's
+///   trigger instant (until then a restarted operator would plan it again, and with the
+///   instance gone its name would no longer refuse the second run);
+/// - a backfill trigger, once the backfill's stored status has recorded the partition's
+///   outcome (until then it would count it failed, "instance was deleted");
+/// - an ad-hoc trigger at once: nothing plans it again.
+///
+/// A workflow or backfill that no longer exists triggers nothing more. `backfill` is the
+/// instance's backfill as stored, when its trigger is one.
+pub fn trigger_recorded(
+    instance: &WorkflowInstance,
+    workflow: Option<&Workflow>,
+    backfill: Option<&Backfill>,
+) -> bool {
+    match instance.spec.trigger.trigger_type {
+        TriggerType::Adhoc => true,
+        TriggerType::Natural => {
+            let Some(workflow) = workflow else {
+                return true;
+            };
+            let cursor = workflow.status.as_ref().and_then(|s| s.trigger_cursor);
+            let trigger_at = crate::validate::workflow(&workflow.spec)
+                .ok()
+                .and_then(|valid| valid.schedule.trigger_at(instance.spec.logical_time));
+            matches!((cursor, trigger_at), (Some(cursor), Some(at)) if at <= cursor)
+        }
+        TriggerType::Backfill => {
+            let Some(backfill) = backfill else {
+                return true;
+            };
+            let name = instance.metadata.name.as_deref();
+            let rows = backfill.status.as_ref().map(|s| s.partitions.as_slice());
+            match rows
+                .unwrap_or_default()
+                .iter()
+                .find(|r| r.instance.as_deref() == name)
+            {
+                // Not one of its partitions: it will not trigger this one.
+                None => true,
+                Some(row) => ![partition_state::PENDING, partition_state::TRIGGERED]
+                    .contains(&row.state.as_str()),
+            }
+        }
+    }
+}
+
 /// A noun with its indefinite article: "an adhoc", "a backfill".
 fn article(noun: &str) -> String {
     let vowel = noun.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {noun}", if vowel { "an" } else { "a" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{BackfillPartition, BackfillStatus, WorkflowStatus};
+    use chrono::TimeZone;
+
+    fn instance(trigger: &str) -> WorkflowInstance {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-2024-01-01t05", "namespace": "ns", "uid": "u"},
+            "spec": {"workflow": "w", "parameter": "2024-01-01T05",
+                "logicalTime": "2024-01-01T05:00:00Z",
+                "trigger": {"type": trigger, "id": if trigger == "backfill" { "bf" } else { trigger }}},
+        }))
+        .expect("an instance")
+    }
+
+    fn workflow(cursor: Option<&str>) -> Workflow {
+        let mut workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns", "uid": "wu"},
+            "spec": {"schedule": "@hourly", "template": {"image": "busybox"}},
+        }))
+        .expect("a workflow");
+        workflow.status = Some(WorkflowStatus {
+            trigger_cursor: cursor.map(|c| c.parse().expect("a time")),
+            ..Default::default()
+        });
+        workflow
+    }
+
+    fn backfill(state: Option<&str>) -> Backfill {
+        let mut backfill: Backfill = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bf", "namespace": "ns"},
+            "spec": {"workflow": "w", "start": "2024-01-01T00", "end": "2024-01-02T00"},
+        }))
+        .expect("a backfill");
+        backfill.status = Some(BackfillStatus {
+            partitions: state
+                .map(|state| BackfillPartition {
+                    parameter: "2024-01-01T05".into(),
+                    state: state.into(),
+                    instance: Some("w-2024-01-01t05".into()),
+                    reason: None,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        backfill
+    }
+
+    #[test]
+    fn an_instance_may_go_only_once_its_trigger_is_on_record() {
+        let natural = instance("natural");
+        // Partition 05:00 of an @hourly workflow (offset PT1H) triggers at 06:00.
+        assert_eq!(
+            crate::validate::workflow(&workflow(None).spec)
+                .expect("valid")
+                .schedule
+                .trigger_at(Utc.with_ymd_and_hms(2024, 1, 1, 5, 0, 0).unwrap()),
+            Some(Utc.with_ymd_and_hms(2024, 1, 1, 6, 0, 0).unwrap())
+        );
+        let cases = [
+            (None, false, "no cursor yet"),
+            (
+                Some("2024-01-01T05:59:59Z"),
+                false,
+                "cursor short of the trigger",
+            ),
+            (Some("2024-01-01T06:00:00Z"), true, "cursor at the trigger"),
+            (Some("2024-01-01T09:00:00Z"), true, "cursor past it"),
+        ];
+        for (cursor, recorded, why) in cases {
+            assert_eq!(
+                trigger_recorded(&natural, Some(&workflow(cursor)), None),
+                recorded,
+                "{why}"
+            );
+        }
+        assert!(trigger_recorded(&natural, None, None), "workflow gone");
+
+        let by_backfill = instance("backfill");
+        for (state, recorded) in [
+            (Some(partition_state::PENDING), false),
+            (Some(partition_state::TRIGGERED), false),
+            (Some(partition_state::DONE), true),
+            (Some(partition_state::FAILED), true),
+            (Some(partition_state::SKIPPED), true),
+            (None, true),
+        ] {
+            assert_eq!(
+                trigger_recorded(&by_backfill, None, Some(&backfill(state))),
+                recorded,
+                "{state:?}"
+            );
+        }
+        assert!(trigger_recorded(&by_backfill, None, None), "backfill gone");
+        assert!(trigger_recorded(
+            &instance("adhoc"),
+            Some(&workflow(None)),
+            None
+        ));
+    }
 }

@@ -33,7 +33,9 @@ use super::memory::{Owed, Reservation};
 use charon_core::concurrency::{self, Candidate};
 use charon_core::instance::{self as machine, Instance, JobStatus, Observation, State, Step};
 use charon_core::job::{self, Execution};
-use charon_core::resources::{Workflow, WorkflowInstance, WorkflowInstanceStatus};
+use charon_core::resources::{
+    Backfill, TriggerType, Workflow, WorkflowInstance, WorkflowInstanceStatus,
+};
 use charon_core::retry::{AttemptOutcome, RetryPolicy};
 use charon_core::status;
 
@@ -56,6 +58,9 @@ const NO_WORKFLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// How soon an attempt planned from a cache that was behind is planned again.
 const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How soon an instance past its history TTL whose trigger is not on record yet looks again.
+const UNRECORDED_TRIGGER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How soon a status write that conflicted is tried again from the newer object.
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -733,6 +738,10 @@ async fn expire(
             wait.min(std::time::Duration::from_secs(3600)),
         ));
     }
+    if !trigger_recorded(ctx, instance, namespace, workflow).await? {
+        // Deleting it now could let its partition run again after a restart.
+        return Ok(Action::requeue(UNRECORDED_TRIGGER_RETRY));
+    }
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
@@ -748,6 +757,30 @@ async fn expire(
         Err(e) if e.failure() == ApiFailure::NotFound => Ok(Action::await_change()),
         Err(e) => Err(call("delete", "WorkflowInstance", namespace, &name)(e)),
     }
+}
+
+/// Whether the trigger of the instance's run is on record (see
+/// [`status::trigger_recorded`]); a backfill's status is read fresh.
+async fn trigger_recorded(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    namespace: &str,
+    workflow: Option<&Workflow>,
+) -> Result<bool, Error> {
+    let trigger = &instance.spec.trigger;
+    let backfill = match trigger.trigger_type {
+        TriggerType::Backfill => ctx
+            .api::<Backfill>(namespace)
+            .get_opt(&trigger.id)
+            .await
+            .map_err(call("get", "Backfill", namespace, &trigger.id))?,
+        _ => None,
+    };
+    Ok(status::trigger_recorded(
+        instance,
+        workflow,
+        backfill.as_ref(),
+    ))
 }
 
 fn random_below(n: u32) -> u32 {
