@@ -994,6 +994,7 @@ fn what_the_controller_writes_validates() {
             started_at: Some(t(0)),
             finished_at: Some(t(1)),
         }],
+        trigger: Some(trigger.clone()),
     });
     // Freshly created, before the controller wrote anything.
     let mut fresh = instance.clone();

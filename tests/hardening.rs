@@ -149,3 +149,130 @@ async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
     }
     cluster.stop().await;
 }
+
+/// Re-opening a finished instance writes its spec (the new trigger), then its status (the
+/// new run). When the second write failed, the instance stayed Done under the new trigger
+/// and never ran again; the next reconcile must finish the re-open. This leaves an instance
+/// exactly as a re-open whose status write failed leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_done_reopen_is_finished_by_the_next_reconcile() {
+    use kube::api::PostParams;
+
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "again",
+            json!({
+                "schedule": "@hourly",
+                "template": {"image": "busybox", "command": ["sh", "-c", "echo run $CHARON_TRIGGER_ID"]},
+            }),
+        )
+        .await;
+    cluster
+        .eventually("the workflow's status", LONG, || async {
+            let wf = cluster.workflow("again").await?;
+            wf.status
+                .and_then(|s| s.next_trigger)
+                .ok_or_else(|| "no nextTrigger yet".to_string())
+        })
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    let done = cluster
+        .wait_states("again", 1, &[InstanceState::Done], LONG)
+        .await;
+    let name = kube::ResourceExt::name_any(&done[0]);
+    // The first write of a re-open: the new trigger in the spec, and nothing else.
+    let mut instance = cluster.instances().get(&name).await.expect("instance");
+    instance.spec.trigger = charon_core::resources::Trigger {
+        trigger_type: charon_core::resources::TriggerType::Adhoc,
+        id: "adhoc-1-00001".into(),
+    };
+    cluster
+        .instances()
+        .replace(&name, &PostParams::default(), &instance)
+        .await
+        .expect("spec written");
+    let rerun = cluster
+        .first_status_where("again", "the re-opened run to finish", LONG, |s| {
+            s.state == InstanceState::Done && s.runs.len() == 1
+        })
+        .await;
+    assert_eq!(rerun.runs[0].trigger.id, "natural", "the first run is kept");
+    assert_eq!(rerun.tries, 1, "the new run's tries start again");
+    cluster
+        .eventually("only the new run's Job to be kept", LONG, || async {
+            let jobs = cluster.jobs_of(&name).await;
+            if jobs.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{} Jobs", jobs.len()))
+            }
+        })
+        .await;
+    let job = rerun.job.expect("a job");
+    assert!(
+        cluster.log_of(&job).await.contains("run adhoc-1-00001"),
+        "the new run ran under the new trigger"
+    );
+    cluster.stop().await;
+}
+
+/// A retry deletes the earlier attempt's Job; when that delete failed (a 500), the step that
+/// asked for it was not planned again and the Job stayed for the instance's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_of_an_earlier_attempts_job_is_retried() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "second-time",
+            json!({
+                "schedule": "@hourly",
+                "template": {"image": "busybox", "command": ["sh", "-c",
+                    "if [ \"$CHARON_EXECUTION_TRIES\" = 0 ]; then exit 3; fi"]},
+            }),
+        )
+        .await;
+    cluster
+        .eventually("the workflow's status", LONG, || async {
+            let wf = cluster.workflow("second-time").await?;
+            wf.status
+                .and_then(|s| s.next_trigger)
+                .ok_or_else(|| "no nextTrigger yet".to_string())
+        })
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    cluster
+        .first_status_where("second-time", "the first attempt to fail", LONG, |s| {
+            s.state == InstanceState::Queued && s.tries == 1
+        })
+        .await;
+    let server = cluster.server.as_ref().expect("server");
+    server.set_error_rate("delete", 1.0, 500);
+    cluster.clock.advance(Duration::minutes(3));
+    let done = cluster
+        .first_status_where("second-time", "the retry to succeed", LONG, |s| {
+            s.state == InstanceState::Done
+        })
+        .await;
+    assert_eq!(done.tries, 2);
+    let instance = cluster.instances_of("second-time").await.remove(0);
+    let name = kube::ResourceExt::name_any(&instance);
+    assert_eq!(cluster.jobs_of(&name).await.len(), 2, "the delete failed");
+    server.clear_faults();
+    cluster
+        .eventually("the first attempt's Job to be deleted", LONG, || async {
+            let jobs: Vec<String> = cluster
+                .jobs_of(&name)
+                .await
+                .iter()
+                .map(kube::ResourceExt::name_any)
+                .collect();
+            if jobs == [format!("{name}-2")] {
+                Ok(())
+            } else {
+                Err(format!("{jobs:?}"))
+            }
+        })
+        .await;
+    cluster.stop().await;
+}

@@ -217,7 +217,11 @@ fn workload_permissions() -> BTreeSet<Permission> {
                 "get", "list", "watch", "create", "update", "patch", "delete",
             ],
         ),
-        ("charon.dev", &["backfills"], &["list", "watch", "create"]),
+        (
+            "charon.dev",
+            &["backfills"],
+            &["get", "list", "watch", "create"],
+        ),
         (
             "charon.dev",
             &[

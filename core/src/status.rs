@@ -108,7 +108,21 @@ pub fn reopened(
     before.finished_at = None;
     before.snapshot = None;
     before.runs.push(finished_run);
+    before.trigger = Some(trigger.clone());
     after_step(&before, &reopened, &[transition], now, workflow)
+}
+
+/// Whether a finished instance was re-opened (its spec names a new trigger) but its status
+/// does not show the new run yet: re-opening writes the spec, then the status, and the
+/// second write may have failed. The controller then writes the status [`reopened`] gives.
+pub fn reopen_pending(instance: &WorkflowInstance) -> bool {
+    instance.status.as_ref().is_some_and(|status| {
+        status.state.is_terminal()
+            && status
+                .trigger
+                .as_ref()
+                .is_some_and(|run| *run != instance.spec.trigger)
+    })
 }
 
 /// How long a finished instance is kept (`spec.history.ttl`, SPEC §4): seven days where the

@@ -22,8 +22,8 @@ use charon_core::backfill::{
     BackfillAction, BackfillPlan, Existing, partition_state, plan, resolve_range,
 };
 use charon_core::resources::{
-    Backfill, BackfillPartition, BackfillState, BackfillStatus, Condition, ConditionStatus,
-    Trigger, TriggerType, Workflow, WorkflowInstance, condition_type, set_condition,
+    Backfill, BackfillPartition, BackfillState, BackfillStatus, Condition, InstanceState, Trigger,
+    TriggerType, Workflow, WorkflowInstance, condition_type, set_condition,
 };
 use charon_core::schedule::Schedule;
 
@@ -69,14 +69,7 @@ async fn reconcile_backfill(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Resul
                 status.state = BackfillState::Invalid;
                 set_condition(
                     &mut status.conditions,
-                    Condition::new(
-                        condition_type::VALID,
-                        ConditionStatus::False,
-                        "InvalidSpec",
-                        message.clone(),
-                        generation,
-                        now,
-                    ),
+                    Condition::invalid(&message, generation, now),
                 );
                 if was.as_deref() != Some(&message) {
                     ctx.events
@@ -368,12 +361,18 @@ async fn progress(
 }
 
 fn existing(instance: &WorkflowInstance) -> Existing {
-    Existing {
-        state: instance
+    let state = if charon_core::status::reopen_pending(instance) {
+        // Re-opened, and about to run: not the finished run its status still shows.
+        InstanceState::Queued
+    } else {
+        instance
             .status
             .as_ref()
             .map(|s| s.state)
-            .unwrap_or_default(),
+            .unwrap_or_default()
+    };
+    Existing {
+        state,
         trigger_type: instance.spec.trigger.trigger_type,
         trigger_id: instance.spec.trigger.id.clone(),
     }

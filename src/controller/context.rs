@@ -44,6 +44,8 @@ pub struct Context {
     pub instance_index: Arc<NameIndex<WorkflowInstance>>,
     /// Cached Jobs created by Charon.
     pub jobs: Store<Job>,
+    /// Jobs by the instance they belong to.
+    pub job_index: Arc<NameIndex<Job>>,
     /// Cached Pods of those Jobs.
     pub pods: Store<Pod>,
     /// Pods by the Job they belong to.

@@ -104,6 +104,25 @@ pub fn pods_of_job(job: &str) -> String {
     format!("{JOB_NAME_LABEL}={job}")
 }
 
+/// The instance a Job belongs to, by the label Charon puts on it.
+pub fn instance_of_job(job: &k8s_openapi::api::batch::v1::Job) -> Option<&str> {
+    job.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_INSTANCE)
+        .map(String::as_str)
+}
+
+/// The execution number a Job runs, by the label Charon puts on it.
+pub fn execution_of_job(job: &k8s_openapi::api::batch::v1::Job) -> Option<u32> {
+    job.metadata
+        .labels
+        .as_ref()?
+        .get(charon_core::job::LABEL_EXECUTION)?
+        .parse()
+        .ok()
+}
+
 /// The name of the workflow an instance belongs to.
 pub fn workflow_name(instance: &WorkflowInstance) -> Option<&str> {
     Some(instance.spec.workflow.as_str())

@@ -28,7 +28,7 @@ use kube::{Api, ResourceExt};
 use super::context::{Context, Opening, STALE_RETRY};
 use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
-use super::index::{instances_of, pods_of_job};
+use super::index::{execution_of_job, instances_of, pods_of_job};
 use super::memory::{Owed, Reservation};
 use charon_core::concurrency::{self, Candidate};
 use charon_core::instance::{self as machine, Instance, JobStatus, Observation, State, Step};
@@ -90,7 +90,11 @@ async fn reconcile_instance(
     }
     let now = ctx.clock.now();
     let read = read(&ctx, &instance, namespace, name);
+    if status::reopen_pending(&instance) {
+        return finish_reopen(&ctx, &instance, &read, now).await;
+    }
     if read.status.state.is_terminal() {
+        sweep_jobs(&ctx, &read).await?;
         return expire(
             &ctx,
             &instance,
@@ -125,6 +129,7 @@ async fn reconcile_instance(
         &recorded.stored,
     )
     .await?;
+    sweep_jobs(&ctx, &read).await?;
     next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await
 }
 
@@ -162,6 +167,38 @@ fn read(ctx: &Context, instance: &WorkflowInstance, namespace: String, name: Str
         owed,
         status,
         workflow,
+    }
+}
+
+/// Writes the status of a re-open whose status write failed (see
+/// [`status::reopen_pending`]): the finished run is kept, the new one starts.
+async fn finish_reopen(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let Some(workflow) = read.workflow.as_deref() else {
+        return Ok(Action::requeue(NO_WORKFLOW_RETRY));
+    };
+    let finished_trigger = read
+        .stored_status
+        .trigger
+        .clone()
+        .unwrap_or_else(|| instance.spec.trigger.clone());
+    let mut reopened = status::reopened(
+        &read.stored_status,
+        &read.name,
+        &finished_trigger,
+        &instance.spec.trigger,
+        now,
+        workflow,
+    );
+    reopened.observed_generation = instance.metadata.generation;
+    match ctx.replace_status(instance, reopened).await {
+        Ok(_) => Ok(Action::requeue(std::time::Duration::ZERO)),
+        Err(error) if error.is_conflict() => Ok(Action::requeue(CONFLICT_RETRY)),
+        Err(error) => Err(error),
     }
 }
 
@@ -230,6 +267,7 @@ async fn plan<'a>(
         workflow,
     );
     new_status.observed_generation = instance.metadata.generation;
+    new_status.trigger = Some(instance.spec.trigger.clone());
     let created_execution = step.actions.iter().find_map(|a| match a {
         machine::Action::CreateJob { execution, .. } if *execution > read.status.execution => {
             Some(*execution)
@@ -704,6 +742,27 @@ async fn create_job(
         )),
         Err(e) => Err(call("create", "Job", &namespace, job_name)(e)),
     }
+}
+
+/// Deletes the Jobs of earlier attempts that are still there: the step that replaced an
+/// attempt deletes its Job once, and a delete that failed (a 500, a timeout) is not planned
+/// again, so every reconcile makes sure (an index lookup; a call only for a Job left over).
+/// Only executions before the current one go: a later one may be an attempt this replica
+/// has not recorded yet, which it adopts rather than deletes.
+async fn sweep_jobs(ctx: &Context, read: &Read) -> Result<(), Error> {
+    let current = read.status.execution;
+    let leftovers: Vec<String> = ctx
+        .job_index
+        .lookup(&ctx.jobs, &read.namespace, &read.name)
+        .iter()
+        .filter(|job| job.metadata.deletion_timestamp.is_none())
+        .filter(|job| execution_of_job(job).is_some_and(|e| e < current))
+        .filter_map(|job| job.metadata.name.clone())
+        .collect();
+    for job in leftovers {
+        delete_job(ctx, &read.namespace, &job).await?;
+    }
+    Ok(())
 }
 
 /// Deletes a Job with background propagation, so its pods go too.

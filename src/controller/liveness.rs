@@ -166,6 +166,7 @@ mod tests {
         // Progress again: healthy.
         liveness.progressed_at("", "instance", later(400));
         assert_eq!(liveness.check_at(later(401)), Ok(()));
+        liveness.due_at("", "instance", false, later(402));
         // Work that became due only now is given its time, even after a long idle spell.
         liveness.due_at("ns", "workflow", true, later(5000));
         assert_eq!(liveness.check_at(later(5001)), Ok(()));

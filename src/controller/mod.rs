@@ -49,7 +49,7 @@ pub use events::{EventLevel, EventRecorder};
 pub use instance::RETRY_NOW;
 pub use metrics::Metrics;
 
-use index::{NameIndex, instance_of, job_of_pod, workflow_name, workflow_of};
+use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
 
 /// How the controllers run.
@@ -105,9 +105,12 @@ pub async fn run(
     let charon_children = watcher::Config::default().labels(charon_core::job::LABEL_INSTANCE);
 
     let (jobs, jobs_writer) = reflector::store();
+    let job_index = Arc::new(NameIndex::new(instance_of_job));
+    let index = job_index.clone();
     let job_stream = reflector::reflector(
         jobs_writer,
-        watcher(api_for::<Job>(&client, namespace), charon_children.clone()),
+        watcher(api_for::<Job>(&client, namespace), charon_children.clone())
+            .inspect(move |event| index.follow(event)),
     )
     .default_backoff()
     .touched_objects();
@@ -221,6 +224,7 @@ pub async fn run(
         instances: instance_controller.store(),
         instance_index,
         jobs,
+        job_index,
         pods,
         pod_index,
         events: EventRecorder::new(client, &options.identity, options.events),

@@ -16,10 +16,11 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 - apiGroups: ["charon.dev"]
   resources: ["workflowinstances"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Backfills are watched, and created for the charon.dev/backfill annotation.
+# Backfills are watched, created for the charon.dev/backfill annotation, and read fresh (get)
+# before a finished instance they triggered is deleted (its outcome must be on record first).
 - apiGroups: ["charon.dev"]
   resources: ["backfills"]
-  verbs: ["list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create"]
 # Status is a subresource, written whole (update) with the resourceVersion it was computed
 # from: workflow validity and next trigger, instance state and history, backfill progress.
 - apiGroups: ["charon.dev"]

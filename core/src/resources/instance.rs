@@ -226,6 +226,10 @@ pub struct WorkflowInstanceStatus {
     /// Earlier runs of this partition, kept when an ad-hoc or backfill trigger re-opens it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<RunRecord>,
+    /// The trigger of the run this status describes. A finished instance whose spec names
+    /// another trigger has been re-opened, and the controller starts that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
 }
 
 /// `status.snapshot`: what the current execution runs, taken from the workflow in Prepare so a
