@@ -276,3 +276,41 @@ async fn a_failed_delete_of_an_earlier_attempts_job_is_retried() {
         .await;
     cluster.stop().await;
 }
+
+/// A Job too large to store (a 1 MiB argument, which the Job carries twice: as an argument
+/// and in CHARON_ARGS) was retried every few seconds for ever with no status. The server's
+/// refusal is permanent (413): the instance ends in Error with the server's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_server_refuses_as_too_large_ends_in_error() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "huge",
+            json!({
+                "schedule": "@hourly",
+                "template": {"image": "busybox", "command": ["echo"], "args": ["x".repeat(1 << 20)]},
+            }),
+        )
+        .await;
+    cluster
+        .eventually("the workflow's status", LONG, || async {
+            let wf = cluster.workflow("huge").await?;
+            wf.status
+                .and_then(|s| s.next_trigger)
+                .ok_or_else(|| "no nextTrigger yet".to_string())
+        })
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    let status = cluster
+        .first_status_where("huge", "the refusal to end the instance", LONG, |s| {
+            s.state == InstanceState::Error
+        })
+        .await;
+    assert!(
+        status.message.contains("request is too large"),
+        "the server's message: {}",
+        status.message
+    );
+    assert_eq!(status.tries, 1);
+    cluster.stop().await;
+}

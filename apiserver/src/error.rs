@@ -210,6 +210,18 @@ impl ApiError {
         }
     }
 
+    /// 413 for a request body over the server's limit, or an object too large to store, with
+    /// the real server's message (`Request entity too large: limit is 3145728`, or etcd's
+    /// `etcdserver: request is too large`).
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: message.into(),
+            details: None,
+        }
+    }
+
     /// 500 for a failure of the server itself.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {

@@ -361,6 +361,9 @@ async fn serve(
     }
     let app = axum::Router::new()
         .fallback(http::handle)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            http::MAX_REQUEST_BODY_BYTES,
+        ))
         .with_state(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -640,3 +640,62 @@ async fn streaming_lists_end_with_a_bookmark() {
     assert_eq!(names, ["x", "y"]);
     server.shutdown().await;
 }
+
+/// The real server reads at most 3 MiB of a request body, and etcd stores at most 1.5 MiB
+/// per object: both refusals are 413 with the real messages, so a client can tell them from
+/// a transient failure.
+#[tokio::test]
+async fn oversized_requests_and_objects_are_refused_as_too_large() {
+    let (server, client) = client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let map = |name: &str, bytes: usize| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "data": {"blob": "x".repeat(bytes)},
+        }))
+        .expect("a ConfigMap")
+    };
+    let (code, reason, message) = api_error(
+        maps.create(&PostParams::default(), &map("body", 4 << 20))
+            .await
+            .expect_err("a 4 MiB body"),
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728"
+        )
+    );
+    let (code, reason, message) = api_error(
+        maps.create(&PostParams::default(), &map("object", 2 << 20))
+            .await
+            .expect_err("a 2 MiB object"),
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (
+            413,
+            "RequestEntityTooLarge",
+            "etcdserver: request is too large"
+        )
+    );
+    // Growing a stored object past the limit is refused the same way; it stays as it was.
+    maps.create(&PostParams::default(), &map("grows", 1 << 20))
+        .await
+        .expect("1 MiB fits");
+    let patch = json!({"data": {"more": "y".repeat(1 << 20)}});
+    let (code, _, message) = api_error(
+        maps.patch("grows", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("2 MiB in all"),
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (413, "etcdserver: request is too large")
+    );
+    let stored = maps.get("grows").await.expect("still there");
+    assert!(stored.data.is_some_and(|d| !d.contains_key("more")));
+    server.shutdown().await;
+}

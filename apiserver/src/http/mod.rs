@@ -23,6 +23,10 @@ use response::json_response;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The largest request body the real kube-apiserver reads (`MaxRequestBodyBytes`, 3 MiB:
+/// twice etcd's object limit, since JSON is larger than the protobuf stored).
+pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
+
 /// The single entry point: routes by path shape rather than a fixed route table, because the
 /// served kinds change as CRDs are registered.
 pub async fn handle(
@@ -31,9 +35,20 @@ pub async fn handle(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let verb = audit(&app, &method, &uri, &query, &headers);
+    let body = match body {
+        Ok(body) => body,
+        // Over MAX_REQUEST_BODY_BYTES (the only way reading a buffered body fails here).
+        Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::too_large(format!(
+                "Request entity too large: limit is {MAX_REQUEST_BODY_BYTES}"
+            ))
+            .into_response();
+        }
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
     if let Err(err) = app.faults.before(&verb).await {
         let retry = err.code == 429 || err.code == 503;
         let mut response = err.into_response();

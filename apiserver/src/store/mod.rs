@@ -508,6 +508,7 @@ impl Store {
         if t.plural == "namespaces" && t.group.is_empty() {
             obj["status"] = json!({"phase": "Active"});
         }
+        check_size(&obj)?;
         if opts.dry_run {
             if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");
@@ -652,6 +653,7 @@ impl Store {
             // A no-op write does not bump the resourceVersion, like the real server.
             return Ok(current);
         }
+        check_size(&obj)?;
         if opts.dry_run {
             obj["metadata"] = Value::Object(meta);
             obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
@@ -891,6 +893,32 @@ fn same_but_metadata(a: &Value, b: &Value) -> bool {
         }
         _ => a == b,
     }
+}
+
+/// The largest object etcd stores (its default `--max-request-bytes`, 1.5 MiB), measured
+/// here as JSON: a larger create or update fails as the real server's does.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Refuses an object too large to store (413, etcd's message).
+fn check_size(obj: &Value) -> Result<(), ApiError> {
+    /// Counts bytes written, so the size costs no copy.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, obj);
+    if count.0 > MAX_OBJECT_BYTES {
+        return Err(ApiError::too_large("etcdserver: request is too large"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
