@@ -47,8 +47,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse_from(user_flags_after_command(std::env::args_os().collect()));
     // `charon dev` prints its own compact log of state changes; the operator's own log
     // lines would drown it, so they show only warnings unless a level is asked for.
+    // The user commands report a failed request in their one-line error; kube's own error
+    // log of it would say the same thing again, less clearly.
     let level = match (&cli.command, cli.log_level.as_str()) {
         (Command::Dev(_), "info") => "warn",
+        (Command::User(_), "info") => "warn,kube_client=off",
         (_, level) => level,
     };
     telemetry::init(cli.log_format, level);
@@ -63,7 +66,9 @@ pub fn main() -> ExitCode {
 
 /// The user commands' connection flags, which kubectl users write before the command
 /// (`charon -n NS backfill list`, and so `kubectl charon -n NS …`).
-const USER_COMMANDS: &[&str] = &["trigger", "backfill", "halt", "retry", "logs", "status"];
+const USER_COMMANDS: &[&str] = &[
+    "trigger", "backfill", "halt", "retry", "logs", "status", "suspend", "resume",
+];
 const USER_FLAGS: &[&str] = &[
     "-n",
     "--namespace",

@@ -20,7 +20,7 @@ use kube::{Client, ResourceExt};
 
 use crate::controller::{Metrics, SystemClock};
 use charon_core::resources::{
-    ConditionStatus, Workflow, WorkflowInstance, condition_type, find_condition,
+    ConditionStatus, HistoryEntry, Workflow, WorkflowInstance, condition_type, find_condition,
 };
 
 /// Arguments of `charon dev`.
@@ -109,18 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Prints one line per instance state change (`time instance state message`), and one when a
 /// workflow's spec becomes invalid (naming the field) or valid again.
 async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
-    let instances = follow(
-        Api::<WorkflowInstance>::all(client.clone()),
-        None,
-        |instance| {
-            let status = instance.status.clone().unwrap_or_default();
-            Some((
-                instance.name_any(),
-                status.state.as_str().to_string(),
-                status.message,
-            ))
-        },
-    );
+    let instances = follow_instances(Api::<WorkflowInstance>::all(client.clone()));
     // A workflow valid from the start is not worth a line.
     let workflows = follow(Api::<Workflow>::all(client), Some("Valid"), |workflow| {
         let conditions = workflow.status.as_ref().map(|s| s.conditions.as_slice());
@@ -139,6 +128,57 @@ async fn live_log(client: Client, stop: impl std::future::Future<Output = ()>) {
         _ = futures::future::join(instances, workflows) => {}
         () = stop => {}
     }
+}
+
+/// Prints a line when an instance appears (`Queued`) and one per entry of its
+/// `status.history`, at the time of the change: the operator often records several changes
+/// in one status write (a short run is written once, already `Done`), and each is a line.
+async fn follow_instances(api: Api<WorkflowInstance>) {
+    // Per instance uid, the history entries already printed.
+    let mut seen: HashMap<String, Vec<HistoryEntry>> = HashMap::new();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    events
+        .for_each(|event| {
+            if let Ok(instance) = event {
+                let key = instance.uid().unwrap_or_else(|| instance.name_any());
+                let history = instance
+                    .status
+                    .as_ref()
+                    .map(|s| s.history.as_slice())
+                    .unwrap_or_default();
+                let printed = seen.entry(key).or_insert_with(|| {
+                    if history.is_empty() {
+                        let trigger = instance.spec.trigger.trigger_type.as_str();
+                        print_line(
+                            chrono::Local::now(),
+                            &instance.name_any(),
+                            "Queued",
+                            &format!("created by a {trigger} trigger"),
+                        );
+                    }
+                    Vec::new()
+                });
+                for entry in history.iter().filter(|e| !printed.contains(e)) {
+                    print_line(
+                        entry.at.with_timezone(&chrono::Local),
+                        &instance.name_any(),
+                        entry.to.as_str(),
+                        &entry.message,
+                    );
+                }
+                // What the history still holds is all that can come back.
+                *printed = history.to_vec();
+            }
+            async {}
+        })
+        .await;
+}
+
+fn print_line(at: chrono::DateTime<chrono::Local>, name: &str, state: &str, message: &str) {
+    let text = format!("{state:<10} {message}");
+    println!("{} {name:<40} {}", at.format("%H:%M:%S"), text.trim_end());
 }
 
 /// Prints a line whenever `line` of an object (name, state, message) changes, except an
@@ -169,11 +209,7 @@ async fn follow<K>(
                 let first_quiet = !seen.contains_key(&key) && quiet == Some(state.as_str());
                 if seen.get(&key) != Some(&text) {
                     if !first_quiet {
-                        println!(
-                            "{} {name:<40} {}",
-                            chrono::Local::now().format("%H:%M:%S"),
-                            text.trim_end()
-                        );
+                        print_line(chrono::Local::now(), &name, &state, &message);
                     }
                     seen.insert(key, text);
                 }

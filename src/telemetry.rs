@@ -1,5 +1,7 @@
 //! Logging set-up shared by every subcommand.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are printed.
@@ -16,8 +18,12 @@ pub enum LogFormat {
 /// Logs go to stderr so command output on stdout stays machine-readable.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal: a file or a pipe gets plain text (and so does NO_COLOR).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second initialisation (tests calling `cli::run` repeatedly) is harmless: keep the first.
     let _ = match format {

@@ -1,24 +1,28 @@
-//! The user commands (`trigger`, `backfill`, `halt`, `retry`, `logs`, `status`), following
-//! kubectl's conventions. The same binary works as a kubectl plugin when installed as
-//! `kubectl-charon`.
+//! The user commands (`trigger`, `backfill`, `halt`, `retry`, `logs`, `status`, `suspend`,
+//! `resume`), following kubectl's conventions. The same binary works as a kubectl plugin
+//! when installed as `kubectl-charon`.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use chrono::{DateTime, Utc};
 use futures::{AsyncBufReadExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use crate::controller::error::{ApiErrorExt, ApiFailure};
 use crate::controller::triggers;
 use charon_core::resources::{
-    Backfill, BackfillSpec, InstanceState, Reprocess, Workflow, WorkflowInstance,
+    Backfill, BackfillSpec, BackfillState, InstanceState, Reprocess, Workflow, WorkflowInstance,
 };
+use charon_core::validate::FieldError;
 
 /// Flags every user command takes, as kubectl spells them.
 #[derive(Clone, Debug, clap::Args)]
@@ -88,6 +92,22 @@ pub enum UserCommand {
         /// The instance.
         instance: String,
     },
+    /// Suspend a workflow: no new partitions are triggered (backfills still run).
+    Suspend {
+        #[command(flatten)]
+        target: Target,
+        /// The workflow: NAME (a Workflow of that name, else an instance), cwf/NAME or
+        /// cwfi/NAME.
+        name: String,
+    },
+    /// Resume a suspended workflow; partitions that fell due meanwhile are skipped.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        /// The workflow: NAME (a Workflow of that name, else an instance), cwf/NAME or
+        /// cwfi/NAME.
+        name: String,
+    },
     /// Print the log of an instance's Job.
     Logs {
         #[command(flatten)]
@@ -129,8 +149,8 @@ pub enum BackfillCommand {
         /// Newest partitions first.
         #[arg(long)]
         reverse: bool,
-        /// Which finished partitions to run again.
-        #[arg(long, value_enum, default_value_t = ReprocessArg::All)]
+        /// Which finished partitions to run again (any case: All, all).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = ReprocessArg::All)]
         reprocess: ReprocessArg,
         /// A note for people.
         #[arg(long)]
@@ -146,12 +166,12 @@ pub enum BackfillCommand {
     List,
     /// Show one backfill with its partitions.
     Show {
-        /// The backfill.
+        /// The backfill (or a prefix of its name that only it has).
         name: String,
     },
     /// Stop a backfill; unless graceful, its active instances are halted too.
     Halt {
-        /// The backfill.
+        /// The backfill (or a prefix of its name that only it has).
         name: String,
         /// Let active instances finish.
         #[arg(long)]
@@ -159,11 +179,17 @@ pub enum BackfillCommand {
     },
     /// Change a running backfill.
     Edit {
-        /// The backfill.
+        /// The backfill (or a prefix of its name that only it has).
         name: String,
         /// New concurrency.
         #[arg(long)]
         concurrency: u32,
+    },
+    /// Resume a halted backfill: it triggers its pending partitions again (partitions whose
+    /// instances the halt stopped stay Failed).
+    Resume {
+        /// The backfill (or a prefix of its name that only it has).
+        name: String,
     },
 }
 
@@ -196,15 +222,11 @@ pub async fn run(command: UserCommand, out: &mut dyn Write) -> anyhow::Result<()
         | UserCommand::Halt { target, .. }
         | UserCommand::Retry { target, .. }
         | UserCommand::Logs { target, .. }
-        | UserCommand::Status { target, .. } => target.clone(),
+        | UserCommand::Status { target, .. }
+        | UserCommand::Suspend { target, .. }
+        | UserCommand::Resume { target, .. } => target.clone(),
     };
-    let client = crate::operator::client(
-        target.kubeconfig.as_ref(),
-        target.context.as_deref(),
-        crate::operator::CLI_AGENT,
-    )
-    .await
-    .context("connecting to the cluster")?;
+    let (client, server) = connect(&target).await?;
     let namespace = target
         .namespace
         .clone()
@@ -214,54 +236,71 @@ pub async fn run(command: UserCommand, out: &mut dyn Write) -> anyhow::Result<()
         namespace,
         output: target.output,
     };
-    match command {
-        UserCommand::Trigger {
-            workflow,
-            parameter,
-            env,
-            allow_future,
-            ..
-        } => {
-            ctx.trigger(&workflow, &parameter, &env, allow_future, out)
-                .await
-        }
-        UserCommand::Backfill { command, .. } => ctx.backfill(command, out).await,
-        UserCommand::Halt { instance, .. } => {
-            ctx.instance(&instance).await?;
-            let patch = serde_json::json!({"spec": {"halted": true}});
-            ctx.instances()
-                .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            writeln!(out, "workflowinstance/{instance} halted")?;
-            Ok(())
-        }
-        UserCommand::Retry { instance, .. } => {
-            let current = ctx.instance(&instance).await?;
-            let state = current.status.map(|s| s.state).unwrap_or_default();
-            if state.is_terminal() {
-                bail!(
-                    "instance {instance} is {}; to run it again use `charon trigger {} {}`",
-                    state.as_str(),
-                    current.spec.workflow,
-                    current.spec.parameter
-                );
+    ctx.command(command, out)
+        .await
+        .map_err(|err| connection_error(err, &server))
+}
+
+impl Ctx {
+    async fn command(&self, command: UserCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+        match command {
+            UserCommand::Trigger {
+                workflow,
+                parameter,
+                env,
+                allow_future,
+                ..
+            } => {
+                self.trigger(&workflow, &parameter, &env, allow_future, out)
+                    .await
             }
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                crate::controller::RETRY_NOW: Utc::now().to_rfc3339()
-            }}});
-            ctx.instances()
-                .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            writeln!(out, "workflowinstance/{instance} will retry now")?;
-            Ok(())
+            UserCommand::Backfill { command, .. } => self.backfill(command, out).await,
+            UserCommand::Halt { instance, .. } => {
+                let current = self.instance(&instance).await?;
+                let state = current.status.map(|s| s.state).unwrap_or_default();
+                if state.is_terminal() {
+                    bail!(
+                        "instance {instance} is {} already; halting stops an unfinished instance",
+                        state.as_str()
+                    );
+                }
+                let patch = serde_json::json!({"spec": {"halted": true}});
+                self.instances()
+                    .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                writeln!(out, "workflowinstance/{instance} halted")?;
+                Ok(())
+            }
+            UserCommand::Retry { instance, .. } => {
+                let current = self.instance(&instance).await?;
+                let state = current.status.map(|s| s.state).unwrap_or_default();
+                if state.is_terminal() {
+                    bail!(
+                        "instance {instance} is {}; to run it again use `charon trigger {} {}`",
+                        state.as_str(),
+                        current.spec.workflow,
+                        current.spec.parameter
+                    );
+                }
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    crate::controller::RETRY_NOW: Utc::now().to_rfc3339()
+                }}});
+                self.instances()
+                    .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                writeln!(out, "workflowinstance/{instance} will retry now")?;
+                Ok(())
+            }
+            UserCommand::Logs {
+                instance,
+                follow,
+                attempt,
+                ..
+            } => self.logs(&instance, follow, attempt, out).await,
+            UserCommand::Status { workflow, .. } => self.status(workflow.as_deref(), out).await,
+            UserCommand::Suspend { name, .. } => self.suspend(&name, true, out).await,
+            UserCommand::Resume { name, .. } => self.suspend(&name, false, out).await,
         }
-        UserCommand::Logs {
-            instance,
-            follow,
-            attempt,
-            ..
-        } => ctx.logs(&instance, follow, attempt, out).await,
-        UserCommand::Status { workflow, .. } => ctx.status(workflow.as_deref(), out).await,
     }
 }
 
@@ -397,7 +436,7 @@ impl Ctx {
                 // Refuse what the controller would refuse, before creating anything.
                 let partitions =
                     charon_core::backfill::resolve_range(&valid.schedule, &spec, Utc::now())
-                        .map_err(|e| anyhow!("{e}"))?;
+                        .map_err(|e| anyhow!("{}", in_flags(&e)))?;
                 let name = name.unwrap_or_else(|| {
                     charon_core::backfill::default_name(&workflow, &start, &end)
                 });
@@ -463,11 +502,8 @@ impl Ctx {
                 )
             }
             BackfillCommand::Show { name } => {
-                let backfill = self
-                    .backfills()
-                    .get(&name)
-                    .await
-                    .map_err(|e| not_found("backfill", &name, &self.namespace, e))?;
+                let backfill = self.backfill_named(&name).await?;
+                let name = backfill.name_any();
                 if self.output != Output::Table {
                     return self.print(&backfill, out);
                 }
@@ -511,6 +547,7 @@ impl Ctx {
                 write_table(out, &["PARTITION", "STATE", "INSTANCE", "REASON"], &rows)
             }
             BackfillCommand::Halt { name, graceful } => {
+                let name = self.backfill_named(&name).await?.name_any();
                 let patch = serde_json::json!({"spec": {"halted": true, "gracefulHalt": graceful}});
                 self.backfills()
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -528,6 +565,7 @@ impl Ctx {
                 if concurrency == 0 {
                     bail!("--concurrency must be at least 1");
                 }
+                let name = self.backfill_named(&name).await?.name_any();
                 let patch = serde_json::json!({"spec": {"concurrency": concurrency}});
                 self.backfills()
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -536,7 +574,116 @@ impl Ctx {
                 writeln!(out, "backfill/{name} concurrency set to {concurrency}")?;
                 Ok(())
             }
+            BackfillCommand::Resume { name } => {
+                let backfill = self.backfill_named(&name).await?;
+                let name = backfill.name_any();
+                if !backfill.spec.halted {
+                    bail!("backfill {name} is not halted");
+                }
+                let patch = serde_json::json!({"spec": {"halted": false, "gracefulHalt": false}});
+                self.backfills()
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| not_found("backfill", &name, &self.namespace, e))?;
+                writeln!(
+                    out,
+                    "backfill/{name} resumed; its pending partitions are triggered again"
+                )?;
+                Ok(())
+            }
         }
+    }
+
+    /// The backfill named `name`, or else the only one whose name starts with it (default
+    /// names are long: `<workflow>-backfill-<start>-<end>`).
+    async fn backfill_named(&self, name: &str) -> anyhow::Result<Backfill> {
+        if let Some(backfill) = self.backfills().get_opt(name).await? {
+            return Ok(backfill);
+        }
+        let mut matching: Vec<Backfill> = self
+            .backfills()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|b| !name.is_empty() && b.name_any().starts_with(name))
+            .collect();
+        match matching.len() {
+            0 => bail!(
+                "backfill {name:?} not found in namespace {}",
+                self.namespace
+            ),
+            1 => Ok(matching.remove(0)),
+            n => {
+                let mut names: Vec<String> = matching.iter().map(|b| b.name_any()).collect();
+                names.sort();
+                bail!(
+                    "{n} backfills start with {name:?} ({}); give more of the name",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    /// `charon suspend|resume NAME`: a Workflow of that name, else an instance; `cwf/NAME`
+    /// and `cwfi/NAME` name the kind.
+    async fn suspend(&self, name: &str, suspend: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+        let verb = if suspend { "suspend" } else { "resume" };
+        let (kind, bare) = match name.split_once('/') {
+            Some((kind, bare)) => (Some(kind.to_ascii_lowercase()), bare),
+            None => (None, name),
+        };
+        let workflow = match kind.as_deref() {
+            None => match self.workflows().get_opt(bare).await? {
+                Some(workflow) => Some(workflow),
+                None if self.instances().get_opt(bare).await?.is_some() => None,
+                None => bail!(
+                    "no workflow or workflowinstance {bare:?} in namespace {}",
+                    self.namespace
+                ),
+            },
+            Some(
+                "cwf" | "workflow" | "workflows" | "workflow.charon.dev" | "workflows.charon.dev",
+            ) => Some(self.workflow(bare).await?),
+            Some(
+                "cwfi"
+                | "workflowinstance"
+                | "workflowinstances"
+                | "workflowinstance.charon.dev"
+                | "workflowinstances.charon.dev",
+            ) => None,
+            Some(other) => bail!(
+                "{name:?}: unknown kind {other:?}; name a workflow as cwf/NAME (or an instance as cwfi/NAME)"
+            ),
+        };
+        let Some(workflow) = workflow else {
+            bail!(
+                "charon {verb} of an instance (cwfi/{bare}) is not supported yet; `charon {verb} cwf/WORKFLOW` acts on a whole workflow"
+            );
+        };
+        let unchanged = workflow.spec.suspend == suspend;
+        let patched = if unchanged {
+            workflow
+        } else {
+            let patch = serde_json::json!({"spec": {"suspend": suspend}});
+            self.workflows()
+                .patch(bare, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| not_found("workflow", bare, &self.namespace, e))?
+        };
+        if self.output != Output::Table {
+            return self.print(&patched, out);
+        }
+        let what = match (suspend, unchanged) {
+            (true, true) => "is suspended already",
+            (false, true) => "is not suspended",
+            (true, false) => "suspended: no new partitions are triggered (backfills still run)",
+            (false, false) => {
+                "resumed; partitions that fell due while it was suspended are skipped"
+            }
+        };
+        writeln!(out, "workflow/{bare} {what}")?;
+        Ok(())
     }
 
     async fn logs(
@@ -547,39 +694,79 @@ impl Ctx {
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let current = self.instance(instance).await?;
-        let status = current.status.clone().unwrap_or_default();
-        let job = match attempt {
-            Some(n) => charon_core::names::job_name(instance, n),
-            None => status
-                .job
-                .clone()
-                .ok_or_else(|| anyhow!("instance {instance} has not started a Job yet"))?,
-        };
+        let (job, execution) = self.job_of(&current, attempt).await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let mut list = pods
-            .list(&ListParams::default().labels(&format!("job-name={job}")))
-            .await?
-            .items;
-        list.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let Some(pod) = list.last() else {
-            bail!("no pod of Job {job} exists (earlier attempts' Jobs are deleted)");
-        };
+        let selector = format!(
+            "{}={},{}={execution}",
+            charon_core::job::LABEL_INSTANCE,
+            charon_core::names::label_value(instance),
+            charon_core::job::LABEL_EXECUTION,
+        );
+        let pod = started_pod(&pods, &selector, &job).await?;
         let params = LogParams {
             follow,
             container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
             ..Default::default()
         };
         if follow {
-            let mut lines = pods.log_stream(&pod.name_any(), &params).await?.lines();
+            let mut lines = pods.log_stream(&pod, &params).await?.lines();
             while let Some(line) = lines.try_next().await? {
                 writeln!(out, "{line}")?;
                 out.flush()?;
             }
         } else {
-            let text = pods.logs(&pod.name_any(), &params).await?;
+            let text = pods.logs(&pod, &params).await?;
             write!(out, "{text}")?;
         }
         Ok(())
+    }
+
+    /// The Job of an instance's attempt (the latest by default) and its execution number.
+    /// Jobs are found by their labels, so a Job the controller has created but not recorded
+    /// in the status yet (it records an attempt up to 5 s later) is found too.
+    async fn job_of(
+        &self,
+        instance: &WorkflowInstance,
+        attempt: Option<u32>,
+    ) -> anyhow::Result<(Job, u32)> {
+        let name = instance.name_any();
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut selector = format!(
+            "{}={}",
+            charon_core::job::LABEL_INSTANCE,
+            charon_core::names::label_value(&name)
+        );
+        if let Some(n) = attempt {
+            selector.push_str(&format!(",{}={n}", charon_core::job::LABEL_EXECUTION));
+        }
+        let uid = instance.metadata.uid.as_deref();
+        let latest = jobs
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            // Only this instance's Jobs (not those of an earlier instance of the same name).
+            .filter(|j| {
+                j.owner_references()
+                    .iter()
+                    .any(|o| Some(o.uid.as_str()) == uid)
+            })
+            .filter_map(|j| {
+                let execution = j
+                    .labels()
+                    .get(charon_core::job::LABEL_EXECUTION)?
+                    .parse()
+                    .ok()?;
+                Some((j, execution))
+            })
+            .max_by_key(|(_, execution)| *execution);
+        match (latest, attempt) {
+            (Some(found), _) => Ok(found),
+            (None, Some(n)) => bail!(
+                "attempt {n} of instance {name} has no Job (earlier attempts' Jobs are deleted)"
+            ),
+            (None, None) => bail!("instance {name} has not started a Job yet"),
+        }
     }
 
     async fn status(&self, workflow: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -620,6 +807,7 @@ impl Ctx {
         }
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let now = Utc::now();
+        let mut grid = false;
         for wf in &workflows {
             let name = wf.name_any();
             let status = wf.status.clone().unwrap_or_default();
@@ -660,30 +848,15 @@ impl Ctx {
                     "    {:<24} {:<10} {}",
                     i.spec.parameter,
                     s.state.as_str(),
-                    s.message
+                    current_message(&s, now)
                 )?;
             }
-            let recent: Vec<&&WorkflowInstance> = mine.iter().rev().take(24).rev().collect();
-            if !recent.is_empty() {
-                let cells: String = recent
-                    .iter()
-                    .map(|i| {
-                        cell(
-                            i.status.as_ref().map(|s| s.state).unwrap_or_default(),
-                            colour,
-                        )
-                    })
-                    .collect();
-                writeln!(
-                    out,
-                    "  Recent:   {cells}  ({} … {})",
-                    recent[0].spec.parameter,
-                    recent[recent.len() - 1].spec.parameter
-                )?;
-                writeln!(
-                    out,
-                    "            D done, E error, H halted, R running, Q queued, . other"
-                )?;
+            let schedule = charon_core::validate::workflow(&wf.spec)
+                .ok()
+                .map(|v| v.schedule);
+            if let Some((cells, first, last)) = recent_grid(&mine, schedule.as_ref(), colour) {
+                writeln!(out, "  Recent:   {cells}  ({first} … {last})")?;
+                grid = true;
             }
             for b in backfills.iter().filter(|b| b.spec.workflow == name) {
                 writeln!(
@@ -695,8 +868,96 @@ impl Ctx {
             }
             writeln!(out)?;
         }
+        if grid {
+            writeln!(
+                out,
+                "Recent: D done, E error, H halted, R running, Q queued, - no instance, . other"
+            )?;
+        }
         Ok(())
     }
+}
+
+/// How many partitions the `Recent` grid of `charon status` shows.
+const GRID_WIDTH: usize = 24;
+
+/// The `Recent` grid: one cell per partition from the oldest of the newest instances to the
+/// newest, with `-` for a partition of the schedule that has no instance, and the first and
+/// last parameters. `None` without instances.
+fn recent_grid(
+    instances: &[&WorkflowInstance],
+    schedule: Option<&charon_core::schedule::Schedule>,
+    colour: bool,
+) -> Option<(String, String, String)> {
+    let mut by_time: BTreeMap<DateTime<Utc>, (String, Option<InstanceState>)> = instances
+        .iter()
+        .map(|i| {
+            let state = i.status.as_ref().map(|s| s.state).unwrap_or_default();
+            (i.spec.logical_time, (i.spec.parameter.clone(), Some(state)))
+        })
+        .collect();
+    let newest = *by_time.keys().next_back()?;
+    if let Some(schedule) = schedule {
+        // The schedule's partitions back from the newest instance, but not before the oldest.
+        let oldest = *by_time.keys().next()?;
+        let aligned = schedule.is_aligned(newest).then_some(newest);
+        let partitions = aligned
+            .into_iter()
+            .chain(schedule.partitions_before(newest))
+            .take_while(|p| *p >= oldest)
+            .take(GRID_WIDTH);
+        for p in partitions {
+            by_time
+                .entry(p)
+                .or_insert_with(|| (schedule.parameter(p), None));
+        }
+    }
+    let cells: Vec<&(String, Option<InstanceState>)> =
+        by_time.values().rev().take(GRID_WIDTH).rev().collect();
+    let grid: String = cells
+        .iter()
+        .map(|(_, state)| match state {
+            Some(state) => cell(*state, colour),
+            None => "-".to_string(),
+        })
+        .collect();
+    let first = cells.first()?.0.clone();
+    let last = cells.last()?.0.clone();
+    Some((grid, first, last))
+}
+
+/// An instance's message, with a retry delay written as "retrying in 9m" when the status was
+/// recorded turned into the time of the next attempt and what remains of the delay now.
+fn current_message(
+    status: &charon_core::resources::WorkflowInstanceStatus,
+    now: DateTime<Utc>,
+) -> String {
+    let message = status.message.clone();
+    let Some(at) = status
+        .next_attempt_at
+        .filter(|_| status.state == InstanceState::Queued)
+    else {
+        return message;
+    };
+    let remaining = at - now;
+    let when = if remaining > chrono::Duration::zero() {
+        format!(
+            "at {} (in {})",
+            at.format("%H:%M:%SZ"),
+            charon_core::retry::human(remaining)
+        )
+    } else {
+        format!("at {} (due now)", at.format("%H:%M:%SZ"))
+    };
+    for lead in ["retrying in ", "retrying without cost in "] {
+        if let Some(start) = message.find(lead) {
+            let delay = start + lead.len() - "in ".len();
+            let rest = &message[start + lead.len()..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            return format!("{}{when}{}", &message[..delay], &rest[end..]);
+        }
+    }
+    format!("{message}; next attempt {when}")
 }
 
 /// One character per partition, coloured on a terminal.
@@ -729,7 +990,8 @@ fn progress_line(backfill: &Backfill, now: DateTime<Utc>) -> String {
     let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
     let percent = finished * 100 / total;
     let eta = match (s.started_at, finished) {
-        (Some(start), f) if f > 0 && f < c.total => {
+        // Only a running backfill is going anywhere: a halted one has no ETA.
+        (Some(start), f) if s.state == BackfillState::Running && f > 0 && f < c.total => {
             let elapsed = (now - start).num_seconds().max(1) as f64;
             let remaining = (c.total - f) as f64 * elapsed / f as f64;
             format!(
@@ -798,4 +1060,243 @@ pub fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<EnvVar>> {
             value_from: None,
         })
         .collect())
+}
+
+/// How long `charon logs` waits for the pod of a new attempt to start its container, as
+/// `kubectl logs --pod-running-timeout` does by default.
+const POD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Why a pod's main container has no log to show yet: `None` once it has started (running
+/// or finished), else its waiting reason, and whether waiting longer can help.
+fn not_started(pod: &Pod) -> Option<(String, bool)> {
+    let status = pod.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    let main = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.name == charon_core::job::MAIN_CONTAINER)
+        });
+    let Some(state) = main.and_then(|c| c.state.as_ref()) else {
+        return Some(("the pod is being scheduled".to_string(), true));
+    };
+    if state.running.is_some() || state.terminated.is_some() {
+        return None;
+    }
+    let waiting = state.waiting.as_ref();
+    let reason = waiting
+        .and_then(|w| w.reason.clone())
+        .unwrap_or_else(|| "waiting".to_string());
+    let transient = matches!(
+        reason.as_str(),
+        "ContainerCreating" | "PodInitializing" | "waiting"
+    );
+    let text = match waiting.and_then(|w| w.message.as_deref()) {
+        Some(message) if !message.is_empty() => format!("{reason}: {message}"),
+        _ => reason,
+    };
+    Some((text, transient))
+}
+
+/// Whether a Job has finished (its pods will not change any more).
+fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+        })
+}
+
+/// The name of the newest pod matching `selector` once its main container has started,
+/// waiting up to [`POD_START_TIMEOUT`] for it (a Job's pod appears and starts within
+/// moments of the Job).
+async fn started_pod(pods: &Api<Pod>, selector: &str, job: &Job) -> anyhow::Result<String> {
+    let job_name = job.name_any();
+    let mut list = pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items;
+    list.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let mut newest = list.pop();
+    match newest.as_ref().map(|p| (p, not_started(p))) {
+        Some((pod, None)) => return Ok(pod.name_any()),
+        Some((pod, Some((why, false)))) => {
+            bail!(
+                "the container of pod {} cannot start: {why}",
+                pod.name_any()
+            )
+        }
+        None if finished(job) => {
+            bail!("no pod of Job {job_name} exists any more; its log is gone")
+        }
+        _ => {}
+    }
+    // A new attempt: wait for its pod to start.
+    let wait = async {
+        let mut events = std::pin::pin!(
+            watcher(pods.clone(), watcher::Config::default().labels(selector)).applied_objects()
+        );
+        while let Some(pod) = events.try_next().await? {
+            let older = newest.as_ref().is_some_and(|n| {
+                n.name_any() != pod.name_any()
+                    && n.metadata.creation_timestamp > pod.metadata.creation_timestamp
+            });
+            if older {
+                continue;
+            }
+            match not_started(&pod) {
+                None => return Ok(Some(pod.name_any())),
+                Some((why, false)) => {
+                    bail!(
+                        "the container of pod {} cannot start: {why}",
+                        pod.name_any()
+                    )
+                }
+                Some(_) => newest = Some(pod),
+            }
+        }
+        Ok::<_, anyhow::Error>(None)
+    };
+    match tokio::time::timeout(POD_START_TIMEOUT, wait).await {
+        Ok(Ok(Some(pod))) => Ok(pod),
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(None)) | Err(_) => {
+            let why = newest
+                .as_ref()
+                .and_then(not_started)
+                .map_or_else(|| "no pod exists".to_string(), |(why, _)| why);
+            bail!(
+                "the container of Job {job_name} has not started after {}s ({why})",
+                POD_START_TIMEOUT.as_secs()
+            )
+        }
+    }
+}
+
+/// A backfill range problem in the words of `charon backfill create`'s flags rather than the
+/// Backfill's fields.
+fn in_flags(error: &FieldError) -> String {
+    let flag = match error.field.as_str() {
+        "spec.start" => "--start",
+        "spec.end" => "--end",
+        other => other,
+    };
+    let reason = error
+        .reason
+        .replace("set spec.allowFuture", "pass --allow-future")
+        .replace("spec.start", "--start");
+    format!("{flag}: {reason}")
+}
+
+/// Builds the client from `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config` or the in-cluster
+/// account, failing in one line that names the missing file and what to do. Returns the
+/// client and the API server's URL.
+async fn connect(target: &Target) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: target.context.clone(),
+        ..Default::default()
+    };
+    let config = match &target.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
+                anyhow!(
+                    "cannot read kubeconfig {}: {}; pass --kubeconfig a kubeconfig file",
+                    path.display(),
+                    one_line(&e)
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| anyhow!("kubeconfig {}: {}", path.display(), one_line(&e)))?
+        }
+        None => {
+            find_kubeconfig(target.context.is_some())?;
+            let config = match &target.context {
+                Some(_) => kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| one_line(&e)),
+                None => kube::Config::infer().await.map_err(|e| one_line(&e)),
+            };
+            config.map_err(|e| anyhow!("loading the kubeconfig: {e}"))?
+        }
+    };
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = crate::operator::client_with_agent(config, crate::operator::CLI_AGENT)?;
+    Ok((client, server))
+}
+
+/// Checks, before kube's inference does with a nested message, that some kubeconfig exists:
+/// a file `$KUBECONFIG` names, else `~/.kube/config`, else (without `--context`) the
+/// in-cluster account of a pod.
+fn find_kubeconfig(context: bool) -> anyhow::Result<()> {
+    const WHAT_TO_DO: &str =
+        "pass --kubeconfig PATH, set KUBECONFIG, or run `charon dev` for a local cluster";
+    if let Some(paths) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        if std::env::split_paths(&paths).any(|p| p.exists()) {
+            return Ok(());
+        }
+        bail!(
+            "no kubeconfig: KUBECONFIG is {}, which does not exist; {WHAT_TO_DO}",
+            paths.to_string_lossy()
+        );
+    }
+    let default = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"));
+    if default.as_ref().is_some_and(|p| p.exists()) {
+        return Ok(());
+    }
+    if !context && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        // In a pod: kube reads the service account.
+        return Ok(());
+    }
+    let default = default.map_or_else(|| "~/.kube/config".to_string(), |p| p.display().to_string());
+    bail!("no kubeconfig: KUBECONFIG is not set and {default} does not exist; {WHAT_TO_DO}")
+}
+
+/// An error and its causes on one line, each cause once.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Rewrites a failure to reach the API server as one line that names it and says what to
+/// check; any other error is returned as it is.
+fn connection_error(error: anyhow::Error, server: &str) -> anyhow::Error {
+    // Anywhere in the chain: some calls wrap the client's error in their own.
+    let unreachable = error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<kube::Error>(),
+            Some(kube::Error::HyperError(_) | kube::Error::Service(_))
+        )
+    });
+    if !unreachable {
+        return error;
+    }
+    // The innermost cause is the precise one ("Connection refused (os error 111)").
+    let cause = error
+        .chain()
+        .last()
+        .map(|e| e.to_string().replace('\n', " "))
+        .unwrap_or_default();
+    anyhow!(
+        "cannot reach the API server at {server}: {cause}; check that the cluster is running and that the kubeconfig (or --kubeconfig, --context) points at it"
+    )
 }

@@ -536,3 +536,424 @@ async fn reverse_order_reprocess_modes_and_halting() {
     }
     cluster.stop().await;
 }
+
+/// Runs `charon ARGS` with no cluster at all, in `env` (HOME and KUBECONFIG are the test's).
+fn run_alone(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_charon"));
+    command
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().expect("charon runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn connection_problems_are_one_line_naming_the_server_or_the_missing_kubeconfig() {
+    let home = tempfile::tempdir().expect("home");
+    let home_env = ("HOME", home.path().as_os_str());
+
+    // A server that is not there: a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let kubeconfig = home.path().join("closed.kubeconfig");
+    charon_apiserver::write_kubeconfig(&kubeconfig, &format!("http://127.0.0.1:{port}"))
+        .expect("kubeconfig");
+    let path = kubeconfig.to_str().expect("utf-8 path");
+    let (ok, err) = run_alone(&["backfill", "list", "--kubeconfig", path], &[home_env]);
+    assert!(!ok);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot reach the API server at http://127.0.0.1:{port}: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("check that the cluster is running"), "{err}");
+
+    // No kubeconfig where KUBECONFIG says, and none in HOME.
+    let missing = home.path().join("nowhere.kubeconfig");
+    let (ok, err) = run_alone(
+        &["status"],
+        &[home_env, ("KUBECONFIG", missing.as_os_str())],
+    );
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: no kubeconfig: KUBECONFIG is {}, which does not exist; pass --kubeconfig PATH, set KUBECONFIG, or run `charon dev` for a local cluster",
+            missing.display()
+        )
+    );
+    let (ok, err) = run_alone(&["halt", "x"], &[home_env]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: no kubeconfig: KUBECONFIG is not set and {} does not exist; pass --kubeconfig PATH, set KUBECONFIG, or run `charon dev` for a local cluster",
+            home.path().join(".kube/config").display()
+        )
+    );
+
+    // Logs into a pipe (stderr here) are plain text, without ANSI colour codes.
+    let (ok, err) = run_alone(
+        &[
+            "--log-level",
+            "debug",
+            "backfill",
+            "list",
+            "--kubeconfig",
+            path,
+        ],
+        &[home_env],
+    );
+    assert!(!ok);
+    assert!(err.contains("DEBUG"), "debug logs expected: {err}");
+    assert!(!err.contains('\x1b'), "ANSI codes in a pipe: {err:?}");
+}
+
+/// A Warning Event about `object` with this reason, when there is one.
+async fn warning(cluster: &Cluster, object: &str, reason: &str) -> Result<String, String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.client.clone(), NS);
+    let list = events
+        .list(&Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let about: Vec<_> = list
+        .items
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(object))
+        .collect();
+    about
+        .iter()
+        .find(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| {
+            assert_eq!(e.type_.as_deref(), Some("Warning"), "{e:?}");
+            e.message.clone().unwrap_or_default()
+        })
+        .ok_or_else(|| {
+            let reasons: Vec<_> = about.iter().map(|e| e.reason.clone()).collect();
+            format!("{reasons:?}")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_new_user_runs_into() {
+    let cluster = Cluster::start().await;
+    let cli = Cli::new(&cluster);
+    hourly(&cluster, "hb", "echo \"p=$CHARON_PARAMETER\"").await;
+
+    // Halting a finished instance is refused, as retrying one is.
+    let (ok, _, err) = cli.run(&["-n", NS, "trigger", "hb", "2024-01-01T05"]).await;
+    assert!(ok, "{err}");
+    cluster
+        .wait_states("hb", 1, &[InstanceState::Done], LONG)
+        .await;
+    let (ok, out, err) = cli.run(&["-n", NS, "halt", "hb-2024-01-01t05"]).await;
+    assert!(!ok, "{out}");
+    assert_eq!(
+        err.trim_end(),
+        "error: instance hb-2024-01-01t05 is Done already; halting stops an unfinished instance"
+    );
+
+    // Suspend and resume a workflow, by name or as cwf/NAME; instances are not supported yet.
+    let suspended = || async { cluster.workflow("hb").await.map(|w| w.spec.suspend) };
+    let (ok, out, err) = cli.run(&["-n", NS, "resume", "hb"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("workflow/hb resumed"), "{out}");
+    assert_eq!(suspended().await, Ok(false));
+    let (ok, out, err) = cli.run(&["-n", NS, "suspend", "cwf/hb"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("workflow/hb suspended"), "{out}");
+    assert_eq!(suspended().await, Ok(true));
+    for name in ["cwfi/hb-2024-01-01t05", "hb-2024-01-01t05"] {
+        let (ok, _, err) = cli.run(&["-n", NS, "suspend", name]).await;
+        assert!(!ok);
+        assert_eq!(
+            err.trim_end(),
+            "error: charon suspend of an instance (cwfi/hb-2024-01-01t05) is not supported yet; `charon suspend cwf/WORKFLOW` acts on a whole workflow"
+        );
+    }
+    let (ok, _, err) = cli.run(&["-n", NS, "resume", "nope"]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        "error: no workflow or workflowinstance \"nope\" in namespace default"
+    );
+
+    // Backfill ranges are refused in the CLI's words; `--reprocess All` (as documented) is accepted.
+    let create = |start: &'static str, end: &'static str| {
+        let cli = &cli;
+        async move {
+            cli.run(&[
+                "-n",
+                NS,
+                "backfill",
+                "create",
+                "hb",
+                "--start",
+                start,
+                "--end",
+                end,
+                "--reprocess",
+                "All",
+            ])
+            .await
+        }
+    };
+    // A range that reaches a day past now (whatever day the test runs on).
+    let hour = |d: chrono::Duration| (chrono::Utc::now() + d).format("%Y-%m-%dT%H").to_string();
+    let (start, end) = (
+        hour(-chrono::Duration::days(2)),
+        hour(chrono::Duration::days(1)),
+    );
+    let (ok, _, err) = cli
+        .run(&[
+            "-n", NS, "backfill", "create", "hb", "--start", &start, "--end", &end,
+        ])
+        .await;
+    assert!(!ok);
+    assert!(err.starts_with("error: --end: partition "), "{err}");
+    assert!(err.contains("pass --allow-future"), "{err}");
+    assert!(!err.contains("spec."), "{err}");
+    let (ok, _, err) = create("2024-01-01T02", "2024-01-01T00").await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        "error: --end: \"2024-01-01T00\" must be after --start \"2024-01-01T02\""
+    );
+
+    // The same reversed range through the annotation: a Warning, and no Backfill.
+    let workflows: Api<Workflow> = Api::namespaced(cluster.client.clone(), NS);
+    workflows
+        .patch(
+            "hb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "charon.dev/backfill": "2024-01-02T00/2024-01-01T00",
+            }}})),
+        )
+        .await
+        .expect("annotate");
+    let message = cluster
+        .eventually("the refusal's Event", LONG, || async {
+            warning(&cluster, "hb", "BackfillRefused").await
+        })
+        .await;
+    assert!(
+        message.contains("refused: spec.end: \"2024-01-01T00\" must be after spec.start"),
+        "{message}"
+    );
+    assert!(
+        backfills(&cluster)
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+
+    // Backfills by a unique prefix of their name; a halted one shows no ETA and resumes.
+    hourly(&cluster, "slow", "sleep 1").await;
+    let (ok, out, err) = cli
+        .run(&[
+            "-n",
+            NS,
+            "backfill",
+            "create",
+            "slow",
+            "--start",
+            "2024-01-01T00",
+            "--end",
+            "2024-01-01T10",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("backfill/slow-backfill-2024-01-01t00-2024-01-01t10 created"),
+        "{out}"
+    );
+    let (ok, out, err) = cli
+        .run(&[
+            "-n",
+            NS,
+            "backfill",
+            "create",
+            "slow",
+            "--start",
+            "2024-02-01T00",
+            "--end",
+            "2024-02-01T01",
+        ])
+        .await;
+    assert!(ok, "{err}: {out}");
+    let (ok, _, err) = cli.run(&["-n", NS, "backfill", "show", "slow-back"]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        "error: 2 backfills start with \"slow-back\" (slow-backfill-2024-01-01t00-2024-01-01t10, slow-backfill-2024-02-01t00-2024-02-01t01); give more of the name"
+    );
+    let name = "slow-backfill-2024-01-01t00-2024-01-01t10";
+    cluster
+        .eventually("a first partition done", LONG, || async {
+            let b = backfills(&cluster)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            match b.status {
+                Some(s) if s.counts.done >= 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    let (ok, out, err) = cli
+        .run(&[
+            "-n",
+            NS,
+            "backfill",
+            "halt",
+            "slow-backfill-2024-01",
+            "--graceful",
+        ])
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("backfill/{name} halted; active instances may finish")
+    );
+    cluster
+        .eventually("the backfill to halt", LONG, || async {
+            let b = backfills(&cluster)
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = b.status.unwrap_or_default();
+            if s.state == charon_core::resources::BackfillState::Halted && s.counts.active == 0 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    let (ok, out, err) = cli
+        .run(&["-n", NS, "backfill", "show", "slow-backfill-2024-01"])
+        .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("Name:        {name}\n")), "{out}");
+    let progress = out
+        .lines()
+        .find(|l| l.starts_with("Progress:"))
+        .expect("progress");
+    assert!(
+        progress.ends_with("Halted"),
+        "no ETA for a halted backfill: {progress}"
+    );
+    let (ok, out, err) = cli
+        .run(&["-n", NS, "backfill", "resume", "slow-backfill-2024-01"])
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("backfill/{name} resumed; its pending partitions are triggered again")
+    );
+    let status = wait_completed(&cluster, name).await;
+    assert_eq!((status.counts.done, status.counts.failed), (10, 0));
+    let (ok, _, err) = cli.run(&["-n", NS, "backfill", "resume", name]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: backfill {name} is not halted")
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_gaps_retry_times_and_one_legend_and_logs_start_with_the_job() {
+    let cluster = Cluster::start().await;
+    let cli = Cli::new(&cluster);
+    hourly(&cluster, "gaps", "true").await;
+    hourly(&cluster, "flaky", "exit 3").await;
+    for (workflow, partition) in [
+        ("gaps", "2024-01-01T00"),
+        ("gaps", "2024-01-01T01"),
+        ("gaps", "2024-01-01T03"),
+        ("flaky", "2024-01-01T00"),
+    ] {
+        let (ok, _, err) = cli.run(&["-n", NS, "trigger", workflow, partition]).await;
+        assert!(ok, "{err}");
+    }
+    cluster
+        .wait_states("gaps", 3, &[InstanceState::Done], LONG)
+        .await;
+    cluster
+        .eventually("flaky's first failure", LONG, || async {
+            let i = cluster.instance("flaky-2024-01-01t00").await?;
+            let s = i.status.unwrap_or_default();
+            if s.state == InstanceState::Queued && s.next_attempt_at.is_some() {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        })
+        .await;
+    let (ok, out, err) = cli.run(&["-n", NS, "status"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Recent:   DD-D  (2024-01-01T00 … 2024-01-01T03)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains("D done")).count(),
+        1,
+        "one legend: {out}"
+    );
+    assert!(
+        out.ends_with(
+            "Recent: D done, E error, H halted, R running, Q queued, - no instance, . other\n"
+        ),
+        "{out}"
+    );
+    // The retry delay as a time, not the "retrying in 3m" frozen when it was written.
+    let line = out
+        .lines()
+        .find(|l| l.contains("exit code 3"))
+        .expect("flaky's line");
+    let shape = regex::Regex::new(r"exit code 3; retrying at \d\d:\d\d:\d\dZ \(in \d+m(\d+s)?\)$")
+        .expect("regex");
+    assert!(shape.is_match(line), "{line}");
+
+    // `charon logs` from the first moment the Job exists, before the attempt is recorded.
+    hourly(&cluster, "talks", "echo one; sleep 3; echo two").await;
+    let (ok, _, err) = cli
+        .run(&["-n", NS, "trigger", "talks", "2024-01-01T00"])
+        .await;
+    assert!(ok, "{err}");
+    let instance = "talks-2024-01-01t00";
+    cluster
+        .eventually("the Job", LONG, || async {
+            match cluster.jobs_of(instance).await.len() {
+                0 => Err("no Job".to_string()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    let unrecorded = cluster.instance(instance).await.expect("instance");
+    let status = unrecorded.status.expect("the schema's default status");
+    assert_eq!(status.job, None, "recorded already: {status:?}");
+    assert_eq!(status.state, InstanceState::Queued);
+    let (ok, out, err) = cli.run(&["-n", NS, "logs", "-f", instance]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "one\ntwo\n");
+    cluster.stop().await;
+}

@@ -439,6 +439,7 @@ fn names_categories_subresources_and_columns() {
                 ("Valid", ".status.conditions[?(@.type==\"Valid\")].status"),
                 ("Last", ".status.lastTriggered.parameter"),
                 ("Next", ".status.nextTrigger.parameter"),
+                ("Next At", ".status.nextTrigger.triggerAt"),
                 ("Active", ".status.active"),
                 ("Age", ".metadata.creationTimestamp"),
             ],
@@ -460,6 +461,17 @@ fn names_categories_subresources_and_columns() {
             ],
         };
         assert_eq!(columns, wanted, "{kind}'s default printer columns");
+        // kubectl prints a `date` column as an age, and `<invalid>` for a future time: only
+        // times in the past (creation) may be dates.
+        for column in version.additional_printer_columns.iter().flatten() {
+            if column.type_ == "date" {
+                assert_eq!(
+                    column.json_path, ".metadata.creationTimestamp",
+                    "{kind} column {} is a date but may lie in the future",
+                    column.name
+                );
+            }
+        }
         let schema = schema_of(kind);
         for column in version.additional_printer_columns.iter().flatten() {
             // Every column points at a field the schema has (filters aside).

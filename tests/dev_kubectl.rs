@@ -146,6 +146,40 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
         explain.contains("What to do with partitions missed"),
         "{explain}"
     );
+    let explain = ok(&dev, &["explain", "workflow.spec.template.imagePullPolicy"]);
+    assert!(
+        explain.contains("When the kubelet pulls the image"),
+        "{explain}"
+    );
+    // An instance nothing has recorded yet reads as Queued (the schema's default status),
+    // never as a blank STATE.
+    let instance = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&dev.kubeconfig)
+        .args(["create", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(
+                b"apiVersion: charon.dev/v1alpha1\nkind: WorkflowInstance\nmetadata: {name: hello-2024-01-01t00-00-00z}\nspec: {workflow: hello, parameter: '2024-01-01T00:00:00Z', logicalTime: '2024-01-01T00:00:00Z', trigger: {type: adhoc, id: adhoc-1-00000}}\n",
+            )?;
+            child.wait_with_output()
+        })
+        .expect("kubectl runs");
+    assert!(
+        instance.status.success(),
+        "{}",
+        String::from_utf8_lossy(&instance.stderr)
+    );
+    let row = ok(
+        &dev,
+        &["get", "cwfi", "hello-2024-01-01t00-00-00z", "--no-headers"],
+    );
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells.get(4), Some(&"Queued"), "{row}");
     let invalid = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&dev.kubeconfig)
@@ -227,6 +261,13 @@ spec:
 ---
 apiVersion: charon.dev/v1alpha1
 kind: Workflow
+metadata: {name: no-command}
+spec:
+  schedule: "* * * * *"
+  template: {image: busybox}
+---
+apiVersion: charon.dev/v1alpha1
+kind: Workflow
 metadata: {name: bad-minute}
 spec:
   schedule: "61 * * * *"
@@ -301,6 +342,46 @@ spec:
     );
     assert_eq!(jobs.lines().count(), 1, "{jobs}");
 
+    // A container without a command cannot start under the embedded kubelet: an immediate
+    // Error after one Job, saying why, rather than exit code 128 retried at full cost.
+    let errors = wait_for(
+        &dev,
+        "the no-command instance to end in Error",
+        Duration::from_secs(30),
+        &[
+            "get",
+            "cwfi",
+            "-o",
+            "jsonpath={range .items[?(@.spec.workflow==\"no-command\")]}{.metadata.name} {.status.state} {.status.tries} {.status.message}{\"\\n\"}{end}",
+        ],
+        |t| t.lines().any(|l| l.split(' ').nth(1) == Some("Error")),
+    );
+    let line = errors
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("Error"))
+        .expect("an Error line");
+    assert!(line.contains(" Error 1 "), "one attempt: {line}");
+    assert!(
+        line.contains("the embedded kubelet runs commands, not image entrypoints"),
+        "{line}"
+    );
+
+    // The next trigger reads as a time in the default view (a date column would say
+    // `<invalid>` for any time in the future).
+    let table = ok(&dev, &["get", "cwf", "every-minute"]);
+    assert!(
+        table.lines().next().unwrap_or_default().contains("NEXT AT"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(!row.contains("<invalid>"), "{table}");
+    assert!(
+        row.split_whitespace()
+            .any(|cell| chrono::DateTime::parse_from_rfc3339(cell)
+                .is_ok_and(|t| t > chrono::Utc::now() - chrono::Duration::minutes(1))),
+        "{table}"
+    );
+
     // The live log told the same story, one line per change.
     let log = dev.output();
     let lines: Vec<Vec<&str>> = log
@@ -314,6 +395,11 @@ spec:
     };
     let finished = done.split(' ').next().expect("instance name");
     assert!(said(finished, "Queued") && said(finished, "Done"), "{log}");
+    // Every change, also those recorded in the same status write as the run's end.
+    assert!(
+        said(finished, "Prepare") && said(finished, "Submitting"),
+        "{log}"
+    );
     assert!(said(&instance, "Error"), "{log}");
     assert!(said("workflow/bad-minute", "Invalid"), "{log}");
     assert!(

@@ -34,6 +34,12 @@ const INVALID: &[&str] = &[
     "CreateContainerConfigError",
     "CreateContainerError",
 ];
+/// Reasons of a container reported terminated that never ran: the runtime could not start
+/// its command (not in the image, not executable, a bad working directory; containerd says
+/// `StartError` with exit code 128, the older dockershim `RunContainerError`). The same Job
+/// fails the same way every time, so it is an immediate Error with the runtime's message
+/// rather than a retried exit code 128.
+const START_FAILURES: &[&str] = &["StartError", "RunContainerError"];
 
 /// Converts a Kubernetes timestamp (jiff) to chrono.
 pub fn time(t: &Time) -> Option<DateTime<Utc>> {
@@ -83,6 +89,13 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
         .find_map(|c| c.state.as_ref()?.terminated.as_ref());
     if condition(job, "Complete").is_some() {
         return JobStatus::Finished(AttemptOutcome::Exited(0));
+    }
+    if let Some(t) = terminated
+        && let Some(reason) = t.reason.as_deref()
+        && START_FAILURES.contains(&reason)
+    {
+        let message = t.message.as_deref().unwrap_or_default();
+        return JobStatus::Finished(AttemptOutcome::Invalid(describe(reason, message)));
     }
     if let Some((reason, message)) = condition(job, "Failed") {
         if reason == "DeadlineExceeded" {
@@ -313,6 +326,41 @@ mod tests {
                             "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}),
                 )],
                 JobStatus::Finished(AttemptOutcome::Infrastructure("Evicted: low on memory".into())),
+            ),
+            (
+                "a command that cannot start (containerd)",
+                Some(&failed),
+                vec![pod(
+                    t0,
+                    json!({"phase": "Failed", "containerStatuses": [{"name": "main", "image": "x",
+                        "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {
+                            "exitCode": 128, "reason": "StartError",
+                            "message": "failed to create containerd task: exec: \"report\": executable file not found in $PATH"}}}]}),
+                )],
+                JobStatus::Finished(AttemptOutcome::Invalid(
+                    "StartError: failed to create containerd task: exec: \"report\": executable file not found in $PATH".into(),
+                )),
+            ),
+            (
+                "a container without a command, before the Job's condition",
+                Some(&none),
+                vec![pod(
+                    t0,
+                    main_state(json!({"terminated": {"exitCode": 128, "reason": "RunContainerError",
+                        "message": "container \"main\" has no command"}})),
+                )],
+                JobStatus::Finished(AttemptOutcome::Invalid(
+                    "RunContainerError: container \"main\" has no command".into(),
+                )),
+            ),
+            (
+                "an ordinary exit 128 is retried",
+                Some(&none),
+                vec![pod(
+                    t0,
+                    main_state(json!({"terminated": {"exitCode": 128, "reason": "Error"}})),
+                )],
+                JobStatus::Finished(AttemptOutcome::Exited(128)),
             ),
             (
                 "failed without pods",

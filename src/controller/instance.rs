@@ -84,7 +84,13 @@ async fn reconcile_instance(
         Opening::Deleting => return Ok(Action::await_change()),
         Opening::Stale => return Ok(Action::requeue(STALE_RETRY)),
     };
-    if instance.status.is_none() && ctx.memory.burst.holds() {
+    // Never reconciled: no status, or the schema's default one (the API server fills in
+    // `status: {state: Queued}` on read).
+    let untouched = instance
+        .status
+        .as_ref()
+        .is_none_or(|s| *s == WorkflowInstanceStatus::default());
+    if untouched && ctx.memory.burst.holds() {
         // Triggers first: start this one once the workflows have created theirs.
         return Ok(Action::requeue(BURST_RETRY));
     }

@@ -209,25 +209,51 @@ async fn handle_annotations(
                 let backfill = annotation_backfill(workflow, &start, &end, concurrency)?;
                 let bf_name = backfill.name_any();
                 let api = ctx.api::<charon_core::resources::Backfill>(namespace);
-                match api.create(&PostParams::default(), &backfill).await {
-                    Ok(_) => {
-                        let message = format!(
-                            "{BACKFILL_ANNOTATION}: created Backfill {bf_name} for [{start}, {end}) with concurrency {concurrency}"
-                        );
-                        ctx.events
-                            .record(workflow, Severity::Normal, "BackfillCreated", &message)
-                            .await;
-                    }
-                    Err(e) if matches!(e.failure(), ApiFailure::Conflict | ApiFailure::Refused) => {
-                        let message = format!(
-                            "{BACKFILL_ANNOTATION}: {value:?} refused: {}",
-                            e.server_message().unwrap_or_default()
-                        );
+                // Refuse a range the Backfill would refuse, so the Event says so instead of
+                // "created" (the Backfill itself only checks its range when it reconciles).
+                let range = charon_core::validate::workflow(&workflow.spec)
+                    .map_err(|e| {
+                        format!(
+                            "the workflow's spec is invalid: {}",
+                            charon_core::validate::message(&e)
+                        )
+                    })
+                    .and_then(|valid| {
+                        charon_core::backfill::resolve_range(&valid.schedule, &backfill.spec, now)
+                            .map_err(|e| e.to_string())
+                    });
+                match range {
+                    Err(reason) => {
+                        let message = format!("{BACKFILL_ANNOTATION}: {value:?} refused: {reason}");
                         ctx.events
                             .record(workflow, Severity::Warning, "BackfillRefused", &message)
                             .await;
                     }
-                    Err(e) => return Err(call("create", "Backfill", namespace, &bf_name)(e)),
+                    Ok(_) => match api.create(&PostParams::default(), &backfill).await {
+                        Ok(_) => {
+                            let message = format!(
+                                "{BACKFILL_ANNOTATION}: created Backfill {bf_name} for [{start}, {end}) with concurrency {concurrency}"
+                            );
+                            ctx.events
+                                .record(workflow, Severity::Normal, "BackfillCreated", &message)
+                                .await;
+                        }
+                        Err(e)
+                            if matches!(
+                                e.failure(),
+                                ApiFailure::Conflict | ApiFailure::Refused
+                            ) =>
+                        {
+                            let message = format!(
+                                "{BACKFILL_ANNOTATION}: {value:?} refused: {}",
+                                e.server_message().unwrap_or_default()
+                            );
+                            ctx.events
+                                .record(workflow, Severity::Warning, "BackfillRefused", &message)
+                                .await;
+                        }
+                        Err(e) => return Err(call("create", "Backfill", namespace, &bf_name)(e)),
+                    },
                 }
             }
             Err(reason) => {

@@ -166,9 +166,10 @@ impl InstanceState {
 }
 
 /// Observed state of an instance, written by the controller: where it is in the lifecycle and
-/// the record of what ran.
+/// the record of what ran. Queued until the controller records otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = default_status)]
 pub struct WorkflowInstanceStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +231,18 @@ pub struct WorkflowInstanceStatus {
     /// another trigger has been re-opened, and the controller starts that run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+}
+
+/// Gives the status schema a default, the status of an instance nothing has happened to yet
+/// (state Queued). The API server drops the status of a create, and the controller records
+/// an attempt up to 5 s after its Job exists, so without a default `kubectl get cwfi` shows
+/// no state for a new instance; a default costs no write, as the API server applies it
+/// whenever it reads the object.
+fn default_status(schema: &mut schemars::Schema) {
+    // Serialising a struct of plain fields cannot fail.
+    if let Ok(default) = serde_json::to_value(WorkflowInstanceStatus::default()) {
+        schema.insert("default".to_string(), default);
+    }
 }
 
 /// `status.snapshot`: what the current execution runs, taken from the workflow in Prepare so a

@@ -46,7 +46,9 @@ pub(crate) const SIGNED_ISO_DURATION_PATTERN: &str = concat!("^[-+]?", iso_durat
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
     printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastTriggered.parameter"}"#,
     printcolumn = r#"{"name":"Next","type":"string","jsonPath":".status.nextTrigger.parameter"}"#,
-    printcolumn = r#"{"name":"Next At","type":"date","jsonPath":".status.nextTrigger.triggerAt","priority":1}"#,
+    // A string, not a date: kubectl prints a date column as an age, and `<invalid>` for a
+    // time in the future, which the next trigger always is.
+    printcolumn = r#"{"name":"Next At","type":"string","jsonPath":".status.nextTrigger.triggerAt"}"#,
     printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.active"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -263,7 +265,10 @@ pub struct WorkflowTemplate {
     pub pod_overrides: Option<serde_json::Value>,
 }
 
-/// `spec.template.imagePullPolicy`.
+/// When the kubelet pulls the image before starting an execution's container: Always (on
+/// every start, so a moved tag is picked up), IfNotPresent (only when the node lacks the
+/// image) or Never (the image must already be on the node). Unset: Kubernetes' default,
+/// Always for :latest or untagged images and IfNotPresent otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ImagePullPolicy {
     /// Pull on every start.
