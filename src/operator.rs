@@ -393,15 +393,28 @@ mod tests {
             (args.api_qps, args.api_burst, args.shutdown_timeout_seconds),
             (None, None, 10)
         );
-        let args = parse(&["--api-qps", "2.5", "--api-burst", "7", "--shutdown-timeout-seconds", "20"])
-            .expect("set");
+        let args = parse(&[
+            "--api-qps",
+            "2.5",
+            "--api-burst",
+            "7",
+            "--shutdown-timeout-seconds",
+            "20",
+        ])
+        .expect("set");
         assert_eq!(
             (args.api_qps, args.api_burst, args.shutdown_timeout_seconds),
             (Some(2.5), Some(7), 20)
         );
         let burst_alone = parse(&["--api-burst", "7"]).expect_err("a burst needs a rate");
-        assert!(burst_alone.to_string().contains("--api-qps"), "{burst_alone}");
+        assert!(
+            burst_alone.to_string().contains("--api-qps"),
+            "{burst_alone}"
+        );
         let zero = parse(&["--shutdown-timeout-seconds", "0"]).expect_err("0 is no bound");
-        assert!(zero.to_string().contains("--shutdown-timeout-seconds"), "{zero}");
+        assert!(
+            zero.to_string().contains("--shutdown-timeout-seconds"),
+            "{zero}"
+        );
     }
 }

@@ -348,7 +348,10 @@ mod tests {
             .create(&PostParams::default(), &configmap("a"))
             .await
             .expect_err("still throttled");
-        assert!(matches!(&error, kube::Error::Api(s) if s.code == 429), "{error}");
+        assert!(
+            matches!(&error, kube::Error::Api(s) if s.code == 429),
+            "{error}"
+        );
         assert_eq!(
             seen.requests.lock().expect("seen").len(),
             1 + RETRIES as usize
@@ -363,7 +366,10 @@ mod tests {
             .create(&PostParams::default(), &configmap("a"))
             .await
             .expect_err("not waited out");
-        assert!(matches!(&error, kube::Error::Api(s) if s.code == 429), "{error}");
+        assert!(
+            matches!(&error, kube::Error::Api(s) if s.code == 429),
+            "{error}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(seen.requests.lock().expect("seen").len(), 1);
     }
@@ -409,7 +415,11 @@ mod tests {
         assert_eq!(RateLimit::new(0.5, None).map(|l| l.burst), Ok(1));
         assert!(RateLimit::new(0.0, None).unwrap_err().contains("--api-qps"));
         assert!(RateLimit::new(f64::NAN, None).is_err());
-        assert!(RateLimit::new(5.0, Some(0)).unwrap_err().contains("--api-burst"));
+        assert!(
+            RateLimit::new(5.0, Some(0))
+                .unwrap_err()
+                .contains("--api-burst")
+        );
     }
 
     #[test]

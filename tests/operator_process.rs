@@ -114,7 +114,10 @@ async fn holder(cluster: &Cluster) -> Result<String, String> {
         .get("charon-operator")
         .await
         .map_err(|e| e.to_string())?;
-    Ok(lease.spec.and_then(|s| s.holder_identity).unwrap_or_default())
+    Ok(lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default())
 }
 
 /// Polls until `identity` holds the Lease; how long that took.
@@ -228,7 +231,8 @@ async fn stop_is_bounded_while_the_server_hangs(extra: &[&str]) {
     let exited = operator.exited(Duration::from_secs(30)).await;
     let took = stopping.elapsed();
     server.resume();
-    let status = exited.unwrap_or_else(|| panic!("still running 30 s after SIGTERM:\n{}", operator.log()));
+    let status =
+        exited.unwrap_or_else(|| panic!("still running 30 s after SIGTERM:\n{}", operator.log()));
     assert!(
         took < Duration::from_secs(3 + 2),
         "exited {took:?} after SIGTERM, bound 3 s:\n{}",
@@ -258,7 +262,11 @@ async fn api_qps_spreads_a_burst_of_writes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = kubeconfig(&cluster, &dir);
     let (qps, burst, workflows) = (5.0, 5.0, 30usize);
-    let operator = Operator::start(&kubeconfig, "polite", &["--api-qps", "5", "--api-burst", "5"]);
+    let operator = Operator::start(
+        &kubeconfig,
+        "polite",
+        &["--api-qps", "5", "--api-burst", "5"],
+    );
     operator
         .logged("connected to the API server", Duration::from_secs(30))
         .await;

@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(throttled(429, 0).retry_after(), None);
         // Only a transient failure's delay counts.
         assert_eq!(throttled(422, 7).retry_after(), None);
-        assert_eq!(call("get", "Job", "ns", "j")(api_error(429)).retry_after(), None);
+        assert_eq!(
+            call("get", "Job", "ns", "j")(api_error(429)).retry_after(),
+            None
+        );
     }
 
     #[test]

@@ -232,7 +232,9 @@ where
                     return;
                 }
                 Some(Err(err)) => tracing::warn!(%err, "renewing the leader lease"),
-                None => tracing::warn!(lease = %config.name, "renewing the leader lease: no answer in time"),
+                None => {
+                    tracing::warn!(lease = %config.name, "renewing the leader lease: no answer in time")
+                }
             }
             // Stop before the Lease can expire in others' eyes.
             if last_renewed.elapsed() + config.retry_period >= config.duration {
