@@ -6,9 +6,13 @@
 //! cargo bench --bench operator -- triggers 1000 10000
 //! cargo bench --bench operator -- backfill 10000 500
 //! cargo bench --bench operator -- triggers 10000 --events=warnings
+//! cargo bench --bench operator -- triggers 1000 --api-qps=50 --api-burst=100
 //! ```
 //!
 //! `--events=warnings` runs the operator as `charon operator --events warnings` does.
+//! `--api-qps=Q` (with `--api-burst=B`, default 2Q) runs `triggers` twice, without a limit and
+//! then with it as `charon operator --api-qps Q --api-burst B` does, and prints what the limit
+//! costs in trigger lateness.
 //!
 //! `triggers N…`: N hourly workflows, all due at the same top of the hour (the operator's clock
 //! is moved to just before it): trigger lateness (trigger instant → instance created) p50, p99
@@ -27,6 +31,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use charon::controller::{Clock, EventLevel, Metrics, ShiftedClock};
 use charon::operator::{self, Settings};
+use charon::throttle::{self, RateLimit};
 use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use futures::StreamExt;
@@ -160,9 +165,27 @@ impl Counter {
     }
 }
 
-async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow::Result<Client> {
+/// The limit `--api-qps=Q` and `--api-burst=B` on the command line ask for.
+fn api_limit() -> Option<RateLimit> {
+    let flag = |name: &str| {
+        std::env::args().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_string))
+    };
+    let qps: f64 = flag("api-qps")?
+        .parse()
+        .expect("--api-qps=<requests per second>");
+    let burst = flag("api-burst").map(|b| b.parse().expect("--api-burst=<requests>"));
+    Some(RateLimit::new(qps, burst).expect("a valid limit"))
+}
+
+async fn counting_client(
+    kubeconfig: &PathBuf,
+    counter: Arc<Counter>,
+    limit: Option<RateLimit>,
+) -> anyhow::Result<Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    // The operator's own retries (`throttle::client_from`) replace kube's.
+    config.default_retry = false;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_static(operator::OPERATOR_AGENT),
@@ -177,9 +200,11 @@ async fn counting_client(kubeconfig: &PathBuf, counter: Arc<Counter>) -> anyhow:
         }
         req
     });
-    Ok(kube::client::ClientBuilder::try_from(config)?
+    // Counted under the limit: what reaches the server.
+    let builder = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
-        .build())
+        .with_layer(&tower::util::BoxService::layer());
+    Ok(throttle::client_from(builder, limit))
 }
 
 fn start_operator(
@@ -187,6 +212,7 @@ fn start_operator(
     clock: Arc<ShiftedClock>,
     counter: Arc<Counter>,
     metrics: Arc<Metrics>,
+    limit: Option<RateLimit>,
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -194,7 +220,7 @@ fn start_operator(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let kubeconfig = kubeconfig.to_path_buf();
     let task = tokio::spawn(async move {
-        let client = counting_client(&kubeconfig, counter).await?;
+        let client = counting_client(&kubeconfig, counter, limit).await?;
         let settings = Settings {
             namespaces: Vec::new(),
             lease: None,
@@ -202,6 +228,8 @@ fn start_operator(
             metrics,
             identity: "bench".into(),
             events: events_level(),
+            shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
+            lease_client: None,
         };
         let shutdown = async move {
             let mut stopped = stopped;
@@ -259,7 +287,14 @@ where
         .await;
 }
 
-async fn triggers(n: usize) {
+/// Trigger lateness as a watching client saw it, in seconds.
+struct Lateness {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+async fn triggers(n: usize, limit: Option<RateLimit>) -> Lateness {
     let (dev, client) = start_cluster().await;
     let clock = Arc::new(ShiftedClock::default());
     let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
@@ -283,6 +318,7 @@ async fn triggers(n: usize) {
         clock.clone(),
         counter.clone(),
         metrics.clone(),
+        limit,
     );
     // Wait until every workflow knows its next trigger (watched: listing thousands of
     // workflows over and over would load the server being measured).
@@ -365,8 +401,11 @@ async fn triggers(n: usize) {
         .lock()
         .map(|k| k.clone())
         .unwrap_or_default();
+    let limited = limit.map_or("no API rate limit".to_string(), |l| {
+        format!("--api-qps {} --api-burst {}", l.qps, l.burst)
+    });
     println!(
-        "triggers: {n} hourly workflows: planned in {:.1}s; {} instances at the top of the hour; Events: {:?}",
+        "triggers: {n} hourly workflows, {limited}: planned in {:.1}s; {} instances at the top of the hour; Events: {:?}",
         planned_in.as_secs_f64(),
         lateness.len(),
         events_level()
@@ -412,6 +451,33 @@ async fn triggers(n: usize) {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(StdDuration::from_secs(10), task).await;
     drop(dev);
+    Lateness {
+        p50: percentile(&lateness, 0.5),
+        p99: percentile(&lateness, 0.99),
+        max: lateness.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// `triggers n` without a limit, then with `limit`, and what the limit costs.
+async fn triggers_limited(n: usize, limit: RateLimit) {
+    let free = triggers(n, None).await;
+    let limited = triggers(n, Some(limit)).await;
+    println!(
+        "triggers: {n} workflows, what --api-qps {} --api-burst {} costs in lateness seen by a watching client:",
+        limit.qps, limit.burst
+    );
+    println!(
+        "  unlimited p50 {:.3}s  p99 {:.3}s  max {:.3}s; limited p50 {:.3}s  p99 {:.3}s  max {:.3}s",
+        free.p50, free.p99, free.max, limited.p50, limited.p99, limited.max
+    );
+    println!(
+        "  the limit adds p50 {:+.3}s  p99 {:+.3}s  max {:+.3}s (the {n} creates alone need {:.1}s at {} a second)",
+        limited.p50 - free.p50,
+        limited.p99 - free.p99,
+        limited.max - free.max,
+        (n as f64 - f64::from(limit.burst)).max(0.0) / limit.qps,
+        limit.qps
+    );
 }
 
 async fn backfill(partitions: usize, concurrency: u32) {
@@ -451,6 +517,7 @@ async fn backfill(partitions: usize, concurrency: u32) {
         clock.clone(),
         counter.clone(),
         metrics.clone(),
+        None,
     );
     tokio::time::sleep(StdDuration::from_secs(1)).await;
     let start = Utc::now()
@@ -554,7 +621,13 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("triggers") => {
             for n in &args[1..] {
-                runtime.block_on(triggers(n.parse().expect("a number of workflows")));
+                let n = n.parse().expect("a number of workflows");
+                match api_limit() {
+                    Some(limit) => runtime.block_on(triggers_limited(n, limit)),
+                    None => {
+                        runtime.block_on(triggers(n, None));
+                    }
+                }
             }
         }
         Some("backfill") => {
@@ -563,7 +636,7 @@ fn main() {
             runtime.block_on(backfill(partitions, concurrency));
         }
         _ => {
-            runtime.block_on(triggers(1000));
+            runtime.block_on(triggers(1000, None));
             runtime.block_on(backfill(2000, 200));
         }
     }

@@ -152,7 +152,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Operator(args) => {
             drop(stdout);
-            tokio::runtime::Runtime::new()?.block_on(crate::operator::main(args))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(crate::operator::main(args));
+            // `main` returns within its shutdown bound; whatever it left behind (a request
+            // to a server that does not answer, a name lookup in a blocking thread) must not
+            // hold the process past it.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(250));
+            result?;
         }
     }
     Ok(())

@@ -83,6 +83,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             metrics: Arc::new(Metrics::default()),
             identity: "charon-dev".to_string(),
             events: crate::controller::EventLevel::All,
+            shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
+            lease_client: None,
         };
         let operator_client = crate::operator::client_with_agent(
             kube::Config::new(server.url().parse()?),

@@ -11,4 +11,5 @@ pub mod dev;
 pub mod operator;
 pub mod preview;
 pub mod telemetry;
+pub mod throttle;
 pub mod user;

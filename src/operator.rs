@@ -15,8 +15,9 @@ use futures::FutureExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::controller::leader::{LeaseConfig, run_elected};
+use crate::controller::leader::{LeaseConfig, Stop, run_elected};
 use crate::controller::{self, Clock, EventLevel, Metrics, Options, SystemClock};
+use crate::throttle::{self, RateLimit};
 
 /// Arguments of `charon operator`.
 #[derive(Clone, Debug, clap::Args)]
@@ -51,6 +52,18 @@ pub struct OperatorArgs {
     /// Which Kubernetes Events to write: `all` (one per instance transition) or `warnings`.
     #[arg(long, value_enum, default_value_t = EventLevel::All)]
     pub events: EventLevel,
+    /// How long stopping (SIGTERM, Ctrl-C) may take, in seconds, whatever the API server
+    /// does: reconciles under way get most of it, releasing the Lease the rest (at most 2 s).
+    /// Keep it below the pod's `terminationGracePeriodSeconds`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_timeout_seconds: u64,
+    /// Average API requests per second the controllers may make (default: no limit). The
+    /// Lease has its own, unlimited client so renewals never wait behind the controllers.
+    #[arg(long, value_name = "QPS")]
+    pub api_qps: Option<f64>,
+    /// Requests let through at once under `--api-qps` (default: twice `--api-qps`).
+    #[arg(long, value_name = "N", requires = "api_qps")]
+    pub api_burst: Option<u32>,
 }
 
 /// Settings of a running operator (what the arguments resolve to).
@@ -68,6 +81,23 @@ pub struct Settings {
     pub identity: String,
     /// Which Events to write.
     pub events: EventLevel,
+    /// How long stopping may take once `shutdown` resolved (see [`stop_budget`]).
+    pub shutdown_timeout: Duration,
+    /// The client for the Lease, when it is not the controllers' (which may be rate-limited).
+    pub lease_client: Option<Client>,
+}
+
+/// Default of [`Settings::shutdown_timeout`], as `--shutdown-timeout-seconds`.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most of a stop spent on releasing the Lease (a get and an update).
+const MAX_RELEASE: Duration = Duration::from_secs(2);
+
+/// How a stop of `total` is spent: the time the controllers get to finish the reconciles
+/// under way, and the time releasing the Lease gets after that.
+pub fn stop_budget(total: Duration) -> (Duration, Duration) {
+    let release = (total / 5).min(MAX_RELEASE);
+    (total.saturating_sub(release), release)
 }
 
 /// User agent of the operator's requests (the RBAC test tells its calls apart by it).
@@ -75,13 +105,23 @@ pub const OPERATOR_AGENT: &str = concat!("charon-operator/", env!("CARGO_PKG_VER
 /// User agent of the user commands' requests.
 pub const CLI_AGENT: &str = concat!("charon/", env!("CARGO_PKG_VERSION"));
 
-/// A client for `config` that names itself `agent` in the User-Agent header.
-pub fn client_with_agent(mut config: kube::Config, agent: &str) -> anyhow::Result<Client> {
+/// A client for `config` that names itself `agent` in the User-Agent header and waits out
+/// the server's `Retry-After` on 429 (see [`throttle`]).
+pub fn client_with_agent(config: kube::Config, agent: &str) -> anyhow::Result<Client> {
+    limited_client(config, agent, None)
+}
+
+/// [`client_with_agent`] that also keeps to `limit`, when given.
+pub fn limited_client(
+    mut config: kube::Config,
+    agent: &str,
+    limit: Option<RateLimit>,
+) -> anyhow::Result<Client> {
     config.headers.push((
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_str(agent)?,
     ));
-    Ok(Client::try_from(config)?)
+    Ok(throttle::client(config, limit)?)
 }
 
 /// Builds a client from a kubeconfig path and context, or infers one.
@@ -90,6 +130,14 @@ pub async fn client(
     context: Option<&str>,
     agent: &str,
 ) -> anyhow::Result<Client> {
+    client_with_agent(kube_config(kubeconfig, context).await?, agent)
+}
+
+/// The client configuration from a kubeconfig path and context, or inferred.
+pub async fn kube_config(
+    kubeconfig: Option<&PathBuf>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
     let options = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -103,7 +151,7 @@ pub async fn client(
         None if context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await?,
     };
-    client_with_agent(config, agent)
+    Ok(config)
 }
 
 fn default_identity() -> String {
@@ -115,12 +163,22 @@ fn default_identity() -> String {
 
 /// Runs `charon operator` until SIGTERM or Ctrl-C.
 pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
-    let client = client(
-        args.kubeconfig.as_ref(),
-        args.context.as_deref(),
-        OPERATOR_AGENT,
-    )
-    .await?;
+    // Handled from the start, so a stop while the server is still being reached is prompt
+    // too, and never lost.
+    let shutdown = stop_signals()
+        .context("handling SIGTERM and Ctrl-C")?
+        .shared();
+    let limit = args
+        .api_qps
+        .map(|qps| RateLimit::new(qps, args.api_burst))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let config = kube_config(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
+    let client = limited_client(config.clone(), OPERATOR_AGENT, limit)?;
+    let lease_client = match limit {
+        Some(_) => Some(client_with_agent(config, OPERATOR_AGENT)?),
+        None => None,
+    };
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease = args.leader_elect.then(|| LeaseConfig {
         namespace: args.lease_namespace.clone(),
@@ -136,6 +194,8 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
         identity,
         events: args.events,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_seconds),
+        lease_client,
     };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -145,37 +205,49 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
     let http = serve_endpoints(listener, settings.metrics.clone(), ready.clone());
     tokio::spawn(http);
     // Ready once the API server answers.
-    let version = client
-        .apiserver_version()
-        .await
-        .context("reaching the API server")?;
+    let version = tokio::select! {
+        version = client.apiserver_version() => version.context("reaching the API server")?,
+        () = shutdown.clone() => return Ok(()),
+    };
     tracing::info!(server = %version.git_version, "connected to the API server");
     ready.store(true, Ordering::SeqCst);
-    run(client, settings, shutdown_signal()).await
+    run(client, settings, shutdown).await
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C after this call (the handlers are installed at
+/// once, not when the future is first polled).
+pub fn stop_signals() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("shutting down");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
+    match stop_signals() {
+        Ok(signals) => signals.await,
+        Err(err) => {
+            tracing::warn!(%err, "cannot handle SIGTERM; waiting for Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }
 
 /// Runs the controllers (behind leader election when configured) until `shutdown` resolves.
@@ -208,17 +280,32 @@ pub async fn run(
             futures::future::join_all(runs).await;
         }
     };
+    let (grace, release) = stop_budget(settings.shutdown_timeout);
     match settings.lease.clone() {
         Some(lease) => {
-            let elected = run_elected(client, lease, &settings.metrics, controllers);
-            tokio::select! {
-                result = elected => result.map_err(anyhow::Error::from),
-                () = shutdown.clone() => Ok(()),
-            }
+            let lease_client = settings.lease_client.clone().unwrap_or(client);
+            let stop = Stop {
+                signal: shutdown,
+                grace,
+                release,
+            };
+            run_elected(lease_client, lease, &settings.metrics, controllers, stop)
+                .await
+                .map_err(anyhow::Error::from)
         }
         None => {
             settings.metrics.set_leader(true);
-            controllers.await;
+            let timeout = settings.shutdown_timeout;
+            let overdue = async move {
+                shutdown.await;
+                tokio::time::sleep(timeout).await;
+            };
+            tokio::select! {
+                () = controllers => {}
+                () = overdue => {
+                    tracing::warn!(?timeout, "the controllers did not stop in time: leaving them");
+                }
+            }
             Ok(())
         }
     }
@@ -272,5 +359,70 @@ async fn ready_handler(State(e): State<Endpoints>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "not connected to the API server yet",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<OperatorArgs, clap::Error> {
+        Command::try_parse_from(std::iter::once("operator").chain(args.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn a_stop_leaves_time_to_release_the_lease() {
+        assert_eq!(
+            stop_budget(SHUTDOWN_TIMEOUT),
+            (Duration::from_secs(8), Duration::from_secs(2))
+        );
+        assert_eq!(
+            stop_budget(Duration::from_secs(60)),
+            (Duration::from_secs(58), Duration::from_secs(2))
+        );
+        assert_eq!(
+            stop_budget(Duration::from_secs(1)),
+            (Duration::from_millis(800), Duration::from_millis(200))
+        );
+    }
+
+    #[test]
+    fn limits_and_the_shutdown_bound_are_flags() {
+        let args = parse(&[]).expect("defaults");
+        assert_eq!(
+            (args.api_qps, args.api_burst, args.shutdown_timeout_seconds),
+            (None, None, 10)
+        );
+        let args = parse(&[
+            "--api-qps",
+            "2.5",
+            "--api-burst",
+            "7",
+            "--shutdown-timeout-seconds",
+            "20",
+        ])
+        .expect("set");
+        assert_eq!(
+            (args.api_qps, args.api_burst, args.shutdown_timeout_seconds),
+            (Some(2.5), Some(7), 20)
+        );
+        let burst_alone = parse(&["--api-burst", "7"]).expect_err("a burst needs a rate");
+        assert!(
+            burst_alone.to_string().contains("--api-qps"),
+            "{burst_alone}"
+        );
+        let zero = parse(&["--shutdown-timeout-seconds", "0"]).expect_err("0 is no bound");
+        assert!(
+            zero.to_string().contains("--shutdown-timeout-seconds"),
+            "{zero}"
+        );
     }
 }

@@ -557,6 +557,84 @@ fn operator_pod_runs_under_the_restricted_profile_with_probes() {
     assert!(of_kind(&docs, "ServiceMonitor").is_empty());
 }
 
+/// The operator container's arguments and the pod's grace period, rendered with `extra`.
+fn operator_args_and_grace(extra: &[&str]) -> (Vec<String>, Value) {
+    let docs = documents(&render(extra));
+    let pod = &only(&docs, "Deployment")["spec"]["template"]["spec"];
+    let args = strings(pod["containers"][0].get("args"));
+    (args, pod["terminationGracePeriodSeconds"].clone())
+}
+
+/// The value following `flag` in `args`, if the flag is there.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+#[test]
+fn api_limits_and_the_shutdown_bound_reach_the_operator() {
+    // Defaults: no limit, the operator's own 10 s stop, well inside the pod's 30 s.
+    let (args, grace) = operator_args_and_grace(&[]);
+    assert_eq!(grace, Value::from(30));
+    for flag in ["--api-qps", "--api-burst", "--shutdown-timeout-seconds"] {
+        assert!(!args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    let (args, grace) = operator_args_and_grace(&[
+        "--set-json",
+        "apiQps=2.5",
+        "--set",
+        "apiBurst=20,shutdownTimeoutSeconds=40,terminationGracePeriodSeconds=60",
+    ]);
+    assert_eq!(grace, Value::from(60));
+    assert_eq!(flag_value(&args, "--api-qps"), Some("2.5"));
+    assert_eq!(flag_value(&args, "--api-burst"), Some("20"));
+    assert_eq!(flag_value(&args, "--shutdown-timeout-seconds"), Some("40"));
+    // The rendered flags are ones `charon operator` accepts.
+    let out = output(
+        Command::new(env!("CARGO_BIN_EXE_charon"))
+            .args(&args)
+            .arg("--help"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    for (set, complaint) in [
+        ("apiQps=-1", "/apiQps"),
+        ("apiBurst=-2", "/apiBurst"),
+        ("shutdownTimeoutSeconds=-1", "/shutdownTimeoutSeconds"),
+        (
+            "terminationGracePeriodSeconds=0",
+            "/terminationGracePeriodSeconds",
+        ),
+    ] {
+        let out = run_helm(&["template", "charon", CHART, "--set", set]);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            text(&out.stderr).contains(complaint),
+            "--set {set}: {}",
+            text(&out.stderr)
+        );
+    }
+    for (set, complaint) in [
+        ("apiBurst=10", "apiBurst needs apiQps"),
+        (
+            "shutdownTimeoutSeconds=30",
+            "shutdownTimeoutSeconds (30) must be below terminationGracePeriodSeconds (30)",
+        ),
+        (
+            "terminationGracePeriodSeconds=10",
+            "shutdownTimeoutSeconds (10) must be below terminationGracePeriodSeconds (10)",
+        ),
+    ] {
+        let out = run_helm(&["template", "charon", CHART, "--set", set]);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            text(&out.stderr).contains(complaint),
+            "--set {set}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn default_rbac_is_cluster_wide_except_the_lease() {
     let rendered = render_default();

@@ -161,7 +161,8 @@ impl Context {
     }
 
     /// What to do after a failed reconcile: a conflict is tried again soon (someone wrote
-    /// the object since it was read), anything else after `delay`, counted and logged.
+    /// the object since it was read), anything else after `delay` or the delay the server
+    /// asked for (429 `Retry-After`) if that is longer, counted and logged.
     pub fn requeue_after_error<K: Charon>(
         &self,
         object: &K,
@@ -181,7 +182,7 @@ impl Context {
             %error,
             "reconcile failed"
         );
-        Action::requeue(delay)
+        Action::requeue(error.retry_after().map_or(delay, |asked| asked.max(delay)))
     }
 }
 

@@ -183,6 +183,23 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         self.failure() == Some(ApiFailure::Conflict)
     }
+
+    /// How long the server asked to wait before asking again (`details.retryAfterSeconds`
+    /// of a 429 or 5xx Status), where it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Api {
+                source: kube::Error::Api(status),
+                ..
+            } if ApiFailure::of_code(status.code).is_transient() => status
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| std::time::Duration::from_secs(u64::from(s))),
+            _ => None,
+        }
+    }
 }
 
 /// Wraps a failed call's error with the call, for `map_err`:
@@ -246,6 +263,29 @@ mod tests {
             assert_eq!(ApiFailure::of(&api_error(code)), failure, "{code}");
             assert_eq!(failure.is_transient(), transient, "{code}");
         }
+    }
+
+    #[test]
+    fn the_delay_a_throttled_call_was_asked_for_is_kept() {
+        let throttled = |code: u16, seconds: u32| {
+            let details = serde_json::from_value(serde_json::json!({"retryAfterSeconds": seconds}))
+                .expect("status details");
+            let status = kube::core::Status::failure("slow down", "TooManyRequests")
+                .with_code(code)
+                .with_details(details);
+            call("create", "Job", "ns", "w-1")(kube::Error::Api(status.boxed()))
+        };
+        assert_eq!(
+            throttled(429, 7).retry_after(),
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(throttled(429, 0).retry_after(), None);
+        // Only a transient failure's delay counts.
+        assert_eq!(throttled(422, 7).retry_after(), None);
+        assert_eq!(
+            call("get", "Job", "ns", "j")(api_error(429)).retry_after(),
+            None
+        );
     }
 
     #[test]

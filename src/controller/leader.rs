@@ -114,66 +114,127 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<Outcome, 
 }
 
 /// Gives the Lease up (on clean shutdown) so another replica need not wait for it to expire.
-async fn release(api: &Api<Lease>, config: &LeaseConfig) {
-    let Ok(Some(mut lease)) = api.get_opt(&config.name).await else {
-        return;
+/// Whether it was given up.
+async fn release(api: &Api<Lease>, config: &LeaseConfig) -> bool {
+    let mut lease = match api.get_opt(&config.name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return false,
+        Err(err) => {
+            tracing::warn!(%err, "could not release the leader lease");
+            return false;
+        }
     };
     let Some(spec) = lease.spec.as_mut() else {
-        return;
+        return false;
     };
     if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        return;
+        return false;
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(micro(Utc::now()));
-    if let Err(err) = api
+    match api
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        tracing::warn!(%err, "could not release the leader lease");
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(%err, "could not release the leader lease");
+            false
+        }
     }
 }
 
+/// How leading ends on shutdown: once `signal` resolves the controllers get `grace` to
+/// finish the reconciles under way, and releasing the Lease gets `release` more. Both are
+/// bounded so a replica whose API server has gone away still exits within its pod's grace
+/// period.
+pub struct Stop<S> {
+    /// Resolves when the replica is asked to stop (SIGTERM, Ctrl-C).
+    pub signal: S,
+    /// How long the controllers may take to stop once `signal` resolved.
+    pub grace: Duration,
+    /// How long releasing the Lease may take.
+    pub release: Duration,
+}
+
+/// One acquire-or-renew round that must answer by `deadline`: an answer that comes later is
+/// no proof of leading, and a request to a server that does not answer would otherwise wait
+/// for ever (kube sets no read timeout).
+async fn attempt(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    deadline: tokio::time::Instant,
+) -> Option<Result<Outcome, kube::Error>> {
+    tokio::time::timeout_at(deadline, try_acquire(api, config))
+        .await
+        .ok()
+}
+
 /// Waits until this replica holds the Lease, then runs `work` while renewing it. Returns when
-/// `work` ends (after releasing the Lease) or with an error when the Lease was lost.
-pub async fn run_elected<F>(
+/// `work` ends or the replica is stopped (after releasing the Lease), or with an error when
+/// the Lease was lost.
+pub async fn run_elected<F, S>(
     client: Client,
     config: LeaseConfig,
     metrics: &Metrics,
     work: F,
+    stop: Stop<S>,
 ) -> Result<(), LeaderError>
 where
     F: std::future::Future<Output = ()>,
+    S: std::future::Future<Output = ()> + Clone,
 {
+    let Stop {
+        signal,
+        grace,
+        release: release_within,
+    } = stop;
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let mut last_following = None;
-    loop {
-        match try_acquire(&api, &config).await {
-            Ok(Outcome::Leading) => break,
-            Ok(Outcome::Following(holder)) => {
-                if last_following.as_ref() != Some(&holder) {
-                    tracing::info!(lease = %config.name, %holder, "waiting for the leader lease");
-                    last_following = Some(holder);
+    let acquire = async {
+        let mut last_following = None;
+        loop {
+            let started = tokio::time::Instant::now();
+            // Leading must leave at least a retry period before the new Lease expires.
+            let deadline = started + config.duration.saturating_sub(config.retry_period);
+            match attempt(&api, &config, deadline).await {
+                Some(Ok(Outcome::Leading)) => return started,
+                Some(Ok(Outcome::Following(holder))) => {
+                    if last_following.as_ref() != Some(&holder) {
+                        tracing::info!(lease = %config.name, %holder, "waiting for the leader lease");
+                        last_following = Some(holder);
+                    }
                 }
+                Some(Err(err)) => tracing::warn!(%err, "leader election"),
+                None => tracing::warn!(lease = %config.name, "leader election: no answer in time"),
             }
-            Err(err) => tracing::warn!(%err, "leader election"),
+            tokio::time::sleep(config.retry_period).await;
         }
-        tokio::time::sleep(config.retry_period).await;
-    }
+    };
+    let acquired = tokio::select! {
+        started = acquire => started,
+        // Not leading: nothing to release.
+        () = signal.clone() => return Ok(()),
+    };
     tracing::info!(lease = %config.name, identity = %config.identity, "leading");
     metrics.set_leader(true);
     let renew = async {
-        let mut last_renewed = tokio::time::Instant::now();
+        // When the last successful renewal was sent: the Lease runs from then in others' eyes.
+        let mut last_renewed = acquired;
         loop {
             tokio::time::sleep(config.retry_period).await;
-            match try_acquire(&api, &config).await {
-                Ok(Outcome::Leading) => last_renewed = tokio::time::Instant::now(),
-                Ok(Outcome::Following(holder)) => {
+            let started = tokio::time::Instant::now();
+            // A renewal answered after the Lease expired in others' eyes proves nothing.
+            match attempt(&api, &config, last_renewed + config.duration).await {
+                Some(Ok(Outcome::Leading)) => last_renewed = started,
+                Some(Ok(Outcome::Following(holder))) => {
                     tracing::error!(%holder, "another replica took the leader lease");
                     return;
                 }
-                Err(err) => tracing::warn!(%err, "renewing the leader lease"),
+                Some(Err(err)) => tracing::warn!(%err, "renewing the leader lease"),
+                None => {
+                    tracing::warn!(lease = %config.name, "renewing the leader lease: no answer in time")
+                }
             }
             // Stop before the Lease can expire in others' eyes.
             if last_renewed.elapsed() + config.retry_period >= config.duration {
@@ -181,13 +242,26 @@ where
             }
         }
     };
+    let overdue = async {
+        signal.await;
+        tokio::time::sleep(grace).await;
+        tracing::warn!(?grace, "the controllers did not stop in time: leaving them");
+    };
     let result = tokio::select! {
         () = work => Ok(()),
+        () = overdue => Ok(()),
         () = renew => Err(LeaderError::Lost(config.name.clone())),
     };
     metrics.set_leader(false);
     if result.is_ok() {
-        release(&api, &config).await;
+        match tokio::time::timeout(release_within, release(&api, &config)).await {
+            Ok(true) => tracing::info!(lease = %config.name, "released the leader lease"),
+            Ok(false) => {}
+            Err(_) => tracing::warn!(
+                lease = %config.name,
+                "could not release the leader lease in time: it expires by itself"
+            ),
+        }
     }
     result
 }

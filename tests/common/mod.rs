@@ -95,6 +95,8 @@ impl Cluster {
             metrics: Arc::new(Metrics::default()),
             identity: identity.into(),
             events: self.events,
+            shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
+            lease_client: None,
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {
