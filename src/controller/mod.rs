@@ -21,6 +21,7 @@ mod instance;
 mod liveness;
 mod memory;
 mod metrics;
+mod streams;
 mod workflow;
 
 pub mod backfill;
@@ -51,6 +52,7 @@ pub use metrics::Metrics;
 
 use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
+use streams::{FanOut, jumps_stream, stream_of};
 
 /// How the controllers run.
 #[derive(Clone)]
@@ -271,53 +273,4 @@ pub async fn run(
         signal,
         instance_root
     );
-}
-
-/// Hands each changed instance to every controller, in order, waiting for one that is
-/// behind by more than its buffer (so the watch slows down rather than a change being lost).
-#[derive(Clone)]
-struct FanOut(Arc<[mpsc::Sender<Arc<WorkflowInstance>>; 3]>);
-
-impl FanOut {
-    /// The fan-out and one stream per subscriber.
-    fn new(
-        buffer: usize,
-    ) -> (
-        FanOut,
-        [impl futures::Stream<Item = Arc<WorkflowInstance>> + Send + 'static; 3],
-    ) {
-        let (a, ra) = mpsc::channel(buffer);
-        let (b, rb) = mpsc::channel(buffer);
-        let (c, rc) = mpsc::channel(buffer);
-        let stream = |mut rx: mpsc::Receiver<Arc<WorkflowInstance>>| {
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        };
-        (
-            FanOut(Arc::new([a, b, c])),
-            [stream(ra), stream(rb), stream(rc)],
-        )
-    }
-
-    async fn send(&self, instance: Arc<WorkflowInstance>) {
-        for subscriber in self.0.iter() {
-            // A subscriber gone means its controller stopped: nothing is owed to it.
-            let _ = subscriber.send(instance.clone()).await;
-        }
-    }
-}
-
-/// A stream of what `rx` receives.
-fn stream_of<T: Send + 'static>(
-    mut rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// One item per jump of the clock.
-fn jumps_stream(
-    jumps: tokio::sync::watch::Receiver<u64>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(jumps, |mut jumps| async move {
-        jumps.changed().await.ok().map(|()| ((), jumps))
-    })
 }
