@@ -314,3 +314,34 @@ async fn a_job_the_server_refuses_as_too_large_ends_in_error() {
     assert_eq!(status.tries, 1);
     cluster.stop().await;
 }
+
+/// An instance created while the operator's watches were down reached it only through the
+/// relist that followed, and a relist is applied to the cache only when complete: the
+/// instance was looked up before that, not found, and never reconciled (it stayed without a
+/// status for ever). Listed instances must be handed on once the list is in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_created_while_the_watches_are_down_still_runs() {
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "relisted",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    let server = cluster.server.as_ref().expect("a running server");
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    // Every watch is cut and then expired, so each must relist, and every list fails until
+    // the faults are cleared; the workflow controller still creates the due instance.
+    server.set_error_rate("list", 1.0, 503);
+    server.expire_next_watches(1000);
+    server.drop_watches();
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    cluster.clock.advance(Duration::minutes(61));
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    server.clear_faults();
+    let instances = cluster
+        .wait_states("relisted", 1, &[InstanceState::Done], LONG)
+        .await;
+    cluster.assert_each_ran_once(&instances[..1]).await;
+    cluster.stop().await;
+}

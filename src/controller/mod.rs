@@ -52,7 +52,7 @@ pub use metrics::Metrics;
 
 use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
-use streams::{FanOut, jumps_stream, stream_of};
+use streams::{FanOut, jumps_stream, relay_instances, stream_of};
 
 /// How the controllers run.
 #[derive(Clone)]
@@ -147,7 +147,7 @@ pub async fn run(
     let memory = Arc::new(Memory::default());
     let forget = memory.clone();
     let cached = instances.clone();
-    let instance_root = watcher(
+    let instance_watch = watcher(
         api_for::<WorkflowInstance>(&client, namespace),
         watcher::Config::default(),
     )
@@ -155,34 +155,14 @@ pub async fn run(
     // The index learns of an instance before the cache does, so whoever the change wakes
     // finds it in both.
     .inspect(move |event| index.follow(event))
-    .reflect(instances_writer)
-    .for_each(move |event| {
-        let fan_out = fan_out.clone();
-        let cached = cached.clone();
-        let (forget, workflow_wake, backfill_wake) =
-            (forget.clone(), workflow_wake.clone(), backfill_wake.clone());
-        async move {
-            match event {
-                Ok(watcher::Event::Apply(instance) | watcher::Event::InitApply(instance)) => {
-                    // Just applied, so the cache has it (this stream applies the next event
-                    // only after this one is handed on).
-                    if let Some(stored) = cached.get(&reflector::ObjectRef::from_obj(&instance)) {
-                        fan_out.send(stored).await;
-                    }
-                }
-                Ok(watcher::Event::Delete(instance)) => {
-                    forget.forget(&instance);
-                    if let Some(workflow) = workflow_of(&instance) {
-                        let _ = workflow_wake.send(workflow);
-                    }
-                    if let Some(backfill) = backfill::backfill_of(&instance) {
-                        let _ = backfill_wake.send(backfill);
-                    }
-                }
-                Ok(watcher::Event::Init) => tracing::info!("listing WorkflowInstances"),
-                Ok(watcher::Event::InitDone) => tracing::info!("listed WorkflowInstances"),
-                Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
-            }
+    .reflect(instances_writer);
+    let instance_root = relay_instances(instance_watch, cached, fan_out, move |instance| {
+        forget.forget(instance);
+        if let Some(workflow) = workflow_of(instance) {
+            let _ = workflow_wake.send(workflow);
+        }
+        if let Some(backfill) = backfill::backfill_of(instance) {
+            let _ = backfill_wake.send(backfill);
         }
     });
 

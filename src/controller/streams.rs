@@ -1,8 +1,12 @@
 //! The streams that wire the controllers together: the fan-out of instance changes, and
 //! channels and clock jumps as streams.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use charon_core::resources::WorkflowInstance;
@@ -37,6 +41,64 @@ impl FanOut {
         for subscriber in self.0.iter() {
             // A subscriber gone means its controller stopped: nothing is owed to it.
             let _ = subscriber.send(instance.clone()).await;
+        }
+    }
+}
+
+/// Relays the shared instance watch, already applied to `cached`, to the controllers: each
+/// changed instance as the cache holds it goes to `fan_out`, and each deleted one to `deleted`.
+///
+/// A (re)list is applied to the cache only when it is complete, so the instances it lists are
+/// handed on then, not one by one: looked up earlier they are not in the cache yet (the new
+/// ones were never handed on at all, and an instance created while the watch was down waited
+/// for ever without a status). A relist reports no deletions: what the cache held before it
+/// and the list no longer has was deleted meanwhile.
+pub async fn relay_instances(
+    events: impl Stream<Item = Result<watcher::Event<WorkflowInstance>, watcher::Error>>,
+    cached: Store<WorkflowInstance>,
+    fan_out: FanOut,
+    mut deleted: impl FnMut(&WorkflowInstance),
+) {
+    let mut events = std::pin::pin!(events);
+    // While a list is under way: what the cache held when it began, and what it listed.
+    let mut listing: Option<(Vec<Arc<WorkflowInstance>>, HashSet<ObjectRef<WorkflowInstance>>)> =
+        None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(instance)) => {
+                // Just applied, so the cache has it (the watch applies the next event only
+                // after this one is handed on).
+                if let Some(stored) = cached.get(&ObjectRef::from_obj(&instance)) {
+                    fan_out.send(stored).await;
+                }
+            }
+            Ok(watcher::Event::Delete(instance)) => deleted(&instance),
+            Ok(watcher::Event::Init) => {
+                tracing::info!("listing WorkflowInstances");
+                listing = Some((cached.state(), HashSet::new()));
+            }
+            Ok(watcher::Event::InitApply(instance)) => {
+                if let Some((_, listed)) = listing.as_mut() {
+                    listed.insert(ObjectRef::from_obj(&instance));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                tracing::info!("listed WorkflowInstances");
+                let Some((before, listed)) = listing.take() else {
+                    continue;
+                };
+                for instance in before {
+                    if !listed.contains(&ObjectRef::from_obj(instance.as_ref())) {
+                        deleted(&instance);
+                    }
+                }
+                for reference in listed {
+                    if let Some(stored) = cached.get(&reference) {
+                        fan_out.send(stored).await;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "watching WorkflowInstances"),
         }
     }
 }
