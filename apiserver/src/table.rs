@@ -4,6 +4,45 @@
 
 use serde_json::{Value, json};
 
+/// What each row carries besides its cells (`?includeObject=`, meta.k8s.io TableOptions):
+/// `kubectl get --sort-by` and custom columns read the whole object from the rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Include {
+    /// No object.
+    None,
+    /// The object's metadata, as a PartialObjectMetadata (the default).
+    #[default]
+    Metadata,
+    /// The whole object.
+    Object,
+}
+
+impl Include {
+    /// Reads `includeObject` from the query; an unknown value is refused as the real server
+    /// refuses it.
+    pub fn from_query(
+        query: &std::collections::HashMap<String, String>,
+    ) -> Result<Include, crate::error::ApiError> {
+        match query.get("includeObject").map(String::as_str) {
+            None | Some("") | Some("Metadata") => Ok(Include::Metadata),
+            Some("None") => Ok(Include::None),
+            Some("Object") => Ok(Include::Object),
+            Some(other) => Err(crate::error::ApiError::bad_request(format!(
+                "includeObject: Unsupported value: \"{other}\": supported values: \"Metadata\", \"None\", \"Object\""
+            ))),
+        }
+    }
+}
+
+/// How a Table is rendered: the columns, and what each row carries.
+#[derive(Clone, Debug, Default)]
+pub struct Format {
+    /// Printer-column specs (a CRD's additionalPrinterColumns, or a built-in kind's).
+    pub columns: Vec<Value>,
+    /// What each row carries.
+    pub include: Include,
+}
+
 /// Whether the client asked for a Table.
 pub fn wanted(accept: &str) -> bool {
     accept
@@ -11,23 +50,28 @@ pub fn wanted(accept: &str) -> bool {
         .any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
 }
 
-/// Renders `items` with `columns` (a CRD's additionalPrinterColumns; empty gives Name and Age).
+/// Renders `items` with the format's columns (empty gives Name and Age). A Name column comes
+/// first unless the columns place it themselves (`"format": "name"`, as events do).
 pub fn render<'a>(
     items: impl IntoIterator<Item = &'a Value>,
-    columns: &[Value],
+    format: &Format,
     list_rv: Option<u64>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Value {
-    let mut columns: Vec<Value> = columns.to_vec();
+    let mut columns: Vec<Value> = format.columns.clone();
     if columns.is_empty() {
         columns.push(
             json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}),
         );
     }
-    let mut definitions = vec![json!({
-        "name": "Name", "type": "string", "format": "name", "priority": 0,
-        "description": "Name must be unique within a namespace.",
-    })];
+    let name_placed = columns.iter().any(|c| c["format"] == "name");
+    let mut definitions = Vec::new();
+    if !name_placed {
+        definitions.push(json!({
+            "name": "Name", "type": "string", "format": "name", "priority": 0,
+            "description": "Name must be unique within a namespace.",
+        }));
+    }
     for c in &columns {
         definitions.push(json!({
             "name": c["name"], "type": c["type"], "format": c.get("format").cloned().unwrap_or(json!("")),
@@ -41,7 +85,10 @@ pub fn render<'a>(
     let rows: Vec<Value> = items
         .into_iter()
         .map(|item| {
-            let mut cells = vec![item.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            let mut cells = Vec::new();
+            if !name_placed {
+                cells.push(item.pointer("/metadata/name").cloned().unwrap_or(Value::Null));
+            }
             for c in &columns {
                 let value = match c.get("compute").and_then(Value::as_str) {
                     Some(what) => computed(what, item, now),
@@ -49,10 +96,15 @@ pub fn render<'a>(
                 };
                 cells.push(cell(c["type"].as_str().unwrap_or("string"), value, now));
             }
-            json!({
-                "cells": cells,
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]},
-            })
+            let mut row = json!({"cells": cells});
+            match format.include {
+                Include::None => {}
+                Include::Metadata => {
+                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]});
+                }
+                Include::Object => row["object"] = item.clone(),
+            }
+            row
         })
         .collect();
     let mut metadata = json!({});
@@ -88,6 +140,31 @@ pub fn builtin_columns(group: &str, plural: &str) -> Vec<Value> {
             json!({"name": "Completions", "type": "string", "compute": "completions"}),
             json!({"name": "Duration", "type": "string", "compute": "duration"}),
         ],
+        // As the real server prints core/v1 Events: no leading Name (it comes last, wide).
+        ("", "events") => {
+            return vec![
+                json!({"name": "Last Seen", "type": "string", "compute": "lastSeen",
+                    "description": "Time when this Event was last observed."}),
+                json!({"name": "Type", "type": "string", "jsonPath": ".type",
+                    "description": "Type of this event (Normal, Warning), new types could be added in the future"}),
+                json!({"name": "Reason", "type": "string", "jsonPath": ".reason",
+                    "description": "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."}),
+                json!({"name": "Object", "type": "string", "compute": "involvedObject",
+                    "description": "The object that this event is about."}),
+                json!({"name": "Subobject", "type": "string", "priority": 1, "compute": "subobject",
+                    "description": "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement."}),
+                json!({"name": "Source", "type": "string", "priority": 1, "compute": "eventSource",
+                    "description": "The component reporting this event. Should be a short machine understandable string."}),
+                json!({"name": "Message", "type": "string", "jsonPath": ".message",
+                    "description": "A human-readable description of the status of this operation."}),
+                json!({"name": "First Seen", "type": "string", "priority": 1, "compute": "firstSeen",
+                    "description": "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"}),
+                json!({"name": "Count", "type": "string", "priority": 1, "compute": "eventCount",
+                    "description": "The number of times this event has occurred."}),
+                json!({"name": "Name", "type": "string", "format": "name", "priority": 1, "jsonPath": ".metadata.name",
+                    "description": "Name must be unique within a namespace."}),
+            ];
+        }
         ("coordination.k8s.io", "leases") => {
             vec![json!({"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"})]
         }
@@ -166,6 +243,55 @@ fn computed(what: &str, item: &Value, now: chrono::DateTime<chrono::Utc>) -> Opt
                 .unwrap_or(1);
             json!(format!("{}/{wanted}", int("/status/succeeded")))
         }
+        "lastSeen" => {
+            let seen = time("/lastTimestamp")
+                .or_else(|| time("/eventTime"))
+                .or_else(|| time("/metadata/creationTimestamp"))?;
+            json!(human_duration(now.signed_duration_since(seen)))
+        }
+        "firstSeen" => {
+            let seen = time("/firstTimestamp")
+                .or_else(|| time("/eventTime"))
+                .or_else(|| time("/metadata/creationTimestamp"))?;
+            json!(human_duration(now.signed_duration_since(seen)))
+        }
+        "involvedObject" => json!(format!(
+            "{}/{}",
+            item.pointer("/involvedObject/kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_lowercase(),
+            item.pointer("/involvedObject/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        )),
+        "eventSource" => {
+            let text = |p: &str| {
+                item.pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            };
+            let (first, second) = match text("/source/component") {
+                Some(component) => (Some(component), text("/source/host")),
+                None => (text("/reportingComponent"), text("/reportingInstance")),
+            };
+            json!(match (first, second) {
+                (Some(a), Some(b)) => format!("{a}, {b}"),
+                (Some(a), None) => a.to_string(),
+                (None, _) => String::new(),
+            })
+        }
+        "subobject" => item
+            .pointer("/involvedObject/fieldPath")
+            .cloned()
+            .unwrap_or(json!("")),
+        "eventCount" => json!(
+            item.pointer("/series/count")
+                .or_else(|| item.pointer("/count"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                .to_string()
+        ),
         "duration" => {
             let start = time("/status/startTime")?;
             let end = time("/status/completionTime").unwrap_or(now);
@@ -288,6 +414,93 @@ pub fn jsonpath(obj: &Value, path: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_carry_what_include_object_asks_for() {
+        let item = json!({"kind": "Gizmo", "apiVersion": "demo.test/v1",
+            "metadata": {"name": "g", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"size": 3}});
+        let now = chrono::Utc::now();
+        let query = |value: &str| {
+            std::collections::HashMap::from([("includeObject".to_string(), value.to_string())])
+        };
+        let row = |include: Include| {
+            let format = Format {
+                columns: Vec::new(),
+                include,
+            };
+            render([&item], &format, None, now)["rows"][0].clone()
+        };
+        assert_eq!(row(Include::Object)["object"], item);
+        assert_eq!(
+            row(Include::Metadata)["object"]["kind"],
+            "PartialObjectMetadata"
+        );
+        assert!(row(Include::None).get("object").is_none());
+        assert_eq!(
+            Include::from_query(&query("Object")).ok(),
+            Some(Include::Object)
+        );
+        assert_eq!(
+            Include::from_query(&Default::default()).ok(),
+            Some(Include::Metadata)
+        );
+        let refused = Include::from_query(&query("All")).err().map(|e| e.message);
+        assert!(refused.is_some_and(|m| m.contains("Unsupported value: \"All\"")));
+    }
+
+    #[test]
+    fn events_have_the_real_servers_columns() {
+        let event = json!({"metadata": {"name": "e1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "involvedObject": {"kind": "Pod", "name": "p"}, "type": "Warning", "reason": "Failed",
+            "message": "boom", "count": 4, "source": {"component": "kubelet", "host": "node-1"},
+            "lastTimestamp": "2026-01-01T00:00:00Z"});
+        let format = Format {
+            columns: builtin_columns("", "events"),
+            include: Include::None,
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:05:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok()
+            .unwrap_or_default();
+        let table = render([&event], &format, None, now);
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Last Seen",
+                "Type",
+                "Reason",
+                "Object",
+                "Subobject",
+                "Source",
+                "Message",
+                "First Seen",
+                "Count",
+                "Name"
+            ]
+        );
+        assert_eq!(
+            table["rows"][0]["cells"],
+            json!([
+                "5m",
+                "Warning",
+                "Failed",
+                "pod/p",
+                "",
+                "kubelet, node-1",
+                "boom",
+                "5m",
+                "4",
+                "e1"
+            ])
+        );
+    }
 
     #[test]
     fn paths_and_ages() {

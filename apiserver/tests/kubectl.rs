@@ -649,3 +649,65 @@ fn kubectl_runs_jobs_reads_logs_and_cascades_deletes() {
     let err = k.fails(&["get", "job", "sleeper"], None);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// `kubectl get --sort-by` reads the objects from the Table rows (it asks for
+/// `includeObject=Object`), and events get the columns the real server prints.
+#[test]
+fn kubectl_sorts_tables_and_shows_event_columns() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    k.ok_with(&["apply", "-f", "-"], Some(CRD));
+    poll(&k, &["get", "gizmos"], "the gizmo type", |out| {
+        !out.contains("the server doesn't have a resource type")
+    });
+    for (name, size) in [("b-middle", 5), ("a-large", 9), ("c-small", 2)] {
+        k.ok_with(
+            &["apply", "-f", "-"],
+            Some(&gizmo(name, &format!("{{size: {size}}}"))),
+        );
+    }
+    let out = k.ok(&["get", "gizmos", "--sort-by=.spec.size", "--no-headers"]);
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["c-small", "b-middle", "a-large"], "{out}");
+
+    let event = "apiVersion: v1\nkind: Event\nmetadata: {name: gizmo-resized, namespace: default}\n\
+        involvedObject: {kind: Gizmo, name: a-large, namespace: default, apiVersion: demo.test/v1}\n\
+        reason: Resized\nmessage: grown to nine\ntype: Normal\ncount: 3\n\
+        source: {component: gizmo-controller}\n\
+        firstTimestamp: \"2026-01-01T00:00:00Z\"\nlastTimestamp: \"2026-01-01T00:00:00Z\"\n";
+    k.ok_with(&["create", "-f", "-"], Some(event));
+    let out = k.ok(&["get", "events"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{out}"
+    );
+    let row = lines.next().unwrap_or_default();
+    assert!(
+        row.contains("Normal")
+            && row.contains("Resized")
+            && row.contains("gizmo/a-large")
+            && row.contains("grown to nine"),
+        "{out}"
+    );
+    let wide = k.ok(&["get", "events", "-o", "wide"]);
+    assert!(
+        wide.contains("SUBOBJECT")
+            && wide.contains("gizmo-controller")
+            && wide.contains("gizmo-resized"),
+        "{wide}"
+    );
+}

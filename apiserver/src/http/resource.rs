@@ -119,13 +119,16 @@ pub async fn resource(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let as_table = crate::table::wanted(accept);
+    let format = if as_table {
+        crate::table::Format {
+            columns: store.printer_columns(&t),
+            include: crate::table::Include::from_query(query)?,
+        }
+    } else {
+        crate::table::Format::default()
+    };
     let table = |items: &[Arc<Value>], rv: Option<u64>| {
-        crate::table::render(
-            items.iter().map(|v| &**v),
-            &store.printer_columns(&t),
-            rv,
-            chrono::Utc::now(),
-        )
+        crate::table::render(items.iter().map(|v| &**v), &format, rv, chrono::Utc::now())
     };
     match (method.clone(), name) {
         (Method::GET, Some(name)) if as_table => {
@@ -135,8 +138,8 @@ pub async fn resource(
         (Method::GET, None) => {
             let (labels, fields) = selectors(query)?;
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                let columns = as_table.then(|| store.printer_columns(&t));
-                return watch(app, &t, namespace, query, labels, fields, columns);
+                let table = as_table.then(|| format.clone());
+                return watch(app, &t, namespace, query, labels, fields, table);
             }
             let paging = Paging::from_query(query)?;
             let after = paging

@@ -35,13 +35,13 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-/// Encodes one watch event; with `columns` the object goes out as a one-row Table, as
+/// Encodes one watch event; with a table format the object goes out as a one-row Table, as
 /// `kubectl get -w` asks.
-fn event_line(kind: &str, object: &Value, columns: Option<&[Value]>) -> Bytes {
-    match columns {
-        Some(columns) => watch_line(
+fn event_line(kind: &str, object: &Value, table: Option<&crate::table::Format>) -> Bytes {
+    match table {
+        Some(format) => watch_line(
             kind,
-            &crate::table::render(std::iter::once(object), columns, None, chrono::Utc::now()),
+            &crate::table::render(std::iter::once(object), format, None, chrono::Utc::now()),
         ),
         None => watch_line(kind, object),
     }
@@ -57,7 +57,7 @@ pub fn watch(
     query: &HashMap<String, String>,
     labels: Selector,
     fields: Selector,
-    columns: Option<Vec<Value>>,
+    table: Option<crate::table::Format>,
 ) -> Result<Response, ApiError> {
     let store = &app.store;
     if app.faults.take_expired_watch() {
@@ -83,7 +83,7 @@ pub fn watch(
                 for e in events.iter().filter(|e| {
                     labels.matches_labels(&e.object) && fields.matches_fields(&e.object)
                 }) {
-                    initial.push(event_line(e.kind, &e.object, columns.as_deref()));
+                    initial.push(event_line(e.kind, &e.object, table.as_ref()));
                 }
                 last_sent = events
                     .last()
@@ -98,7 +98,7 @@ pub fn watch(
         None => {
             let (items, rv) = store.list(t, namespace, &labels, &fields);
             for item in &items {
-                initial.push(event_line("ADDED", item, columns.as_deref()));
+                initial.push(event_line("ADDED", item, table.as_ref()));
             }
             last_sent = rv;
         }
@@ -125,8 +125,7 @@ pub fn watch(
                     && (namespace.is_empty() || e.namespace == namespace)
                     && labels.matches_labels(&e.object)
                     && fields.matches_fields(&e.object);
-                let line =
-                    keep.then(|| Item::Line(event_line(e.kind, &e.object, columns.as_deref())));
+                let line = keep.then(|| Item::Line(event_line(e.kind, &e.object, table.as_ref())));
                 seen_by_events.fetch_max(e.rv, Ordering::SeqCst);
                 line
             }
