@@ -63,6 +63,7 @@ mod jobs;
 mod kubelet;
 mod lock;
 mod logs;
+mod metadata;
 mod openapi;
 mod protobuf;
 mod registry;

@@ -711,3 +711,39 @@ fn kubectl_sorts_tables_and_shows_event_columns() {
         "{wide}"
     );
 }
+
+/// Labels and annotations are checked on every kind, in the real server's words.
+#[test]
+fn kubectl_is_refused_invalid_labels_on_any_kind() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    let long = "v".repeat(64);
+    let job = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: labelled, labels: {{team: {long}}}}}\n\
+         spec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: main, image: busybox, command: [\"true\"]}}]\n"
+    );
+    let err = k.fails(&["create", "-f", "-"], Some(&job));
+    assert!(
+        err.contains(&format!(
+            "The Job \"labelled\" is invalid: metadata.labels: Invalid value: \"{long}\": must be no more than 63 characters"
+        )),
+        "{err}"
+    );
+    k.ok_with(&["apply", "-f", "-"], Some(CRD));
+    poll(&k, &["get", "gizmos"], "the gizmo type", |out| {
+        !out.contains("the server doesn't have a resource type")
+    });
+    k.ok_with(&["apply", "-f", "-"], Some(&gizmo("plain", "{size: 1}")));
+    let err = k.fails(&["label", "gizmo", "plain", "bad key!=x"], None);
+    assert!(err.contains("bad key!"), "{err}");
+    let err = k.fails(&["annotate", "gizmo", "plain", "a/b/c=x"], None);
+    assert!(
+        err.contains(
+            "metadata.annotations: Invalid value: \"a/b/c\": a qualified name must consist of"
+        ),
+        "{err}"
+    );
+    k.ok(&["label", "gizmo", "plain", "example.com/tier=gold"]);
+}

@@ -433,6 +433,7 @@ impl Store {
             name = format!("{prefix}{suffix}");
         }
         crate::validation::validate_name(t, &name)?;
+        crate::metadata::validate(t, &name, &obj)?;
         if t.namespaced {
             let ns_type = inner
                 .types
@@ -598,6 +599,7 @@ impl Store {
                 }
             }
         }
+        crate::metadata::validate(t, name, &obj)?;
         crd::apply_schema(&inner.objects, t, name, &mut obj, opts.strict)?;
         let is_crd = t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions";
         if is_crd && !status_only {
