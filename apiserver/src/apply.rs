@@ -1,10 +1,11 @@
-//! Server-side apply, simplified: each applier's fields are tracked in `metadata.managedFields`
-//! (FieldsV1, like the real server), fields a manager stops applying are removed, and
-//! changing a field another applier owns is a conflict unless forced.
+//! Field ownership, as the real server keeps it in `metadata.managedFields` (FieldsV1):
+//! appliers own what they apply (operation `Apply`); creates, updates and patches make their
+//! field manager the owner of the fields they set or change (operation `Update`, taking them
+//! from whoever owned them). Fields an applier stops applying are removed, and applying a
+//! different value to a field another manager owns is a conflict unless forced.
 //!
-//! Simplifications: lists are atomic (replaced whole, never merged by key), and only
-//! appliers own fields (plain updates and patches do not record `Update` entries), so
-//! conflicts arise between appliers only.
+//! Simplifications: lists are atomic (replaced whole, never merged by key), and the embedded
+//! controllers' own writes (Job status, pod status) record no manager.
 
 use std::collections::BTreeSet;
 
@@ -190,10 +191,7 @@ pub fn apply(
         .flat_map(|e| e.paths.iter().cloned())
         .collect();
     let mut conflicts = Vec::new();
-    for entry in entries
-        .iter_mut()
-        .filter(|e| !mine(e) && e.operation == "Apply")
-    {
+    for entry in entries.iter_mut().filter(|e| !mine(e)) {
         let taken: Vec<Path> = entry
             .paths
             .iter()
@@ -267,6 +265,115 @@ pub fn apply(
     Ok(result)
 }
 
+/// The field manager of a write that names none: the User-Agent up to its first `/`, as the
+/// real server takes it (`kubectl/v1.33.0 (linux/amd64) …` → `kubectl`).
+pub fn manager_of(field_manager: Option<&str>, user_agent: &str) -> String {
+    match field_manager.filter(|m| !m.is_empty()) {
+        Some(manager) => manager.to_string(),
+        None => user_agent.split('/').next().unwrap_or_default().to_string(),
+    }
+}
+
+/// Records a create, update or patch by `manager` in the managedFields of `new` (the object
+/// about to be stored; `current` is the stored one, `None` on create): the fields it set or
+/// changed become the manager's (operation `Update`) and leave their earlier owners, and
+/// fields no longer in the object leave every manager. The managedFields a client sent are
+/// not taken as they are. A write that changes no field keeps them as stored.
+pub fn record_update(
+    current: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+) {
+    let empty = json!({});
+    let before = current.unwrap_or(&empty);
+    let mut present = BTreeSet::new();
+    leaves(new, &mut Vec::new(), &mut present);
+    let changed: BTreeSet<Path> = present
+        .iter()
+        .filter(|p| get(before, p) != get(new, p))
+        .filter(|p| subresource != "status" || p.first().is_some_and(|k| k == "status"))
+        .cloned()
+        .collect();
+    let mut entries = entries(before);
+    let mut pruned = false;
+    for entry in &mut entries {
+        let kept = entry.paths.len();
+        entry.paths.retain(|owned| {
+            get(new, owned).is_some() && !changed.iter().any(|c| overlaps(c, owned))
+        });
+        pruned |= entry.paths.len() != kept;
+    }
+    let stored = before.pointer("/metadata/managedFields").cloned();
+    if changed.is_empty() && !pruned {
+        match stored {
+            Some(managed) => new["metadata"]["managedFields"] = managed,
+            None => {
+                if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("managedFields");
+                }
+            }
+        }
+        return;
+    }
+    let mine =
+        |e: &Entry| e.manager == manager && e.operation == "Update" && e.subresource == subresource;
+    let mut owned: BTreeSet<Path> = entries
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| e.paths.iter().cloned())
+        .collect();
+    owned.extend(changed.iter().cloned());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut managed: Vec<Value> = Vec::new();
+    let mut placed = false;
+    for entry in &entries {
+        if mine(entry) {
+            // The manager's entry keeps its place, with the new time.
+            placed = true;
+            managed.push(update_entry(
+                manager,
+                subresource,
+                api_version,
+                &now,
+                &owned,
+            ));
+        } else if !entry.paths.is_empty() {
+            let mut raw = entry.raw.clone();
+            raw["fieldsV1"] = to_fields_v1(&entry.paths);
+            managed.push(raw);
+        }
+    }
+    if !placed && !owned.is_empty() {
+        managed.push(update_entry(
+            manager,
+            subresource,
+            api_version,
+            &now,
+            &owned,
+        ));
+    }
+    new["metadata"]["managedFields"] = Value::Array(managed);
+}
+
+fn update_entry(
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+    time: &str,
+    paths: &BTreeSet<Path>,
+) -> Value {
+    let mut entry = json!({
+        "manager": manager, "operation": "Update", "apiVersion": api_version, "time": time,
+        "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(paths),
+    });
+    if !subresource.is_empty() {
+        entry["subresource"] = json!(subresource);
+    }
+    entry
+}
+
 /// The real server's message for apply conflicts.
 pub fn conflict_message(conflicts: &[Conflict]) -> String {
     if let [one] = conflicts {
@@ -293,6 +400,77 @@ pub fn conflict_message(conflicts: &[Conflict]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn updates_own_what_they_change_and_appliers_conflict_with_them() {
+        let mut created = json!({"metadata": {"name": "a"}, "spec": {"a": 1, "b": 2}});
+        record_update(None, &mut created, "kubectl-create", "", "v1");
+        assert_eq!(
+            created["metadata"]["managedFields"][0]["operation"],
+            "Update"
+        );
+        assert_eq!(
+            created["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:spec": {"f:a": {}, "f:b": {}}})
+        );
+        // A patch of one field takes it from the creator.
+        let mut patched = created.clone();
+        patched["spec"]["b"] = json!(3);
+        record_update(Some(&created), &mut patched, "kubectl-patch", "", "v1");
+        let managers: Vec<(&str, Value)> = patched["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["manager"].as_str().unwrap_or_default(),
+                    e["fieldsV1"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            managers,
+            [
+                ("kubectl-create", json!({"f:spec": {"f:a": {}}})),
+                ("kubectl-patch", json!({"f:spec": {"f:b": {}}}))
+            ]
+        );
+        // An update that changes nothing keeps managedFields as stored, time included.
+        let mut same = patched.clone();
+        same["metadata"]["managedFields"] = json!([]);
+        record_update(Some(&patched), &mut same, "other", "", "v1");
+        assert_eq!(same, patched);
+        // Applying another value over the patcher's field conflicts; the same value does not.
+        let err = apply(
+            &patched,
+            &json!({"spec": {"b": 4}}),
+            "kubectl",
+            "",
+            "v1",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            conflict_message(&err),
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\": .spec.b"
+        );
+        assert!(
+            apply(
+                &patched,
+                &json!({"spec": {"b": 3}}),
+                "kubectl",
+                "",
+                "v1",
+                false
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            manager_of(None, "kubectl/v1.33.0 (linux/amd64) kubernetes/abc"),
+            "kubectl"
+        );
+        assert_eq!(manager_of(Some("charon"), "kubectl/v1"), "charon");
+    }
 
     #[test]
     fn appliers_own_fields_and_conflict() {

@@ -13,8 +13,9 @@
 //!   streaming lists, 410 Gone once the bounded history has moved past it), create, update,
 //!   patch (JSON merge, JSON patch, and strategic merge for built-ins, which merges lists by
 //!   well-known keys rather than by the Go types' schemas), server-side apply (field
-//!   managers in managedFields, removal of fields an applier drops, conflicts and force;
-//!   lists are atomic), delete (finalizers, preconditions; a namespace takes its contents),
+//!   managers in managedFields, `Update` entries for creates, updates and patches by their
+//!   `fieldManager` or User-Agent, removal of fields an applier drops, conflicts with any
+//!   other manager and force; lists are atomic), delete (finalizers, preconditions; a namespace takes its contents),
 //!   deletecollection, `dryRun=All`, and `/status` for kinds with a status subresource;
 //! - errors as `metav1.Status` bodies shaped and worded like the real server's (404, 409
 //!   AlreadyExists and Conflict, 422 Invalid with field causes, 410 Expired);
@@ -46,8 +47,8 @@
 //!   injected errors, latency, dropped or expired watches, pause/resume, pod eviction, and
 //!   an image-pull failure pattern in [`Config`].
 //!
-//! Not yet: YAML or CBOR request bodies, Event tables, OpenAPI v2, other validation of
-//! built-in kinds, `Update` entries in managedFields; pod probes, init containers beyond
+//! Not yet: YAML or CBOR request bodies, OpenAPI v2, other validation of built-in kinds,
+//! managedFields for the embedded controllers' own writes; pod probes, init containers beyond
 //! running in order, resource limits, `exec`/`attach`/`port-forward`; Job pod failure
 //! policies, success policies and per-index back-off limits; events.k8s.io copies of the
 //! Events.

@@ -249,10 +249,30 @@ async fn crds_serve_custom_objects_with_a_status_subresource() {
     // Controllers apply status server-side; an unchanged apply causes no write.
     let status_apply = Patch::Apply(json!({"apiVersion": "example.test/v1", "kind": "Widget",
         "metadata": {"name": "w1"}, "status": {"phase": "Applied"}}));
+    // status.phase was last written by a replace (an `Update` by a client without a
+    // User-Agent): a different value conflicts unless forced, as on a real server.
+    let (code, reason, message) = api_error(
+        widgets
+            .patch_status(
+                "w1",
+                &PatchParams::apply("widget-controller"),
+                &status_apply,
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (
+            409,
+            "Conflict",
+            "Apply failed with 1 conflict: conflict with \"\": .status.phase"
+        )
+    );
     let applied = widgets
         .patch_status(
             "w1",
-            &PatchParams::apply("widget-controller"),
+            &PatchParams::apply("widget-controller").force(),
             &status_apply,
         )
         .await

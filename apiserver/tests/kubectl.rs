@@ -217,8 +217,30 @@ fn kubectl_manages_custom_objects() {
     ]);
     assert_eq!(out, "5 blue 3 hello");
 
-    let out = k.ok_with(
+    // The patches made kubectl-patch the owner of what they changed: applying another
+    // size conflicts (the same color does not) until the applier forces it.
+    let err = k.fails(
         &["apply", "--server-side", "-f", "-"],
+        Some(&gizmo("g1", "{size: 7, color: blue}")),
+    );
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\": .spec.size"),
+        "{err}"
+    );
+    let managers = k.ok(&[
+        "get",
+        "gz",
+        "g1",
+        "-o",
+        "jsonpath={range .metadata.managedFields[*]}{.manager}:{.operation} {end}",
+    ]);
+    assert!(
+        managers.contains("kubectl-client-side-apply:Update")
+            && managers.contains("kubectl-patch:Update"),
+        "{managers}"
+    );
+    let out = k.ok_with(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         Some(&gizmo("g1", "{size: 7, color: blue}")),
     );
     assert_eq!(out.trim(), "gizmo.demo.test/g1 serverside-applied");

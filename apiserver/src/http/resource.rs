@@ -109,7 +109,18 @@ pub async fn resource(
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|v| v == "All"));
-    let opts = Write { strict, dry_run };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let opts = Write {
+        strict,
+        dry_run,
+        manager: Some(crate::apply::manager_of(
+            query.get("fieldManager").map(String::as_str),
+            user_agent,
+        )),
+    };
     let preconditions = delete_options
         .get("preconditions")
         .cloned()
@@ -252,7 +263,7 @@ pub async fn resource(
                 let policy = crate::gc::Propagation::from_options(&delete_options, named)?
                     .unwrap_or_else(|| crate::gc::Propagation::default_for(&t));
                 let deletion = crate::gc::deletion(app, &t, &item, policy, None);
-                match store.delete_with(&t, &ns, &n, &Value::Null, opts, &deletion) {
+                match store.delete_with(&t, &ns, &n, &Value::Null, opts.clone(), &deletion) {
                     Ok(gone) => deleted.push(gone),
                     // Deleted meanwhile (e.g. with its namespace): nothing left to do.
                     Err(err) if err.code == 404 => {}
@@ -281,6 +292,11 @@ fn server_side_apply(
         return Err(ApiError::field_manager_required());
     };
     let force = query.get("force").is_some_and(|f| f == "true");
+    // The applier's entry is made by `apply` below, not recorded as an update.
+    let opts = Write {
+        manager: None,
+        ..opts
+    };
     let (current, exists) = match store.get(t, namespace, name) {
         Ok(current) => (current, true),
         Err(err) if err.code == 404 && subresource.is_empty() => (

@@ -48,13 +48,16 @@ pub struct Page {
 }
 
 /// How a write is carried out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Write {
     /// Refuse fields a CRD schema does not know (`fieldValidation=Strict`) instead of
     /// dropping them.
     pub strict: bool,
     /// Check and return the result without storing it (`dryRun=All`).
     pub dry_run: bool,
+    /// The field manager of a create, update or patch, recorded in managedFields as an
+    /// `Update`; `None` records nothing (server-side apply, and the embedded controllers).
+    pub manager: Option<String>,
 }
 
 /// What a delete does besides removing the object, decided by the HTTP layer from
@@ -509,6 +512,9 @@ impl Store {
         if t.plural == "namespaces" && t.group.is_empty() {
             obj["status"] = json!({"phase": "Active"});
         }
+        if let Some(manager) = &opts.manager {
+            crate::apply::record_update(None, &mut obj, manager, "", &t.api_version());
+        }
         check_size(&obj)?;
         if opts.dry_run {
             if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -640,6 +646,22 @@ impl Store {
         }
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
+        if let Some(manager) = &opts.manager {
+            let mut candidate = obj.clone();
+            candidate["metadata"] = Value::Object(meta.clone());
+            let subresource = if status_only { "status" } else { "" };
+            crate::apply::record_update(
+                Some(&current),
+                &mut candidate,
+                manager,
+                subresource,
+                &t.api_version(),
+            );
+            match candidate.pointer("/metadata/managedFields") {
+                Some(managed) => meta.insert("managedFields".into(), managed.clone()),
+                None => meta.remove("managedFields"),
+            };
+        }
         // The write changes nothing if, with the current resourceVersion, its metadata and
         // everything else equal the stored object's.
         let unchanged = same_but_metadata(&obj, &current)
