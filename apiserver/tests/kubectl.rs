@@ -769,3 +769,38 @@ fn kubectl_is_refused_invalid_labels_on_any_kind() {
     );
     k.ok(&["label", "gizmo", "plain", "example.com/tier=gold"]);
 }
+
+mod recorded;
+
+/// Replays the recorded kubectl session (see `tests/recorded`) and compares every answer
+/// with the real server's.
+#[test]
+fn kubectl_session_matches_the_real_server() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    let mut differences = Vec::new();
+    for step in recorded::SESSION {
+        let out = k.run(step.args, step.stdin);
+        let printed = if step.succeeds {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
+        let printed = String::from_utf8_lossy(printed).trim().to_string();
+        let same = match step.output {
+            recorded::Answer::Exactly(text) => printed == text,
+            recorded::Answer::StartsWith(text) => printed.starts_with(text),
+        };
+        if out.status.success() != step.succeeds || !same {
+            differences.push(format!(
+                "kubectl {}: exit {:?}, printed:\n{printed}\nstderr:\n{}",
+                step.args.join(" "),
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n\n"));
+}
