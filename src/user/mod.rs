@@ -352,6 +352,8 @@ impl Ctx {
             .map_err(|e| not_found("workflow", name, &self.namespace, e))
     }
 
+    /// Prints `value` as JSON or YAML. Callers leave out managedFields first
+    /// ([`without_managed_fields`]), as `kubectl get -o json` does unless asked.
     fn print<T: Serialize>(&self, value: &T, out: &mut dyn Write) -> anyhow::Result<()> {
         match self.output {
             Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
@@ -399,7 +401,7 @@ impl Ctx {
             )?,
             _ => {
                 let instance = self.instance(&triggered.instance).await?;
-                self.print(&instance, out)?;
+                self.print(&without_managed_fields(instance), out)?;
             }
         }
         Ok(())
@@ -470,7 +472,7 @@ impl Ctx {
                         created.name_any(),
                         partitions.len()
                     )?,
-                    _ => self.print(&created, out)?,
+                    _ => self.print(&without_managed_fields(created), out)?,
                 }
                 Ok(())
             }
@@ -478,6 +480,8 @@ impl Ctx {
                 let mut list = self.backfills().list(&ListParams::default()).await?.items;
                 list.sort_by_key(|b| b.name_any());
                 if self.output != Output::Table {
+                    let list: Vec<Backfill> =
+                        list.into_iter().map(without_managed_fields).collect();
                     return self.print(&list, out);
                 }
                 let rows: Vec<Vec<String>> = list
@@ -513,7 +517,7 @@ impl Ctx {
                 let backfill = self.backfill_named(&name).await?;
                 let name = backfill.name_any();
                 if self.output != Output::Table {
-                    return self.print(&backfill, out);
+                    return self.print(&without_managed_fields(backfill), out);
                 }
                 let s = backfill.status.clone().unwrap_or_default();
                 writeln!(out, "Name:        {name}")?;
@@ -680,7 +684,7 @@ impl Ctx {
                 .map_err(|e| not_found("workflow", bare, &self.namespace, e))?
         };
         if self.output != Output::Table {
-            return self.print(&patched, out);
+            return self.print(&without_managed_fields(patched), out);
         }
         let what = match (suspend, unchanged) {
             (true, true) => "is suspended already",
@@ -789,6 +793,12 @@ impl Ctx {
         let instances = self.instances().list(&ListParams::default()).await?.items;
         let backfills = self.backfills().list(&ListParams::default()).await?.items;
         if self.output != Output::Table {
+            let workflows: Vec<Workflow> =
+                workflows.into_iter().map(without_managed_fields).collect();
+            let instances: Vec<WorkflowInstance> =
+                instances.into_iter().map(without_managed_fields).collect();
+            let backfills: Vec<Backfill> =
+                backfills.into_iter().map(without_managed_fields).collect();
             #[derive(Serialize)]
             struct Report<'a> {
                 workflows: &'a [Workflow],
@@ -914,3 +924,10 @@ pub fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<EnvVar>> {
 /// How long `charon logs` waits for the pod of a new attempt to start its container, as
 /// `kubectl logs --pod-running-timeout` does by default.
 const POD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `object` without `metadata.managedFields`: bookkeeping of the API server that `kubectl get
+/// -o json|yaml` hides unless asked, and so does Charon's output.
+fn without_managed_fields<K: kube::Resource>(mut object: K) -> K {
+    object.meta_mut().managed_fields = None;
+    object
+}
