@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use charon_core::resources::{
-    Backfill, BackfillCounts, BackfillPartition, BackfillSpec, BackfillState, BackfillStatus,
-    Condition, ConditionStatus, ExecutionSnapshot, HistoryEntry, InstanceState, NextTrigger,
-    RunRecord, Trigger, TriggerType, TriggeredPartition, Workflow, WorkflowInstance,
-    WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec, WorkflowStatus,
+    AttemptOutcomeKind, AttemptRecord, Backfill, BackfillCounts, BackfillPartition, BackfillSpec,
+    BackfillState, BackfillStatus, Condition, ConditionStatus, ExecutionSnapshot, HistoryEntry,
+    InstanceState, NextTrigger, RunRecord, Trigger, TriggerType, TriggeredPartition, Workflow,
+    WorkflowInstance, WorkflowInstanceSpec, WorkflowInstanceStatus, WorkflowSpec, WorkflowStatus,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
@@ -1005,6 +1005,16 @@ fn what_the_controller_writes_validates() {
             last_exit_code: Some(1),
             started_at: Some(t(0)),
             finished_at: Some(t(1)),
+        }],
+        attempts: vec![AttemptRecord {
+            execution: 4,
+            job: "hourly-report-2024-10-27t02-01-00-4".into(),
+            started_at: Some(t(2)),
+            finished_at: Some(t(3)),
+            exit_code: Some(137),
+            outcome: Some(AttemptOutcomeKind::Failed),
+            reason: "Failed".into(),
+            archived: false,
         }],
         trigger: Some(trigger.clone()),
     });

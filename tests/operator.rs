@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration as StdDuration;
 
-use charon_core::resources::{InstanceState, find_condition};
+use charon_core::resources::{AttemptOutcomeKind, InstanceState, find_condition};
 use chrono::Duration;
 use common::{Cluster, LONG, NS, is_status_write, is_write, requests_between, state};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -357,6 +357,39 @@ async fn exit_codes_decide_retries() {
     drop(names);
     let reasons: Vec<&str> = status.history.iter().map(|h| h.reason.as_str()).collect();
     assert!(reasons.contains(&"MissingDependencies"), "{reasons:?}");
+    // The run history outlives the first attempt's Job.
+    let attempts: Vec<_> = status
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.execution,
+                a.exit_code,
+                a.outcome,
+                a.reason.as_str(),
+                a.finished_at.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (
+                1,
+                Some(20),
+                Some(AttemptOutcomeKind::Failed),
+                "MissingDependencies",
+                true
+            ),
+            (
+                2,
+                Some(0),
+                Some(AttemptOutcomeKind::Succeeded),
+                "Succeeded",
+                true
+            ),
+        ]
+    );
     cluster.stop().await;
 }
 

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use crate::backfill::partition_state;
 use crate::instance::{self, Instance, Transition};
 use crate::resources::{
-    Backfill, HistoryEntry, InstanceState, RunRecord, Trigger, TriggerType, Workflow,
-    WorkflowInstance, WorkflowInstanceStatus,
+    AttemptOutcomeKind, AttemptRecord, Backfill, HistoryEntry, InstanceState, RunRecord, Trigger,
+    TriggerType, Workflow, WorkflowInstance, WorkflowInstanceStatus,
 };
 use crate::retry::RetryCounters;
 
@@ -68,13 +68,67 @@ pub fn after_step(
             reason: t.reason.clone(),
             message: t.message.clone(),
         });
+        record_attempt(&mut status.attempts, t, after, now);
     }
     let limit = workflow.spec.history.limit.max(1) as usize;
     if status.history.len() > limit {
         let excess = status.history.len() - limit;
         status.history.drain(..excess);
     }
+    if status.attempts.len() > limit {
+        let excess = status.attempts.len() - limit;
+        status.attempts.drain(..excess);
+    }
     status
+}
+
+/// Whether an attempt is under way in `state`.
+fn attempt_active(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Submitting | InstanceState::Submitted | InstanceState::Running
+    )
+}
+
+/// Keeps `status.attempts` up with one transition: an attempt begins when its Job is to be
+/// created, ends when it leaves the running states (with its exit code and how it ended),
+/// and takes the reason of what the instance did next.
+fn record_attempt(
+    attempts: &mut Vec<AttemptRecord>,
+    t: &Transition,
+    after: &Instance,
+    now: DateTime<Utc>,
+) {
+    if t.to == InstanceState::Submitting {
+        attempts.push(AttemptRecord {
+            execution: after.execution,
+            job: after.job.clone().unwrap_or_default(),
+            started_at: Some(now),
+            ..AttemptRecord::default()
+        });
+        return;
+    }
+    let Some(last) = attempts.last_mut() else {
+        return;
+    };
+    if attempt_active(t.from) && !attempt_active(t.to) && last.finished_at.is_none() {
+        last.finished_at = Some(now);
+        last.outcome = Some(match (t.to, t.reason.as_str()) {
+            (InstanceState::Halted, _) => AttemptOutcomeKind::Halted,
+            (InstanceState::Failed, "TimedOut") => AttemptOutcomeKind::TimedOut,
+            (InstanceState::Terminated, _) if after.last_exit_code == Some(0) => {
+                AttemptOutcomeKind::Succeeded
+            }
+            _ => AttemptOutcomeKind::Failed,
+        });
+        if t.to == InstanceState::Terminated {
+            last.exit_code = after.last_exit_code;
+        }
+        last.reason = t.reason.clone();
+    } else if matches!(t.from, InstanceState::Terminated | InstanceState::Failed) {
+        // What the judged attempt led to: done, a retry, or giving up.
+        last.reason = t.reason.clone();
+    }
 }
 
 /// The status of a finished instance re-opened as a new run by `trigger` (SPEC §3): the
@@ -195,6 +249,102 @@ mod tests {
     use super::*;
     use crate::resources::{BackfillPartition, BackfillStatus, WorkflowStatus};
     use chrono::TimeZone;
+
+    /// Steps `status` through the machine with `job` observed at `at`.
+    fn stepped(
+        status: &WorkflowInstanceStatus,
+        job: crate::instance::JobStatus,
+        halted: bool,
+        at: &str,
+    ) -> WorkflowInstanceStatus {
+        let now: DateTime<Utc> = at.parse().expect("a time");
+        let observation = crate::instance::Observation {
+            halted,
+            retry_now: true,
+            slot: Ok(()),
+            job,
+            running_timeout: None,
+        };
+        let step = crate::instance::step(
+            &to_machine("w-2024-01-01t05", status),
+            &observation,
+            &crate::retry::RetryPolicy::default(),
+            now,
+            &mut |_| 0,
+        );
+        after_step(
+            status,
+            &step.instance,
+            &step.transitions,
+            now,
+            &workflow(None),
+        )
+    }
+
+    #[test]
+    fn every_attempt_is_on_record_with_how_it_ended() {
+        use crate::instance::JobStatus::{Finished, Missing, Running};
+        use crate::retry::AttemptOutcome::Exited;
+        let mut status = WorkflowInstanceStatus::default();
+        status = stepped(&status, Missing, false, "2024-01-01T06:00:00Z");
+        assert_eq!(status.attempts.len(), 1, "begun with its Job");
+        assert_eq!(status.attempts[0].finished_at, None);
+        status = stepped(&status, Finished(Exited(1)), false, "2024-01-01T06:01:00Z");
+        // Retried at once (retry-now), and then it succeeds.
+        status = stepped(&status, Missing, false, "2024-01-01T06:02:00Z");
+        status = stepped(&status, Running(None), false, "2024-01-01T06:02:30Z");
+        status = stepped(&status, Finished(Exited(0)), false, "2024-01-01T06:03:00Z");
+        let summary: Vec<_> = status
+            .attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.execution,
+                    a.job.as_str(),
+                    a.exit_code,
+                    a.outcome,
+                    a.reason.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    1,
+                    "w-2024-01-01t05-1",
+                    Some(1),
+                    Some(AttemptOutcomeKind::Failed),
+                    "Failed"
+                ),
+                (
+                    2,
+                    "w-2024-01-01t05-2",
+                    Some(0),
+                    Some(AttemptOutcomeKind::Succeeded),
+                    "Succeeded"
+                ),
+            ]
+        );
+        assert_eq!(
+            status.attempts[1].finished_at,
+            Some("2024-01-01T06:03:00Z".parse().expect("a time"))
+        );
+
+        // A halted attempt ends Halted, without an exit code.
+        let mut halted = stepped(
+            &WorkflowInstanceStatus::default(),
+            Missing,
+            false,
+            "2024-01-01T06:00:00Z",
+        );
+        halted = stepped(&halted, Running(None), true, "2024-01-01T06:00:10Z");
+        let last = halted.attempts.last().expect("an attempt");
+        assert_eq!(
+            (last.outcome, last.exit_code, last.reason.as_str()),
+            (Some(AttemptOutcomeKind::Halted), None, "Halted")
+        );
+    }
 
     fn instance(trigger: &str) -> WorkflowInstance {
         serde_json::from_value(serde_json::json!({

@@ -227,6 +227,10 @@ pub struct WorkflowInstanceStatus {
     /// Earlier runs of this partition, kept when an ad-hoc or backfill trigger re-opens it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<RunRecord>,
+    /// Every attempt of the current and earlier runs, oldest first (SPEC §11), bounded by
+    /// the workflow's spec.history.limit: the run history that outlives the Jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
     /// The trigger of the run this status describes. A finished instance whose spec names
     /// another trigger has been re-opened, and the controller starts that run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +286,48 @@ pub struct HistoryEntry {
     /// What a person reads.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// One entry of `status.attempts`: one execution, from its Job's creation to its end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The execution number (the suffix of its Job's name).
+    pub execution: u32,
+    /// Its Job.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job: String,
+    /// When its Job was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended; unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its main container's exit code, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// How it ended: Succeeded, Failed, TimedOut or Halted; unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcomeKind>,
+    /// Why the instance went on as it did (Succeeded, a retry reason, the reason it gave up).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Whether its log is in the log store.
+    #[serde(default)]
+    pub archived: bool,
+}
+
+/// `status.attempts[].outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AttemptOutcomeKind {
+    /// Exited 0.
+    Succeeded,
+    /// Exited otherwise, or broke without an exit code.
+    Failed,
+    /// Ran past the running timeout.
+    TimedOut,
+    /// Stopped by a person.
+    Halted,
 }
 
 /// One entry of `status.runs`.

@@ -14,8 +14,8 @@ pub use self::condition::{
     Condition, ConditionStatus, condition_type, find_condition, set_condition,
 };
 pub use self::instance::{
-    ExecutionSnapshot, HistoryEntry, InstanceState, RunRecord, Trigger, TriggerType,
-    WorkflowInstance, WorkflowInstanceSpec, WorkflowInstanceStatus,
+    AttemptOutcomeKind, AttemptRecord, ExecutionSnapshot, HistoryEntry, InstanceState, RunRecord,
+    Trigger, TriggerType, WorkflowInstance, WorkflowInstanceSpec, WorkflowInstanceStatus,
 };
 pub use self::workflow::{
     CatchUpPolicy, HistorySpec, ImagePullPolicy, NextTrigger, RetryPolicySpec, SecretMount,
