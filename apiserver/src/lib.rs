@@ -10,7 +10,9 @@
 //!   `fieldValidation`, which `kubectl apply` and `explain` need);
 //! - for every kind: get, list (label selectors, field selectors on any dotted path, limit
 //!   and continue), watch (resume from a resourceVersion, bookmarks, timeoutSeconds,
-//!   streaming lists, 410 Gone once the bounded history has moved past it), create, update,
+//!   streaming lists, 410 Gone once the bounded history has moved past it or for versions
+//!   of an earlier server, which a new one never reuses; reads and streaming lists at a
+//!   version not yet issued wait 3s, then `Too large resource version`), create, update,
 //!   patch (JSON merge, JSON patch, and strategic merge for built-ins, which merges lists by
 //!   well-known keys rather than by the Go types' schemas), server-side apply (field
 //!   managers in managedFields, removal of fields an applier drops, conflicts and force;
@@ -181,6 +183,9 @@ impl RunningServer {
             kubelet.shutdown().await;
         }
         self.state.faults.clear();
+        // Connections outlive the serving task, so a watch left open would go on streaming
+        // this server's (now frozen) state to a client that should be reconnecting.
+        self.state.faults.drop_watches();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -50,15 +50,8 @@ pub async fn handle(
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
     if let Err(err) = app.faults.before(&verb).await {
-        let retry = err.code == 429 || err.code == 503;
-        let mut response = err.into_response();
-        if retry {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        return response;
+        // 429 and 503 carry `Retry-After` (see `ApiError::into_response`).
+        return err.into_response();
     }
     match route(&app, &method, &uri, &query, &headers, &body).await {
         Ok(response) => response,
