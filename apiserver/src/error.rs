@@ -117,6 +117,16 @@ impl ApiError {
         }
     }
 
+    /// 401 for a request without the server's bearer token, worded as the real server's.
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: 401,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            details: None,
+        }
+    }
+
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {

@@ -226,11 +226,15 @@ pub struct Config {
     /// Where the kubelet keeps per-pod directories (volumes, working directories); a fresh
     /// directory under the system temp dir when unset. Removed at shutdown.
     pub work_dir: Option<PathBuf>,
+    /// A bearer token every request must carry (`Authorization: Bearer <token>`); others
+    /// get 401 Unauthorized, as from a real server with anonymous access off. None (the
+    /// default, for tests) serves anyone who can reach the port.
+    pub token: Option<String>,
 }
 
 impl Config {
-    /// Listens on 127.0.0.1:`port` (0 = ephemeral): the server has no authentication, so it
-    /// should not be reachable from other machines.
+    /// Listens on 127.0.0.1:`port` (0 = ephemeral): without a [`Config::token`] the server
+    /// authenticates no one, so it should not be reachable from other machines.
     pub fn loopback(port: u16) -> Self {
         Config {
             address: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
@@ -243,6 +247,7 @@ impl Config {
             job_backoff: Duration::from_secs(10),
             job_backoff_max: Duration::from_secs(360),
             work_dir: None,
+            token: None,
         }
     }
 
@@ -295,6 +300,7 @@ impl ApiServer {
             logs: logs::Logs::default(),
             audit: faults::Audit::default(),
             faults: faults::Faults::default(),
+            token: config.token.clone(),
         });
         let mut server = serve(listener, state.clone()).await?;
         if config.controllers {
@@ -392,8 +398,47 @@ async fn serve(
 /// Writes a kubeconfig pointing at `server_url` (plain HTTP, no credentials), with the
 /// cluster, user and context all named `charon-dev`.
 pub fn write_kubeconfig(path: &Path, server_url: &str) -> std::io::Result<()> {
+    write_kubeconfig_with_token(path, server_url, None)
+}
+
+/// [`write_kubeconfig`] whose user carries `token` (see [`Config::token`]). The file is
+/// readable by its owner only, since the token is all it takes to use the server.
+pub fn write_kubeconfig_with_token(
+    path: &Path,
+    server_url: &str,
+    token: Option<&str>,
+) -> std::io::Result<()> {
+    let user = match token {
+        // JSON strings are YAML strings: the token is quoted whatever it holds.
+        Some(token) => format!("\n    token: {}", serde_json::Value::from(token)),
+        None => " {}".to_string(),
+    };
     let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}\nusers:\n- name: charon-dev\n  user: {{}}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}\nusers:\n- name: charon-dev\n  user:{user}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
     );
-    std::fs::write(path, config)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // An existing file keeps its mode on open: narrow it too.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::io::Write::write_all(&mut file, config.as_bytes())
+}
+
+/// A fresh random bearer token for [`Config::token`]: 244 random bits (two v4 UUIDs, which
+/// come from the operating system's secure generator), as 64 hex digits.
+pub fn random_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }

@@ -37,6 +37,11 @@ pub async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    if let Some(token) = &app.token
+        && !authenticated(&headers, token)
+    {
+        return ApiError::unauthorized().into_response();
+    }
     let verb = audit(&app, &method, &uri, &query, &headers);
     let body = match body {
         Ok(body) => body,
@@ -57,6 +62,25 @@ pub async fn handle(
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in time that does
+/// not depend on where a guess goes wrong.
+fn authenticated(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (given, token) = (given.trim().as_bytes(), token.as_bytes());
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// Records the request in the audit and returns its verb as RBAC names it.
