@@ -24,7 +24,8 @@
 //!   non-structural schemas are refused, and custom objects are defaulted, pruned (or
 //!   refused under `fieldValidation=Strict`, which kubectl asks for) and validated;
 //! - Pods and Jobs get the defaults controllers rely on (a Job's generated selector and pod
-//!   labels) and their most common validation errors;
+//!   labels) and their most common validation errors, volumes included (names, and item
+//!   paths and subPaths that would leave the volume);
 //! - server-side Tables for `kubectl get` (a CRD's printer columns, the usual columns of
 //!   the built-in kinds, else Name and Age), including in watches; `kubectl get all` covers
 //!   pods and jobs;
