@@ -39,12 +39,17 @@ pub struct DevArgs {
     /// into the `default` namespace unless a manifest names another.
     #[arg(long, value_name = "DIR")]
     pub apply: Vec<PathBuf>,
+    /// Serve an HTTP API that injects faults into the API server (errors per verb, latency,
+    /// dropped or expired watches, pause) on this address, e.g. 127.0.0.1:7070; off unless
+    /// given. See the README's reference for its routes.
+    #[arg(long, value_name = "ADDRESS")]
+    pub faults_address: Option<SocketAddr>,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-    let server = charon_apiserver::start(address)
+    let mut server = charon_apiserver::start(address)
         .await
         .with_context(|| format!("starting the API server on {address}"))?;
     charon_apiserver::write_kubeconfig(&args.kubeconfig, &server.url())
@@ -57,6 +62,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("installing CRD {}", crd.metadata.name.unwrap_or_default()))?;
     }
     println!("API server listening on {}", server.url());
+    if let Some(faults) = args.faults_address {
+        let bound = server
+            .serve_fault_control(faults)
+            .await
+            .with_context(|| format!("starting the fault control API on {faults}"))?;
+        println!("Fault control API listening on http://{bound}/faults");
+    }
     println!("CRDs installed: workflows, workflowinstances and backfills (charon.dev)");
     println!(
         "Use it with: export KUBECONFIG={}",

@@ -209,6 +209,129 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
     assert!(!after.contains("hello"), "{after}");
 }
 
+/// One request over a fresh connection: (status code, body).
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let raw = String::from_utf8_lossy(&out).into_owned();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+/// `charon dev --faults-address` serves the fault control API: faults set over it reach
+/// kubectl, bad input is refused naming the field, and clearing them restores service.
+#[test]
+fn the_fault_control_api_of_charon_dev_steers_the_server() {
+    let dev = start_with(
+        &["--no-controller", "--faults-address", "127.0.0.1:0"],
+        "faults",
+    );
+    let output = dev.output();
+    let address = output
+        .lines()
+        .find_map(|l| l.strip_prefix("Fault control API listening on http://"))
+        .and_then(|l| l.strip_suffix("/faults"))
+        .unwrap_or_else(|| panic!("no fault control address in {output}"))
+        .to_string();
+    let json = |body: &str| -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let (code, body) = http(&address, "GET", "/faults", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"errors": {}, "latencyMillis": 0, "expireWatches": 0, "paused": false})
+    );
+
+    // Every list fails with the code asked for.
+    let (code, body) = http(
+        &address,
+        "PUT",
+        "/faults/errors/list",
+        r#"{"rate":1.0,"code":500}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["errors"]["list"],
+        serde_json::json!({"rate": 1.0, "code": 500})
+    );
+    let out = kubectl(&dev, &["get", "configmaps"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("InternalError"), "{stderr}");
+    // Gets are another verb.
+    ok(&dev, &["get", "namespace", "default"]);
+
+    // Bad input names the field.
+    for (method, path, body, field) in [
+        ("PUT", "/faults/errors/list", r#"{"rate":2}"#, "rate"),
+        (
+            "PUT",
+            "/faults/errors/list",
+            r#"{"rate":0.5,"code":404}"#,
+            "code",
+        ),
+        ("PUT", "/faults/errors/fly", r#"{"rate":0.5}"#, "verb"),
+        ("PUT", "/faults/latency", r#"{"millis":"soon"}"#, "millis"),
+        ("POST", "/faults/expire-watches", r#"{}"#, "count"),
+        ("PUT", "/faults/latency", "not json", "invalid JSON"),
+    ] {
+        let (code, text) = http(&address, method, path, body);
+        assert_eq!(code, 400, "{method} {path} {body}: {text}");
+        let message = json(&text)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.starts_with(field),
+            "{method} {path} {body}: {message}"
+        );
+    }
+
+    let (code, body) = http(&address, "POST", "/faults/expire-watches", r#"{"count":3}"#);
+    assert_eq!(
+        (code, json(&body)["expireWatches"].clone()),
+        (200, 3.into())
+    );
+    let (code, body) = http(&address, "PUT", "/faults/latency", r#"{"millis":20}"#);
+    assert_eq!(
+        (code, json(&body)["latencyMillis"].clone()),
+        (200, 20.into())
+    );
+    assert_eq!(http(&address, "POST", "/faults/drop-watches", "").0, 200);
+
+    // Paused, requests wait; resumed, they go on.
+    let (_, body) = http(&address, "POST", "/faults/pause", "");
+    assert_eq!(json(&body)["paused"], true);
+    let out = kubectl(
+        &dev,
+        &["get", "namespace", "default", "--request-timeout=1s"],
+    );
+    assert!(!out.status.success());
+    let (_, body) = http(&address, "POST", "/faults/resume", "");
+    assert_eq!(json(&body)["paused"], false);
+
+    // Cleared, everything works again.
+    let (code, body) = http(&address, "DELETE", "/faults", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["errors"], serde_json::json!({}));
+    assert_eq!(json(&body)["expireWatches"], 0);
+    ok(&dev, &["get", "configmaps"]);
+}
+
 fn wait_for(
     dev: &Dev,
     what: &str,

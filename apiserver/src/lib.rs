@@ -164,6 +164,26 @@ impl RunningServer {
         self.state.faults.clear();
     }
 
+    /// Serves the fault injection's HTTP control API (routes in the `faults::control`
+    /// module: `GET /faults`, `PUT /faults/errors/{verb}`, `PUT /faults/latency`,
+    /// `POST /faults/drop-watches`, `POST /faults/expire-watches`, `POST /faults/pause`,
+    /// `POST /faults/resume`, `DELETE /faults`) on `address` until shutdown, guarded by the
+    /// server's token when it has one; returns the address bound (port 0 picks one).
+    pub async fn serve_fault_control(
+        &mut self,
+        address: SocketAddr,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(address).await?;
+        let bound = listener.local_addr()?;
+        let app = faults::control::router(self.state.clone());
+        self.controllers.push(tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(%err, "fault control API stopped");
+            }
+        }));
+        Ok(bound)
+    }
+
     /// Evicts a running pod as the kubelet does under node pressure (phase Failed, reason
     /// `Evicted`, its processes killed), to test how clients handle lost pods. False when
     /// the kubelet does not run or the pod is not running on it.

@@ -66,7 +66,7 @@ pub async fn handle(
 
 /// Whether the request carries `Authorization: Bearer <token>`, compared in time that does
 /// not depend on where a guess goes wrong.
-fn authenticated(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn authenticated(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
