@@ -89,12 +89,12 @@ async fn authorize(
     next.run(request).await
 }
 
-/// The body as a JSON object, or the 400 to answer.
-fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+/// The body as a JSON object, or the message of the 400 to answer.
+fn object(body: &Bytes) -> Result<serde_json::Map<String, Value>, String> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(bad_request("the body must be a JSON object".into())),
-        Err(e) => Err(bad_request(format!("invalid JSON body: {e}"))),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON body: {e}")),
     }
 }
 
@@ -120,7 +120,7 @@ async fn errors(
     }
     let fields = match object(&body) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let rate = match fields.get("rate").map(Value::as_f64) {
         Some(Some(rate)) if (0.0..=1.0).contains(&rate) => rate,
@@ -141,7 +141,7 @@ async fn errors(
 async fn latency(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     let fields = match object(&body) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     match fields.get("millis").map(Value::as_u64) {
         Some(Some(millis)) if millis <= MAX_LATENCY_MILLIS => {
@@ -163,7 +163,7 @@ async fn drop_watches(State(app): State<Arc<AppState>>) -> Response {
 async fn expire_watches(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     let fields = match object(&body) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(message) => return bad_request(message),
     };
     let count = fields
         .get("count")
