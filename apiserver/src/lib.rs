@@ -76,6 +76,7 @@ mod store;
 mod strategic;
 mod table;
 mod time;
+mod tls;
 mod validation;
 mod workloads;
 
@@ -101,6 +102,8 @@ pub struct RunningServer {
     state: Arc<state::AppState>,
     controllers: Vec<JoinHandle<()>>,
     kubelet: Option<kubelet::Kubelet>,
+    /// The CA of its certificate (PEM and DER), when it serves HTTPS.
+    ca: Option<(String, Vec<u8>)>,
 }
 
 impl RunningServer {
@@ -109,9 +112,21 @@ impl RunningServer {
         self.address
     }
 
-    /// `http://<address>`, for kubeconfigs and clients.
+    /// `http://<address>` (`https://` with [`Config::tls`]), for kubeconfigs and clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// With [`Config::tls`], the PEM certificate of the CA that signed the server's: what a
+    /// client must trust (a kubeconfig's `certificate-authority-data`).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
+    }
+
+    /// [`RunningServer::ca_pem`] as DER, as kube-rs's `Config::root_cert` takes it.
+    pub fn ca_der(&self) -> Option<&[u8]> {
+        self.ca.as_ref().map(|(_, der)| der.as_slice())
     }
 
     /// Forgets the watch history: clients resuming from an older resourceVersion get
@@ -251,6 +266,10 @@ pub struct Config {
     /// get 401 Unauthorized, as from a real server with anonymous access off. None (the
     /// default, for tests) serves anyone who can reach the port.
     pub token: Option<String>,
+    /// Serve HTTPS with a certificate for 127.0.0.1 and localhost from a CA made at start
+    /// (see [`RunningServer::ca_pem`]) rather than plain HTTP (the default). kubectl sends
+    /// a token only over HTTPS.
+    pub tls: bool,
 }
 
 impl Config {
@@ -269,6 +288,7 @@ impl Config {
             job_backoff_max: Duration::from_secs(360),
             work_dir: None,
             token: None,
+            tls: false,
         }
     }
 
@@ -323,7 +343,8 @@ impl ApiServer {
             faults: faults::Faults::default(),
             token: config.token.clone(),
         });
-        let mut server = serve(listener, state.clone()).await?;
+        let certificates = config.tls.then(tls::Certificates::generate).transpose()?;
+        let mut server = serve(listener, state.clone(), certificates).await?;
         if config.controllers {
             let jobs = jobs::JobConfig {
                 backoff: config.job_backoff,
@@ -370,10 +391,11 @@ pub async fn start(address: SocketAddr) -> std::io::Result<RunningServer> {
     .await
 }
 
-/// Seeds the namespaces and serves the API on `listener`.
+/// Seeds the namespaces and serves the API on `listener`, over TLS with `certificates`.
 async fn serve(
     listener: TcpListener,
     state: Arc<state::AppState>,
+    certificates: Option<tls::Certificates>,
 ) -> std::io::Result<RunningServer> {
     let address = listener.local_addr()?;
     for namespace in ["default", "kube-system"] {
@@ -398,14 +420,29 @@ async fn serve(
         ))
         .with_state(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(err) = serve.await {
-            tracing::error!(%err, "embedded API server stopped");
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let ca = certificates
+        .as_ref()
+        .map(|c| (c.ca_pem.clone(), c.ca_der.clone()));
+    let task = match certificates {
+        Some(certificates) => {
+            let listener = certificates.listen(listener)?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(err) = serve.await {
+                    tracing::error!(%err, "embedded API server stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "embedded API server stopped");
+            }
+        }),
+    };
     Ok(RunningServer {
         address,
         stop: Some(stop),
@@ -413,29 +450,39 @@ async fn serve(
         state,
         controllers: Vec::new(),
         kubelet: None,
+        ca,
     })
 }
 
 /// Writes a kubeconfig pointing at `server_url` (plain HTTP, no credentials), with the
 /// cluster, user and context all named `charon-dev`.
 pub fn write_kubeconfig(path: &Path, server_url: &str) -> std::io::Result<()> {
-    write_kubeconfig_with_token(path, server_url, None)
+    write_kubeconfig_with(path, server_url, None, None)
 }
 
-/// [`write_kubeconfig`] whose user carries `token` (see [`Config::token`]). The file is
-/// readable by its owner only, since the token is all it takes to use the server.
-pub fn write_kubeconfig_with_token(
+/// [`write_kubeconfig`] whose user carries `token` (see [`Config::token`]) and whose cluster
+/// trusts the CA `ca_pem` (see [`RunningServer::ca_pem`]). The file is readable by its owner
+/// only, since the token is all it takes to use the server.
+pub fn write_kubeconfig_with(
     path: &Path,
     server_url: &str,
     token: Option<&str>,
+    ca_pem: Option<&str>,
 ) -> std::io::Result<()> {
+    use base64::Engine;
     let user = match token {
         // JSON strings are YAML strings: the token is quoted whatever it holds.
         Some(token) => format!("\n    token: {}", serde_json::Value::from(token)),
         None => " {}".to_string(),
     };
+    let ca = ca_pem
+        .map(|pem| {
+            let data = base64::engine::general_purpose::STANDARD.encode(pem);
+            format!("\n    certificate-authority-data: {data}")
+        })
+        .unwrap_or_default();
     let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}\nusers:\n- name: charon-dev\n  user:{user}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}{ca}\nusers:\n- name: charon-dev\n  user:{user}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
     );
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -80,7 +80,7 @@ async fn only_requests_with_the_token_are_served() {
 
     // A kubeconfig carrying the token, readable by its owner only.
     let path = std::env::temp_dir().join(format!("auth-test-{}.kubeconfig", std::process::id()));
-    charon_apiserver::write_kubeconfig_with_token(&path, "http://127.0.0.1:1", Some(&token))
+    charon_apiserver::write_kubeconfig_with(&path, "http://127.0.0.1:1", Some(&token), None)
         .expect("written");
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(
