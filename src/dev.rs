@@ -1,7 +1,8 @@
 //! `charon dev`: Charon on one machine, with no cluster. It runs the embedded API server
 //! (whose simulated kubelet runs each Job's command as a local process), installs the CRDs,
 //! runs the operator in the same process, applies the manifests of `--apply DIR`, writes a
-//! kubeconfig for `kubectl`, prints a compact live log of instance state changes (and of
+//! kubeconfig for `kubectl` (HTTPS with the server's CA and a random token, which the
+//! server requires), prints a compact live log of instance state changes (and of
 //! workflows whose spec is invalid), and stays in the foreground until interrupted.
 
 use std::collections::HashMap;
@@ -39,17 +40,44 @@ pub struct DevArgs {
     /// into the `default` namespace unless a manifest names another.
     #[arg(long, value_name = "DIR")]
     pub apply: Vec<PathBuf>,
+    /// Serve an HTTP API that injects faults into the API server (errors per verb, latency,
+    /// dropped or expired watches, pause) on this address, e.g. 127.0.0.1:7070; off unless
+    /// given. See the README's reference for its routes.
+    #[arg(long, value_name = "ADDRESS")]
+    pub faults_address: Option<SocketAddr>,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-    let server = charon_apiserver::start(address)
-        .await
-        .with_context(|| format!("starting the API server on {address}"))?;
-    charon_apiserver::write_kubeconfig(&args.kubeconfig, &server.url())
-        .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    // Anyone on this machine can reach a loopback port: only holders of the kubeconfig
+    // (readable by its owner only) get in. Over HTTPS, since kubectl sends no token over
+    // plain HTTP.
+    let token = charon_apiserver::random_token();
+    let mut server = charon_apiserver::ApiServer::start(charon_apiserver::Config {
+        address,
+        token: Some(token.clone()),
+        tls: true,
+        ..charon_apiserver::Config::default()
+    })
+    .await
+    .with_context(|| format!("starting the API server on {address}"))?;
+    charon_apiserver::write_kubeconfig_with(
+        &args.kubeconfig,
+        &server.url(),
+        Some(&token),
+        server.ca_pem(),
+    )
+    .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
+    let ca = server.ca_der().map(<[u8]>::to_vec);
+    let url = server.url();
+    let client_config = || -> anyhow::Result<kube::Config> {
+        let mut config = kube::Config::new(url.parse()?);
+        config.auth_info.token = Some(token.clone().into());
+        config.root_cert = ca.clone().map(|der| vec![der]);
+        Ok(config)
+    };
+    let client = Client::try_from(client_config()?)?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crate::crd::crds() {
         crds.create(&PostParams::default(), &crd)
@@ -57,6 +85,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("installing CRD {}", crd.metadata.name.unwrap_or_default()))?;
     }
     println!("API server listening on {}", server.url());
+    if let Some(faults) = args.faults_address {
+        let bound = server
+            .serve_fault_control(faults)
+            .await
+            .with_context(|| format!("starting the fault control API on {faults}"))?;
+        println!("Fault control API listening on http://{bound}/faults");
+    }
     println!("CRDs installed: workflows, workflowinstances and backfills (charon.dev)");
     println!(
         "Use it with: export KUBECONFIG={}",
@@ -86,10 +121,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
         };
-        let operator_client = crate::operator::client_with_agent(
-            kube::Config::new(server.url().parse()?),
-            crate::operator::OPERATOR_AGENT,
-        )?;
+        let operator_client =
+            crate::operator::client_with_agent(client_config()?, crate::operator::OPERATOR_AGENT)?;
         let operator = tokio::spawn(crate::operator::run(
             operator_client,
             settings,

@@ -209,6 +209,256 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
     assert!(!after.contains("hello"), "{after}");
 }
 
+/// `charon dev` is not open to whoever reaches its port: it serves HTTPS, its kubeconfig
+/// carries the CA and a token, and a request without the token gets the real server's 401.
+#[test]
+fn charon_dev_requires_the_token_of_its_kubeconfig() {
+    let dev = start_with(&["--no-controller"], "token");
+    let config = std::fs::read_to_string(&dev.kubeconfig).expect("kubeconfig");
+    assert!(config.contains("    token: \""), "{config}");
+    assert!(config.contains("server: https://127.0.0.1:"), "{config}");
+    assert!(config.contains("certificate-authority-data: "), "{config}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dev.kubeconfig)
+            .expect("kubeconfig")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    ok(&dev, &["get", "namespaces"]);
+
+    // The same kubeconfig without the token.
+    let anonymous = dev.kubeconfig.with_extension("anonymous");
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("token:"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("  user:\n", "  user: {}\n");
+    std::fs::write(&anonymous, &stripped).expect("write");
+    let kubectl_with = |config: &str, args: &[&str]| {
+        std::fs::write(&anonymous, config).expect("write");
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&anonymous)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl runs")
+    };
+    // Refused with 401, kubectl asks for a user name and password (as against any server),
+    // which it cannot read here.
+    let out = kubectl_with(&stripped, &["get", "namespaces"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(printed.contains("Please enter Username"), "{printed}");
+    // With a wrong token it reports the server's 401.
+    let wrong = config.replace("    token: \"", "    token: \"x");
+    let out = kubectl_with(&wrong, &["get", "--raw", "/api/v1/namespaces"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("You must be logged in to the server (Unauthorized)"),
+        "{stderr}"
+    );
+
+    // The Status is the real server's, and a wrong token fares no better.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for (kubeconfig, what) in [
+        (stripped, "no token"),
+        (
+            config.replace("    token: \"", "    token: \"x"),
+            "a wrong token",
+        ),
+    ] {
+        let status = runtime.block_on(async {
+            let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("parses");
+            let options = kube::config::KubeConfigOptions::default();
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .expect("config");
+            let client = kube::Client::try_from(config).expect("client");
+            let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+                kube::Api::all(client);
+            namespaces.list(&Default::default()).await.err()
+        });
+        match status {
+            Some(kube::Error::Api(status)) => {
+                assert_eq!(
+                    (
+                        status.code,
+                        status.reason.as_str(),
+                        status.message.as_str(),
+                        status.status
+                    ),
+                    (
+                        401,
+                        "Unauthorized",
+                        "Unauthorized",
+                        Some(kube::core::response::StatusSummary::Failure)
+                    ),
+                    "{what}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_file(&anonymous);
+}
+
+/// One request over a fresh connection: (status code, body).
+fn http(address: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let raw = String::from_utf8_lossy(&out).into_owned();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+/// `charon dev --faults-address` serves the fault control API: faults set over it reach
+/// kubectl, bad input is refused naming the field, and clearing them restores service.
+#[test]
+fn the_fault_control_api_of_charon_dev_steers_the_server() {
+    let dev = start_with(
+        &["--no-controller", "--faults-address", "127.0.0.1:0"],
+        "faults",
+    );
+    let output = dev.output();
+    let address = output
+        .lines()
+        .find_map(|l| l.strip_prefix("Fault control API listening on http://"))
+        .and_then(|l| l.strip_suffix("/faults"))
+        .unwrap_or_else(|| panic!("no fault control address in {output}"))
+        .to_string();
+    // The control API takes the API server's token, from the kubeconfig.
+    let kubeconfig = std::fs::read_to_string(&dev.kubeconfig).expect("kubeconfig");
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .map(|t| t.trim_matches('"').to_string())
+        .expect("a token");
+    assert_eq!(http(&address, "wrong", "GET", "/faults", "").0, 401);
+    let json = |body: &str| -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let (code, body) = http(&address, &token, "GET", "/faults", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"errors": {}, "latencyMillis": 0, "expireWatches": 0, "paused": false})
+    );
+
+    // Every list fails with the code asked for.
+    let (code, body) = http(
+        &address,
+        &token,
+        "PUT",
+        "/faults/errors/list",
+        r#"{"rate":1.0,"code":500}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&body)["errors"]["list"],
+        serde_json::json!({"rate": 1.0, "code": 500})
+    );
+    let out = kubectl(&dev, &["get", "configmaps"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("InternalError"), "{stderr}");
+    // Gets are another verb.
+    ok(&dev, &["get", "namespace", "default"]);
+
+    // Bad input names the field.
+    for (method, path, body, field) in [
+        ("PUT", "/faults/errors/list", r#"{"rate":2}"#, "rate"),
+        (
+            "PUT",
+            "/faults/errors/list",
+            r#"{"rate":0.5,"code":404}"#,
+            "code",
+        ),
+        ("PUT", "/faults/errors/fly", r#"{"rate":0.5}"#, "verb"),
+        ("PUT", "/faults/latency", r#"{"millis":"soon"}"#, "millis"),
+        ("POST", "/faults/expire-watches", r#"{}"#, "count"),
+        ("PUT", "/faults/latency", "not json", "invalid JSON"),
+    ] {
+        let (code, text) = http(&address, &token, method, path, body);
+        assert_eq!(code, 400, "{method} {path} {body}: {text}");
+        let message = json(&text)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.starts_with(field),
+            "{method} {path} {body}: {message}"
+        );
+    }
+
+    let (code, body) = http(
+        &address,
+        &token,
+        "POST",
+        "/faults/expire-watches",
+        r#"{"count":3}"#,
+    );
+    assert_eq!(
+        (code, json(&body)["expireWatches"].clone()),
+        (200, 3.into())
+    );
+    let (code, body) = http(
+        &address,
+        &token,
+        "PUT",
+        "/faults/latency",
+        r#"{"millis":20}"#,
+    );
+    assert_eq!(
+        (code, json(&body)["latencyMillis"].clone()),
+        (200, 20.into())
+    );
+    assert_eq!(
+        http(&address, &token, "POST", "/faults/drop-watches", "").0,
+        200
+    );
+
+    // Paused, requests wait; resumed, they go on.
+    let (_, body) = http(&address, &token, "POST", "/faults/pause", "");
+    assert_eq!(json(&body)["paused"], true);
+    let out = kubectl(
+        &dev,
+        &["get", "namespace", "default", "--request-timeout=1s"],
+    );
+    assert!(!out.status.success());
+    let (_, body) = http(&address, &token, "POST", "/faults/resume", "");
+    assert_eq!(json(&body)["paused"], false);
+
+    // Cleared, everything works again.
+    let (code, body) = http(&address, &token, "DELETE", "/faults", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["errors"], serde_json::json!({}));
+    assert_eq!(json(&body)["expireWatches"], 0);
+    ok(&dev, &["get", "configmaps"]);
+}
+
 fn wait_for(
     dev: &Dev,
     what: &str,

@@ -62,6 +62,7 @@ async fn instances_deleted_as_they_finish_do_not_stall_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
     use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{Config, Event, watcher};
 
     let cluster = Cluster::start().await;
@@ -76,7 +77,9 @@ async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
     let record = |seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>| {
         move |line: (u64, String)| seen.lock().expect("not poisoned").push(line)
     };
-    let workflows = watcher(cluster.workflows(), Config::default());
+    // With back-off: once the server stops, an endless run of ready errors would hold a
+    // worker thread for ever.
+    let workflows = watcher(cluster.workflows(), Config::default()).default_backoff();
     let push = record(seen.clone());
     tokio::spawn(workflows.for_each(move |event| {
         if let Ok(Event::Apply(w) | Event::InitApply(w)) = event
@@ -86,7 +89,7 @@ async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
         }
         futures::future::ready(())
     }));
-    let instances = watcher(cluster.instances(), Config::default());
+    let instances = watcher(cluster.instances(), Config::default()).default_backoff();
     let push = record(seen.clone());
     tokio::spawn(instances.for_each(move |event| {
         if let Ok(Event::Delete(i)) = event {

@@ -593,6 +593,56 @@ async fn a_restart_neither_duplicates_nor_misses() {
     cluster.stop().await;
 }
 
+/// The server loses its state (a restarted `charon dev`) while the operator runs: the
+/// operator's watches resume from resourceVersions of the old server, must be told to relist,
+/// and a workflow created on the new server still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_state_is_relisted() {
+    let mut cluster = Cluster::start().await;
+    // Enough writes that the old server's versions are well past the new one's first.
+    for i in 0..3 {
+        cluster
+            .apply_workflow(
+                &format!("before-{i}"),
+                json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
+            )
+            .await;
+    }
+    cluster.clock.advance(Duration::minutes(61));
+    cluster
+        .wait_states("before-0", 1, &[InstanceState::Done], LONG)
+        .await;
+    cluster.restart_server_empty().await;
+    cluster
+        .apply_workflow(
+            "after",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    cluster
+        .eventually(
+            "the new workflow's nextTrigger",
+            StdDuration::from_secs(20),
+            || async {
+                let wf = cluster.workflow("after").await?;
+                wf.status
+                    .and_then(|s| s.next_trigger)
+                    .ok_or_else(|| "no nextTrigger yet".to_string())
+            },
+        )
+        .await;
+    cluster.clock.advance(Duration::minutes(61));
+    cluster
+        .wait_states(
+            "after",
+            1,
+            &[InstanceState::Done],
+            StdDuration::from_secs(20),
+        )
+        .await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_lost_watches_and_a_stall_neither_duplicate_nor_lose_runs() {
     let cluster = Cluster::start().await;

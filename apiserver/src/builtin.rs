@@ -125,6 +125,7 @@ pub(crate) fn pod_spec(spec: &mut Value, path: &str, in_job: bool) -> Vec<FieldE
             String::new(),
         )),
     }
+    errors.extend(crate::validation::pod_volumes(spec, path));
     errors
 }
 

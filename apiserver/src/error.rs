@@ -100,6 +100,33 @@ impl ApiError {
         }
     }
 
+    /// 504 for a read at a resourceVersion the server has not reached, worded as the real
+    /// server's (`storage.NewTooLargeResourceVersionError`): clients such as client-go's
+    /// reflector recognise the `ResourceVersionTooLarge` cause and list afresh.
+    pub fn resource_version_too_large(requested: u64, current: u64) -> Self {
+        ApiError {
+            code: 504,
+            reason: "Timeout",
+            message: format!(
+                "Timeout: Too large resource version: {requested}, current: {current}"
+            ),
+            details: Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
+        }
+    }
+
+    /// 401 for a request without the server's bearer token, worded as the real server's.
+    pub fn unauthorized() -> Self {
+        ApiError {
+            code: 401,
+            reason: "Unauthorized",
+            message: "Unauthorized".into(),
+            details: None,
+        }
+    }
+
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {

@@ -10,7 +10,9 @@
 //!   `fieldValidation`, which `kubectl apply` and `explain` need);
 //! - for every kind: get, list (label selectors, field selectors on any dotted path, limit
 //!   and continue), watch (resume from a resourceVersion, bookmarks, timeoutSeconds,
-//!   streaming lists, 410 Gone once the bounded history has moved past it), create, update,
+//!   streaming lists, 410 Gone once the bounded history has moved past it or for versions
+//!   of an earlier server, which a new one never reuses; reads and streaming lists at a
+//!   version not yet issued wait 3s, then `Too large resource version`), create, update,
 //!   patch (JSON merge, JSON patch, and strategic merge for built-ins, which merges lists by
 //!   well-known keys rather than by the Go types' schemas), server-side apply (field
 //!   managers in managedFields, `Update` entries for creates, updates and patches by their
@@ -23,7 +25,8 @@
 //!   non-structural schemas are refused, and custom objects are defaulted, pruned (or
 //!   refused under `fieldValidation=Strict`, which kubectl asks for) and validated;
 //! - Pods and Jobs get the defaults controllers rely on (a Job's generated selector and pod
-//!   labels) and their most common validation errors;
+//!   labels) and their most common validation errors, volumes included (names, and item
+//!   paths and subPaths that would leave the volume);
 //! - server-side Tables for `kubectl get` (a CRD's printer columns, the usual columns of
 //!   the built-in kinds, else Name and Age), including in watches; `kubectl get all` covers
 //!   pods and jobs;
@@ -75,6 +78,7 @@ mod store;
 mod strategic;
 mod table;
 mod time;
+mod tls;
 mod validation;
 mod workloads;
 
@@ -100,6 +104,8 @@ pub struct RunningServer {
     state: Arc<state::AppState>,
     controllers: Vec<JoinHandle<()>>,
     kubelet: Option<kubelet::Kubelet>,
+    /// The CA of its certificate (PEM and DER), when it serves HTTPS.
+    ca: Option<(String, Vec<u8>)>,
 }
 
 impl RunningServer {
@@ -108,9 +114,21 @@ impl RunningServer {
         self.address
     }
 
-    /// `http://<address>`, for kubeconfigs and clients.
+    /// `http://<address>` (`https://` with [`Config::tls`]), for kubeconfigs and clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// With [`Config::tls`], the PEM certificate of the CA that signed the server's: what a
+    /// client must trust (a kubeconfig's `certificate-authority-data`).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
+    }
+
+    /// [`RunningServer::ca_pem`] as DER, as kube-rs's `Config::root_cert` takes it.
+    pub fn ca_der(&self) -> Option<&[u8]> {
+        self.ca.as_ref().map(|(_, der)| der.as_slice())
     }
 
     /// Forgets the watch history: clients resuming from an older resourceVersion get
@@ -163,6 +181,26 @@ impl RunningServer {
         self.state.faults.clear();
     }
 
+    /// Serves the fault injection's HTTP control API (routes in the `faults::control`
+    /// module: `GET /faults`, `PUT /faults/errors/{verb}`, `PUT /faults/latency`,
+    /// `POST /faults/drop-watches`, `POST /faults/expire-watches`, `POST /faults/pause`,
+    /// `POST /faults/resume`, `DELETE /faults`) on `address` until shutdown, guarded by the
+    /// server's token when it has one; returns the address bound (port 0 picks one).
+    pub async fn serve_fault_control(
+        &mut self,
+        address: SocketAddr,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(address).await?;
+        let bound = listener.local_addr()?;
+        let app = faults::control::router(self.state.clone());
+        self.controllers.push(tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(%err, "fault control API stopped");
+            }
+        }));
+        Ok(bound)
+    }
+
     /// Evicts a running pod as the kubelet does under node pressure (phase Failed, reason
     /// `Evicted`, its processes killed), to test how clients handle lost pods. False when
     /// the kubelet does not run or the pod is not running on it.
@@ -183,6 +221,9 @@ impl RunningServer {
             kubelet.shutdown().await;
         }
         self.state.faults.clear();
+        // Connections outlive the serving task, so a watch left open would go on streaming
+        // this server's (now frozen) state to a client that should be reconnecting.
+        self.state.faults.drop_watches();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -223,11 +264,19 @@ pub struct Config {
     /// Where the kubelet keeps per-pod directories (volumes, working directories); a fresh
     /// directory under the system temp dir when unset. Removed at shutdown.
     pub work_dir: Option<PathBuf>,
+    /// A bearer token every request must carry (`Authorization: Bearer <token>`); others
+    /// get 401 Unauthorized, as from a real server with anonymous access off. None (the
+    /// default, for tests) serves anyone who can reach the port.
+    pub token: Option<String>,
+    /// Serve HTTPS with a certificate for 127.0.0.1 and localhost from a CA made at start
+    /// (see [`RunningServer::ca_pem`]) rather than plain HTTP (the default). kubectl sends
+    /// a token only over HTTPS.
+    pub tls: bool,
 }
 
 impl Config {
-    /// Listens on 127.0.0.1:`port` (0 = ephemeral): the server has no authentication, so it
-    /// should not be reachable from other machines.
+    /// Listens on 127.0.0.1:`port` (0 = ephemeral): without a [`Config::token`] the server
+    /// authenticates no one, so it should not be reachable from other machines.
     pub fn loopback(port: u16) -> Self {
         Config {
             address: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
@@ -240,6 +289,8 @@ impl Config {
             job_backoff: Duration::from_secs(10),
             job_backoff_max: Duration::from_secs(360),
             work_dir: None,
+            token: None,
+            tls: false,
         }
     }
 
@@ -292,8 +343,10 @@ impl ApiServer {
             logs: logs::Logs::default(),
             audit: faults::Audit::default(),
             faults: faults::Faults::default(),
+            token: config.token.clone(),
         });
-        let mut server = serve(listener, state.clone()).await?;
+        let certificates = config.tls.then(tls::Certificates::generate).transpose()?;
+        let mut server = serve(listener, state.clone(), certificates).await?;
         if config.controllers {
             let jobs = jobs::JobConfig {
                 backoff: config.job_backoff,
@@ -340,10 +393,11 @@ pub async fn start(address: SocketAddr) -> std::io::Result<RunningServer> {
     .await
 }
 
-/// Seeds the namespaces and serves the API on `listener`.
+/// Seeds the namespaces and serves the API on `listener`, over TLS with `certificates`.
 async fn serve(
     listener: TcpListener,
     state: Arc<state::AppState>,
+    certificates: Option<tls::Certificates>,
 ) -> std::io::Result<RunningServer> {
     let address = listener.local_addr()?;
     for namespace in ["default", "kube-system"] {
@@ -368,14 +422,29 @@ async fn serve(
         ))
         .with_state(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(err) = serve.await {
-            tracing::error!(%err, "embedded API server stopped");
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let ca = certificates
+        .as_ref()
+        .map(|c| (c.ca_pem.clone(), c.ca_der.clone()));
+    let task = match certificates {
+        Some(certificates) => {
+            let listener = certificates.listen(listener)?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(err) = serve.await {
+                    tracing::error!(%err, "embedded API server stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "embedded API server stopped");
+            }
+        }),
+    };
     Ok(RunningServer {
         address,
         stop: Some(stop),
@@ -383,14 +452,63 @@ async fn serve(
         state,
         controllers: Vec::new(),
         kubelet: None,
+        ca,
     })
 }
 
 /// Writes a kubeconfig pointing at `server_url` (plain HTTP, no credentials), with the
 /// cluster, user and context all named `charon-dev`.
 pub fn write_kubeconfig(path: &Path, server_url: &str) -> std::io::Result<()> {
+    write_kubeconfig_with(path, server_url, None, None)
+}
+
+/// [`write_kubeconfig`] whose user carries `token` (see [`Config::token`]) and whose cluster
+/// trusts the CA `ca_pem` (see [`RunningServer::ca_pem`]). The file is readable by its owner
+/// only, since the token is all it takes to use the server.
+pub fn write_kubeconfig_with(
+    path: &Path,
+    server_url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+) -> std::io::Result<()> {
+    use base64::Engine;
+    let user = match token {
+        // JSON strings are YAML strings: the token is quoted whatever it holds.
+        Some(token) => format!("\n    token: {}", serde_json::Value::from(token)),
+        None => " {}".to_string(),
+    };
+    let ca = ca_pem
+        .map(|pem| {
+            let data = base64::engine::general_purpose::STANDARD.encode(pem);
+            format!("\n    certificate-authority-data: {data}")
+        })
+        .unwrap_or_default();
     let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}\nusers:\n- name: charon-dev\n  user: {{}}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: charon-dev\n  cluster:\n    server: {server_url}{ca}\nusers:\n- name: charon-dev\n  user:{user}\ncontexts:\n- name: charon-dev\n  context:\n    cluster: charon-dev\n    user: charon-dev\n    namespace: default\ncurrent-context: charon-dev\n"
     );
-    std::fs::write(path, config)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // An existing file keeps its mode on open: narrow it too.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::io::Write::write_all(&mut file, config.as_bytes())
+}
+
+/// A fresh random bearer token for [`Config::token`]: 244 random bits (two v4 UUIDs, which
+/// come from the operating system's secure generator), as 64 hex digits.
+pub fn random_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }

@@ -30,4 +30,6 @@ pub struct AppState {
     pub audit: Audit,
     /// Faults injected into requests.
     pub faults: Faults,
+    /// The bearer token every request must carry, when set (see `Config::token`).
+    pub token: Option<String>,
 }

@@ -69,6 +69,144 @@ pub fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The real server's checks of a pod spec's volumes and of its containers' volume mounts
+/// (`ValidateVolumes`, `validateVolumeMounts`): volume names are DNS-1123 labels, unique;
+/// the files a secret, configMap or downwardAPI source writes (`items[].path`, also under
+/// `projected`) and a mount's `subPath` stay inside the volume. `path` is the pod spec's.
+pub fn pod_volumes(spec: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    for (i, volume) in volumes.into_iter().flatten().enumerate() {
+        let at = format!("{path}.volumes[{i}]");
+        let name = volume
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name.is_empty() {
+            errors.push(FieldError::required(format!("{at}.name"), String::new()));
+        } else {
+            let shown = Value::String(name.to_string());
+            if name.len() > 63 {
+                errors.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    &shown,
+                    "must be no more than 63 characters".into(),
+                ));
+            }
+            if !is_label(name) {
+                errors.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    &shown,
+                    DNS1123_LABEL.into(),
+                ));
+            }
+            if !names.insert(name) {
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    "FieldValueDuplicate",
+                    format!("Duplicate value: {shown}"),
+                ));
+            }
+        }
+        for source in ["secret", "configMap", "downwardAPI"] {
+            if let Some(items) = volume
+                .get(source)
+                .and_then(|s| s.get("items"))
+                .and_then(Value::as_array)
+            {
+                item_paths(items, &format!("{at}.{source}.items"), &mut errors);
+            }
+        }
+        let sources = volume
+            .pointer("/projected/sources")
+            .and_then(Value::as_array);
+        for (j, projected) in sources.into_iter().flatten().enumerate() {
+            for source in ["secret", "configMap", "downwardAPI"] {
+                if let Some(items) = projected
+                    .get(source)
+                    .and_then(|s| s.get("items"))
+                    .and_then(Value::as_array)
+                {
+                    let at = format!("{at}.projected.sources[{j}].{source}.items");
+                    item_paths(items, &at, &mut errors);
+                }
+            }
+        }
+    }
+    for kind in ["initContainers", "containers"] {
+        let containers = spec.get(kind).and_then(Value::as_array);
+        for (i, container) in containers.into_iter().flatten().enumerate() {
+            let mounts = container.get("volumeMounts").and_then(Value::as_array);
+            for (j, mount) in mounts.into_iter().flatten().enumerate() {
+                let at = format!("{path}.{kind}[{i}].volumeMounts[{j}]");
+                let text = |k: &str| mount.get(k).and_then(Value::as_str).unwrap_or_default();
+                let name = text("name");
+                if name.is_empty() {
+                    errors.push(FieldError::required(format!("{at}.name"), String::new()));
+                } else if !names.contains(name) {
+                    errors.push(FieldError::new(
+                        format!("{at}.name"),
+                        "FieldValueNotFound",
+                        format!("Not found: {}", Value::String(name.to_string())),
+                    ));
+                }
+                if text("mountPath").is_empty() {
+                    errors.push(FieldError::required(
+                        format!("{at}.mountPath"),
+                        String::new(),
+                    ));
+                }
+                let sub = text("subPath");
+                if !sub.is_empty() {
+                    descending_path(sub, &format!("{at}.subPath"), &mut errors);
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// The `path` of each of a volume source's `items` (`validateKeyToPath`): required, relative,
+/// without `..` elements, and not starting with `..`.
+fn item_paths(items: &[Value], at: &str, errors: &mut Vec<FieldError>) {
+    for (k, item) in items.iter().enumerate() {
+        let field = format!("{at}[{k}].path");
+        let path = item.get("path").and_then(Value::as_str).unwrap_or_default();
+        if path.is_empty() {
+            errors.push(FieldError::required(field.clone(), String::new()));
+        }
+        descending_path(path, &field, errors);
+        if path.starts_with("..") && !path.starts_with("../") {
+            errors.push(FieldError::invalid(
+                field,
+                &Value::String(path.to_string()),
+                "must not start with '..'".into(),
+            ));
+        }
+    }
+}
+
+/// `validateLocalDescendingPath`: relative, and no `..` element (one error however many).
+fn descending_path(path: &str, field: &str, errors: &mut Vec<FieldError>) {
+    let shown = Value::String(path.to_string());
+    if path.starts_with('/') {
+        errors.push(FieldError::invalid(
+            field,
+            &shown,
+            "must be a relative path".into(),
+        ));
+    }
+    // Go's filepath.ToSlash leaves backslashes alone on Linux: only `/` separates.
+    if path.split('/').any(|part| part == "..") {
+        errors.push(FieldError::invalid(
+            field,
+            &shown,
+            "must not contain '..'".into(),
+        ));
+    }
+}
+
 /// The checks the real server makes on a CRD that matter to clients: its name, and that each
 /// version's schema is structural (every field typed, the root an object). Single-schema CRDs
 /// report under `spec.validation.openAPIV3Schema`, as the real server does after hoisting

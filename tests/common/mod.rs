@@ -78,6 +78,28 @@ impl Cluster {
         }
     }
 
+    /// Replaces the server by a new, empty one on the same address, as a restarted
+    /// `charon dev` would be, and installs the CRDs again; the operator keeps running and
+    /// its watches resume against the new server.
+    pub async fn restart_server_empty(&mut self) {
+        let old = self.server.take().expect("server runs");
+        let address = old.address();
+        old.shutdown().await;
+        let server = charon_apiserver::ApiServer::start(charon_apiserver::Config {
+            address,
+            ..charon_apiserver::Config::default()
+        })
+        .await
+        .expect("server restarts on its address");
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in charon::crd::crds() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("CRD installs");
+        }
+        self.server = Some(server);
+    }
+
     pub fn start_operator(&mut self) {
         let (stop, task) = self.replica("test", operator::OPERATOR_AGENT, None);
         self.operator = Some((stop, task));

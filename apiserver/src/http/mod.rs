@@ -37,6 +37,11 @@ pub async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    if let Some(token) = &app.token
+        && !authenticated(&headers, token)
+    {
+        return ApiError::unauthorized().into_response();
+    }
     let verb = audit(&app, &method, &uri, &query, &headers);
     let body = match body {
         Ok(body) => body,
@@ -50,20 +55,32 @@ pub async fn handle(
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
     if let Err(err) = app.faults.before(&verb).await {
-        let retry = err.code == 429 || err.code == 503;
-        let mut response = err.into_response();
-        if retry {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        return response;
+        // 429 and 503 carry `Retry-After` (see `ApiError::into_response`).
+        return err.into_response();
     }
     match route(&app, &method, &uri, &query, &headers, &body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in time that does
+/// not depend on where a guess goes wrong.
+pub(crate) fn authenticated(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (given, token) = (given.trim().as_bytes(), token.as_bytes());
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// Records the request in the audit and returns its verb as RBAC names it.

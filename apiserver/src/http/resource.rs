@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::response::{json_response, list_response};
+use super::response::{json_body, json_response, list_response};
 use super::watch::watch;
 use crate::error::ApiError;
 use crate::registry::ResourceType;
@@ -141,6 +142,22 @@ pub async fn resource(
     let table = |items: &[Arc<Value>], rv: Option<u64>| {
         crate::table::render(items.iter().map(|v| &**v), &format, rv, chrono::Utc::now())
     };
+    if *method == Method::GET {
+        let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
+        // A plain watch from a version not yet issued is accepted and waits for it, as the
+        // real server's; reads and streaming lists must be at least that fresh.
+        if (!watching || send_initial)
+            && let Err(too_new) = wait_until_fresh(store, query).await
+        {
+            if watching {
+                // Past admission, the real server reports it as the stream's only event.
+                let status = json!({"type": "ERROR", "object": too_new.status()});
+                return Ok(json_body(axum::body::Body::from(format!("{status}\n"))));
+            }
+            return Err(too_new);
+        }
+    }
     match (method.clone(), name) {
         (Method::GET, Some(name)) if as_table => {
             ok(&table(&[store.get_shared(&t, namespace, name)?], None))
@@ -333,6 +350,22 @@ fn server_side_apply(
     }
     let updated = store.update(t, namespace, name, applied, subresource == "status", opts)?;
     Ok(json_response(StatusCode::OK, &updated))
+}
+
+/// How long the real server's watch cache waits to catch up with a requested version
+/// (`blockTimeout`) before answering `Too large resource version`.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until the store has reached the request's `resourceVersion` (other than "0", which
+/// accepts any), up to [`FRESHNESS_WAIT`].
+async fn wait_until_fresh(store: &Store, query: &HashMap<String, String>) -> Result<(), ApiError> {
+    match query
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(rv) if rv > 0 => store.wait_for_rv(rv, FRESHNESS_WAIT).await,
+        _ => Ok(()),
+    }
 }
 
 /// `limit` and `continue` of a list request, applied to a list sorted by namespace and name.

@@ -80,6 +80,13 @@ pub fn prepare(
             hosts.insert(vname.clone(), PathBuf::from(path));
             continue;
         }
+        // The API server refuses such names; a pod that got past it still never writes
+        // outside its directory.
+        if !plain_name(&vname) {
+            return Err(fail(format!(
+                "volume name {vname:?} is not a single path element"
+            )));
+        }
         let dir = volumes_dir.join(&vname);
         std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
         let files = volume_files(pod, v, &lookup).map_err(&fail)?;
@@ -171,6 +178,12 @@ fn add_source(
     Ok(())
 }
 
+/// Whether `name` is one path element other than `.` and `..`, so joining it stays inside.
+fn plain_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!((parts.next(), parts.next()), (Some(Component::Normal(n)), None) if n == name)
+}
+
 /// `path` when it stays inside the volume: relative, without `..`.
 fn inside_volume(path: &str) -> Option<&Path> {
     let relative = Path::new(path);
@@ -210,9 +223,11 @@ fn container_mounts(pod: &Value, hosts: &HashMap<String, PathBuf>) -> Vec<(Strin
             .flatten()
             .filter_map(|m| {
                 let host = hosts.get(text(m, "/name"))?;
+                // A subPath that would leave the volume (refused by the API server) mounts
+                // nothing rather than another directory.
                 let host = match text(m, "/subPath") {
                     "" => host.clone(),
-                    sub => host.join(sub),
+                    sub => host.join(inside_volume(sub)?),
                 };
                 Some((
                     text(m, "/mountPath").trim_end_matches('/').to_string(),
@@ -315,6 +330,37 @@ mod tests {
         assert_eq!(inside_volume("/etc/passwd"), None);
         assert_eq!(inside_volume("../escape"), None);
         assert_eq!(inside_volume("a/../../escape"), None);
+    }
+
+    #[test]
+    fn volume_names_and_sub_paths_never_leave_the_pod_directory() {
+        assert!(plain_name("data"));
+        for bad in ["", ".", "..", "../x", "a/b", "/etc", "x/"] {
+            assert!(!plain_name(bad), "{bad}");
+        }
+        let dir = std::env::temp_dir().join(format!("charon-escape-{}", std::process::id()));
+        let pod = json!({"spec": {"volumes": [{"name": "../../escaped", "emptyDir": {}}]}});
+        let err = prepare(&pod, &dir.join("pod"), |_, _| None).err();
+        assert_eq!(err.map(|(v, _)| v), Some("../../escaped".to_string()));
+        assert!(!dir.join("escaped").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let hosts = HashMap::from([("data".to_string(), PathBuf::from("/pods/p/volumes/data"))]);
+        let pod = json!({"spec": {"containers": [{"name": "main", "volumeMounts": [
+            {"name": "data", "mountPath": "/a", "subPath": "../../other"},
+            {"name": "data", "mountPath": "/b", "subPath": "/etc"},
+            {"name": "data", "mountPath": "/c", "subPath": "fine/sub"},
+        ]}]}});
+        assert_eq!(
+            container_mounts(&pod, &hosts),
+            vec![(
+                "main".to_string(),
+                vec![(
+                    "/c".to_string(),
+                    PathBuf::from("/pods/p/volumes/data/fine/sub")
+                )]
+            )]
+        );
     }
 
     #[test]

@@ -105,7 +105,10 @@ impl History {
     /// compacted (410 Gone).
     pub fn since(&self, type_key: &str, namespace: &str, rv: u64) -> Result<Vec<Event>, ApiError> {
         if rv < self.compacted {
-            return Err(ApiError::gone(rv));
+            let mut gone = ApiError::gone(rv);
+            // The real watch cache names the oldest version it can still resume from.
+            gone.message = format!("too old resource version: {rv} ({})", self.compacted);
+            return Err(gone);
         }
         Ok(self
             .events

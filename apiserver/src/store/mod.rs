@@ -74,15 +74,34 @@ pub struct Deletion {
     pub terminate_namespace: bool,
 }
 
+/// The first resourceVersion of a new store: the microseconds since the Unix epoch, so a
+/// server started again (a restarted `charon dev`) never issues a version an earlier one did.
+/// The history starts compacted there, as etcd's restore with `--bump-revision` and
+/// `--mark-compacted` leaves it: clients resuming from an earlier server's version get
+/// 410 Gone and relist, rather than waiting for a version the new server may issue only much
+/// later, having missed everything before it. Far below 2^53, so clients that parse versions
+/// as JSON numbers still read them exactly.
+fn first_rv() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11)
+        })
+        .max(1)
+}
+
 impl Default for Store {
     fn default() -> Self {
         let (events, _) = broadcast::channel(4096);
+        let rv = first_rv();
+        let mut history = History::default();
+        history.compact(rv);
         Store {
             inner: Mutex::new(Inner {
-                rv: 1,
+                rv,
                 types: registry::builtins(),
                 objects: Objects::default(),
-                history: History::default(),
+                history,
             }),
             events,
         }
@@ -195,6 +214,27 @@ impl Store {
         rv: u64,
     ) -> Result<Vec<Event>, ApiError> {
         self.lock().history.since(&type_key(t), namespace, rv)
+    }
+
+    /// Waits until the store has issued `rv`, for at most `timeout`, as the real server's
+    /// watch cache waits to catch up with a version newer than its own; then 504 Timeout
+    /// (`Too large resource version`), which tells clients to list afresh.
+    pub async fn wait_for_rv(&self, rv: u64, timeout: std::time::Duration) -> Result<(), ApiError> {
+        // Subscribe before reading the version so no write falls between the two.
+        let mut changes = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = self.current_rv();
+            if current >= rv {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                    return Err(ApiError::resource_version_too_large(rv, self.current_rv()));
+                }
+            }
+        }
     }
 
     /// Forgets every event so far: clients resuming from an older version get 410 Gone.

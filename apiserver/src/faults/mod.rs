@@ -1,5 +1,7 @@
 //! Two test aids on the request path: an audit of the requests seen (who asked for what,
-//! in RBAC's terms) and fault injection switchable at run time.
+//! in RBAC's terms) and fault injection switchable at run time, also over HTTP (`control`).
+
+pub mod control;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -134,6 +136,31 @@ impl Faults {
     /// Holds (true) or releases (false) requests.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
+    }
+
+    /// The current settings as JSON, for the control API: `errors` by verb (`rate`,
+    /// `code`), `latencyMillis`, `expireWatches` (410s still to come) and `paused`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let (errors, latency) = {
+            let s = self.settings();
+            let errors: serde_json::Map<String, serde_json::Value> = s
+                .errors
+                .iter()
+                .map(|(verb, (rate, code))| {
+                    (
+                        verb.clone(),
+                        serde_json::json!({"rate": rate, "code": code}),
+                    )
+                })
+                .collect();
+            (errors, s.latency)
+        };
+        serde_json::json!({
+            "errors": errors,
+            "latencyMillis": u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            "expireWatches": self.expire_watches.load(Ordering::SeqCst),
+            "paused": *self.paused.borrow(),
+        })
     }
 
     /// Clears error rates, latency and pending 410s, and resumes.
