@@ -104,7 +104,8 @@ pub fn running_timeout(workflow: &Workflow) -> Option<Duration> {
         .running_timeout
         .as_deref()
         .and_then(|t| IsoDuration::parse(t).ok())
-        .map(|d| d.approximate())
+        .filter(|d| d.check_range().is_ok())
+        .and_then(|d| d.approximate())
         .filter(|d| *d > Duration::zero())
 }
 
@@ -385,6 +386,19 @@ mod tests {
         env.iter()
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn a_running_timeout_outside_the_supported_range_never_panics() {
+        let mut workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"schedule": "@hourly", "template": {"image": "busybox"},
+                "runningTimeout": "P300000000Y"},
+        }))
+        .unwrap();
+        assert_eq!(running_timeout(&workflow), None);
+        workflow.spec.running_timeout = Some("PT2H".into());
+        assert_eq!(running_timeout(&workflow), Some(Duration::hours(2)));
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub fn reopen_pending(instance: &WorkflowInstance) -> bool {
 pub fn history_ttl(workflow: Option<&Workflow>) -> chrono::Duration {
     workflow
         .and_then(|w| crate::schedule::IsoDuration::parse(&w.spec.history.ttl).ok())
-        .map(|d| d.approximate())
+        .filter(|d| d.check_range().is_ok())
+        .and_then(|d| d.approximate())
         .unwrap_or_else(|| chrono::Duration::days(7))
 }
 
@@ -238,6 +239,15 @@ mod tests {
             ..Default::default()
         });
         backfill
+    }
+
+    #[test]
+    fn a_ttl_outside_the_supported_range_never_panics() {
+        let mut w = workflow(None);
+        w.spec.history.ttl = "P300000000Y".into();
+        assert_eq!(history_ttl(Some(&w)), chrono::Duration::days(7));
+        w.spec.history.ttl = "P1D".into();
+        assert_eq!(history_ttl(Some(&w)), chrono::Duration::days(1));
     }
 
     #[test]

@@ -54,13 +54,18 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
         errors.push(error(field, e.reason()));
     })
     .ok();
+    if let Some(schedule) = &schedule
+        && let Err(reason) = schedule.offset().check_range()
+    {
+        errors.push(error("spec.offset", reason));
+    }
     let running_timeout = match spec.running_timeout.as_deref().map(IsoDuration::parse) {
         None => None,
         Some(Ok(d)) if d.is_negative() || d.is_zero() => {
             errors.push(error("spec.runningTimeout", "must be a positive duration"));
             None
         }
-        Some(Ok(d)) => Some(d.approximate()),
+        Some(Ok(d)) => in_range("spec.runningTimeout", &d, &mut errors),
         Some(Err(reason)) => {
             errors.push(error("spec.runningTimeout", reason));
             None
@@ -71,7 +76,7 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
             errors.push(error("spec.history.ttl", "must not be negative"));
             Duration::zero()
         }
-        Ok(d) => d.approximate(),
+        Ok(d) => in_range("spec.history.ttl", &d, &mut errors).unwrap_or_else(Duration::zero),
         Err(reason) => {
             errors.push(error("spec.history.ttl", reason));
             Duration::zero()
@@ -135,6 +140,22 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
     }
 }
 
+/// `d` as elapsed time when it keeps within the supported range (SPEC §2), else an error
+/// naming `field`.
+fn in_range(field: &str, d: &IsoDuration, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    match d.check_range().map(|()| d.approximate()) {
+        Ok(Some(elapsed)) => Some(elapsed),
+        Ok(None) => {
+            errors.push(error(field, format!("{d} is outside the supported range")));
+            None
+        }
+        Err(reason) => {
+            errors.push(error(field, reason));
+            None
+        }
+    }
+}
+
 /// One line for the `Valid` condition's message: every problem, separated by `; `.
 pub fn message(errors: &[FieldError]) -> String {
     errors
@@ -189,6 +210,22 @@ mod tests {
             (
                 Box::new(|s| s.running_timeout = Some("-PT1H".into())),
                 "spec.runningTimeout: must be a positive duration",
+            ),
+            (
+                Box::new(|s| s.running_timeout = Some("P300000000Y".into())),
+                "spec.runningTimeout: P300000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.history.ttl = "P300000000Y".into()),
+                "spec.history.ttl: P300000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.offset = Some("P1000000Y".into())),
+                "spec.offset: P1000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.offset = Some("-P300000000Y".into())),
+                "spec.offset: -P300000000Y is outside the supported range",
             ),
             (
                 Box::new(|s| s.history.ttl = "forever".into()),

@@ -61,8 +61,10 @@ pub async fn relay_instances(
 ) {
     let mut events = std::pin::pin!(events);
     // While a list is under way: what the cache held when it began, and what it listed.
-    let mut listing: Option<(Vec<Arc<WorkflowInstance>>, HashSet<ObjectRef<WorkflowInstance>>)> =
-        None;
+    let mut listing: Option<(
+        Vec<Arc<WorkflowInstance>>,
+        HashSet<ObjectRef<WorkflowInstance>>,
+    )> = None;
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(instance)) => {
