@@ -109,12 +109,43 @@ pub fn running_timeout(workflow: &Workflow) -> Option<Duration> {
         .filter(|d| *d > Duration::zero())
 }
 
+/// The pod template a workflow's Jobs get, rendered for a placeholder execution: how
+/// validation finds `podOverrides` that break it before any instance runs.
+pub fn pod_template(template: &WorkflowTemplate) -> Result<PodTemplateSpec, RenderError> {
+    let execution = Execution {
+        namespace: "validation",
+        workflow: "validation",
+        instance: "validation",
+        instance_uid: "",
+        parameter: "",
+        logical_time: DateTime::<Utc>::UNIX_EPOCH,
+        trigger_type: TriggerType::Natural,
+        trigger_id: "natural",
+        execution: 1,
+        tries_before: 0,
+        trigger_env: &[],
+        running_timeout_seconds: None,
+        styx_compatible_env: false,
+    };
+    let job = render(template, &snapshot(template, "", None), &execution)?;
+    Ok(job.spec.map(|s| s.template).unwrap_or_default())
+}
+
 /// Why a Job could not be rendered; permanent until the workflow changes.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RenderError {
     /// `spec.template.podOverrides` does not fit a pod template.
     #[error("spec.template.podOverrides: {0}")]
     PodOverrides(String),
+}
+
+impl RenderError {
+    /// The reason without the field name.
+    pub fn reason(&self) -> &str {
+        match self {
+            RenderError::PodOverrides(reason) => reason,
+        }
+    }
 }
 
 /// The snapshot Prepare takes: image, `{}`-substituted command and args, and the workflow env.

@@ -160,9 +160,10 @@ pub fn trigger_recorded(
                 return true;
             };
             let cursor = workflow.status.as_ref().and_then(|s| s.trigger_cursor);
-            let trigger_at = crate::validate::workflow(&workflow.spec)
-                .ok()
-                .and_then(|valid| valid.schedule.trigger_at(instance.spec.logical_time));
+            let trigger_at =
+                crate::validate::workflow(&workflow.spec, crate::validate::Policy::PERMISSIVE)
+                    .ok()
+                    .and_then(|valid| valid.schedule.trigger_at(instance.spec.logical_time));
             matches!((cursor, trigger_at), (Some(cursor), Some(at)) if at <= cursor)
         }
         TriggerType::Backfill => {
@@ -255,7 +256,7 @@ mod tests {
         let natural = instance("natural");
         // Partition 05:00 of an @hourly workflow (offset PT1H) triggers at 06:00.
         assert_eq!(
-            crate::validate::workflow(&workflow(None).spec)
+            crate::validate::workflow(&workflow(None).spec, crate::validate::Policy::PERMISSIVE)
                 .expect("valid")
                 .schedule
                 .trigger_at(Utc.with_ymd_and_hms(2024, 1, 1, 5, 0, 0).unwrap()),

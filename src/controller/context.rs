@@ -58,6 +58,8 @@ pub struct Context {
     pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
     /// What the controllers remember between reconciles.
     pub memory: Arc<Memory>,
+    /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
+    pub policy: charon_core::validate::Policy,
 }
 
 impl Context {

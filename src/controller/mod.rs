@@ -67,6 +67,8 @@ pub struct Options {
     pub identity: String,
     /// Which Events to write.
     pub events: EventLevel,
+    /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
+    pub policy: charon_core::validate::Policy,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -213,6 +215,7 @@ pub async fn run(
         metrics: options.metrics.clone(),
         wake,
         memory,
+        policy: options.policy,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -45,6 +45,12 @@ impl FanOut {
     }
 }
 
+/// What the cache held when a list began, and what the list has returned so far.
+type Listing = (
+    Vec<Arc<WorkflowInstance>>,
+    HashSet<ObjectRef<WorkflowInstance>>,
+);
+
 /// Relays the shared instance watch, already applied to `cached`, to the controllers: each
 /// changed instance as the cache holds it goes to `fan_out`, and each deleted one to `deleted`.
 ///
@@ -61,10 +67,7 @@ pub async fn relay_instances(
 ) {
     let mut events = std::pin::pin!(events);
     // While a list is under way: what the cache held when it began, and what it listed.
-    let mut listing: Option<(
-        Vec<Arc<WorkflowInstance>>,
-        HashSet<ObjectRef<WorkflowInstance>>,
-    )> = None;
+    let mut listing: Option<Listing> = None;
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(instance)) => {
