@@ -39,6 +39,10 @@ pub struct DevArgs {
     /// into the `default` namespace unless a manifest names another.
     #[arg(long, value_name = "DIR")]
     pub apply: Vec<PathBuf>,
+    /// Let the operator run `podOverrides` that ask for privileges (see `charon operator
+    /// --allow-privileged-pods`).
+    #[arg(long)]
+    pub allow_privileged_pods: bool,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -85,6 +89,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             events: crate::controller::EventLevel::All,
             shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
+            policy: charon_core::validate::Policy {
+                allow_privileged_pods: args.allow_privileged_pods,
+            },
         };
         let operator_client = crate::operator::client_with_agent(
             kube::Config::new(server.url().parse()?),
