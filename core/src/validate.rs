@@ -270,6 +270,69 @@ fn in_range(field: &str, d: &IsoDuration, errors: &mut Vec<FieldError>) -> Optio
     }
 }
 
+/// Checks that Charon could have created `instance` (SPEC §7): its workflow exists, its name
+/// is the one derived from workflow and parameter, its parameter is an aligned partition of
+/// the workflow (as triggers record it: the partition re-rendered, with its logical time), and
+/// a backfill trigger names an existing Backfill of that workflow. `workflow` and `backfill`
+/// are what the instance's namespace holds under the names it gives. The error says why.
+pub fn instance(
+    instance: &crate::resources::WorkflowInstance,
+    workflow: Option<&crate::resources::Workflow>,
+    backfill: Option<&crate::resources::Backfill>,
+) -> Result<(), String> {
+    let spec = &instance.spec;
+    let Some(workflow) = workflow else {
+        return Err(format!(
+            "spec.workflow: workflow {:?} does not exist in this namespace",
+            spec.workflow
+        ));
+    };
+    let expected = crate::names::instance_name(&spec.workflow, &spec.parameter);
+    let name = instance.metadata.name.as_deref().unwrap_or_default();
+    if name != expected {
+        return Err(format!(
+            "metadata.name: {name:?} is not the name derived from workflow {:?} and parameter {:?} ({expected:?})",
+            spec.workflow, spec.parameter
+        ));
+    }
+    // The partition check needs the schedule; a workflow whose spec is invalid is reported on
+    // the workflow, and its instances wait for the fix.
+    if let Ok(valid) = self::workflow(&workflow.spec, Policy::PERMISSIVE) {
+        let schedule = &valid.schedule;
+        let aligned = schedule
+            .parse_parameter(&spec.parameter)
+            .is_ok_and(|logical| {
+                logical == spec.logical_time && schedule.parameter(logical) == spec.parameter
+            });
+        if !aligned {
+            return Err(format!(
+                "spec.parameter: {:?} at {} is not an aligned partition of workflow {:?}",
+                spec.parameter,
+                crate::partition::rfc3339(spec.logical_time),
+                spec.workflow
+            ));
+        }
+    }
+    if spec.trigger.trigger_type == crate::resources::TriggerType::Backfill {
+        match backfill {
+            None => {
+                return Err(format!(
+                    "spec.trigger.id: backfill {:?} does not exist in this namespace",
+                    spec.trigger.id
+                ));
+            }
+            Some(b) if b.spec.workflow != spec.workflow => {
+                return Err(format!(
+                    "spec.trigger.id: backfill {:?} covers workflow {:?}, not {:?}",
+                    spec.trigger.id, b.spec.workflow, spec.workflow
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// One line for the `Valid` condition's message: every problem, separated by `; `.
 pub fn message(errors: &[FieldError]) -> String {
     errors
@@ -456,6 +519,94 @@ mod tests {
                 "capabilities": {"drop": ["ALL"], "add": []}}}],
         }}));
         assert!(workflow(&s, Policy::default()).is_ok());
+    }
+
+    #[test]
+    fn hand_made_instances_are_refused_with_the_reason() {
+        use crate::resources::{Backfill, Workflow, WorkflowInstance};
+        let workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"schedule": "@hourly", "template": {"image": "busybox"}},
+        }))
+        .unwrap();
+        let backfill = |of: &str| -> Backfill {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bf", "namespace": "ns"},
+                "spec": {"workflow": of, "start": "2024-01-01T00", "end": "2024-01-02T00"},
+            }))
+            .unwrap()
+        };
+        let instance = |name: &str, parameter: &str, logical: &str, trigger: &str| {
+            let instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"workflow": "w", "parameter": parameter, "logicalTime": logical,
+                    "trigger": {"type": trigger, "id": if trigger == "backfill" { "bf" } else { trigger }}},
+            }))
+            .unwrap();
+            instance
+        };
+        let good = instance(
+            "w-2024-01-01t05",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "natural",
+        );
+        assert_eq!(self::instance(&good, Some(&workflow), None), Ok(()));
+        let bf = backfill("w");
+        let by_backfill = instance(
+            "w-2024-01-01t05",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "backfill",
+        );
+        assert_eq!(
+            self::instance(&by_backfill, Some(&workflow), Some(&bf)),
+            Ok(())
+        );
+        for (i, bf, want) in [
+            (&good, None, "spec.workflow: workflow \"w\" does not exist"),
+            (
+                &instance("evil", "2024-01-01T05", "2024-01-01T05:00:00Z", "natural"),
+                Some(&workflow),
+                "metadata.name: \"evil\" is not the name derived",
+            ),
+            (
+                &instance(
+                    "w-2024-01-01t05-30",
+                    "2024-01-01T05:30",
+                    "2024-01-01T05:30:00Z",
+                    "adhoc",
+                ),
+                Some(&workflow),
+                "spec.parameter: \"2024-01-01T05:30\"",
+            ),
+            (
+                &instance(
+                    "w-2024-01-01t05",
+                    "2024-01-01T05",
+                    "2024-01-01T06:00:00Z",
+                    "natural",
+                ),
+                Some(&workflow),
+                "spec.parameter: \"2024-01-01T05\" at 2024-01-01T06:00:00Z is not an aligned",
+            ),
+            (
+                &instance("w-garbage", "garbage", "2024-01-01T05:00:00Z", "natural"),
+                Some(&workflow),
+                "spec.parameter: \"garbage\"",
+            ),
+        ] {
+            let err = self::instance(i, bf, None).unwrap_err();
+            assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+        }
+        let err = self::instance(&by_backfill, Some(&workflow), None).unwrap_err();
+        assert!(
+            err.starts_with("spec.trigger.id: backfill \"bf\" does not exist"),
+            "{err}"
+        );
+        let other = backfill("x");
+        let err = self::instance(&by_backfill, Some(&workflow), Some(&other)).unwrap_err();
+        assert!(err.contains("covers workflow \"x\""), "{err}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Cached Workflows.
     pub workflows: Store<Workflow>,
+    /// Cached Backfills (an instance's trigger must name one of its workflow).
+    pub backfills: Store<Backfill>,
     /// Cached WorkflowInstances.
     pub instances: Store<WorkflowInstance>,
     /// Which cached instances belong to which workflow.

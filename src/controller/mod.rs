@@ -205,6 +205,7 @@ pub async fn run(
         namespace: options.namespace.clone(),
         clock: options.clock.clone(),
         workflows: workflow_controller.store(),
+        backfills: backfill_controller.store(),
         instances: instance_controller.store(),
         instance_index,
         jobs,
