@@ -230,6 +230,7 @@ fn start_operator(
             events: events_level(),
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
+            policy: charon_core::validate::Policy::default(),
         };
         let shutdown = async move {
             let mut stopped = stopped;

@@ -45,6 +45,10 @@ pub struct DevArgs {
     /// given. See the README's reference for its routes.
     #[arg(long, value_name = "ADDRESS")]
     pub faults_address: Option<SocketAddr>,
+    /// Let the operator run `podOverrides` that ask for privileges (see `charon operator
+    /// --allow-privileged-pods`).
+    #[arg(long)]
+    pub allow_privileged_pods: bool,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -120,6 +124,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             events: crate::controller::EventLevel::All,
             shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
+            policy: charon_core::validate::Policy {
+                allow_privileged_pods: args.allow_privileged_pods,
+            },
         };
         let operator_client =
             crate::operator::client_with_agent(client_config()?, crate::operator::OPERATOR_AGENT)?;

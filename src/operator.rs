@@ -64,6 +64,11 @@ pub struct OperatorArgs {
     /// Requests let through at once under `--api-qps` (default: twice `--api-qps`).
     #[arg(long, value_name = "N", requires = "api_qps")]
     pub api_burst: Option<u32>,
+    /// Let `podOverrides` ask for privileged or privilege-escalating containers, added
+    /// capabilities, host namespaces, `hostPath` volumes and `nodeName` (refused by default):
+    /// only for clusters that enforce Pod Security Admission on every namespace.
+    #[arg(long)]
+    pub allow_privileged_pods: bool,
 }
 
 /// Settings of a running operator (what the arguments resolve to).
@@ -85,6 +90,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// The client for the Lease, when it is not the controllers' (which may be rate-limited).
     pub lease_client: Option<Client>,
+    /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
+    pub policy: charon_core::validate::Policy,
 }
 
 /// Default of [`Settings::shutdown_timeout`], as `--shutdown-timeout-seconds`.
@@ -196,6 +203,9 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         events: args.events,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_seconds),
         lease_client,
+        policy: charon_core::validate::Policy {
+            allow_privileged_pods: args.allow_privileged_pods,
+        },
     };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -274,6 +284,7 @@ pub async fn run(
                     metrics: settings.metrics.clone(),
                     identity: settings.identity.clone(),
                     events: settings.events,
+                    policy: settings.policy,
                 };
                 controller::run(client.clone(), options, shutdown.clone())
             });

@@ -358,9 +358,22 @@ mod tests {
             created: DateTime<Utc>,
             now: DateTime<Utc>,
         ) -> Partition {
-            wf.status = Some(charon_core::workflow::plan(wf, 0, created).status);
+            wf.status = Some(
+                charon_core::workflow::plan(
+                    wf,
+                    charon_core::validate::Policy::PERMISSIVE,
+                    0,
+                    created,
+                )
+                .status,
+            );
             loop {
-                let plan = charon_core::workflow::plan(wf, 0, now);
+                let plan = charon_core::workflow::plan(
+                    wf,
+                    charon_core::validate::Policy::PERMISSIVE,
+                    0,
+                    now,
+                );
                 wf.status = Some(plan.status);
                 // A long catch-up is planned in batches: the next one follows at once.
                 if plan.requeue_at != Some(now) {

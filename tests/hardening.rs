@@ -348,3 +348,176 @@ async fn an_instance_created_while_the_watches_are_down_still_runs() {
     cluster.assert_each_ran_once(&instances[..1]).await;
     cluster.stop().await;
 }
+
+/// The `Valid` condition of a stored object's conditions, as `(status, message)`.
+fn valid_condition(conditions: &[charon_core::resources::Condition]) -> Option<(String, String)> {
+    charon_core::resources::find_condition(
+        conditions,
+        charon_core::resources::condition_type::VALID,
+    )
+    .map(|c| (format!("{:?}", c.status), c.message.clone()))
+}
+
+/// Durations far outside years 1970–9999 panicked validation (`TimeDelta::days out of
+/// bounds`), and privileged or broken `podOverrides` and bad env vars were accepted; each
+/// must be Valid=False naming the field, and the operator must keep serving other workflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_and_unsafe_specs_are_invalid_not_fatal() {
+    let cluster = Cluster::start().await;
+    let template = json!({"image": "busybox", "command": ["true"]});
+    let cases = [
+        (
+            "timeout",
+            json!({"schedule": "@hourly", "runningTimeout": "P300000000Y", "template": template}),
+            "spec.runningTimeout: P300000000Y is outside the supported range",
+        ),
+        (
+            "ttl",
+            json!({"schedule": "@hourly", "history": {"ttl": "P300000000Y"}, "template": template}),
+            "spec.history.ttl: P300000000Y is outside the supported range",
+        ),
+        (
+            "offset",
+            json!({"schedule": "@hourly", "offset": "P1000000Y", "template": template}),
+            "spec.offset: P1000000Y is outside the supported range",
+        ),
+        (
+            "privileged",
+            json!({"schedule": "@hourly", "template": {"image": "busybox",
+            "podOverrides": {"spec": {"containers": [{"name": "main", "image": "busybox",
+                "securityContext": {"privileged": true}}]}}}}),
+            "spec.template.podOverrides.spec.containers[0].securityContext.privileged: refused by default",
+        ),
+        (
+            "nomain",
+            json!({"schedule": "@hourly", "template": {"image": "busybox",
+            "podOverrides": {"spec": {"containers": [{"name": "other", "image": "busybox"}]}}}}),
+            "spec.template.podOverrides: removes the \"main\" container",
+        ),
+        (
+            "envname",
+            json!({"schedule": "@hourly", "template": {"image": "busybox",
+            "env": [{"name": "A=B", "value": "x"}]}}),
+            "spec.template.env[0].name: \"A=B\" is not a valid environment variable name",
+        ),
+        (
+            "nul",
+            json!({"schedule": "@hourly", "template": {"image": "busybox",
+            "env": [{"name": "A", "value": "a\u{0}b"}]}}),
+            "spec.template.env[0].value: must not contain a NUL byte",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        cluster.apply_workflow(name, spec.clone()).await;
+    }
+    for (name, _, want) in &cases {
+        cluster
+            .eventually(&format!("{name} to be invalid"), LONG, || async {
+                let w = cluster.workflow(name).await?;
+                let conditions = w.status.map(|s| s.conditions).unwrap_or_default();
+                match valid_condition(&conditions) {
+                    Some((status, message)) if status == "False" && message.starts_with(want) => {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+    }
+    cluster.stop().await;
+}
+
+/// Hand-made instances (a name not derived from workflow and parameter, an unaligned
+/// parameter, a missing workflow, a missing backfill) ran or were requeued every 2 s forever.
+/// They must get Valid=False saying why, no Job, and no further writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_instances_are_refused_once_and_never_run() {
+    use kube::api::PostParams;
+    let cluster = Cluster::start().await;
+    cluster
+        .apply_workflow(
+            "w",
+            json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    let cases = [
+        (
+            "evil",
+            "w",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "adhoc",
+            "metadata.name: \"evil\" is not the name derived",
+        ),
+        (
+            "w-2024-01-01t05-30",
+            "w",
+            "2024-01-01T05:30",
+            "2024-01-01T05:30:00Z",
+            "adhoc",
+            "spec.parameter: \"2024-01-01T05:30\"",
+        ),
+        (
+            "ghost-2024-01-01t05",
+            "ghost",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "adhoc",
+            "spec.workflow: workflow \"ghost\" does not exist",
+        ),
+        (
+            "w-2024-01-01t06",
+            "w",
+            "2024-01-01T06",
+            "2024-01-01T06:00:00Z",
+            "backfill",
+            "spec.trigger.id: backfill \"nobf\" does not exist",
+        ),
+    ];
+    for (name, workflow, parameter, logical, trigger, _) in &cases {
+        let instance: charon_core::resources::WorkflowInstance = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1",
+            "kind": "WorkflowInstance",
+            "metadata": {"name": name},
+            "spec": {"workflow": workflow, "parameter": parameter, "logicalTime": logical,
+                "trigger": {"type": trigger, "id": if *trigger == "backfill" { "nobf" } else { "adhoc-1-00001" }}},
+        }))
+        .expect("an instance");
+        cluster
+            .instances()
+            .create(&PostParams::default(), &instance)
+            .await
+            .expect("instance created");
+    }
+    let mut versions = Vec::new();
+    for (name, _, _, _, _, want) in &cases {
+        let stored = cluster
+            .eventually(&format!("{name} to be invalid"), LONG, || async {
+                let i = cluster.instance(name).await?;
+                let conditions = i.status.clone().map(|s| s.conditions).unwrap_or_default();
+                match valid_condition(&conditions) {
+                    Some((status, message)) if status == "False" && message.starts_with(want) => {
+                        Ok(i)
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        versions.push(stored.metadata.resource_version);
+    }
+    tokio::time::sleep(StdDuration::from_secs(5)).await;
+    for ((name, ..), version) in cases.iter().zip(versions) {
+        let stored = cluster.instance(name).await.expect("still there");
+        assert_eq!(
+            stored.metadata.resource_version, version,
+            "{name} was written again"
+        );
+        assert_eq!(
+            stored.status.map(|s| s.state),
+            Some(InstanceState::Queued),
+            "{name} ran"
+        );
+        assert!(cluster.jobs_of(name).await.is_empty(), "{name} has a Job");
+    }
+    cluster.stop().await;
+}

@@ -866,6 +866,7 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
         let triggered = charon::controller::triggers::adhoc(
             &cluster.client,
             &workflow,
+            charon_core::validate::Policy::default(),
             partition,
             Vec::new(),
             false,

@@ -104,8 +104,31 @@ pub fn running_timeout(workflow: &Workflow) -> Option<Duration> {
         .running_timeout
         .as_deref()
         .and_then(|t| IsoDuration::parse(t).ok())
-        .map(|d| d.approximate())
+        .filter(|d| d.check_range().is_ok())
+        .and_then(|d| d.approximate())
         .filter(|d| *d > Duration::zero())
+}
+
+/// The pod template a workflow's Jobs get, rendered for a placeholder execution: how
+/// validation finds `podOverrides` that break it before any instance runs.
+pub fn pod_template(template: &WorkflowTemplate) -> Result<PodTemplateSpec, RenderError> {
+    let execution = Execution {
+        namespace: "validation",
+        workflow: "validation",
+        instance: "validation",
+        instance_uid: "",
+        parameter: "",
+        logical_time: DateTime::<Utc>::UNIX_EPOCH,
+        trigger_type: TriggerType::Natural,
+        trigger_id: "natural",
+        execution: 1,
+        tries_before: 0,
+        trigger_env: &[],
+        running_timeout_seconds: None,
+        styx_compatible_env: false,
+    };
+    let job = render(template, &snapshot(template, "", None), &execution)?;
+    Ok(job.spec.map(|s| s.template).unwrap_or_default())
 }
 
 /// Why a Job could not be rendered; permanent until the workflow changes.
@@ -114,6 +137,15 @@ pub enum RenderError {
     /// `spec.template.podOverrides` does not fit a pod template.
     #[error("spec.template.podOverrides: {0}")]
     PodOverrides(String),
+}
+
+impl RenderError {
+    /// The reason without the field name.
+    pub fn reason(&self) -> &str {
+        match self {
+            RenderError::PodOverrides(reason) => reason,
+        }
+    }
 }
 
 /// The snapshot Prepare takes: image, `{}`-substituted command and args, and the workflow env.
@@ -385,6 +417,19 @@ mod tests {
         env.iter()
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn a_running_timeout_outside_the_supported_range_never_panics() {
+        let mut workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"schedule": "@hourly", "template": {"image": "busybox"},
+                "runningTimeout": "P300000000Y"},
+        }))
+        .unwrap();
+        assert_eq!(running_timeout(&workflow), None);
+        workflow.spec.running_timeout = Some("PT2H".into());
+        assert_eq!(running_timeout(&workflow), Some(Duration::hours(2)));
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum ParameterError {
     /// The text parses but names no real date or time.
     #[error("{0:?} is not a valid date or time")]
     OutOfRange(String),
+    /// The partition, or when it is triggered, lies outside years 1970 to 9999 (SPEC §2).
+    #[error(
+        "{0:?} is outside the supported range: partitions and their trigger instants must lie in years 1970 to 9999"
+    )]
+    OutsideRange(String),
     /// No partition of the schedule lies at or before the instant.
     #[error("no partition of the schedule at or before {0:?}")]
     NoPartition(String),
@@ -85,8 +90,18 @@ impl Schedule {
     /// to the last partition at or before it.
     pub fn parse_parameter(&self, text: &str) -> Result<DateTime<Utc>, ParameterError> {
         let instant = self.parse_instant(text)?;
-        self.align_at_or_before(instant)
-            .ok_or_else(|| ParameterError::NoPartition(text.trim().to_string()))
+        let logical = self
+            .align_at_or_before(instant)
+            .ok_or_else(|| ParameterError::NoPartition(text.trim().to_string()))?;
+        let inside = crate::schedule::in_supported_range(logical)
+            && self
+                .trigger_at(logical)
+                .is_some_and(crate::schedule::in_supported_range);
+        if inside {
+            Ok(logical)
+        } else {
+            Err(ParameterError::OutsideRange(text.trim().to_string()))
+        }
     }
 
     /// Parses a date or date-time leniently without aligning it: an explicit `Z` or offset is
@@ -232,6 +247,39 @@ mod tests {
         assert_eq!(
             substitute(&args, "2016-04-01T14"),
             ["--hour", "2016-04-01T14", "--date={}", "{}x"]
+        );
+    }
+
+    #[test]
+    fn far_partitions_are_kept_or_refused_never_remapped() {
+        let utc = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let hourly = Schedule::new("@hourly", None, None).unwrap();
+        assert_eq!(
+            hourly.parse_parameter("9999-12-31T22"),
+            Ok(utc("9999-12-31T22:00:00Z"))
+        );
+        assert_eq!(
+            hourly.parameter(utc("9999-12-31T22:00:00Z")),
+            "9999-12-31T22"
+        );
+        // Its trigger instant (+PT1H) would be in year 10000.
+        assert_eq!(
+            hourly.parse_parameter("9999-12-31T23"),
+            Err(ParameterError::OutsideRange("9999-12-31T23".into()))
+        );
+        let plain = Schedule::new("0 * * * *", None, None).unwrap();
+        assert_eq!(
+            plain.parse_parameter("9999-12-31T23"),
+            Ok(utc("9999-12-31T23:00:00Z"))
+        );
+        assert_eq!(
+            hourly.parse_parameter("1969-12-31T23"),
+            Err(ParameterError::OutsideRange("1969-12-31T23".into()))
+        );
+        let daily = Schedule::new("@daily", None, None).unwrap();
+        assert_eq!(
+            daily.parse_parameter("7000-06-15"),
+            Ok(utc("7000-06-15T00:00:00Z"))
         );
     }
 

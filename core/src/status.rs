@@ -184,7 +184,8 @@ pub fn reopen_pending(instance: &WorkflowInstance) -> bool {
 pub fn history_ttl(workflow: Option<&Workflow>) -> chrono::Duration {
     workflow
         .and_then(|w| crate::schedule::IsoDuration::parse(&w.spec.history.ttl).ok())
-        .map(|d| d.approximate())
+        .filter(|d| d.check_range().is_ok())
+        .and_then(|d| d.approximate())
         .unwrap_or_else(|| chrono::Duration::days(7))
 }
 
@@ -213,9 +214,10 @@ pub fn trigger_recorded(
                 return true;
             };
             let cursor = workflow.status.as_ref().and_then(|s| s.trigger_cursor);
-            let trigger_at = crate::validate::workflow(&workflow.spec)
-                .ok()
-                .and_then(|valid| valid.schedule.trigger_at(instance.spec.logical_time));
+            let trigger_at =
+                crate::validate::workflow(&workflow.spec, crate::validate::Policy::PERMISSIVE)
+                    .ok()
+                    .and_then(|valid| valid.schedule.trigger_at(instance.spec.logical_time));
             matches!((cursor, trigger_at), (Some(cursor), Some(at)) if at <= cursor)
         }
         TriggerType::Backfill => {
@@ -391,11 +393,20 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_outside_the_supported_range_never_panics() {
+        let mut w = workflow(None);
+        w.spec.history.ttl = "P300000000Y".into();
+        assert_eq!(history_ttl(Some(&w)), chrono::Duration::days(7));
+        w.spec.history.ttl = "P1D".into();
+        assert_eq!(history_ttl(Some(&w)), chrono::Duration::days(1));
+    }
+
+    #[test]
     fn an_instance_may_go_only_once_its_trigger_is_on_record() {
         let natural = instance("natural");
         // Partition 05:00 of an @hourly workflow (offset PT1H) triggers at 06:00.
         assert_eq!(
-            crate::validate::workflow(&workflow(None).spec)
+            crate::validate::workflow(&workflow(None).spec, crate::validate::Policy::PERMISSIVE)
                 .expect("valid")
                 .schedule
                 .trigger_at(Utc.with_ymd_and_hms(2024, 1, 1, 5, 0, 0).unwrap()),

@@ -37,8 +37,26 @@ pub struct ValidWorkflow {
     pub history_ttl: Duration,
 }
 
-/// Validates a workflow spec, collecting every problem rather than stopping at the first.
-pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
+/// What the operator allows beyond the defaults (SPEC §7), passed in so validation stays pure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `--allow-privileged-pods`: `podOverrides` may ask for privileged containers, host
+    /// namespaces, `hostPath` volumes and `nodeName` (for clusters relying on Pod Security
+    /// Admission alone).
+    pub allow_privileged_pods: bool,
+}
+
+impl Policy {
+    /// Everything allowed: for readers that only need the schedule (the operator still
+    /// enforces its own policy on what runs).
+    pub const PERMISSIVE: Policy = Policy {
+        allow_privileged_pods: true,
+    };
+}
+
+/// Validates a workflow spec under `policy`, collecting every problem rather than stopping at
+/// the first.
+pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Vec<FieldError>> {
     let mut errors = Vec::new();
     let schedule = Schedule::new(
         &spec.schedule,
@@ -54,13 +72,18 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
         errors.push(error(field, e.reason()));
     })
     .ok();
+    if let Some(schedule) = &schedule
+        && let Err(reason) = schedule.offset().check_range()
+    {
+        errors.push(error("spec.offset", reason));
+    }
     let running_timeout = match spec.running_timeout.as_deref().map(IsoDuration::parse) {
         None => None,
         Some(Ok(d)) if d.is_negative() || d.is_zero() => {
             errors.push(error("spec.runningTimeout", "must be a positive duration"));
             None
         }
-        Some(Ok(d)) => Some(d.approximate()),
+        Some(Ok(d)) => in_range("spec.runningTimeout", &d, &mut errors),
         Some(Err(reason)) => {
             errors.push(error("spec.runningTimeout", reason));
             None
@@ -71,7 +94,7 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
             errors.push(error("spec.history.ttl", "must not be negative"));
             Duration::zero()
         }
-        Ok(d) => d.approximate(),
+        Ok(d) => in_range("spec.history.ttl", &d, &mut errors).unwrap_or_else(Duration::zero),
         Err(reason) => {
             errors.push(error("spec.history.ttl", reason));
             Duration::zero()
@@ -113,17 +136,27 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
         }
     }
     for (i, var) in template.env.iter().enumerate() {
-        if var.name.is_empty() {
-            errors.push(error(
-                &format!("spec.template.env[{i}].name"),
-                "must not be empty",
-            ));
+        let field = format!("spec.template.env[{i}]");
+        if let Err(reason) = env_name(&var.name) {
+            errors.push(error(&format!("{field}.name"), reason));
+        }
+        if var.value.as_deref().is_some_and(has_nul) {
+            errors.push(error(&format!("{field}.value"), NUL_REASON));
         }
     }
-    if let Some(overrides) = &template.pod_overrides
-        && !overrides.is_object()
-    {
-        errors.push(error("spec.template.podOverrides", "must be an object"));
+    for (name, list) in [("command", &template.command), ("args", &template.args)] {
+        for (i, arg) in list.iter().enumerate() {
+            if has_nul(arg) {
+                errors.push(error(&format!("spec.template.{name}[{i}]"), NUL_REASON));
+            }
+        }
+    }
+    if let Some(overrides) = &template.pod_overrides {
+        if overrides.is_object() {
+            errors.extend(pod_overrides(template, overrides, policy));
+        } else {
+            errors.push(error("spec.template.podOverrides", "must be an object"));
+        }
     }
     match (schedule, errors.is_empty()) {
         (Some(schedule), true) => Ok(ValidWorkflow {
@@ -133,6 +166,171 @@ pub fn workflow(spec: &WorkflowSpec) -> Result<ValidWorkflow, Vec<FieldError>> {
         }),
         _ => Err(errors),
     }
+}
+
+const NUL_REASON: &str = "must not contain a NUL byte";
+
+fn has_nul(text: &str) -> bool {
+    text.contains('\0')
+}
+
+/// The API server's rule for env var names: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+pub fn env_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    match name.chars().next() {
+        None => Err("must not be empty".to_string()),
+        Some(first) if first.is_ascii_digit() || !allowed(first) || !name.chars().all(allowed) => {
+            Err(format!(
+                "{name:?} is not a valid environment variable name: it must match [-._a-zA-Z][-._a-zA-Z0-9]*"
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks `podOverrides` (a pod template merged onto Charon's): it must keep the `main`
+/// container, and unless `policy` allows it, must not grant what lets a pod escape its
+/// container (privilege, host namespaces, host paths, a chosen node).
+fn pod_overrides(
+    template: &crate::resources::WorkflowTemplate,
+    overrides: &serde_json::Value,
+    policy: Policy,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Err(e) = crate::job::pod_template(template) {
+        errors.push(error("spec.template.podOverrides", e.reason()));
+    }
+    if policy.allow_privileged_pods {
+        return errors;
+    }
+    const REFUSED: &str =
+        "refused by default; the operator allows it only with --allow-privileged-pods";
+    let base = "spec.template.podOverrides.spec";
+    let Some(spec) = overrides.get("spec") else {
+        return errors;
+    };
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec.get(key) == Some(&serde_json::Value::Bool(true)) {
+            errors.push(error(&format!("{base}.{key}"), REFUSED));
+        }
+    }
+    if spec
+        .get("nodeName")
+        .is_some_and(|n| !n.is_null() && n.as_str() != Some(""))
+    {
+        errors.push(error(&format!("{base}.nodeName"), REFUSED));
+    }
+    let items = |key: &str| {
+        spec.get(key)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (i, volume) in items("volumes").iter().enumerate() {
+        if volume.get("hostPath").is_some_and(|h| !h.is_null()) {
+            errors.push(error(&format!("{base}.volumes[{i}].hostPath"), REFUSED));
+        }
+    }
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
+        for (i, container) in items(key).iter().enumerate() {
+            let Some(context) = container.get("securityContext") else {
+                continue;
+            };
+            let field = format!("{base}.{key}[{i}].securityContext");
+            for flag in ["privileged", "allowPrivilegeEscalation"] {
+                if context.get(flag) == Some(&serde_json::Value::Bool(true)) {
+                    errors.push(error(&format!("{field}.{flag}"), REFUSED));
+                }
+            }
+            let added = context
+                .get("capabilities")
+                .and_then(|c| c.get("add"))
+                .and_then(serde_json::Value::as_array);
+            if added.is_some_and(|a| !a.is_empty()) {
+                errors.push(error(&format!("{field}.capabilities.add"), REFUSED));
+            }
+        }
+    }
+    errors
+}
+
+/// `d` as elapsed time when it keeps within the supported range (SPEC §2), else an error
+/// naming `field`.
+fn in_range(field: &str, d: &IsoDuration, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    match d.check_range().map(|()| d.approximate()) {
+        Ok(Some(elapsed)) => Some(elapsed),
+        Ok(None) => {
+            errors.push(error(field, format!("{d} is outside the supported range")));
+            None
+        }
+        Err(reason) => {
+            errors.push(error(field, reason));
+            None
+        }
+    }
+}
+
+/// Checks that Charon could have created `instance` (SPEC §7): its workflow exists, its name
+/// is the one derived from workflow and parameter, its parameter is an aligned partition of
+/// the workflow (as triggers record it: the partition re-rendered, with its logical time), and
+/// a backfill trigger names an existing Backfill of that workflow. `workflow` and `backfill`
+/// are what the instance's namespace holds under the names it gives. The error says why.
+pub fn instance(
+    instance: &crate::resources::WorkflowInstance,
+    workflow: Option<&crate::resources::Workflow>,
+    backfill: Option<&crate::resources::Backfill>,
+) -> Result<(), String> {
+    let spec = &instance.spec;
+    let Some(workflow) = workflow else {
+        return Err(format!(
+            "spec.workflow: workflow {:?} does not exist in this namespace",
+            spec.workflow
+        ));
+    };
+    let expected = crate::names::instance_name(&spec.workflow, &spec.parameter);
+    let name = instance.metadata.name.as_deref().unwrap_or_default();
+    if name != expected {
+        return Err(format!(
+            "metadata.name: {name:?} is not the name derived from workflow {:?} and parameter {:?} ({expected:?})",
+            spec.workflow, spec.parameter
+        ));
+    }
+    // The partition check needs the schedule; a workflow whose spec is invalid is reported on
+    // the workflow, and its instances wait for the fix.
+    if let Ok(valid) = self::workflow(&workflow.spec, Policy::PERMISSIVE) {
+        let schedule = &valid.schedule;
+        let aligned = schedule
+            .parse_parameter(&spec.parameter)
+            .is_ok_and(|logical| {
+                logical == spec.logical_time && schedule.parameter(logical) == spec.parameter
+            });
+        if !aligned {
+            return Err(format!(
+                "spec.parameter: {:?} at {} is not an aligned partition of workflow {:?}",
+                spec.parameter,
+                crate::partition::rfc3339(spec.logical_time),
+                spec.workflow
+            ));
+        }
+    }
+    if spec.trigger.trigger_type == crate::resources::TriggerType::Backfill {
+        match backfill {
+            None => {
+                return Err(format!(
+                    "spec.trigger.id: backfill {:?} does not exist in this namespace",
+                    spec.trigger.id
+                ));
+            }
+            Some(b) if b.spec.workflow != spec.workflow => {
+                return Err(format!(
+                    "spec.trigger.id: backfill {:?} covers workflow {:?}, not {:?}",
+                    spec.trigger.id, b.spec.workflow, spec.workflow
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// One line for the `Valid` condition's message: every problem, separated by `; `.
@@ -161,7 +359,7 @@ mod tests {
     fn a_valid_spec_parses_its_parts() {
         let mut s = spec("@hourly");
         s.running_timeout = Some("PT2H".into());
-        let valid = workflow(&s).unwrap();
+        let valid = workflow(&s, Policy::default()).unwrap();
         assert_eq!(valid.running_timeout, Some(Duration::hours(2)));
         assert_eq!(valid.history_ttl, Duration::days(7));
     }
@@ -189,6 +387,22 @@ mod tests {
             (
                 Box::new(|s| s.running_timeout = Some("-PT1H".into())),
                 "spec.runningTimeout: must be a positive duration",
+            ),
+            (
+                Box::new(|s| s.running_timeout = Some("P300000000Y".into())),
+                "spec.runningTimeout: P300000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.history.ttl = "P300000000Y".into()),
+                "spec.history.ttl: P300000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.offset = Some("P1000000Y".into())),
+                "spec.offset: P1000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.offset = Some("-P300000000Y".into())),
+                "spec.offset: -P300000000Y is outside the supported range",
             ),
             (
                 Box::new(|s| s.history.ttl = "forever".into()),
@@ -223,22 +437,188 @@ mod tests {
         ] {
             let mut s = spec("@hourly");
             mutate(&mut s);
-            let errors = workflow(&s).unwrap_err();
+            let errors = workflow(&s, Policy::default()).unwrap_err();
             let text = message(&errors);
             assert!(text.starts_with(want), "got {text:?}, want {want:?}");
         }
     }
 
     #[test]
+    fn env_names_nul_bytes_and_the_main_container() {
+        let mut s = spec("@hourly");
+        s.template.env = serde_json::from_value(serde_json::json!([
+            {"name": "A=B", "value": "x"},
+            {"name": "1ST", "value": "x"},
+            {"name": "ok.name-1_", "value": "a\0b"},
+        ]))
+        .unwrap();
+        s.template.args = vec!["fine".into(), "bad\0".into()];
+        s.template.command = vec!["\0".into()];
+        s.template.pod_overrides = Some(serde_json::json!({
+            "spec": {"containers": [{"name": "other", "image": "busybox"}]}
+        }));
+        let text = message(&workflow(&s, Policy::default()).unwrap_err());
+        for want in [
+            "spec.template.env[0].name: \"A=B\" is not a valid environment variable name",
+            "spec.template.env[1].name: \"1ST\" is not a valid",
+            "spec.template.env[2].value: must not contain a NUL byte",
+            "spec.template.command[0]: must not contain a NUL byte",
+            "spec.template.args[1]: must not contain a NUL byte",
+            "spec.template.podOverrides: removes the \"main\" container",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from {text:?}");
+        }
+        assert!(!text.contains("env[2].name"), "{text}");
+        assert!(!text.contains("args[0]"), "{text}");
+        // Overriding the main container itself is fine.
+        let mut s = spec("@hourly");
+        s.template.pod_overrides = Some(serde_json::json!({
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]}
+        }));
+        assert!(workflow(&s, Policy::default()).is_ok());
+    }
+
+    #[test]
+    fn privileged_pod_overrides_are_refused_unless_allowed() {
+        let mut s = spec("@hourly");
+        s.template.pod_overrides = Some(serde_json::json!({"spec": {
+            "hostNetwork": true, "hostPID": true, "hostIPC": true, "nodeName": "node-1",
+            "volumes": [{"name": "ok", "emptyDir": {}}, {"name": "root", "hostPath": {"path": "/"}}],
+            "containers": [{"name": "main", "securityContext": {
+                "privileged": true, "allowPrivilegeEscalation": true,
+                "capabilities": {"add": ["SYS_ADMIN"]}}}],
+            "initContainers": [{"name": "init", "image": "busybox",
+                "securityContext": {"privileged": true}}],
+        }}));
+        let errors = workflow(&s, Policy::default()).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.podOverrides.spec.hostNetwork",
+                "spec.template.podOverrides.spec.hostPID",
+                "spec.template.podOverrides.spec.hostIPC",
+                "spec.template.podOverrides.spec.nodeName",
+                "spec.template.podOverrides.spec.volumes[1].hostPath",
+                "spec.template.podOverrides.spec.containers[0].securityContext.privileged",
+                "spec.template.podOverrides.spec.containers[0].securityContext.allowPrivilegeEscalation",
+                "spec.template.podOverrides.spec.containers[0].securityContext.capabilities.add",
+                "spec.template.podOverrides.spec.initContainers[0].securityContext.privileged",
+            ]
+        );
+        assert!(errors[0].reason.contains("--allow-privileged-pods"));
+        let allowed = Policy {
+            allow_privileged_pods: true,
+        };
+        assert!(workflow(&s, allowed).is_ok());
+        // Safe settings stay allowed by default.
+        s.template.pod_overrides = Some(serde_json::json!({"spec": {
+            "hostNetwork": false, "priorityClassName": "batch",
+            "containers": [{"name": "main", "securityContext": {
+                "privileged": false, "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"], "add": []}}}],
+        }}));
+        assert!(workflow(&s, Policy::default()).is_ok());
+    }
+
+    #[test]
+    fn hand_made_instances_are_refused_with_the_reason() {
+        use crate::resources::{Backfill, Workflow, WorkflowInstance};
+        let workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"schedule": "@hourly", "template": {"image": "busybox"}},
+        }))
+        .unwrap();
+        let backfill = |of: &str| -> Backfill {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bf", "namespace": "ns"},
+                "spec": {"workflow": of, "start": "2024-01-01T00", "end": "2024-01-02T00"},
+            }))
+            .unwrap()
+        };
+        let instance = |name: &str, parameter: &str, logical: &str, trigger: &str| {
+            let instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"workflow": "w", "parameter": parameter, "logicalTime": logical,
+                    "trigger": {"type": trigger, "id": if trigger == "backfill" { "bf" } else { trigger }}},
+            }))
+            .unwrap();
+            instance
+        };
+        let good = instance(
+            "w-2024-01-01t05",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "natural",
+        );
+        assert_eq!(self::instance(&good, Some(&workflow), None), Ok(()));
+        let bf = backfill("w");
+        let by_backfill = instance(
+            "w-2024-01-01t05",
+            "2024-01-01T05",
+            "2024-01-01T05:00:00Z",
+            "backfill",
+        );
+        assert_eq!(
+            self::instance(&by_backfill, Some(&workflow), Some(&bf)),
+            Ok(())
+        );
+        for (i, bf, want) in [
+            (&good, None, "spec.workflow: workflow \"w\" does not exist"),
+            (
+                &instance("evil", "2024-01-01T05", "2024-01-01T05:00:00Z", "natural"),
+                Some(&workflow),
+                "metadata.name: \"evil\" is not the name derived",
+            ),
+            (
+                &instance(
+                    "w-2024-01-01t05-30",
+                    "2024-01-01T05:30",
+                    "2024-01-01T05:30:00Z",
+                    "adhoc",
+                ),
+                Some(&workflow),
+                "spec.parameter: \"2024-01-01T05:30\"",
+            ),
+            (
+                &instance(
+                    "w-2024-01-01t05",
+                    "2024-01-01T05",
+                    "2024-01-01T06:00:00Z",
+                    "natural",
+                ),
+                Some(&workflow),
+                "spec.parameter: \"2024-01-01T05\" at 2024-01-01T06:00:00Z is not an aligned",
+            ),
+            (
+                &instance("w-garbage", "garbage", "2024-01-01T05:00:00Z", "natural"),
+                Some(&workflow),
+                "spec.parameter: \"garbage\"",
+            ),
+        ] {
+            let err = self::instance(i, bf, None).unwrap_err();
+            assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+        }
+        let err = self::instance(&by_backfill, Some(&workflow), None).unwrap_err();
+        assert!(
+            err.starts_with("spec.trigger.id: backfill \"bf\" does not exist"),
+            "{err}"
+        );
+        let other = backfill("x");
+        let err = self::instance(&by_backfill, Some(&workflow), Some(&other)).unwrap_err();
+        assert!(err.contains("covers workflow \"x\""), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let mut s = spec("* * *");
         s.time_zone = "Nowhere".into();
-        let errors = workflow(&s).unwrap_err();
+        let errors = workflow(&s, Policy::default()).unwrap_err();
         // The zone is only checked once the schedule parses; fixing one reveals the next.
         assert_eq!(errors.len(), 1);
         s.schedule = "@daily".into();
         s.retry.missing_dependency_exit_code = 0;
-        let errors = workflow(&s).unwrap_err();
+        let errors = workflow(&s, Policy::default()).unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,

@@ -90,9 +90,14 @@ pub fn schedule_key(workflow: &Workflow) -> String {
     )
 }
 
-/// Plans one reconcile of `workflow` at `now`; `active` is the number of its unfinished
+/// Plans one reconcile of `workflow` at `now` under the operator's `policy`; `active` is the number of its unfinished
 /// instances.
-pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPlan {
+pub fn plan(
+    workflow: &Workflow,
+    policy: validate::Policy,
+    active: u32,
+    now: DateTime<Utc>,
+) -> WorkflowPlan {
     let previous = workflow.status.clone().unwrap_or_default();
     let generation = workflow.metadata.generation;
     let mut status = previous.clone();
@@ -101,7 +106,7 @@ pub fn plan(workflow: &Workflow, active: u32, now: DateTime<Utc>) -> WorkflowPla
     let was_invalid = crate::resources::find_condition(&previous.conditions, condition_type::VALID)
         .is_some_and(|c| c.status == ConditionStatus::False);
 
-    let valid = match validate::workflow(&workflow.spec) {
+    let valid = match validate::workflow(&workflow.spec, policy) {
         Ok(valid) => valid,
         Err(errors) => {
             let message = validate::message(&errors);
@@ -228,7 +233,12 @@ mod tests {
     #[test]
     fn first_partition_and_next_trigger() {
         let wf = workflow("@hourly", "2024-01-01T10:22:00Z");
-        let p = plan(&wf, 0, utc("2024-01-01T10:30:00Z"));
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T10:30:00Z"),
+        );
         assert!(p.create.is_empty());
         let next = p.status.next_trigger.clone().expect("next");
         assert_eq!(next.parameter, "2024-01-01T10");
@@ -237,7 +247,12 @@ mod tests {
 
         let mut wf = wf;
         wf.status = Some(p.status);
-        let p = plan(&wf, 0, utc("2024-01-01T11:00:00Z"));
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T11:00:00Z"),
+        );
         assert_eq!(p.create.len(), 1);
         assert_eq!(p.create[0].name, "hb-2024-01-01t10");
         assert_eq!(p.create[0].parameter, "2024-01-01T10");
@@ -253,23 +268,56 @@ mod tests {
     #[test]
     fn a_partial_creation_keeps_the_rest_for_later() {
         let mut wf = workflow("@hourly", "2024-01-01T00:10:00Z");
-        wf.status = Some(plan(&wf, 0, utc("2024-01-01T00:10:00Z")).status);
-        let p = plan(&wf, 0, utc("2024-01-01T05:10:00Z"));
+        wf.status = Some(
+            plan(
+                &wf,
+                validate::Policy::default(),
+                0,
+                utc("2024-01-01T00:10:00Z"),
+            )
+            .status,
+        );
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T05:10:00Z"),
+        );
         // The first partition is T00 (due 01:00, the first due after creation).
         assert_eq!(p.create.len(), 5);
         let partial = p.status_after(2);
         wf.status = Some(partial);
-        let again = plan(&wf, 0, utc("2024-01-01T05:10:00Z"));
+        let again = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T05:10:00Z"),
+        );
         let names: Vec<_> = again.create.iter().map(|c| c.parameter.as_str()).collect();
         assert_eq!(names, ["2024-01-01T02", "2024-01-01T03", "2024-01-01T04"]);
         wf.status = Some(p.status_after(0));
-        assert_eq!(plan(&wf, 0, utc("2024-01-01T05:10:00Z")).create.len(), 5);
+        assert_eq!(
+            plan(
+                &wf,
+                validate::Policy::default(),
+                0,
+                utc("2024-01-01T05:10:00Z")
+            )
+            .create
+            .len(),
+            5
+        );
     }
 
     #[test]
     fn invalid_specs_get_a_condition_and_no_instances_and_resume_when_fixed() {
         let mut wf = workflow("61 * * * *", "2024-01-01T00:00:00Z");
-        let p = plan(&wf, 0, utc("2024-01-01T03:00:00Z"));
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T03:00:00Z"),
+        );
         assert!(p.create.is_empty());
         let valid = crate::resources::find_condition(&p.status.conditions, condition_type::VALID)
             .expect("condition");
@@ -283,11 +331,22 @@ mod tests {
         wf.status = Some(p.status);
         // The same problem again is not a new Warning.
         assert_eq!(
-            plan(&wf, 0, utc("2024-01-01T03:01:00Z")).became_invalid,
+            plan(
+                &wf,
+                validate::Policy::default(),
+                0,
+                utc("2024-01-01T03:01:00Z")
+            )
+            .became_invalid,
             None
         );
         wf.spec.schedule = "@hourly".into();
-        let p = plan(&wf, 0, utc("2024-01-01T03:30:00Z"));
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T03:30:00Z"),
+        );
         let params: Vec<_> = p.create.iter().map(|c| c.parameter.as_str()).collect();
         // Nothing due while invalid is lost (catch-up All).
         assert_eq!(params, ["2024-01-01T00", "2024-01-01T01", "2024-01-01T02"]);
@@ -296,14 +355,32 @@ mod tests {
     #[test]
     fn a_schedule_change_triggers_what_the_new_schedule_makes_due() {
         let mut wf = workflow("@hourly", "2024-01-01T00:10:00Z");
-        wf.status = Some(plan(&wf, 0, utc("2024-01-01T00:10:00Z")).status);
-        let p = plan(&wf, 0, utc("2024-01-01T02:00:00Z"));
+        wf.status = Some(
+            plan(
+                &wf,
+                validate::Policy::default(),
+                0,
+                utc("2024-01-01T00:10:00Z"),
+            )
+            .status,
+        );
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T02:00:00Z"),
+        );
         assert_eq!(p.create.len(), 2);
         wf.status = Some(p.status);
         // With offset zero the partition T02 is due now, which the old schedule would have
         // triggered only at 03:00.
         wf.spec.offset = Some("PT0S".into());
-        let p = plan(&wf, 0, utc("2024-01-01T02:00:30Z"));
+        let p = plan(
+            &wf,
+            validate::Policy::default(),
+            0,
+            utc("2024-01-01T02:00:30Z"),
+        );
         let params: Vec<_> = p.create.iter().map(|c| c.parameter.as_str()).collect();
         assert_eq!(params, ["2024-01-01T02"]);
     }

@@ -57,30 +57,34 @@ async fn reconcile_backfill(backfill: Arc<Backfill>, ctx: Arc<Context>) -> Resul
     let workflow = ctx
         .workflows
         .get(&ObjectRef::new(&backfill.spec.workflow).within(&namespace));
-    let (schedule, partitions) =
-        match resolve(&backfill, workflow.as_deref(), &namespace, &previous, now) {
-            Ok(ok) => ok,
-            Err(message) => {
-                let was = charon_core::resources::find_condition(
-                    &previous.conditions,
-                    condition_type::VALID,
-                )
-                .map(|c| c.message.clone());
-                status.state = BackfillState::Invalid;
-                set_condition(
-                    &mut status.conditions,
-                    Condition::invalid(&message, generation, now),
-                );
-                if was.as_deref() != Some(&message) {
-                    ctx.events
-                        .record(&*backfill, Severity::Warning, "InvalidSpec", &message)
-                        .await;
-                }
-                ctx.write_status(&*backfill, status).await?;
-                // A missing workflow may appear: look again later.
-                return Ok(Action::requeue(INVALID_RETRY));
+    let (schedule, partitions) = match resolve(
+        &backfill,
+        workflow.as_deref(),
+        &namespace,
+        &previous,
+        ctx.policy,
+        now,
+    ) {
+        Ok(ok) => ok,
+        Err(message) => {
+            let was =
+                charon_core::resources::find_condition(&previous.conditions, condition_type::VALID)
+                    .map(|c| c.message.clone());
+            status.state = BackfillState::Invalid;
+            set_condition(
+                &mut status.conditions,
+                Condition::invalid(&message, generation, now),
+            );
+            if was.as_deref() != Some(&message) {
+                ctx.events
+                    .record(&*backfill, Severity::Warning, "InvalidSpec", &message)
+                    .await;
             }
-        };
+            ctx.write_status(&*backfill, status).await?;
+            // A missing workflow may appear: look again later.
+            return Ok(Action::requeue(INVALID_RETRY));
+        }
+    };
     let Some(workflow) = workflow else {
         return Ok(Action::await_change());
     };
@@ -140,6 +144,7 @@ fn resolve(
     workflow: Option<&Workflow>,
     namespace: &str,
     previous: &BackfillStatus,
+    policy: charon_core::validate::Policy,
     now: DateTime<Utc>,
 ) -> Result<(Schedule, Vec<DateTime<Utc>>), String> {
     let Some(workflow) = workflow else {
@@ -148,7 +153,7 @@ fn resolve(
             backfill.spec.workflow
         ));
     };
-    let valid = charon_core::validate::workflow(&workflow.spec).map_err(|errors| {
+    let valid = charon_core::validate::workflow(&workflow.spec, policy).map_err(|errors| {
         format!(
             "spec.workflow: workflow {} is invalid: {}",
             backfill.spec.workflow,

@@ -38,6 +38,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Cached Workflows.
     pub workflows: Store<Workflow>,
+    /// Cached Backfills (an instance's trigger must name one of its workflow).
+    pub backfills: Store<Backfill>,
     /// Cached WorkflowInstances.
     pub instances: Store<WorkflowInstance>,
     /// Which cached instances belong to which workflow.
@@ -58,6 +60,8 @@ pub struct Context {
     pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
     /// What the controllers remember between reconciles.
     pub memory: Arc<Memory>,
+    /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
+    pub policy: charon_core::validate::Policy,
 }
 
 impl Context {

@@ -110,8 +110,26 @@ async fn reconcile_instance(
         )
         .await;
     }
+    let workflow = match read.workflow.clone() {
+        Some(workflow) => Some(workflow),
+        // Not in the cache yet, or gone: ask the API server which.
+        None => ctx
+            .api::<Workflow>(&read.namespace)
+            .get_opt(&instance.spec.workflow)
+            .await
+            .map_err(call(
+                "get",
+                "Workflow",
+                &read.namespace,
+                &instance.spec.workflow,
+            ))?
+            .map(Arc::new),
+    };
+    if let Err(reason) = check(&ctx, &instance, &read, workflow.as_deref()).await? {
+        return refuse_instance(&ctx, &instance, &read, &reason, now).await;
+    }
     let Some(workflow) = read.workflow.clone() else {
-        // Not in the cache yet, or being deleted (its instances go with it).
+        // Exists but not in the cache yet, or being deleted (its instances go with it).
         return Ok(Action::requeue(NO_WORKFLOW_RETRY));
     };
 
@@ -137,6 +155,75 @@ async fn reconcile_instance(
     .await?;
     sweep_jobs(&ctx, &read).await?;
     next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await
+}
+
+/// Whether Charon could have created `instance` ([`charon_core::validate::instance`]): the
+/// outer error is the API server's, the inner one why the instance is refused.
+async fn check(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    workflow: Option<&Workflow>,
+) -> Result<Result<(), String>, Error> {
+    let backfill = if instance.spec.trigger.trigger_type == TriggerType::Backfill {
+        let id = &instance.spec.trigger.id;
+        match ctx
+            .backfills
+            .get(&ObjectRef::new(id).within(&read.namespace))
+        {
+            Some(cached) => Some(cached),
+            None => ctx
+                .api::<Backfill>(&read.namespace)
+                .get_opt(id)
+                .await
+                .map_err(call("get", "Backfill", &read.namespace, id))?
+                .map(Arc::new),
+        }
+    } else {
+        None
+    };
+    Ok(charon_core::validate::instance(
+        instance,
+        workflow,
+        backfill.as_deref(),
+    ))
+}
+
+/// Marks an instance Charon could not have created `Valid=False` with `reason` (SPEC §7),
+/// once, with a Warning Event; it is not run, and looked at again only when it changes.
+async fn refuse_instance(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    read: &Read,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let mut status = read.stored_status.clone();
+    let already = charon_core::resources::find_condition(
+        &status.conditions,
+        charon_core::resources::condition_type::VALID,
+    )
+    .is_some_and(|c| {
+        c.status == charon_core::resources::ConditionStatus::False && c.message == reason
+    });
+    if already {
+        return Ok(Action::await_change());
+    }
+    charon_core::resources::set_condition(
+        &mut status.conditions,
+        charon_core::resources::Condition::invalid(reason, instance.metadata.generation, now),
+    );
+    status.message = format!("not run: {reason}");
+    status.observed_generation = instance.metadata.generation;
+    match ctx.replace_status(instance, status).await {
+        Ok(_) => {}
+        Err(error) if error.is_conflict() => return Ok(Action::requeue(CONFLICT_RETRY)),
+        Err(error) => return Err(error),
+    }
+    ctx.events
+        .record(instance, Severity::Warning, "InvalidInstance", reason)
+        .await;
+    Ok(Action::await_change())
 }
 
 /// What a reconcile starts from: the status on record, or the status owed by an attempt an

@@ -67,6 +67,8 @@ pub struct Options {
     pub identity: String,
     /// Which Events to write.
     pub events: EventLevel,
+    /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
+    pub policy: charon_core::validate::Policy,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -203,6 +205,7 @@ pub async fn run(
         namespace: options.namespace.clone(),
         clock: options.clock.clone(),
         workflows: workflow_controller.store(),
+        backfills: backfill_controller.store(),
         instances: instance_controller.store(),
         instance_index,
         jobs,
@@ -213,6 +216,7 @@ pub async fn run(
         metrics: options.metrics.clone(),
         wake,
         memory,
+        policy: options.policy,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

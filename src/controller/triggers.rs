@@ -122,12 +122,13 @@ pub async fn reopen(
 pub async fn adhoc(
     client: &Client,
     workflow: &Workflow,
+    policy: charon_core::validate::Policy,
     text: &str,
     env: Vec<EnvVar>,
     allow_future: bool,
     now: DateTime<Utc>,
 ) -> Result<Triggered, TriggerError> {
-    let valid = charon_core::validate::workflow(&workflow.spec).map_err(|errors| {
+    let valid = charon_core::validate::workflow(&workflow.spec, policy).map_err(|errors| {
         TriggerError::Refused(format!(
             "workflow {} is invalid: {}",
             workflow.name_any(),

@@ -53,7 +53,7 @@ async fn reconcile_workflow(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Resul
         .filter(|i| !i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
         .map(|i| i.name_any())
         .collect();
-    let plan = plan(&workflow, count(&unfinished), now);
+    let plan = plan(&workflow, ctx.policy, count(&unfinished), now);
     if let Some(message) = &plan.became_invalid {
         ctx.events
             .record(&*workflow, Severity::Warning, "InvalidSpec", message)
@@ -183,7 +183,17 @@ async fn handle_annotations(
         return Ok(false);
     }
     if let Some(text) = &trigger {
-        match triggers::adhoc(&ctx.client, workflow, text, Vec::new(), false, now).await {
+        match triggers::adhoc(
+            &ctx.client,
+            workflow,
+            ctx.policy,
+            text,
+            Vec::new(),
+            false,
+            now,
+        )
+        .await
+        {
             Ok(t) => {
                 let verb = if t.reopened { "re-opened" } else { "created" };
                 let message = format!(
@@ -211,7 +221,7 @@ async fn handle_annotations(
                 let api = ctx.api::<charon_core::resources::Backfill>(namespace);
                 // Refuse a range the Backfill would refuse, so the Event says so instead of
                 // "created" (the Backfill itself only checks its range when it reconciles).
-                let range = charon_core::validate::workflow(&workflow.spec)
+                let range = charon_core::validate::workflow(&workflow.spec, ctx.policy)
                     .map_err(|e| {
                         format!(
                             "the workflow's spec is invalid: {}",

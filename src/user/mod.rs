@@ -375,6 +375,8 @@ impl Ctx {
         let triggered = match triggers::adhoc(
             &self.client,
             &wf,
+            // The operator enforces its own pod policy on what runs.
+            charon_core::validate::Policy::PERMISSIVE,
             parameter,
             env,
             allow_future,
@@ -424,7 +426,11 @@ impl Ctx {
                     bail!("--concurrency must be at least 1");
                 }
                 let wf = self.workflow(&workflow).await?;
-                let valid = charon_core::validate::workflow(&wf.spec).map_err(|e| {
+                let valid = charon_core::validate::workflow(
+                    &wf.spec,
+                    charon_core::validate::Policy::PERMISSIVE,
+                )
+                .map_err(|e| {
                     anyhow!(
                         "workflow {workflow} is invalid: {}",
                         charon_core::validate::message(&e)
@@ -869,9 +875,12 @@ impl Ctx {
                     current_message(&s, now)
                 )?;
             }
-            let schedule = charon_core::validate::workflow(&wf.spec)
-                .ok()
-                .map(|v| v.schedule);
+            let schedule = charon_core::validate::workflow(
+                &wf.spec,
+                charon_core::validate::Policy::PERMISSIVE,
+            )
+            .ok()
+            .map(|v| v.schedule);
             if let Some((cells, first, last)) = recent_grid(&mine, schedule.as_ref(), colour) {
                 writeln!(out, "  Recent:   {cells}  ({first} … {last})")?;
                 grid = true;

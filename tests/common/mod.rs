@@ -28,6 +28,8 @@ pub struct Cluster {
     pub clock: Arc<ShiftedClock>,
     /// Which Events operators started from now on write.
     pub events: EventLevel,
+    /// The pod policy operators started from now on enforce.
+    pub policy: charon_core::validate::Policy,
     operator: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -74,6 +76,7 @@ impl Cluster {
             client,
             clock: Arc::new(ShiftedClock::default()),
             events: EventLevel::All,
+            policy: charon_core::validate::Policy::default(),
             operator: None,
         }
     }
@@ -121,6 +124,7 @@ impl Cluster {
             events: self.events,
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
+            policy: self.policy,
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::NaiveDateTime;
+use chrono::{Datelike, NaiveDateTime};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -160,13 +160,36 @@ impl CronExpr {
 
     /// The first matching wall-clock time strictly after `t` (or at `t` when `inclusive`).
     pub fn next_naive(&self, t: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
-        self.cron.find_next_occurrence(&t, inclusive).ok()
+        let (shifted, cycles) = into_search_range(t)?;
+        let found = self.cron.find_next_occurrence(&shifted, inclusive).ok()?;
+        shift_cycles(found, cycles)
     }
 
     /// The last matching wall-clock time strictly before `t` (or at `t` when `inclusive`).
     pub fn previous_naive(&self, t: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
-        self.cron.find_previous_occurrence(&t, inclusive).ok()
+        let (shifted, cycles) = into_search_range(t)?;
+        let found = self
+            .cron
+            .find_previous_occurrence(&shifted, inclusive)
+            .ok()?;
+        shift_cycles(found, cycles)
     }
+}
+
+/// Days in 400 Gregorian years: a whole number of weeks, so dates, leap days and weekdays
+/// repeat exactly every 400 years.
+const CYCLE_DAYS: i64 = 146_097;
+
+/// `croner` searches only up to year 5000 (and answered a search from 9999 with a match in
+/// 5000). Moving `t` by whole 400-year cycles into 2000–2399 keeps the calendar identical and
+/// leaves centuries of room either way; the answer is moved back by the same cycles.
+fn into_search_range(t: NaiveDateTime) -> Option<(NaiveDateTime, i64)> {
+    let cycles = i64::from(t.year() - 2000).div_euclid(400);
+    Some((shift_cycles(t, -cycles)?, cycles))
+}
+
+fn shift_cycles(t: NaiveDateTime, cycles: i64) -> Option<NaiveDateTime> {
+    t.checked_add_signed(chrono::Duration::try_days(cycles.checked_mul(CYCLE_DAYS)?)?)
 }
 
 /// Finds which field made the whole expression fail by parsing each one alone.
@@ -275,6 +298,39 @@ mod tests {
         // A plain `*` day-of-month leaves day-of-week alone.
         let weekly = CronExpr::parse("0 0 * * MON").unwrap();
         assert_eq!(weekly.next_naive(at(1), false), Some(at(8)));
+    }
+
+    #[test]
+    fn matches_are_found_up_to_year_9999() {
+        let at = |y: i32, m: u32, d: u32, h: u32| {
+            chrono::NaiveDate::from_ymd_opt(y, m, d)
+                .and_then(|d| d.and_hms_opt(h, 0, 0))
+                .unwrap()
+        };
+        let hourly = CronExpr::parse("@hourly").unwrap();
+        let last = at(9999, 12, 31, 23);
+        assert_eq!(hourly.next_naive(last, true), Some(last));
+        assert_eq!(
+            hourly.previous_naive(last, false),
+            Some(at(9999, 12, 31, 22))
+        );
+        assert_eq!(hourly.next_naive(at(9999, 12, 31, 22), false), Some(last));
+        // Weekdays are right far from croner's range: 9999-12-31 is a Friday.
+        let fridays = CronExpr::parse("0 0 * * FRI").unwrap();
+        assert_eq!(
+            fridays.previous_naive(at(10000, 1, 1, 0), false),
+            Some(at(9999, 12, 31, 0))
+        );
+        // Crossing a 400-year boundary keeps leap days: 6000 is a leap year (divisible by 400).
+        let leap = CronExpr::parse("0 0 29 2 *").unwrap();
+        assert_eq!(
+            leap.next_naive(at(5999, 3, 1, 0), false),
+            Some(at(6000, 2, 29, 0))
+        );
+        assert_eq!(
+            leap.previous_naive(at(6000, 3, 1, 0), false),
+            Some(at(6000, 2, 29, 0))
+        );
     }
 
     #[test]

@@ -18,6 +18,21 @@ pub use self::zone::Zone;
 /// zone transition. Real transitions shift clocks by at most two hours.
 const TRANSITION_SLACK: Duration = Duration::hours(3);
 
+/// The first instant of the supported range (SPEC §2): 1970-01-01T00:00:00Z.
+pub const SUPPORTED_START: DateTime<Utc> = DateTime::<Utc>::UNIX_EPOCH;
+
+/// The first instant after the supported range: 10000-01-01T00:00:00Z.
+pub const SUPPORTED_END: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_800, 0) {
+    Some(t) => t,
+    // 253402300800 s after the epoch is year 10000, well within chrono's range.
+    None => DateTime::<Utc>::MAX_UTC,
+};
+
+/// Whether `t` lies in the supported range, years 1970 to 9999 (SPEC §2).
+pub fn in_supported_range(t: DateTime<Utc>) -> bool {
+    (SUPPORTED_START..SUPPORTED_END).contains(&t)
+}
+
 /// Which schedule input was wrong, with the reason.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ScheduleError {

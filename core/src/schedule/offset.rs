@@ -90,12 +90,37 @@ impl IsoDuration {
     }
 
     /// The duration as exact elapsed time, counting a day as 24 hours and a month as 30 days;
-    /// for timeouts and TTLs, where calendar precision does not matter.
-    pub fn approximate(&self) -> Duration {
-        let magnitude = Duration::days(i64::from(self.months) * 30)
-            + Duration::days(i64::try_from(self.days).unwrap_or(i64::MAX / 86_400_000))
-            + self.time;
-        if self.negative { -magnitude } else { magnitude }
+    /// for timeouts and TTLs, where calendar precision does not matter. `None` when it does not
+    /// fit a [`Duration`] (far beyond the supported range, see [`IsoDuration::check_range`]).
+    pub fn approximate(&self) -> Option<Duration> {
+        let days = i64::from(self.months)
+            .checked_mul(30)?
+            .checked_add(i64::try_from(self.days).ok()?)?;
+        let magnitude = Duration::try_days(days)?.checked_add(&self.time)?;
+        Some(if self.negative { -magnitude } else { magnitude })
+    }
+
+    /// Refuses a duration that leads outside the supported range (SPEC §2: instants between
+    /// years 1970 and 9999) from every instant in it: applied to the range's far edge, it must
+    /// land inside the range, both in the calendar and as approximate elapsed time. The error
+    /// is the reason only; callers add the field name.
+    pub fn check_range(&self) -> Result<(), String> {
+        let (first, end) = (super::SUPPORTED_START, super::SUPPORTED_END);
+        let edge = if self.negative {
+            end - Duration::seconds(1)
+        } else {
+            first
+        };
+        let within = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t >= first && t < end);
+        let exact = self.add_to(edge, &Zone::UTC);
+        let approximate = self.approximate().and_then(|d| edge.checked_add_signed(d));
+        if within(exact) && within(approximate) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{self} is outside the supported range: it must keep instants of years 1970 to 9999 within them"
+            ))
+        }
     }
 
     /// Adds the duration to instant `t` (SPEC §2): the calendar part in zone's wall-clock
@@ -211,6 +236,34 @@ mod tests {
             let d = IsoDuration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(d.to_string(), shown, "{text}");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_panicked_on() {
+        for text in [
+            "P300000000Y",
+            "-P300000000Y",
+            "P1000000Y",
+            "P8031Y",
+            "PT4000000000H",
+        ] {
+            let d = IsoDuration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let err = d.check_range().expect_err(text);
+            assert!(err.contains("outside the supported range"), "{text}: {err}");
+        }
+        assert_eq!(
+            IsoDuration::parse("P300000000Y").unwrap().approximate(),
+            None
+        );
+        for text in ["P8000Y", "-P8000Y", "P7D", "PT1H", "PT0S"] {
+            let d = IsoDuration::parse(text).unwrap();
+            assert_eq!(d.check_range(), Ok(()), "{text}");
+            assert!(d.approximate().is_some(), "{text}");
+        }
+        assert_eq!(
+            IsoDuration::parse("-PT30M").unwrap().approximate(),
+            Some(Duration::minutes(-30))
+        );
     }
 
     #[test]
