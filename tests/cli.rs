@@ -263,6 +263,28 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
     let status = reopened.status.expect("status");
     assert_eq!(status.runs[0].state, InstanceState::Done);
     assert_eq!(status.execution, 2);
+    // Every attempt, with a header each: the first run's Job was deleted with its log.
+    cluster
+        .eventually("the first attempt's Job to go", LONG, || async {
+            let jobs = cluster.jobs_of("hb-2024-01-02t05").await;
+            if jobs.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{} Jobs", jobs.len()))
+            }
+        })
+        .await;
+    let (ok, out, err) = cli
+        .run(&["-n", NS, "logs", "--all", "hb-2024-01-02t05"])
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "== attempt 1 (exit 0, reason Succeeded) ==\n\
+         (log not kept: its Job hb-2024-01-02t05-1 was deleted, and no log store keeps earlier attempts' logs)\n\
+         == attempt 2 (exit 0, reason Succeeded) ==\n\
+         p=2024-01-02T05 x=\n"
+    );
 
     // A partition that is not due is refused with one clear line and a non-zero exit.
     let (ok, _, err) = cli.run(&["-n", NS, "trigger", "hb", "2099-01-01T00"]).await;

@@ -126,8 +126,12 @@ pub enum UserCommand {
         #[arg(short = 'f', long)]
         follow: bool,
         /// The execution number (default: the latest; only the latest Job is kept).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         attempt: Option<u32>,
+        /// Every attempt of `status.attempts`, each after a header line; the log of one
+        /// whose Job is gone is not kept (there is no log store yet).
+        #[arg(long, conflicts_with = "follow")]
+        all: bool,
     },
     /// Show workflows: next trigger, active instances, recent partitions, backfills.
     Status {
@@ -299,6 +303,11 @@ impl Ctx {
                 writeln!(out, "workflowinstance/{instance} will retry now")?;
                 Ok(())
             }
+            UserCommand::Logs {
+                instance,
+                all: true,
+                ..
+            } => self.all_logs(&instance, out).await,
             UserCommand::Logs {
                 instance,
                 follow,
@@ -735,6 +744,70 @@ impl Ctx {
         } else {
             let text = pods.logs(&pod, &params).await?;
             write!(out, "{text}")?;
+        }
+        Ok(())
+    }
+
+    /// Every attempt's log (SPEC §11), oldest first, each after `== attempt N (exit E, reason
+    /// R) ==`; an attempt whose Job is gone says its log is not kept.
+    async fn all_logs(&self, instance: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+        let current = self.instance(instance).await?;
+        let attempts = current
+            .status
+            .as_ref()
+            .map(|s| s.attempts.clone())
+            .unwrap_or_default();
+        if attempts.is_empty() {
+            bail!("instance {instance} has no attempt on record yet");
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        for attempt in attempts {
+            let exit = attempt
+                .exit_code
+                .map_or_else(|| "none".to_string(), |c| c.to_string());
+            let reason = match (attempt.outcome, attempt.reason.as_str()) {
+                (None, _) => "running".to_string(),
+                (_, "") => "none".to_string(),
+                (_, reason) => reason.to_string(),
+            };
+            writeln!(
+                out,
+                "== attempt {} (exit {exit}, reason {reason}) ==",
+                attempt.execution
+            )?;
+            let log = match self.job_of(&current, Some(attempt.execution)).await {
+                Ok((job, execution)) => {
+                    let selector = format!(
+                        "{}={},{}={execution}",
+                        charon_core::job::LABEL_INSTANCE,
+                        charon_core::names::label_value(instance),
+                        charon_core::job::LABEL_EXECUTION,
+                    );
+                    match existing_pod(&pods, &selector).await? {
+                        Some(pod) => {
+                            let params = LogParams {
+                                container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
+                                ..Default::default()
+                            };
+                            Ok(pods.logs(&pod, &params).await?)
+                        }
+                        None => Err(format!("no pod of Job {} exists any more", job.name_any())),
+                    }
+                }
+                Err(_) => Err(format!("its Job {} was deleted", attempt.job)),
+            };
+            match log {
+                Ok(text) => {
+                    write!(out, "{text}")?;
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        writeln!(out)?;
+                    }
+                }
+                Err(why) => writeln!(
+                    out,
+                    "(log not kept: {why}, and no log store keeps earlier attempts' logs)"
+                )?,
+            }
         }
         Ok(())
     }

@@ -53,6 +53,19 @@ pub(super) fn finished(job: &Job) -> bool {
 /// The name of the newest pod matching `selector` once its main container has started,
 /// waiting up to [`POD_START_TIMEOUT`] for it (a Job's pod appears and starts within
 /// moments of the Job).
+/// The newest pod matching `selector`, if any is left.
+pub(super) async fn existing_pod(
+    pods: &Api<Pod>,
+    selector: &str,
+) -> anyhow::Result<Option<String>> {
+    let mut list = pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items;
+    list.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    Ok(list.pop().map(|p| p.name_any()))
+}
+
 pub(super) async fn started_pod(
     pods: &Api<Pod>,
     selector: &str,
