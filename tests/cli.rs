@@ -285,6 +285,12 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
          == attempt 2 (exit 0, reason Succeeded) ==\n\
          p=2024-01-02T05 x=\n"
     );
+    let (ok, out, err) = cli.run(&["-n", NS, "status", "hb"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("  Retried:\n    2024-01-02T05            2 attempts: exit 0, exit 0\n"),
+        "{out}"
+    );
 
     // A partition that is not due is refused with one clear line and a non-zero exit.
     let (ok, _, err) = cli.run(&["-n", NS, "trigger", "hb", "2099-01-01T00"]).await;

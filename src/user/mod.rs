@@ -958,6 +958,28 @@ impl Ctx {
                 writeln!(out, "  Recent:   {cells}  ({first} … {last})")?;
                 grid = true;
             }
+            // The latest partitions that took more than one attempt, from the run history.
+            let retried: Vec<&&WorkflowInstance> = mine
+                .iter()
+                .filter(|i| i.status.as_ref().is_some_and(|s| s.attempts.len() > 1))
+                .collect();
+            if !retried.is_empty() {
+                writeln!(out, "  Retried:")?;
+            }
+            for i in retried.iter().rev().take(5).rev() {
+                let attempts = i
+                    .status
+                    .as_ref()
+                    .map(|s| s.attempts.as_slice())
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "    {:<24} {} attempts: {}",
+                    i.spec.parameter,
+                    attempts.len(),
+                    attempts_line(attempts)
+                )?;
+            }
             for b in backfills.iter().filter(|b| b.spec.workflow == name) {
                 writeln!(
                     out,
@@ -1012,4 +1034,21 @@ const POD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 fn without_managed_fields<K: kube::Resource>(mut object: K) -> K {
     object.meta_mut().managed_fields = None;
     object
+}
+
+/// An instance's attempts in one line: each one's exit code or how it ended, oldest first
+/// (`exit 1, exit 1, exit 0`; `timed out`, `halted`, `running`).
+fn attempts_line(attempts: &[charon_core::resources::AttemptRecord]) -> String {
+    use charon_core::resources::AttemptOutcomeKind;
+    attempts
+        .iter()
+        .map(|a| match (a.exit_code, a.outcome) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(AttemptOutcomeKind::TimedOut)) => "timed out".to_string(),
+            (None, Some(AttemptOutcomeKind::Halted)) => "halted".to_string(),
+            (None, Some(_)) => "no exit code".to_string(),
+            (None, None) => "running".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
