@@ -687,20 +687,19 @@ impl Store {
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         if let Some(manager) = &opts.manager {
-            let mut candidate = obj.clone();
-            candidate["metadata"] = Value::Object(meta.clone());
+            // The object with its final metadata, lent to the bookkeeping and taken back.
+            obj["metadata"] = Value::Object(std::mem::take(&mut meta));
             let subresource = if status_only { "status" } else { "" };
             crate::apply::record_update(
                 Some(&current),
-                &mut candidate,
+                &mut obj,
                 manager,
                 subresource,
                 &t.api_version(),
             );
-            match candidate.pointer("/metadata/managedFields") {
-                Some(managed) => meta.insert("managedFields".into(), managed.clone()),
-                None => meta.remove("managedFields"),
-            };
+            if let Some(Value::Object(m)) = obj.get_mut("metadata").map(Value::take) {
+                meta = m;
+            }
         }
         // The write changes nothing if, with the current resourceVersion, its metadata and
         // everything else equal the stored object's.
