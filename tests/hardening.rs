@@ -115,15 +115,7 @@ async fn an_instance_outlives_nothing_but_its_recorded_trigger() {
         )
         .await;
     // Its first status first, so the trigger below is not its first reconcile.
-    cluster
-        .eventually("the workflow's status", LONG, || async {
-            let wf = cluster.workflow("brief").await?;
-            match wf.status.and_then(|s| s.next_trigger) {
-                Some(next) => Ok(next),
-                None => Err("no nextTrigger yet".to_string()),
-            }
-        })
-        .await;
+    cluster.planned("brief", LONG).await;
     cluster.clock.advance(Duration::minutes(121));
     cluster
         .eventually("both instances to run and go", LONG, || async {
@@ -171,14 +163,7 @@ async fn a_half_done_reopen_is_finished_by_the_next_reconcile() {
             }),
         )
         .await;
-    cluster
-        .eventually("the workflow's status", LONG, || async {
-            let wf = cluster.workflow("again").await?;
-            wf.status
-                .and_then(|s| s.next_trigger)
-                .ok_or_else(|| "no nextTrigger yet".to_string())
-        })
-        .await;
+    cluster.planned("again", LONG).await;
     cluster.clock.advance(Duration::minutes(61));
     let done = cluster
         .wait_states("again", 1, &[InstanceState::Done], LONG)
@@ -235,14 +220,7 @@ async fn a_failed_delete_of_an_earlier_attempts_job_is_retried() {
             }),
         )
         .await;
-    cluster
-        .eventually("the workflow's status", LONG, || async {
-            let wf = cluster.workflow("second-time").await?;
-            wf.status
-                .and_then(|s| s.next_trigger)
-                .ok_or_else(|| "no nextTrigger yet".to_string())
-        })
-        .await;
+    cluster.planned("second-time", LONG).await;
     cluster.clock.advance(Duration::minutes(61));
     cluster
         .first_status_where("second-time", "the first attempt to fail", LONG, |s| {
@@ -295,14 +273,7 @@ async fn a_job_the_server_refuses_as_too_large_ends_in_error() {
             }),
         )
         .await;
-    cluster
-        .eventually("the workflow's status", LONG, || async {
-            let wf = cluster.workflow("huge").await?;
-            wf.status
-                .and_then(|s| s.next_trigger)
-                .ok_or_else(|| "no nextTrigger yet".to_string())
-        })
-        .await;
+    cluster.planned("huge", LONG).await;
     cluster.clock.advance(Duration::minutes(61));
     let status = cluster
         .first_status_where("huge", "the refusal to end the instance", LONG, |s| {

@@ -619,18 +619,7 @@ async fn a_server_that_lost_its_state_is_relisted() {
             json!({"schedule": "@hourly", "template": {"image": "busybox", "command": ["true"]}}),
         )
         .await;
-    cluster
-        .eventually(
-            "the new workflow's nextTrigger",
-            StdDuration::from_secs(20),
-            || async {
-                let wf = cluster.workflow("after").await?;
-                wf.status
-                    .and_then(|s| s.next_trigger)
-                    .ok_or_else(|| "no nextTrigger yet".to_string())
-            },
-        )
-        .await;
+    cluster.planned("after", StdDuration::from_secs(20)).await;
     cluster.clock.advance(Duration::minutes(61));
     cluster
         .wait_states(

@@ -1,27 +1,16 @@
 //! A server configured with a bearer token serves only requests that carry it; others get
 //! the real server's 401 Status.
 
+mod common;
+
+use common::raw_get;
+
 use std::time::Duration;
 
 use charon_apiserver::{ApiServer, Config};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ListParams};
-
-async fn raw_get(address: std::net::SocketAddr, path: &str, auth: Option<&str>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
@@ -51,7 +40,7 @@ async fn only_requests_with_the_token_are_served() {
 
     for auth in [None, Some("Bearer wrong"), Some(&*format!("Basic {token}"))] {
         for path in ["/api/v1/namespaces", "/version", "/healthz"] {
-            let raw = raw_get(server.address(), path, auth).await;
+            let raw = raw_get(server.address(), path, auth, Duration::from_secs(2)).await;
             assert!(raw.starts_with("HTTP/1.1 401"), "{auth:?} {path}: {raw}");
             let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
             assert_eq!(
@@ -64,6 +53,7 @@ async fn only_requests_with_the_token_are_served() {
         server.address(),
         "/api/v1/namespaces",
         Some(&format!("Bearer {token}")),
+        Duration::from_secs(2),
     )
     .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");

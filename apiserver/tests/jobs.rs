@@ -2,6 +2,10 @@
 //! commands as local processes, and statuses, logs, events and garbage collection look the
 //! way they do on a real 1.33 cluster.
 
+mod common;
+
+use common::raw_get;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -915,7 +919,13 @@ async fn requests_are_audited_and_faults_injected() {
     // Throttling comes with Retry-After (checked over plain HTTP: clients retry it).
     c.server.set_error_rate("list", 0.0, 500);
     c.server.set_error_rate("*", 1.0, 429);
-    let raw = raw_get(c.server.address(), "/api/v1/namespaces/default/configmaps").await;
+    let raw = raw_get(
+        c.server.address(),
+        "/api/v1/namespaces/default/configmaps",
+        None,
+        Duration::from_millis(500),
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 429"), "{raw}");
     assert!(raw.to_lowercase().contains("retry-after: 1"), "{raw}");
     assert!(raw.contains("\"reason\":\"TooManyRequests\""), "{raw}");
@@ -927,6 +937,8 @@ async fn requests_are_audited_and_faults_injected() {
     let raw = raw_get(
         c.server.address(),
         "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1",
+        None,
+        Duration::from_millis(500),
     )
     .await;
     assert!(raw.contains("\"code\":410"), "{raw}");
@@ -945,18 +957,4 @@ async fn requests_are_audited_and_faults_injected() {
     c.server.resume();
     assert_eq!(held.await.expect("join").expect("list"), 0);
     c.server.shutdown().await;
-}
-
-/// One GET over a fresh connection, returning the raw response (the stream is read until
-/// the server closes it or a short timeout passes).
-async fn raw_get(address: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -3,7 +3,10 @@
 //! version` for reads and streaming lists, a waiting stream for plain watches), as the real
 //! kube-apiserver answers them.
 
-use std::net::SocketAddr;
+mod common;
+
+use common::raw_get;
+
 use std::time::{Duration, Instant};
 
 use charon_apiserver::{ApiServer, Config};
@@ -11,20 +14,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-
-/// One GET over a fresh connection: the raw response, read until the server closes it or
-/// `wait` passes.
-async fn raw_get(address: SocketAddr, path: &str, wait: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// The JSON body of a raw (unchunked) response.
 fn body_of(raw: &str) -> Value {
@@ -74,6 +63,7 @@ async fn a_restarted_server_sends_watches_from_its_predecessor_away() {
     let raw = raw_get(
         address,
         &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={old}"),
+        None,
         Duration::from_secs(2),
     )
     .await;
@@ -103,6 +93,7 @@ async fn versions_not_yet_issued_wait_then_time_out() {
         &format!(
             "/api/v1/namespaces/default/configmaps?resourceVersion={future}&resourceVersionMatch=NotOlderThan"
         ),
+        None,
         Duration::from_secs(10),
     )
     .await;
@@ -127,6 +118,7 @@ async fn versions_not_yet_issued_wait_then_time_out() {
     let raw = raw_get(
         server.address(),
         &format!("/api/v1/namespaces/default/configmaps/a?resourceVersion={future}"),
+        None,
         Duration::from_secs(10),
     )
     .await;
@@ -140,6 +132,7 @@ async fn versions_not_yet_issued_wait_then_time_out() {
             raw_get(
                 address,
                 &format!("/api/v1/namespaces/default/configmaps?resourceVersion={next}"),
+                None,
                 Duration::from_secs(10),
             )
             .await
@@ -158,6 +151,7 @@ async fn versions_not_yet_issued_wait_then_time_out() {
         &format!(
             "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&resourceVersion={future}"
         ),
+        None,
         Duration::from_secs(10),
     )
     .await;
@@ -170,6 +164,7 @@ async fn versions_not_yet_issued_wait_then_time_out() {
     let raw = raw_get(
         server.address(),
         &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={future}"),
+        None,
         Duration::from_secs(1),
     )
     .await;

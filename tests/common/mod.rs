@@ -249,6 +249,19 @@ impl Cluster {
         }
     }
 
+    /// Waits until `workflow` has a status with its next trigger: its first reconcile is
+    /// done, so what a test does next is not part of it.
+    pub async fn planned(&self, workflow: &str, timeout: StdDuration) {
+        self.eventually("the workflow's nextTrigger", timeout, || async {
+            let wf = self.workflow(workflow).await?;
+            wf.status
+                .and_then(|s| s.next_trigger)
+                .map(|_| ())
+                .ok_or_else(|| "no nextTrigger yet".to_string())
+        })
+        .await;
+    }
+
     /// Polls the status of `workflow`'s oldest instance until `ready` accepts it.
     pub async fn first_status_where(
         &self,
