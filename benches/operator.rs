@@ -231,6 +231,7 @@ fn start_operator(
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
             policy: charon_core::validate::Policy::default(),
+            log_store: None,
         };
         let shutdown = async move {
             let mut stopped = stopped;

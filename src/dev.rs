@@ -49,6 +49,26 @@ pub struct DevArgs {
     /// --allow-privileged-pods`).
     #[arg(long)]
     pub allow_privileged_pods: bool,
+    /// Where `charon dev` keeps what outlives its processes: the log store under `logs/`.
+    #[arg(long, value_name = "DIR", default_value = ".charon-dev")]
+    pub state_dir: PathBuf,
+    /// Archive attempts' logs here instead of `file://<state-dir>/logs` (`file:///dir` or
+    /// `s3://bucket/prefix`).
+    #[arg(long, value_name = "URL")]
+    pub log_store: Option<String>,
+}
+
+/// The log store URL `charon dev` archives into: `--log-store`, or a directory under
+/// `--state-dir`.
+fn log_store_url(args: &DevArgs) -> anyhow::Result<String> {
+    if let Some(url) = &args.log_store {
+        return Ok(url.clone());
+    }
+    let dir = std::path::absolute(args.state_dir.join("logs"))
+        .with_context(|| format!("resolving {}", args.state_dir.display()))?;
+    let url = url::Url::from_directory_path(&dir)
+        .map_err(|()| anyhow::anyhow!("{} is not an absolute path", dir.display()))?;
+    Ok(url.to_string())
 }
 
 /// Runs until Ctrl-C or SIGTERM.
@@ -114,6 +134,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("Running the cluster only (--no-controller).");
         None
     } else {
+        let log_store = crate::logstore::LogStore::open(&log_store_url(&args)?)?;
+        println!(
+            "Logs of every attempt are archived in {0} (for charon logs elsewhere: export CHARON_LOG_STORE={0})",
+            log_store.url()
+        );
         println!("Operator running; instance state changes follow. Ctrl-C stops everything.");
         let settings = crate::operator::Settings {
             namespaces: Vec::new(),
@@ -124,6 +149,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             events: crate::controller::EventLevel::All,
             shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
+            log_store: Some(Arc::new(log_store)),
             policy: charon_core::validate::Policy {
                 allow_privileged_pods: args.allow_privileged_pods,
             },

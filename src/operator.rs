@@ -69,6 +69,11 @@ pub struct OperatorArgs {
     /// only for clusters that enforce Pod Security Admission on every namespace.
     #[arg(long)]
     pub allow_privileged_pods: bool,
+    /// Archive every attempt's log into this store: `file:///dir` or `s3://bucket/prefix`
+    /// (endpoint from `AWS_ENDPOINT_URL`, credentials from the standard `AWS_*` variables).
+    /// Without one, logs live only as long as their pods.
+    #[arg(long, value_name = "URL", env = "CHARON_LOG_STORE")]
+    pub log_store: Option<String>,
 }
 
 /// Settings of a running operator (what the arguments resolve to).
@@ -92,6 +97,8 @@ pub struct Settings {
     pub lease_client: Option<Client>,
     /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
     pub policy: charon_core::validate::Policy,
+    /// Where attempts' logs are archived (`--log-store`).
+    pub log_store: Option<Arc<crate::logstore::LogStore>>,
 }
 
 /// Default of [`Settings::shutdown_timeout`], as `--shutdown-timeout-seconds`.
@@ -206,6 +213,12 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         policy: charon_core::validate::Policy {
             allow_privileged_pods: args.allow_privileged_pods,
         },
+        log_store: args
+            .log_store
+            .as_deref()
+            .map(crate::logstore::LogStore::open)
+            .transpose()?
+            .map(Arc::new),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -285,6 +298,7 @@ pub async fn run(
                     identity: settings.identity.clone(),
                     events: settings.events,
                     policy: settings.policy,
+                    log_store: settings.log_store.clone(),
                 };
                 controller::run(client.clone(), options, shutdown.clone())
             });

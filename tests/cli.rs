@@ -4,55 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration as StdDuration;
 
 use charon_core::resources::{Backfill, InstanceState, TriggerType, Workflow};
+use common::cli::Cli;
 use common::{Cluster, LONG, NS, state};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-
-struct Cli {
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new(cluster: &Cluster) -> Cli {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        let server = cluster.server.as_ref().expect("server");
-        charon_apiserver::write_kubeconfig(&kubeconfig, &server.url()).expect("kubeconfig");
-        Cli {
-            kubeconfig,
-            _dir: dir,
-        }
-    }
-
-    /// Runs `charon ARGS` and returns (success, stdout, stderr).
-    async fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let kubeconfig = self.kubeconfig.clone();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_charon"))
-                .args(&args)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .env("NO_COLOR", "1")
-                .output()
-                .expect("charon runs");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-        .await
-        .expect("join")
-    }
-}
 
 /// An hourly workflow that is suspended, so only the test's own triggers and backfills run it
 /// (an hour starting mid-test would otherwise add an instance).
@@ -281,7 +242,7 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
     assert_eq!(
         out,
         "== attempt 1 (exit 0, reason Succeeded) ==\n\
-         (log not kept: its Job hb-2024-01-02t05-1 was deleted, and no log store keeps earlier attempts' logs)\n\
+         (log not kept: its Job hb-2024-01-02t05-1 was deleted; it was never archived (no log store was configured when it ran, or archiving failed: see the instance's LogNotArchived Events))\n\
          == attempt 2 (exit 0, reason Succeeded) ==\n\
          p=2024-01-02T05 x=\n"
     );

@@ -12,6 +12,8 @@ struct Dev {
     kubeconfig: PathBuf,
     /// What `charon dev` printed: its live log.
     output: PathBuf,
+    /// Its `--state-dir` (the log store under it).
+    state: PathBuf,
 }
 
 impl Dev {
@@ -26,6 +28,7 @@ impl Drop for Dev {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.kubeconfig);
         let _ = std::fs::remove_file(&self.output);
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
@@ -40,9 +43,12 @@ fn start_with(flags: &[&str], tag: &str) -> Dev {
     ));
     let _ = std::fs::remove_file(&kubeconfig);
     let output = kubeconfig.with_extension("out");
+    let state = kubeconfig.with_extension("state");
     let child = Command::new(env!("CARGO_BIN_EXE_charon"))
         .arg("dev")
         .args(flags)
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--port", "0", "--kubeconfig"])
         .arg(&kubeconfig)
         .stdout(std::fs::File::create(&output).expect("output file"))
@@ -53,6 +59,7 @@ fn start_with(flags: &[&str], tag: &str) -> Dev {
         child,
         kubeconfig,
         output,
+        state,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     // The CRDs are installed after the kubeconfig is written: wait until kubectl sees them.
@@ -662,4 +669,151 @@ spec:
         "valid from the start: {log}"
     );
     let _ = std::fs::remove_file(&manifest);
+}
+
+/// `charon` itself (the user commands) against `charon dev`, with `env` added.
+fn charon(dev: &Dev, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_charon"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&dev.kubeconfig)
+        .env_remove("CHARON_LOG_STORE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("charon runs")
+}
+
+/// SPEC §11 under `charon dev`, whose default log store is a directory under its state
+/// directory: two failed attempts and a success, all three logs read back by `charon logs
+/// --all` once their Jobs and pods are deleted.
+#[test]
+fn charon_dev_archives_every_attempts_log_under_its_state_directory() {
+    let dev = start_with(&[], "logs");
+    let manifest = dev.state.with_extension("flaky.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: charon.dev/v1alpha1
+kind: Workflow
+metadata: {name: flaky}
+spec:
+  schedule: "@hourly"
+  suspend: true
+  template:
+    image: busybox
+    command: ["sh", "-c", "echo attempt $CHARON_EXECUTION_TRIES; [ $CHARON_EXECUTION_TRIES -ge 2 ]"]
+"#,
+    )
+    .expect("manifest");
+    ok(
+        &dev,
+        &["apply", "-f", manifest.to_str().expect("utf-8 path")],
+    );
+    let _ = std::fs::remove_file(&manifest);
+    let out = charon(&dev, &[], &["trigger", "flaky", "2024-01-01T00"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = "flaky-2024-01-01t00";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = ok(
+            &dev,
+            &[
+                "get",
+                "cwfi",
+                name,
+                "-o",
+                "jsonpath={.status.state} {.status.tries} {.metadata.annotations}",
+            ],
+        );
+        if line.starts_with("Done ") {
+            break;
+        }
+        // Skip each retry's delay, as a user would.
+        if line.starts_with("Queued ")
+            && !line.starts_with("Queued 0")
+            && !line.contains("retry-now")
+        {
+            let _ = charon(&dev, &[], &["retry", name]);
+        }
+        assert!(Instant::now() < deadline, "not Done in time: {line}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for(
+        &dev,
+        "every attempt to be archived",
+        Duration::from_secs(30),
+        &[
+            "get",
+            "cwfi",
+            name,
+            "-o",
+            "jsonpath={.status.attempts[*].archived}",
+        ],
+        |t| t.trim() == "true true true",
+    );
+    ok(
+        &dev,
+        &[
+            "delete",
+            "jobs",
+            "-l",
+            &format!("charon.dev/instance={name}"),
+            "--wait",
+        ],
+    );
+    wait_for(
+        &dev,
+        "the pods to be gone",
+        Duration::from_secs(30),
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("charon.dev/instance={name}"),
+            "-o",
+            "name",
+        ],
+        |t| t.trim().is_empty(),
+    );
+    let printed = dev.output();
+    let store = printed
+        .lines()
+        .find_map(|l| l.split("export CHARON_LOG_STORE=").nth(1))
+        .map(|s| s.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("no log store line in: {printed}"));
+    let state = std::path::absolute(&dev.state).expect("absolute");
+    assert!(
+        store.starts_with("file:///") && store.contains(state.to_str().expect("utf-8")),
+        "{store}"
+    );
+    let reasons = ok(
+        &dev,
+        &[
+            "get",
+            "cwfi",
+            name,
+            "-o",
+            "jsonpath={range .status.attempts[*]}{.reason}{\"\\n\"}{end}",
+        ],
+    );
+    let reasons: Vec<&str> = reasons.lines().collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    let out = charon(
+        &dev,
+        &[("CHARON_LOG_STORE", &store)],
+        &["logs", "--all", name],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "== attempt 1 (exit 1, reason {}) ==\nattempt 0\n== attempt 2 (exit 1, reason {}) ==\nattempt 1\n== attempt 3 (exit 0, reason {}) ==\nattempt 2\n",
+        reasons[0], reasons[1], reasons[2]
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }

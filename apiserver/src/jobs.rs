@@ -789,6 +789,12 @@ fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>) -> bool {
             }
         }
     }
+    // The template's finalizers are copied, as the real controller's GetPodFromTemplate
+    // does, and the tracking one is added.
+    let mut finalizers = strings(&template, "/metadata/finalizers");
+    if !finalizers.iter().any(|f| f == TRACKING_FINALIZER) {
+        finalizers.push(TRACKING_FINALIZER.to_string());
+    }
     let mut metadata = json!({
         "generateName": prefix,
         "labels": labels,
@@ -796,7 +802,7 @@ fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>) -> bool {
             "apiVersion": "batch/v1", "kind": "Job", "name": job_name,
             "uid": text(job, "/metadata/uid"), "controller": true, "blockOwnerDeletion": true,
         }],
-        "finalizers": [TRACKING_FINALIZER],
+        "finalizers": finalizers,
     });
     if annotations.as_object().is_some_and(|a| !a.is_empty()) {
         metadata["annotations"] = annotations;

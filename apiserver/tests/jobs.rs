@@ -958,3 +958,63 @@ async fn requests_are_audited_and_faults_injected() {
     assert_eq!(held.await.expect("join").expect("list"), 0);
     c.server.shutdown().await;
 }
+
+/// The template's finalizers reach the pods, beside the tracking one, as the real
+/// controller's `GetPodFromTemplate` copies them; such a pod outlives its deleted Job, and
+/// its log with it, until the finalizer is removed.
+#[tokio::test]
+async fn template_finalizers_hold_a_pod_and_its_log_after_the_job_goes() {
+    let c = cluster().await;
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        job(
+            "held",
+            "echo kept",
+            json!({"spec": {"template": {"metadata": {"finalizers": ["example.com/hold"]}}}}),
+        ),
+    )
+    .await;
+    finished(&jobs, "held").await;
+    let pod = pods_of(&pods, "held").await.remove(0);
+    let name = pod.metadata.name.clone().expect("name");
+    assert!(
+        pod.metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .contains(&"example.com/hold".to_string()),
+        "{:?}",
+        pod.metadata.finalizers
+    );
+    jobs.delete("held", &kube::api::DeleteParams::background())
+        .await
+        .expect("delete job");
+    let deleting = eventually(15, "the pod to be marked deleted", || async {
+        let p = pods.get(&name).await.ok()?;
+        p.metadata.deletion_timestamp.is_some().then_some(p)
+    })
+    .await;
+    assert_eq!(
+        deleting.metadata.finalizers,
+        Some(vec!["example.com/hold".to_string()]),
+        "the tracking finalizer is gone, the template's stays"
+    );
+    assert_eq!(
+        pods.logs(&name, &LogParams::default()).await.expect("log"),
+        "kept\n"
+    );
+    let patch = json!([{"op": "remove", "path": "/metadata/finalizers/0"}]);
+    pods.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Json::<()>(serde_json::from_value(patch).expect("patch")),
+    )
+    .await
+    .expect("remove the finalizer");
+    eventually(15, "the pod to be gone", || async {
+        pods.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    c.server.shutdown().await;
+}

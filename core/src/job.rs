@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use thiserror::Error;
 
+use crate::archive;
 use crate::names;
 use crate::partition::{rfc3339, substitute};
 use crate::resources::{
@@ -63,6 +64,9 @@ pub struct Execution<'a> {
     pub running_timeout_seconds: Option<i64>,
     /// `spec.styxCompatibleEnv`.
     pub styx_compatible_env: bool,
+    /// A log store keeps this execution's log: its pod is held by
+    /// [`archive::FINALIZER`](crate::archive::FINALIZER) until the log is archived.
+    pub log_archive: bool,
 }
 
 impl<'a> Execution<'a> {
@@ -92,6 +96,7 @@ impl<'a> Execution<'a> {
                 .map(|d| d.num_seconds())
                 .filter(|s| *s > 0),
             styx_compatible_env: workflow.spec.styx_compatible_env,
+            log_archive: false,
         }
     }
 }
@@ -126,6 +131,7 @@ pub fn pod_template(template: &WorkflowTemplate) -> Result<PodTemplateSpec, Rend
         trigger_env: &[],
         running_timeout_seconds: None,
         styx_compatible_env: false,
+        log_archive: false,
     };
     let job = render(template, &snapshot(template, "", None), &execution)?;
     Ok(job.spec.map(|s| s.template).unwrap_or_default())
@@ -293,10 +299,13 @@ pub fn render(
             ..Default::default()
         }),
     };
-    let pod = match &template.pod_overrides {
+    let mut pod = match &template.pod_overrides {
         Some(overrides) => apply_overrides(pod, overrides, &labels, &env)?,
         None => pod,
     };
+    if execution.log_archive {
+        hold_for_archive(&mut pod, execution);
+    }
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(names::job_name(execution.instance, execution.execution)),
@@ -320,6 +329,30 @@ pub fn render(
         }),
         status: None,
     })
+}
+
+/// Marks the pod for log archiving (after `podOverrides`, which cannot remove it): the
+/// finalizer that holds it, its log's store key and its instance's full name.
+fn hold_for_archive(pod: &mut PodTemplateSpec, execution: &Execution<'_>) {
+    let metadata = pod.metadata.get_or_insert_with(Default::default);
+    let finalizers = metadata.finalizers.get_or_insert_with(Vec::new);
+    if !finalizers.iter().any(|f| f == archive::FINALIZER) {
+        finalizers.push(archive::FINALIZER.to_string());
+    }
+    let annotations = metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert(
+        archive::ANNOTATION_LOG_KEY.to_string(),
+        archive::log_key(
+            execution.namespace,
+            execution.instance_uid,
+            execution.execution,
+            None,
+        ),
+    );
+    annotations.insert(
+        archive::ANNOTATION_INSTANCE.to_string(),
+        execution.instance.to_string(),
+    );
 }
 
 /// Merges `podOverrides` onto the pod template (JSON merge patch), then restores what Charon
@@ -410,6 +443,7 @@ mod tests {
             trigger_env,
             running_timeout_seconds: Some(7200),
             styx_compatible_env: false,
+            log_archive: false,
         }
     }
 
@@ -540,5 +574,30 @@ mod tests {
                 .starts_with("spec.template.podOverrides: does not fit a pod template"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn with_a_log_store_the_pod_is_held_until_archived_even_through_overrides() {
+        let mut t = template();
+        let plain = render(&t, &snapshot(&t, "p", None), &execution(&[])).unwrap();
+        let meta = plain.spec.unwrap().template.metadata.unwrap();
+        assert_eq!(meta.finalizers, None, "no store, no finalizer");
+        assert_eq!(meta.annotations, None);
+
+        t.pod_overrides = Some(serde_json::json!({
+            "metadata": {"finalizers": [], "annotations": {"charon.dev/log-key": "x", "team": "d"}}
+        }));
+        let mut held = execution(&[]);
+        held.log_archive = true;
+        let job = render(&t, &snapshot(&t, "p", None), &held).unwrap();
+        let meta = job.spec.unwrap().template.metadata.unwrap();
+        assert_eq!(meta.finalizers, Some(vec![archive::FINALIZER.to_string()]));
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations[archive::ANNOTATION_LOG_KEY], "data/uid-1/2.log");
+        assert_eq!(
+            annotations[archive::ANNOTATION_INSTANCE],
+            "hourly-report-2024-10-27t02-01-00"
+        );
+        assert_eq!(annotations["team"], "d", "the user's annotations stay");
     }
 }

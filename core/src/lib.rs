@@ -4,6 +4,7 @@
 //! a year of schedules in milliseconds and the adapters in the `charon` crate only read,
 //! apply and write.
 
+pub mod archive;
 pub mod backfill;
 pub mod concurrency;
 pub mod instance;

@@ -62,6 +62,8 @@ pub struct Context {
     pub memory: Arc<Memory>,
     /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
     pub policy: charon_core::validate::Policy,
+    /// A log store archives attempts' logs: pods are rendered held for it.
+    pub log_archive: bool,
 }
 
 impl Context {

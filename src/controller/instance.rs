@@ -791,13 +791,14 @@ async fn create_job(
     let uid = instance
         .uid()
         .ok_or_else(|| incomplete("WorkflowInstance", &namespace, &name, "metadata.uid"))?;
-    let execution = Execution::of(
+    let mut execution = Execution::of(
         workflow,
         instance,
         (&namespace, &name, &uid),
         status.execution,
         status.tries.saturating_sub(1),
     );
+    execution.log_archive = ctx.log_archive;
     let rendered = match job::render(&workflow.spec.template, &snapshot, &execution) {
         Ok(job) => job,
         Err(err) => return Ok(JobCreation::Refused(err.to_string())),

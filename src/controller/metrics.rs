@@ -51,6 +51,10 @@ pub struct Metrics {
     lateness: Histogram,
     leader: Gauge,
     liveness: super::liveness::Liveness,
+    logs_archived: Counter,
+    log_bytes_archived: Counter,
+    log_archive_failures: Counter,
+    log_archive_duration: Histogram,
 }
 
 /// Bucket bounds of `charon_trigger_lateness_seconds`.
@@ -103,7 +107,35 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let logs_archived = Counter::default();
+        let log_bytes_archived = Counter::default();
+        let log_archive_failures = Counter::default();
+        let log_archive_duration = duration_histogram();
+        registry.register(
+            "logs_archived",
+            "Attempt logs copied into the log store",
+            logs_archived.clone(),
+        );
+        registry.register(
+            "log_archived_bytes",
+            "Bytes of attempt logs copied into the log store",
+            log_bytes_archived.clone(),
+        );
+        registry.register(
+            "log_archive_failures",
+            "Tries to archive a log that failed (retried)",
+            log_archive_failures.clone(),
+        );
+        registry.register(
+            "log_archive_duration_seconds",
+            "Time to copy one attempt's log into the log store",
+            log_archive_duration.clone(),
+        );
         Metrics {
+            logs_archived,
+            log_bytes_archived,
+            log_archive_failures,
+            log_archive_duration,
             registry,
             reconciles,
             errors,
@@ -158,6 +190,18 @@ impl Metrics {
     /// Whether the controllers make progress (`/healthz`).
     pub fn liveness(&self) -> &super::liveness::Liveness {
         &self.liveness
+    }
+
+    /// Counts one log archived: its size and how long the copy took.
+    pub fn log_archived(&self, bytes: u64, took: std::time::Duration) {
+        self.logs_archived.inc();
+        self.log_bytes_archived.inc_by(bytes);
+        self.log_archive_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts a try to archive a log that failed.
+    pub fn log_archive_failed(&self) {
+        self.log_archive_failures.inc();
     }
 
     /// Records whether this replica leads.

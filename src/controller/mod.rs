@@ -14,6 +14,7 @@
 //! - [`index`]: how objects find each other (a workflow's instances, a Job's pods);
 //! - [`error`]: errors naming the call and the object, and what a failed call means.
 
+mod archive;
 mod context;
 mod events;
 mod index;
@@ -69,6 +70,8 @@ pub struct Options {
     pub events: EventLevel,
     /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).
     pub policy: charon_core::validate::Policy,
+    /// Where attempts' logs are archived (`--log-store`); none keeps logs in pods only.
+    pub log_store: Option<Arc<crate::logstore::LogStore>>,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -107,6 +110,16 @@ pub async fn run(
 ) {
     let namespace = options.namespace.as_deref();
     let charon_children = watcher::Config::default().labels(charon_core::job::LABEL_INSTANCE);
+    let events = EventRecorder::new(client.clone(), &options.identity, options.events);
+    let archiver = options.log_store.clone().map(|store| {
+        archive::Archiver::new(
+            store,
+            client.clone(),
+            options.clock.clone(),
+            events.clone(),
+            options.metrics.clone(),
+        )
+    });
 
     let (jobs, jobs_writer) = reflector::store();
     let job_index = Arc::new(NameIndex::new(instance_of_job));
@@ -121,9 +134,15 @@ pub async fn run(
     let (pods, pods_writer) = reflector::store();
     let pod_index = Arc::new(NameIndex::new(job_of_pod));
     let index = pod_index.clone();
+    let pod_archiver = archiver.clone();
     let pod_stream = watcher(api_for::<Pod>(&client, namespace), charon_children)
         .default_backoff()
-        .inspect(move |event| index.follow(event))
+        .inspect(move |event| {
+            index.follow(event);
+            if let (Some(archiver), Ok(event)) = (&pod_archiver, event) {
+                archiver.follow(event);
+            }
+        })
         .reflect(pods_writer)
         .touched_objects();
 
@@ -158,8 +177,12 @@ pub async fn run(
     // finds it in both.
     .inspect(move |event| index.follow(event))
     .reflect(instances_writer);
+    let forget_logs = archiver.clone();
     let instance_root = relay_instances(instance_watch, cached, fan_out, move |instance| {
         forget.forget(instance);
+        if let Some(archiver) = &forget_logs {
+            archiver.forget(instance);
+        }
         if let Some(workflow) = workflow_of(instance) {
             let _ = workflow_wake.send(workflow);
         }
@@ -212,11 +235,12 @@ pub async fn run(
         job_index,
         pods,
         pod_index,
-        events: EventRecorder::new(client, &options.identity, options.events),
+        events,
         metrics: options.metrics.clone(),
         wake,
         memory,
         policy: options.policy,
+        log_archive: archiver.is_some(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -236,6 +260,15 @@ pub async fn run(
         .for_each(|_| async {});
     let stop_rx_root = stop_rx.clone();
     let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx.clone()));
+    let archiving = {
+        let (namespace, instances) = (options.namespace.clone(), context.instances.clone());
+        let stop = stopped(stop_rx.clone());
+        async move {
+            if let Some(archiver) = archiver {
+                archiver.run(namespace, instances, stop).await;
+            }
+        }
+    };
     let watchdog = liveness::watch(context.clone(), stopped(stop_rx));
     let signal = async move {
         shutdown.await;
@@ -254,6 +287,7 @@ pub async fn run(
         backfills,
         gauges,
         watchdog,
+        archiving,
         signal,
         instance_root
     );

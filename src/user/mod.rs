@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::controller::error::{ApiErrorExt, ApiFailure};
 use crate::controller::triggers;
+use crate::logstore::LogStore;
 use charon_core::resources::{
     Backfill, BackfillSpec, BackfillState, InstanceState, Reprocess, Workflow, WorkflowInstance,
 };
@@ -125,13 +126,17 @@ pub enum UserCommand {
         /// Follow the log.
         #[arg(short = 'f', long)]
         follow: bool,
-        /// The execution number (default: the latest; only the latest Job is kept).
+        /// The execution number (default: the latest).
         #[arg(long, conflicts_with = "all")]
         attempt: Option<u32>,
-        /// Every attempt of `status.attempts`, each after a header line; the log of one
-        /// whose Job is gone is not kept (there is no log store yet).
+        /// Every attempt of `status.attempts`, each after a header line.
         #[arg(long, conflicts_with = "follow")]
         all: bool,
+        /// The log store the operator archives into (`file:///dir` or `s3://bucket/prefix`,
+        /// with the standard `AWS_*` variables): where the logs of finished attempts are
+        /// read once their pods are gone.
+        #[arg(long, value_name = "URL", env = "CHARON_LOG_STORE")]
+        log_store: Option<String>,
     },
     /// Show workflows: next trigger, active instances, recent partitions, backfills.
     Status {
@@ -305,15 +310,23 @@ impl Ctx {
             }
             UserCommand::Logs {
                 instance,
-                all: true,
-                ..
-            } => self.all_logs(&instance, out).await,
-            UserCommand::Logs {
-                instance,
                 follow,
                 attempt,
+                all,
+                log_store,
                 ..
-            } => self.logs(&instance, follow, attempt, out).await,
+            } => {
+                let store = log_store
+                    .as_deref()
+                    .map(crate::logstore::LogStore::open)
+                    .transpose()?;
+                if all {
+                    self.all_logs(&instance, store.as_ref(), out).await
+                } else {
+                    self.logs(&instance, follow, attempt, store.as_ref(), out)
+                        .await
+                }
+            }
             UserCommand::Status { workflow, .. } => self.status(workflow.as_deref(), out).await,
             UserCommand::Suspend { name, .. } => self.suspend(&name, true, out).await,
             UserCommand::Resume { name, .. } => self.suspend(&name, false, out).await,
@@ -718,10 +731,44 @@ impl Ctx {
         instance: &str,
         follow: bool,
         attempt: Option<u32>,
+        store: Option<&LogStore>,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let current = self.instance(instance).await?;
-        let (job, execution) = self.job_of(&current, attempt).await?;
+        let attempts = current
+            .status
+            .as_ref()
+            .map(|s| s.attempts.as_slice())
+            .unwrap_or_default();
+        let wanted = match attempt {
+            Some(n) => attempts.iter().find(|a| a.execution == n),
+            None => attempts.iter().max_by_key(|a| a.execution),
+        };
+        // A finished attempt whose log is in the store is read from there: its pod may be
+        // gone, and what the store holds is the whole log.
+        if let Some(record) = wanted.filter(|a| a.archived) {
+            let key = archive_key(&current, record.execution);
+            match store {
+                Some(store) if archived_log(store, &key, out).await? => return Ok(()),
+                Some(_) => {}
+                None if self.job_of(&current, Some(record.execution)).await.is_err() => {
+                    bail!(
+                        "attempt {} of instance {instance} is archived and its Job is gone: pass --log-store URL (or set CHARON_LOG_STORE) to read it from the log store",
+                        record.execution
+                    )
+                }
+                None => {}
+            }
+        }
+        let (job, execution) = match self.job_of(&current, attempt).await {
+            Ok(found) => found,
+            Err(err) => match wanted {
+                Some(record) if record.finished_at.is_some() => {
+                    bail!("{err}; {}", not_kept(record, store.is_some()))
+                }
+                _ => return Err(err),
+            },
+        };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let selector = format!(
             "{}={},{}={execution}",
@@ -750,7 +797,12 @@ impl Ctx {
 
     /// Every attempt's log (SPEC §11), oldest first, each after `== attempt N (exit E, reason
     /// R) ==`; an attempt whose Job is gone says its log is not kept.
-    async fn all_logs(&self, instance: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    async fn all_logs(
+        &self,
+        instance: &str,
+        store: Option<&LogStore>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
         let current = self.instance(instance).await?;
         let attempts = current
             .status
@@ -775,6 +827,12 @@ impl Ctx {
                 "== attempt {} (exit {exit}, reason {reason}) ==",
                 attempt.execution
             )?;
+            if attempt.archived
+                && let Some(store) = store
+                && archived_log(store, &archive_key(&current, attempt.execution), out).await?
+            {
+                continue;
+            }
             let log = match self.job_of(&current, Some(attempt.execution)).await {
                 Ok((job, execution)) => {
                     let selector = format!(
@@ -805,7 +863,8 @@ impl Ctx {
                 }
                 Err(why) => writeln!(
                     out,
-                    "(log not kept: {why}, and no log store keeps earlier attempts' logs)"
+                    "(log not kept: {why}; {})",
+                    not_kept(&attempt, store.is_some())
                 )?,
             }
         }
@@ -1051,4 +1110,40 @@ fn attempts_line(attempts: &[charon_core::resources::AttemptRecord]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The store key of an instance's attempt (SPEC §11).
+fn archive_key(instance: &WorkflowInstance, execution: u32) -> String {
+    charon_core::archive::log_key(
+        &instance.namespace().unwrap_or_default(),
+        instance.metadata.uid.as_deref().unwrap_or_default(),
+        execution,
+        None,
+    )
+}
+
+/// Copies an archived log to `out`; false when the store has none under `key`.
+async fn archived_log(store: &LogStore, key: &str, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let Some(mut chunks) = store.get(key).await? else {
+        return Ok(false);
+    };
+    let mut last = b'\n';
+    while let Some(chunk) = chunks.try_next().await? {
+        out.write_all(&chunk)?;
+        last = chunk.last().copied().unwrap_or(last);
+    }
+    if last != b'\n' {
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(true)
+}
+
+/// Why a finished attempt's log cannot be shown once its pod is gone.
+fn not_kept(attempt: &charon_core::resources::AttemptRecord, have_store: bool) -> String {
+    match (attempt.archived, have_store) {
+        (true, false) => "it is archived: pass --log-store URL (or set CHARON_LOG_STORE) to read it".to_string(),
+        (true, true) => "it is marked archived but the log store has no copy (deleted from the store?)".to_string(),
+        (false, _) => "it was never archived (no log store was configured when it ran, or archiving failed: see the instance's LogNotArchived Events)".to_string(),
+    }
 }

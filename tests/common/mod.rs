@@ -3,7 +3,9 @@
 //! can be moved forward.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod process;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -30,6 +32,8 @@ pub struct Cluster {
     pub events: EventLevel,
     /// The pod policy operators started from now on enforce.
     pub policy: charon_core::validate::Policy,
+    /// The log store operators started from now on archive into.
+    pub log_store: Option<Arc<charon::logstore::LogStore>>,
     operator: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -77,6 +81,7 @@ impl Cluster {
             clock: Arc::new(ShiftedClock::default()),
             events: EventLevel::All,
             policy: charon_core::validate::Policy::default(),
+            log_store: None,
             operator: None,
         }
     }
@@ -125,6 +130,7 @@ impl Cluster {
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
             policy: self.policy,
+            log_store: self.log_store.clone(),
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {
