@@ -7,6 +7,7 @@
 //! cargo bench --bench operator -- backfill 10000 500
 //! cargo bench --bench operator -- triggers 10000 --events=warnings
 //! cargo bench --bench operator -- triggers 1000 --api-qps=50 --api-burst=100
+//! cargo bench --bench operator -- archive 1000
 //! ```
 //!
 //! `--events=warnings` runs the operator as `charon operator --events warnings` does.
@@ -21,6 +22,11 @@
 //! `backfill P C`: one Backfill of P partitions whose command exits 0, at most C at a time:
 //! partitions finished per second, API requests and writes per partition (by kind), and the
 //! same server's raw Job creation rate for comparison.
+//!
+//! `archive N`: a backfill of N partitions whose attempts each print a few KiB, with a
+//! `file://` log store: per archived attempt its time (mean, p50, p99) and bytes, how long the
+//! last archive trailed the last run; then one attempt printing 100 MiB, with the operator's
+//! RSS before and at its peak while that log is archived.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -213,6 +219,7 @@ fn start_operator(
     counter: Arc<Counter>,
     metrics: Arc<Metrics>,
     limit: Option<RateLimit>,
+    log_store: Option<Arc<charon::logstore::LogStore>>,
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -231,7 +238,7 @@ fn start_operator(
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
             policy: charon_core::validate::Policy::default(),
-            log_store: None,
+            log_store,
         };
         let shutdown = async move {
             let mut stopped = stopped;
@@ -321,6 +328,7 @@ async fn triggers(n: usize, limit: Option<RateLimit>) -> Lateness {
         counter.clone(),
         metrics.clone(),
         limit,
+        None,
     );
     // Wait until every workflow knows its next trigger (watched: listing thousands of
     // workflows over and over would load the server being measured).
@@ -520,6 +528,7 @@ async fn backfill(partitions: usize, concurrency: u32) {
         counter.clone(),
         metrics.clone(),
         None,
+        None,
     );
     tokio::time::sleep(StdDuration::from_secs(1)).await;
     let start = Utc::now()
@@ -608,6 +617,155 @@ async fn backfill(partitions: usize, concurrency: u32) {
     drop(dev);
 }
 
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Creates a Backfill named `name` of `partitions` hours of `workflow`, `concurrency` at once.
+async fn run_backfill(
+    client: &Client,
+    name: &str,
+    workflow: &str,
+    partitions: i64,
+    concurrency: u32,
+) {
+    let start = Utc::now()
+        .duration_trunc(Duration::hours(1))
+        .expect("trunc")
+        - Duration::hours(partitions + 2);
+    let end = start + Duration::hours(partitions);
+    let backfills: Api<Backfill> = Api::namespaced(client.clone(), NS);
+    let b: Backfill = serde_json::from_value(json!({
+        "apiVersion": "charon.dev/v1alpha1", "kind": "Backfill", "metadata": {"name": name},
+        "spec": {"workflow": workflow, "start": start.format("%Y-%m-%dT%H").to_string(),
+            "end": end.format("%Y-%m-%dT%H").to_string(), "concurrency": concurrency},
+    }))
+    .expect("backfill");
+    backfills
+        .create(&PostParams::default(), &b)
+        .await
+        .expect("backfill");
+}
+
+/// Waits until `metrics` counted `n` archived logs, sampling RSS; returns the peak RSS (MiB).
+async fn archived(metrics: &Metrics, n: f64, limit: StdDuration) -> f64 {
+    let t0 = Instant::now();
+    let mut peak: f64 = 0.0;
+    while metric(&metrics.encode(), "charon_logs_archived_total") < n {
+        peak = peak.max(rss_mib());
+        assert!(t0.elapsed() < limit, "logs not archived within {limit:?}");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    peak.max(rss_mib())
+}
+
+async fn archive(n: usize) {
+    let (dev, client) = start_cluster().await;
+    let dir = std::env::temp_dir().join(format!("charon-bench-logs-{}", std::process::id()));
+    let url = format!("file://{}/", dir.display());
+    let store = Arc::new(charon::logstore::LogStore::open(&url).expect("file store"));
+    let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
+    for (name, command) in [("chatty", "echo \"partition $CHARON_PARAMETER\"; seq 1 1000")] {
+        let wf: Workflow = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": name},
+            "spec": {"schedule": "@hourly", "suspend": true,
+                "template": {"image": "busybox", "command": ["sh", "-c", command]}},
+        }))
+        .expect("workflow");
+        workflows
+            .create(&PostParams::default(), &wf)
+            .await
+            .expect("workflow");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (stop, task) = start_operator(
+        &dev.kubeconfig,
+        Arc::new(ShiftedClock::default()),
+        Arc::new(Counter::default()),
+        metrics.clone(),
+        None,
+        Some(store.clone()),
+    );
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    let t0 = Instant::now();
+    run_backfill(&client, "chatty", "chatty", n as i64, 100).await;
+    let backfills: Api<Backfill> = Api::namespaced(client.clone(), NS);
+    loop {
+        tokio::time::sleep(StdDuration::from_secs(1)).await;
+        let c = backfills
+            .get("chatty")
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default()
+            .counts;
+        if (c.done + c.failed + c.skipped) as usize >= n {
+            break;
+        }
+        assert!(
+            t0.elapsed() < StdDuration::from_secs(3600),
+            "backfill stuck: {c:?}"
+        );
+    }
+    let runs_done = t0.elapsed();
+    archived(&metrics, n as f64, StdDuration::from_secs(600)).await;
+    let all_archived = t0.elapsed();
+    let text = metrics.encode();
+    let count = metric(&text, "charon_log_archive_duration_seconds_count");
+    let seconds = metric(&text, "charon_log_archive_duration_seconds_sum");
+    let bytes = metric(&text, "charon_log_archived_bytes_total");
+    let (p50, p99, _) = histogram_quantiles(&text, "charon_log_archive_duration_seconds");
+    println!(
+        "archive: {n} attempts, each printing {:.1} KiB, file:// store",
+        bytes / count / 1024.0
+    );
+    println!(
+        "  per attempt: {:.1} ms to archive (p50 <= {p50} s, p99 <= {p99} s), {:.0} bytes",
+        seconds / count * 1000.0,
+        bytes / count
+    );
+    println!(
+        "  runs finished in {:.1}s, every log archived {:.1}s after the start ({:.1}s after the last run)",
+        runs_done.as_secs_f64(),
+        all_archived.as_secs_f64(),
+        (all_archived - runs_done).as_secs_f64()
+    );
+    println!(
+        "  failed tries: {}",
+        metric(&text, "charon_log_archive_failures_total")
+    );
+
+    // A 100 MiB log through the same upload path (the embedded kubelet, like the real one,
+    // serves only the newest part of a container's log, so a pod cannot supply it whole).
+    let before = rss_mib();
+    let t1 = Instant::now();
+    let size: u64 = 100 * 1024 * 1024;
+    let log = tokio::io::AsyncReadExt::take(tokio::io::repeat(b'x'), size);
+    let upload = store.put("bench/huge/1.log", log);
+    let mut upload = std::pin::pin!(upload);
+    let mut peak = before;
+    let written = loop {
+        tokio::select! {
+            written = &mut upload => break written.expect("upload"),
+            () = tokio::time::sleep(StdDuration::from_millis(10)) => peak = peak.max(rss_mib()),
+        }
+    };
+    assert_eq!(written, size);
+    println!(
+        "  a 100 MiB log streamed into the store in {:.2}s; operator RSS {before:.0} MiB before, {peak:.0} MiB at most while archiving it (+{:.1} MiB)",
+        t1.elapsed().as_secs_f64(),
+        peak - before
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(StdDuration::from_secs(10), task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(dev);
+}
+
 fn main() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -636,6 +794,10 @@ fn main() {
             let partitions = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
             let concurrency = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(500);
             runtime.block_on(backfill(partitions, concurrency));
+        }
+        Some("archive") => {
+            let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+            runtime.block_on(archive(n));
         }
         _ => {
             runtime.block_on(triggers(1000, None));

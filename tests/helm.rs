@@ -241,6 +241,19 @@ fn workload_permissions() -> BTreeSet<Permission> {
     ])
 }
 
+/// What the operator does besides with a log store: hold pods for their logs, read the logs,
+/// release the pods and mark the attempts archived.
+fn archive_permissions() -> BTreeSet<Permission> {
+    permissions(&[
+        ("charon.dev", &["workflowinstances/status"], &["patch"]),
+        ("", &["pods"], &["get", "patch"]),
+        ("", &["pods/log"], &["get"]),
+    ])
+}
+
+/// The values that turn log archiving on.
+const WITH_LOG_STORE: &[&str] = &["--set", "logStore.url=s3://charon-logs/prod"];
+
 fn lease_permissions() -> BTreeSet<Permission> {
     permissions(&[(
         "coordination.k8s.io",
@@ -572,6 +585,40 @@ fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 #[test]
+fn the_log_store_and_its_credentials_reach_the_operator() {
+    let (args, _) = operator_args_and_grace(&[]);
+    assert!(!args.iter().any(|a| a == "--log-store"), "{args:?}");
+    let values = [
+        "--set",
+        "logStore.url=s3://charon-logs/prod,logStore.existingSecret=charon-s3",
+    ];
+    let (args, _) = operator_args_and_grace(&values);
+    assert_eq!(
+        flag_value(&args, "--log-store"),
+        Some("s3://charon-logs/prod")
+    );
+    let docs = documents(&render(&values));
+    let container = &only(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["envFrom"],
+        serde_yaml::from_str::<Value>("[{secretRef: {name: charon-s3}}]").expect("yaml")
+    );
+    let out = run_helm(&[
+        "template",
+        "charon",
+        CHART,
+        "--set",
+        "logStore.url=http://x",
+    ]);
+    assert!(!out.status.success(), "an http:// store was accepted");
+    assert!(
+        text(&out.stderr).contains("/logStore/url"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn api_limits_and_the_shutdown_bound_reach_the_operator() {
     // Defaults: no limit, the operator's own 10 s stop, well inside the pod's 30 s.
     let (args, grace) = operator_args_and_grace(&[]);
@@ -649,6 +696,13 @@ fn default_rbac_is_cluster_wide_except_the_lease() {
         .cloned()
         .collect();
     assert_eq!(rbac_permissions(&rendered), all);
+    // Archiving logs adds exactly its own calls, in the same scope.
+    let with_store = rbac_permissions_by_scope(&render(WITH_LOG_STORE));
+    let archiving: BTreeSet<Permission> = workload_permissions()
+        .union(&archive_permissions())
+        .cloned()
+        .collect();
+    assert_eq!(with_store[&None], archiving);
     let docs = documents(&rendered);
     // Each role is bound to the operator's ServiceAccount, and nothing else is bound.
     let account = name(only(&docs, "ServiceAccount"));
@@ -938,7 +992,8 @@ fn operator_calls(server: &charon_apiserver::RunningServer) -> BTreeSet<Permissi
 
 /// Runs the operator through everything it does (natural triggers, retries with a Job
 /// replaced, retry-now, both annotation shorthands, a re-run and a halting backfill, history
-/// expiry, leader election), records its API calls, and holds the chart's RBAC to exactly them.
+/// expiry, leader election, every attempt's log archived), records its API calls, and holds
+/// the chart's RBAC with a log store to exactly them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
     use charon_core::resources::{Backfill, InstanceState, Workflow};
@@ -947,7 +1002,14 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
     use kube::{Api, ResourceExt};
     use serde_json::json;
 
-    let cluster = common::Cluster::without_operator().await;
+    let mut cluster = common::Cluster::without_operator().await;
+    let logs = tempfile::tempdir().expect("dir");
+    let store_url = url::Url::from_directory_path(logs.path())
+        .expect("absolute")
+        .to_string();
+    cluster.log_store = Some(std::sync::Arc::new(
+        charon::logstore::LogStore::open(&store_url).expect("file store"),
+    ));
     let lease = charon::controller::leader::LeaseConfig {
         namespace: common::NS.into(),
         name: "charon-operator".into(),
@@ -1128,7 +1190,7 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     let server = cluster.server.as_ref().expect("server");
     let calls = operator_calls(server);
-    let granted = rbac_permissions(&render_default());
+    let granted = rbac_permissions(&render(WITH_LOG_STORE));
     let missing: Vec<_> = calls.difference(&granted).collect();
     let unused: Vec<_> = granted.difference(&calls).collect();
     assert!(

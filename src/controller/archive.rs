@@ -186,16 +186,23 @@ impl Archiver {
 
     async fn archive_until_done(&self, namespace: &str, name: &str) {
         let mut delay = RETRY_FIRST;
+        // Set once the log is in the store: a later try only records it and releases the pod.
+        let mut uploaded = false;
         loop {
             let result = {
                 // The semaphore is never closed, so acquiring only waits.
                 let Ok(_permit) = self.permits.acquire().await else {
                     return;
                 };
-                self.try_archive(namespace, name).await
+                self.try_archive(namespace, name, &mut uploaded).await
             };
             match result {
                 Ok(()) => return,
+                // The instance records an attempt shortly after its Job exists; a pod that
+                // ended in between waits for that, which is no failure.
+                Err((ArchiveError::NotYet(why), false)) => {
+                    tracing::debug!(pod = %format!("{namespace}/{name}"), %why, "archive waits");
+                }
                 Err((err, give_up)) => {
                     self.metrics.log_archive_failed();
                     if give_up {
@@ -217,7 +224,12 @@ impl Archiver {
 
     /// One try: read the pod afresh, copy its log, record it, release the pod. The error
     /// says whether to give up.
-    async fn try_archive(&self, namespace: &str, name: &str) -> Result<(), (ArchiveError, bool)> {
+    async fn try_archive(
+        &self,
+        namespace: &str,
+        name: &str,
+        uploaded: &mut bool,
+    ) -> Result<(), (ArchiveError, bool)> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let fresh = pods
             .get_opt(name)
@@ -242,19 +254,23 @@ impl Archiver {
                 .and_then(observe::time),
             self.clock.now(),
         );
-        self.copy_and_record(&pods, &pod)
-            .await
-            .map_err(|e| (e, give_up))?;
+        let Some(key) = pod.annotations().get(ANNOTATION_LOG_KEY).cloned() else {
+            self.note_unarchived(&pod, "the pod names no log key").await;
+            return self.release(&pod).await.map_err(|e| (e.into(), false));
+        };
+        if !*uploaded {
+            self.copy(&pods, &pod, &key)
+                .await
+                .map_err(|e| (e, give_up))?;
+            *uploaded = true;
+        }
+        self.record(&pod).await.map_err(|e| (e, give_up))?;
         self.release(&pod).await.map_err(|e| (e.into(), give_up))
     }
 
-    async fn copy_and_record(&self, pods: &Api<Pod>, pod: &Pod) -> Result<(), ArchiveError> {
+    /// Streams the pod's log into the store under `key`.
+    async fn copy(&self, pods: &Api<Pod>, pod: &Pod, key: &str) -> Result<(), ArchiveError> {
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        let key = pod
-            .annotations()
-            .get(ANNOTATION_LOG_KEY)
-            .cloned()
-            .ok_or_else(|| ArchiveError::NotYet(format!("pod {name} names no log key")))?;
         let params = LogParams {
             container: Some(MAIN_CONTAINER.to_string()),
             ..Default::default()
@@ -266,10 +282,10 @@ impl Archiver {
             &namespace,
             &name,
         ))?;
-        let bytes = self.store.put(&key, stream.compat()).await?;
+        let bytes = self.store.put(key, stream.compat()).await?;
         self.metrics.log_archived(bytes, started.elapsed());
         tracing::debug!(%key, bytes, "archived a log");
-        self.record(pod).await
+        Ok(())
     }
 
     /// Marks the pod's attempt archived in its instance's `status.attempts`, with a

@@ -24,8 +24,16 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 # Status is a subresource, written whole (update) with the resourceVersion it was computed
 # from: workflow validity and next trigger, instance state and history, backfill progress.
 - apiGroups: ["charon.dev"]
-  resources: ["workflows/status", "workflowinstances/status", "backfills/status"]
+  resources: ["workflows/status", "backfills/status"]
   verbs: ["update"]
+- apiGroups: ["charon.dev"]
+  resources: ["workflowinstances/status"]
+  {{- if .Values.logStore.url }}
+  # With a log store, an archived attempt is also marked so by a JSON patch (patch).
+  verbs: ["update", "patch"]
+  {{- else }}
+  verbs: ["update"]
+  {{- end }}
 # Each execution of an instance is a Job: created per attempt, watched for its outcome, read
 # fresh (get) before a missing one counts as lost, deleted on halt and when a later attempt
 # supersedes it.
@@ -33,10 +41,21 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
 # The pods of those Jobs tell when the container runs, its exit code, and infrastructure
-# failures (image pull errors, evictions) that the Job status does not; read-only, watched.
+# failures (image pull errors, evictions) that the Job status does not; watched.
+{{- if .Values.logStore.url }}
+# With a log store, each pod is held by the charon.dev/log-archive finalizer until its log
+# (pods/log get) is archived: read fresh (get) before, released by a patch after.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+{{- else }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+{{- end }}
 # Every instance transition, and an invalid spec, is recorded as a core/v1 Event.
 - apiGroups: [""]
   resources: ["events"]
