@@ -430,3 +430,86 @@ async fn a_store_that_is_down_delays_only_the_archive_never_the_run() {
     assert_eq!(out, "hello from 2024-01-01T00\n");
     cluster.stop().await;
 }
+
+/// An archive the operator could not finish (the store was down) is done by the next
+/// operator, from the pod's finalizer; and an attempt killed at its running timeout, whose
+/// pod the Job controller deletes, still has its log archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_archived_by_the_operator_after_a_crash() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = S3Server::start(dir.path()).await;
+    server.stop();
+    let settings = server.settings();
+    let url = format!("s3://{BUCKET}/crash");
+    let store = Arc::new(S3Server::store(&url, &settings));
+    let mut cluster = Cluster::without_operator().await;
+    cluster.log_store = Some(store.clone());
+    cluster.start_operator();
+    let mut env = settings.clone();
+    env.push(("CHARON_LOG_STORE".into(), url.clone()));
+    let cli = Cli::new(&cluster).with_env(&env);
+    cluster
+        .apply_workflow(
+            "slow",
+            json!({"schedule": "@hourly", "suspend": true, "runningTimeout": "PT2S",
+                "template": {"image": "busybox", "command": ["sh", "-c", "echo begun; sleep 60"]}}),
+        )
+        .await;
+    let (ok, _, err) = cli
+        .run(&["-n", NS, "trigger", "slow", "2024-01-01T00"])
+        .await;
+    assert!(ok, "{err}");
+    let name = "slow-2024-01-01t00";
+    let timed_out = cluster
+        .eventually("the attempt to time out", LONG, || async {
+            let current = cluster.instance(name).await?;
+            let attempts = current.status.unwrap_or_default().attempts;
+            match attempts.first() {
+                Some(a)
+                    if a.outcome == Some(charon_core::resources::AttemptOutcomeKind::TimedOut) =>
+                {
+                    Ok(a.clone())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert!(!timed_out.archived, "the store is down");
+    // Halt it so no second attempt runs, then crash the operator while the pod is held.
+    let (ok, _, err) = cli.run(&["-n", NS, "halt", name]).await;
+    assert!(ok, "{err}");
+    cluster
+        .eventually("the killed pod to be held", LONG, || async {
+            let pods = pods_of(&cluster, name).await;
+            let held = pods.iter().any(|p| {
+                p.metadata.deletion_timestamp.is_some()
+                    && p.finalizers()
+                        .iter()
+                        .any(|f| f == charon_core::archive::FINALIZER)
+            });
+            if held {
+                Ok(())
+            } else {
+                Err(format!("{} pods", pods.len()))
+            }
+        })
+        .await;
+    cluster.kill_operator().await;
+    server.resume().await;
+    cluster.start_operator();
+    all_archived(&cluster, name, 1).await;
+    cluster
+        .eventually("the pod to go once archived", LONG, || async {
+            let left = pods_of(&cluster, name).await.len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} pods"))
+            }
+        })
+        .await;
+    let (ok, out, err) = cli.run(&["-n", NS, "logs", "--attempt", "1", name]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "begun\n");
+    cluster.stop().await;
+}
