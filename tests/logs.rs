@@ -36,6 +36,21 @@ async fn flaky(cluster: &Cluster, name: &str) {
         .await;
 }
 
+/// The cluster with an operator archiving into `s3://BUCKET/<prefix>` on `server`, a CLI
+/// that reads that store, and the store itself.
+async fn on_s3(server: &S3Server, prefix: &str) -> (Cluster, Cli, Arc<LogStore>) {
+    let settings = server.settings();
+    let url = format!("s3://{BUCKET}/{prefix}");
+    let store = Arc::new(S3Server::store(&url, &settings));
+    let mut cluster = Cluster::without_operator().await;
+    cluster.log_store = Some(store.clone());
+    cluster.start_operator();
+    let mut env = settings;
+    env.push(("CHARON_LOG_STORE".into(), url));
+    let cli = Cli::new(&cluster).with_env(&env);
+    (cluster, cli, store)
+}
+
 /// Runs `instance` to the end, skipping each retry's delay as `charon retry` does.
 async fn until_finished(cluster: &Cluster, instance: &str) -> WorkflowInstance {
     cluster
@@ -210,15 +225,7 @@ async fn the_s3_store_uploads_lists_reads_back_and_names_its_errors() {
 async fn three_attempts_logs_outlive_their_jobs_and_an_operator_restart_on_s3() {
     let dir = tempfile::tempdir().expect("dir");
     let server = S3Server::start(dir.path()).await;
-    let settings = server.settings();
-    let url = format!("s3://{BUCKET}/charon");
-    let store = Arc::new(S3Server::store(&url, &settings));
-    let mut cluster = Cluster::without_operator().await;
-    cluster.log_store = Some(store.clone());
-    cluster.start_operator();
-    let mut env = settings.clone();
-    env.push(("CHARON_LOG_STORE".into(), url.clone()));
-    let cli = Cli::new(&cluster).with_env(&env);
+    let (mut cluster, cli, store) = on_s3(&server, "charon").await;
     flaky(&cluster, "flaky").await;
     let (ok, _, err) = cli
         .run(&["-n", NS, "trigger", "flaky", "2024-01-01T00"])
@@ -383,15 +390,7 @@ async fn a_store_that_is_down_delays_only_the_archive_never_the_run() {
     let dir = tempfile::tempdir().expect("dir");
     let mut server = S3Server::start(dir.path()).await;
     server.stop();
-    let settings = server.settings();
-    let url = format!("s3://{BUCKET}/down");
-    let store = Arc::new(S3Server::store(&url, &settings));
-    let mut cluster = Cluster::without_operator().await;
-    cluster.log_store = Some(store.clone());
-    cluster.start_operator();
-    let mut env = settings.clone();
-    env.push(("CHARON_LOG_STORE".into(), url.clone()));
-    let cli = Cli::new(&cluster).with_env(&env);
+    let (cluster, cli, _) = on_s3(&server, "down").await;
     cluster
         .apply_workflow(
             "quick",
@@ -439,15 +438,7 @@ async fn a_timed_out_attempt_is_archived_by_the_operator_after_a_crash() {
     let dir = tempfile::tempdir().expect("dir");
     let mut server = S3Server::start(dir.path()).await;
     server.stop();
-    let settings = server.settings();
-    let url = format!("s3://{BUCKET}/crash");
-    let store = Arc::new(S3Server::store(&url, &settings));
-    let mut cluster = Cluster::without_operator().await;
-    cluster.log_store = Some(store.clone());
-    cluster.start_operator();
-    let mut env = settings.clone();
-    env.push(("CHARON_LOG_STORE".into(), url.clone()));
-    let cli = Cli::new(&cluster).with_env(&env);
+    let (mut cluster, cli, _) = on_s3(&server, "crash").await;
     cluster
         .apply_workflow(
             "slow",

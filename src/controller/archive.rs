@@ -291,35 +291,13 @@ impl Archiver {
     /// Marks the pod's attempt archived in its instance's `status.attempts`, with a
     /// JSON patch that first tests it is the same attempt.
     async fn record(&self, pod: &Pod) -> Result<(), ArchiveError> {
-        let namespace = pod.namespace().unwrap_or_default();
-        let Some(instance_name) = pod.annotations().get(ANNOTATION_INSTANCE).cloned() else {
+        // Deleted (its logs go with it), or a later instance of the same name.
+        let Some((instance, execution)) = self.instance_of(pod).await? else {
             return Ok(());
         };
-        let Some(execution) = pod
-            .labels()
-            .get(LABEL_EXECUTION)
-            .and_then(|e| e.parse::<u32>().ok())
-        else {
-            return Ok(());
-        };
-        let key_uid = pod
-            .annotations()
-            .get(ANNOTATION_LOG_KEY)
-            .and_then(|k| archive::key_owner(k))
-            .map(|(_, uid)| uid.to_string());
+        let namespace = instance.namespace().unwrap_or_default();
+        let instance_name = instance.name_any();
         let api: Api<WorkflowInstance> = Api::namespaced(self.client.clone(), &namespace);
-        let Some(instance) = api.get_opt(&instance_name).await.map_err(call(
-            "get",
-            "WorkflowInstance",
-            &namespace,
-            &instance_name,
-        ))?
-        else {
-            return Ok(()); // Deleted: its logs go with it.
-        };
-        if instance.uid() != key_uid {
-            return Ok(()); // A later instance of the same name.
-        }
         let attempts = instance
             .status
             .as_ref()
@@ -400,28 +378,37 @@ impl Archiver {
         self.release(&pod).await
     }
 
-    async fn note_unarchived(&self, pod: &Pod, why: &str) {
+    /// The instance a held pod ran an attempt of, read fresh, with the execution number;
+    /// `None` when it is gone (or replaced by a later instance of the same name).
+    async fn instance_of(&self, pod: &Pod) -> Result<Option<(WorkflowInstance, u32)>, Error> {
         let namespace = pod.namespace().unwrap_or_default();
-        let Some(instance) = pod.annotations().get(ANNOTATION_INSTANCE) else {
-            return;
+        let (Some(name), Some(execution)) = (
+            pod.annotations().get(ANNOTATION_INSTANCE),
+            pod.labels()
+                .get(LABEL_EXECUTION)
+                .and_then(|e| e.parse::<u32>().ok()),
+        ) else {
+            return Ok(None);
         };
-        let execution = pod
-            .labels()
-            .get(LABEL_EXECUTION)
-            .cloned()
-            .unwrap_or_default();
         let uid = pod
             .annotations()
             .get(ANNOTATION_LOG_KEY)
             .and_then(|k| archive::key_owner(k))
             .map(|(_, uid)| uid.to_string());
         let api: Api<WorkflowInstance> = Api::namespaced(self.client.clone(), &namespace);
-        let Ok(Some(object)) = api.get_opt(instance).await else {
+        let found =
+            api.get_opt(name)
+                .await
+                .map_err(call("get", "WorkflowInstance", &namespace, name))?;
+        Ok(found
+            .filter(|instance| instance.uid() == uid)
+            .map(|instance| (instance, execution)))
+    }
+
+    async fn note_unarchived(&self, pod: &Pod, why: &str) {
+        let Ok(Some((object, execution))) = self.instance_of(pod).await else {
             return;
         };
-        if object.uid() != uid {
-            return;
-        }
         self.events
             .record(
                 &object,
