@@ -164,16 +164,17 @@ impl LogStore {
         }
     }
 
+    /// The error of `operation` on `key`, for `map_err` (also on a stream's every item).
     fn error(
         &self,
         operation: &'static str,
         key: &str,
-    ) -> impl FnOnce(object_store::Error) -> LogStoreError {
+    ) -> impl Fn(object_store::Error) -> LogStoreError + Send + 'static {
         let (store, key) = (self.url.clone(), key.to_string());
         move |source| LogStoreError::Call {
-            store,
+            store: store.clone(),
             operation,
-            key,
+            key: key.clone(),
             source: Box::new(source),
         }
     }
@@ -227,18 +228,9 @@ impl LogStore {
         key: &str,
     ) -> Result<Option<BoxStream<'static, Result<Bytes, LogStoreError>>>, LogStoreError> {
         match self.store.get(&self.path(key)).await {
-            Ok(found) => {
-                let (store, key) = (self.url.clone(), key.to_string());
-                let stream = found
-                    .into_stream()
-                    .map_err(move |source| LogStoreError::Call {
-                        store: store.clone(),
-                        operation: "read",
-                        key: key.clone(),
-                        source: Box::new(source),
-                    });
-                Ok(Some(stream.boxed()))
-            }
+            Ok(found) => Ok(Some(
+                found.into_stream().map_err(self.error("read", key)).boxed(),
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("read", key)(e)),
         }

@@ -15,21 +15,6 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-/// An hourly workflow that is suspended, so only the test's own triggers and backfills run it
-/// (an hour starting mid-test would otherwise add an instance).
-async fn hourly(cluster: &Cluster, name: &str, script: &str) -> Workflow {
-    cluster
-        .apply_workflow(
-            name,
-            json!({
-                "schedule": "@hourly",
-                "suspend": true,
-                "template": {"image": "busybox", "command": ["sh", "-c", script]},
-            }),
-        )
-        .await
-}
-
 fn backfills(cluster: &Cluster) -> Api<Backfill> {
     Api::namespaced(cluster.client.clone(), NS)
 }
@@ -38,7 +23,9 @@ fn backfills(cluster: &Cluster) -> Api<Backfill> {
 async fn a_backfill_from_the_cli_never_exceeds_its_concurrency() {
     let cluster = Cluster::start().await;
     let cli = Cli::new(&cluster);
-    hourly(&cluster, "hb", "sleep 0.3; echo \"done $CHARON_PARAMETER\"").await;
+    cluster
+        .apply_suspended_hourly("hb", "sleep 0.3; echo \"done $CHARON_PARAMETER\"")
+        .await;
     let (ok, out, err) = cli
         .run(&[
             "-n",
@@ -173,7 +160,9 @@ fn kubectl_plugin_dir() -> tempfile::TempDir {
 async fn ad_hoc_triggers_annotations_halt_and_retry() {
     let cluster = Cluster::start().await;
     let cli = Cli::new(&cluster);
-    hourly(&cluster, "hb", "echo \"p=$CHARON_PARAMETER x=$EXTRA\"").await;
+    cluster
+        .apply_suspended_hourly("hb", "echo \"p=$CHARON_PARAMETER x=$EXTRA\"")
+        .await;
 
     let (ok, out, err) = cli
         .run(&[
@@ -316,8 +305,8 @@ async fn ad_hoc_triggers_annotations_halt_and_retry() {
         .await;
 
     // Halt a running instance from the CLI; retry a queued one.
-    hourly(&cluster, "slow", "sleep 60").await;
-    hourly(&cluster, "flaky", "exit 3").await;
+    cluster.apply_suspended_hourly("slow", "sleep 60").await;
+    cluster.apply_suspended_hourly("flaky", "exit 3").await;
     let (ok, _, err) = cli
         .run(&["-n", NS, "trigger", "slow", "2024-01-01T00"])
         .await;
@@ -402,7 +391,7 @@ async fn wait_completed(cluster: &Cluster, name: &str) -> charon_core::resources
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reverse_order_reprocess_modes_and_halting() {
     let cluster = Cluster::start().await;
-    hourly(&cluster, "rb", "sleep 0.2").await;
+    cluster.apply_suspended_hourly("rb", "sleep 0.2").await;
     // Reverse: newest first, one at a time.
     create(&cluster, "rev", json!({"reverse": true})).await;
     wait_completed(&cluster, "rev").await;
@@ -449,7 +438,7 @@ async fn reverse_order_reprocess_modes_and_halting() {
     assert_eq!(s.counts.skipped, 4);
 
     // Non-graceful halt halts the active instance; graceful lets it finish.
-    hourly(&cluster, "long", "sleep 30").await;
+    cluster.apply_suspended_hourly("long", "sleep 30").await;
     for (name, graceful) in [("hard", false), ("soft", true)] {
         let start = if graceful {
             "2024-02-01T00"
@@ -641,7 +630,9 @@ async fn warning(cluster: &Cluster, object: &str, reason: &str) -> Result<String
 async fn what_a_new_user_runs_into() {
     let cluster = Cluster::start().await;
     let cli = Cli::new(&cluster);
-    hourly(&cluster, "hb", "echo \"p=$CHARON_PARAMETER\"").await;
+    cluster
+        .apply_suspended_hourly("hb", "echo \"p=$CHARON_PARAMETER\"")
+        .await;
 
     // Halting a finished instance is refused, as retrying one is.
     let (ok, _, err) = cli.run(&["-n", NS, "trigger", "hb", "2024-01-01T05"]).await;
@@ -754,7 +745,7 @@ async fn what_a_new_user_runs_into() {
     );
 
     // Backfills by a unique prefix of their name; a halted one shows no ETA and resumes.
-    hourly(&cluster, "slow", "sleep 1").await;
+    cluster.apply_suspended_hourly("slow", "sleep 1").await;
     let (ok, out, err) = cli
         .run(&[
             "-n",
@@ -871,8 +862,8 @@ async fn what_a_new_user_runs_into() {
 async fn status_shows_gaps_retry_times_and_one_legend_and_logs_start_with_the_job() {
     let cluster = Cluster::start().await;
     let cli = Cli::new(&cluster);
-    hourly(&cluster, "gaps", "true").await;
-    hourly(&cluster, "flaky", "exit 3").await;
+    cluster.apply_suspended_hourly("gaps", "true").await;
+    cluster.apply_suspended_hourly("flaky", "exit 3").await;
     for (workflow, partition) in [
         ("gaps", "2024-01-01T00"),
         ("gaps", "2024-01-01T01"),
@@ -923,7 +914,9 @@ async fn status_shows_gaps_retry_times_and_one_legend_and_logs_start_with_the_jo
     assert!(shape.is_match(line), "{line}");
 
     // `charon logs` from the first moment the Job exists, before the attempt is recorded.
-    hourly(&cluster, "talks", "echo one; sleep 3; echo two").await;
+    cluster
+        .apply_suspended_hourly("talks", "echo one; sleep 3; echo two")
+        .await;
     let (ok, _, err) = cli
         .run(&["-n", NS, "trigger", "talks", "2024-01-01T00"])
         .await;

@@ -13,7 +13,7 @@ use charon::logstore::LogStore;
 use charon_core::resources::{AttemptRecord, InstanceState, WorkflowInstance};
 use common::cli::Cli;
 use common::s3::{BUCKET, S3Server};
-use common::{Cluster, LONG, NS, state};
+use common::{Cluster, LONG, NS, state, suspended_hourly};
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -24,14 +24,9 @@ use serde_json::json;
 /// and fail until the third.
 async fn flaky(cluster: &Cluster, name: &str) {
     cluster
-        .apply_workflow(
+        .apply_suspended_hourly(
             name,
-            json!({
-                "schedule": "@hourly",
-                "suspend": true,
-                "template": {"image": "busybox", "command": ["sh", "-c",
-                    "echo \"attempt $CHARON_EXECUTION_TRIES of $CHARON_PARAMETER\"; [ \"$CHARON_EXECUTION_TRIES\" -ge 2 ] || exit 1"]},
-            }),
+            "echo \"attempt $CHARON_EXECUTION_TRIES of $CHARON_PARAMETER\"; [ \"$CHARON_EXECUTION_TRIES\" -ge 2 ] || exit 1",
         )
         .await;
 }
@@ -103,6 +98,20 @@ async fn pods_of(cluster: &Cluster, instance: &str) -> Vec<Pod> {
         .await
         .expect("pods")
         .items
+}
+
+/// Waits until no pod of `instance` is stored any more (held ones included).
+async fn no_pods_left(cluster: &Cluster, instance: &str, what: &str) {
+    cluster
+        .eventually(what, LONG, || async {
+            let left = pods_of(cluster, instance).await.len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} pods"))
+            }
+        })
+        .await;
 }
 
 /// Deletes every Job of `instance` and waits for their pods to be gone.
@@ -328,11 +337,7 @@ async fn a_halted_attempts_log_is_archived_in_a_file_store() {
     cluster.start_operator();
     let cli = Cli::new(&cluster).with_env(&[("CHARON_LOG_STORE".into(), url.clone())]);
     cluster
-        .apply_workflow(
-            "long",
-            json!({"schedule": "@hourly", "suspend": true,
-                "template": {"image": "busybox", "command": ["sh", "-c", "echo started; sleep 120"]}}),
-        )
+        .apply_suspended_hourly("long", "echo started; sleep 120")
         .await;
     let (ok, _, err) = cli
         .run(&["-n", NS, "trigger", "long", "2024-01-01T00"])
@@ -364,16 +369,7 @@ async fn a_halted_attempts_log_is_archived_in_a_file_store() {
         attempts[0].outcome,
         Some(charon_core::resources::AttemptOutcomeKind::Halted)
     );
-    cluster
-        .eventually("the halted pod to go", LONG, || async {
-            let left = pods_of(&cluster, name).await.len();
-            if left == 0 {
-                Ok(())
-            } else {
-                Err(format!("{left} pods"))
-            }
-        })
-        .await;
+    no_pods_left(&cluster, name, "the halted pod to go").await;
     let (ok, out, err) = cli.run(&["-n", NS, "logs", name]).await;
     assert!(ok, "{err}");
     assert_eq!(out, "started\n");
@@ -392,11 +388,7 @@ async fn a_store_that_is_down_delays_only_the_archive_never_the_run() {
     server.stop();
     let (cluster, cli, _) = on_s3(&server, "down").await;
     cluster
-        .apply_workflow(
-            "quick",
-            json!({"schedule": "@hourly", "suspend": true,
-                "template": {"image": "busybox", "command": ["sh", "-c", "echo hello from $CHARON_PARAMETER"]}}),
-        )
+        .apply_suspended_hourly("quick", "echo hello from $CHARON_PARAMETER")
         .await;
     let started = std::time::Instant::now();
     let (ok, _, err) = cli
@@ -440,11 +432,11 @@ async fn a_timed_out_attempt_is_archived_by_the_operator_after_a_crash() {
     server.stop();
     let (mut cluster, cli, _) = on_s3(&server, "crash").await;
     cluster
-        .apply_workflow(
-            "slow",
-            json!({"schedule": "@hourly", "suspend": true, "runningTimeout": "PT2S",
-                "template": {"image": "busybox", "command": ["sh", "-c", "echo begun; sleep 60"]}}),
-        )
+        .apply_workflow("slow", {
+            let mut spec = suspended_hourly("echo begun; sleep 60");
+            spec["runningTimeout"] = json!("PT2S");
+            spec
+        })
         .await;
     let (ok, _, err) = cli
         .run(&["-n", NS, "trigger", "slow", "2024-01-01T00"])
@@ -489,16 +481,7 @@ async fn a_timed_out_attempt_is_archived_by_the_operator_after_a_crash() {
     server.resume().await;
     cluster.start_operator();
     all_archived(&cluster, name, 1).await;
-    cluster
-        .eventually("the pod to go once archived", LONG, || async {
-            let left = pods_of(&cluster, name).await.len();
-            if left == 0 {
-                Ok(())
-            } else {
-                Err(format!("{left} pods"))
-            }
-        })
-        .await;
+    no_pods_left(&cluster, name, "the pod to go once archived").await;
     let (ok, out, err) = cli.run(&["-n", NS, "logs", "--attempt", "1", name]).await;
     assert!(ok, "{err}");
     assert_eq!(out, "begun\n");

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::clock::Clock;
-use super::error::{Error, call};
+use super::error::{ApiErrorExt, ApiFailure, Error, call};
 use super::events::{EventRecorder, Severity};
 use super::memory::lock;
 use super::metrics::Metrics;
@@ -315,14 +315,10 @@ impl Archiver {
         if attempts[index].archived {
             return Ok(());
         }
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        let patch = json_patch(serde_json::json!([
             {"op": "test", "path": format!("/status/attempts/{index}/execution"), "value": execution},
             {"op": "replace", "path": format!("/status/attempts/{index}/archived"), "value": true},
-        ]))
-        .map_err(|source| Error::Json {
-            what: "a JSON patch".to_string(),
-            source,
-        })?;
+        ]))?;
         api.patch_status(
             &instance_name,
             &PatchParams::default(),
@@ -344,21 +340,17 @@ impl Archiver {
         let Some(index) = pod.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(());
         };
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        let patch = json_patch(serde_json::json!([
             {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
             {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-        ]))
-        .map_err(|source| Error::Json {
-            what: "a JSON patch".to_string(),
-            source,
-        })?;
+        ]))?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         match pods
             .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) if e.failure() == ApiFailure::NotFound => Ok(()),
             Err(e) => Err(call("patch", "Pod", &namespace, &name)(e)),
         }
     }
@@ -418,6 +410,14 @@ impl Archiver {
             )
             .await;
     }
+}
+
+/// A JSON patch (RFC 6902) from its operations.
+fn json_patch(operations: serde_json::Value) -> Result<json_patch::Patch, Error> {
+    serde_json::from_value(operations).map_err(|source| Error::Json {
+        what: "a JSON patch".to_string(),
+        source,
+    })
 }
 
 /// Whether a pod is held for its log.

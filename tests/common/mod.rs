@@ -203,6 +203,13 @@ impl Cluster {
             .expect("workflow created")
     }
 
+    /// An hourly workflow running `sh -c script` that is suspended, so only the test's own
+    /// triggers and backfills run it (an hour starting mid-test would otherwise add an
+    /// instance).
+    pub async fn apply_suspended_hourly(&self, name: &str, script: &str) -> Workflow {
+        self.apply_workflow(name, suspended_hourly(script)).await
+    }
+
     pub async fn instances_of(&self, workflow: &str) -> Vec<WorkflowInstance> {
         let mut list: Vec<WorkflowInstance> = self
             .instances()
@@ -352,6 +359,15 @@ impl Cluster {
             );
         }
     }
+}
+
+/// The spec of [`Cluster::apply_suspended_hourly`], for a test that adds to it.
+pub fn suspended_hourly(script: &str) -> serde_json::Value {
+    json!({
+        "schedule": "@hourly",
+        "suspend": true,
+        "template": {"image": "busybox", "command": ["sh", "-c", script]},
+    })
 }
 
 pub fn state(instance: &WorkflowInstance) -> InstanceState {
