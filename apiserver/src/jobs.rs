@@ -488,7 +488,11 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     let suspend = spec.get("suspend").and_then(Value::as_bool) == Some(true);
     let ending =
         condition_true(&status, "FailureTarget") || condition_true(&status, "SuccessCriteriaMet");
-    if suspend && !ending {
+    // The real controller judges the backoff limit before it looks at suspension: pods
+    // stopped by a suspension count as failed, and a Job past its limit fails even while
+    // suspended.
+    let past_limit = failed > int(&spec, "/backoffLimit").unwrap_or(6);
+    if suspend && !ending && !past_limit {
         for pod in &active {
             delete_pod(ctx, &job, pod);
         }

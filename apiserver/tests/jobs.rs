@@ -646,6 +646,73 @@ async fn suspended_jobs_wait_until_resumed() {
     c.server.shutdown().await;
 }
 
+/// Suspending a running Job stops its pod, which counts as failed, as in Kubernetes: with
+/// `backoffLimit: 0` the Job fails; raised along with the suspension, the Job waits and,
+/// resumed, runs a new pod to completion (with a new startTime).
+#[tokio::test]
+async fn suspending_a_running_job_stops_its_pod_and_resuming_starts_a_new_one() {
+    let c = cluster().await;
+    let (jobs, pods) = c.apis();
+    let script = "echo trapped; sleep 2";
+    for (name, backoff_limit) in [("strict", 0), ("lenient", 1)] {
+        create_job(&jobs, job(name, script, json!({}))).await;
+        let first = eventually(10, "a running pod", || async {
+            let list = pods_of(&pods, name).await;
+            let pod = list.first()?;
+            (pod.status.as_ref()?.phase.as_deref() == Some("Running"))
+                .then(|| pod.metadata.name.clone())?
+        })
+        .await;
+        jobs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true, "backoffLimit": backoff_limit}})),
+        )
+        .await
+        .expect("suspend");
+        eventually(10, "the pod to go", || async {
+            pods.get_opt(&first).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        if backoff_limit == 0 {
+            let failed = finished(&jobs, name).await;
+            assert!(
+                conditions(&failed)
+                    .iter()
+                    .any(|(t, r, _)| t == "Failed" && r == "BackoffLimitExceeded"),
+                "{:?}",
+                conditions(&failed)
+            );
+            continue;
+        }
+        let suspended = eventually(10, "Suspended", || async {
+            let job = jobs.get(name).await.ok()?;
+            let status = job.status.clone()?;
+            (conditions(&job).iter().any(|(t, _, _)| t == "Suspended")
+                && status.failed == Some(1)
+                && status.active.unwrap_or(0) == 0)
+                .then_some(job)
+        })
+        .await;
+        let started = suspended.status.and_then(|s| s.start_time);
+        assert!(pods_of(&pods, name).await.is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        jobs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .expect("resume");
+        let done = finished(&jobs, name).await;
+        assert!(conditions(&done).iter().any(|(t, _, _)| t == "Complete"));
+        let status = done.status.expect("status");
+        assert_eq!((status.succeeded, status.failed), (Some(1), Some(1)));
+        assert!(status.start_time > started, "startTime is reset on resume");
+    }
+    c.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn finished_jobs_go_after_their_ttl() {
     let c = cluster().await;
