@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
 /// The user commands' connection flags, which kubectl users write before the command
 /// (`charon -n NS backfill list`, and so `kubectl charon -n NS …`).
 const USER_COMMANDS: &[&str] = &[
-    "trigger", "backfill", "halt", "retry", "logs", "status", "suspend", "resume",
+    "trigger", "backfill", "halt", "retry", "logs", "status", "suspend", "resume", "deps",
 ];
 const USER_FLAGS: &[&str] = &[
     "-n",

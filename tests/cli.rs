@@ -647,7 +647,7 @@ async fn what_a_new_user_runs_into() {
         "error: instance hb-2024-01-01t05 is Done already; halting stops an unfinished instance"
     );
 
-    // Suspend and resume a workflow, by name or as cwf/NAME; instances are not supported yet.
+    // Suspend and resume a workflow, by name or as cwf/NAME; a finished instance cannot be.
     let suspended = || async { cluster.workflow("hb").await.map(|w| w.spec.suspend) };
     let (ok, out, err) = cli.run(&["-n", NS, "resume", "hb"]).await;
     assert!(ok, "{err}");
@@ -662,7 +662,7 @@ async fn what_a_new_user_runs_into() {
         assert!(!ok);
         assert_eq!(
             err.trim_end(),
-            "error: charon suspend of an instance (cwfi/hb-2024-01-01t05) is not supported yet; `charon suspend cwf/WORKFLOW` acts on a whole workflow"
+            "error: workflowinstance/hb-2024-01-01t05 is Done already; only a queued or running instance can be suspended"
         );
     }
     let (ok, _, err) = cli.run(&["-n", NS, "resume", "nope"]).await;

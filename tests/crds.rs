@@ -961,6 +961,7 @@ fn what_the_controller_writes_validates() {
             logical_time: t(1),
             trigger: trigger.clone(),
             halted: false,
+            suspended: false,
             env: workflow.spec.template.env.clone(),
         },
     );
@@ -978,6 +979,8 @@ fn what_the_controller_writes_validates() {
         execution: 4,
         message: "exit code 137; retry at 04:00".into(),
         running_since: None,
+        reason: None,
+        suspended_at: None,
         started_at: Some(t(2)),
         finished_at: None,
         snapshot: Some(ExecutionSnapshot {

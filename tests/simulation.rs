@@ -84,6 +84,9 @@ impl World {
                     slot,
                     job: self.job_status(&current, now),
                     running_timeout: None,
+                    suspended: false,
+                    dependencies: Ok(()),
+                    dependency_deadline: None,
                 };
                 let step =
                     instance::step(&current, &observation, &self.policy, now, &mut |n| n - 1);
@@ -106,6 +109,8 @@ impl World {
                         Action::DeleteJob { name: job } => {
                             self.jobs.remove(job);
                         }
+                        // Nothing in the simulation suspends an instance.
+                        Action::SuspendJob { .. } => {}
                     }
                 }
                 if let Some(after) = step.requeue_after {

@@ -39,6 +39,10 @@ pub struct Instance {
     pub running_since: Option<DateTime<Utc>>,
     /// What a person reads about the current state.
     pub message: String,
+    /// Why a Queued instance waits (`WaitingForDependencies`, `WaitingForSlot`, `Suspended`).
+    pub reason: Option<String>,
+    /// When the current execution was suspended, while it is.
+    pub suspended_at: Option<DateTime<Utc>>,
 }
 
 /// What the current Job says about the attempt.
@@ -50,6 +54,8 @@ pub enum JobStatus {
     Pending,
     /// The container runs (since the given time, if known).
     Running(Option<DateTime<Utc>>),
+    /// The Job is suspended (`spec.suspend`): its pods are stopped, nothing runs.
+    Suspended,
     /// The attempt ended.
     Finished(AttemptOutcome),
 }
@@ -67,6 +73,13 @@ pub struct Observation {
     pub job: JobStatus,
     /// `spec.runningTimeout`, enforced by the controller as well as by the Job's deadline.
     pub running_timeout: Option<Duration>,
+    /// `spec.suspended` of the instance.
+    pub suspended: bool,
+    /// Whether the upstream partitions of `spec.dependsOn` are all Done; `Err` carries the
+    /// waiting message.
+    pub dependencies: Result<(), String>,
+    /// When a wait for dependencies ends in Error (trigger + `spec.dependencyTimeout`).
+    pub dependency_deadline: Option<DateTime<Utc>>,
 }
 
 /// Something the adapter must do.
@@ -83,6 +96,13 @@ pub enum Action {
     DeleteJob {
         /// The Job's name.
         name: String,
+    },
+    /// Set the Job's `spec.suspend` (a Job already so is left alone).
+    SuspendJob {
+        /// The Job's name.
+        name: String,
+        /// Suspend (true) or resume (false).
+        suspend: bool,
     },
 }
 
@@ -130,6 +150,26 @@ impl Machine<'_> {
         });
         self.instance.state = to;
         self.instance.message = message;
+        self.instance.reason = None;
+    }
+
+    /// Stays in the current state, waiting: says why.
+    fn wait(&mut self, reason: &str, message: &str) {
+        if self.instance.message != message {
+            self.instance.message = message.to_string();
+        }
+        if self.instance.reason.as_deref() != Some(reason) {
+            self.instance.reason = Some(reason.to_string());
+        }
+    }
+
+    fn suspend_job(&mut self, suspend: bool) {
+        if let Some(job) = &self.instance.job {
+            self.actions.push(Action::SuspendJob {
+                name: job.clone(),
+                suspend,
+            });
+        }
     }
 
     fn requeue(&mut self, after: Duration) {
@@ -151,6 +191,7 @@ impl Machine<'_> {
         random: &mut dyn FnMut(u32) -> u32,
     ) {
         self.instance.running_since = None;
+        self.instance.suspended_at = None;
         match &outcome {
             AttemptOutcome::Exited(code) => {
                 self.instance.last_exit_code = Some(*code);
@@ -211,11 +252,15 @@ pub fn step(
         return finish(m);
     }
     if observation.halted {
-        if matches!(observation.job, JobStatus::Pending | JobStatus::Running(_)) {
+        if matches!(
+            observation.job,
+            JobStatus::Pending | JobStatus::Running(_) | JobStatus::Suspended
+        ) {
             m.delete_current_job();
         }
         m.instance.next_attempt_at = None;
         m.instance.running_since = None;
+        m.instance.suspended_at = None;
         m.go(
             State::Halted,
             "Halted",
@@ -229,6 +274,11 @@ pub fn step(
     for _ in 0..8 {
         match m.instance.state {
             State::Queued => {
+                if observation.suspended {
+                    let message = "suspended (spec.suspended): not started until resumed";
+                    m.wait("Suspended", message);
+                    break;
+                }
                 if let Some(at) = m.instance.next_attempt_at
                     && at > now
                     && !observation.retry_now
@@ -236,10 +286,21 @@ pub fn step(
                     m.requeue(at - now);
                     break;
                 }
-                if let Err(waiting) = &observation.slot {
-                    if m.instance.message != *waiting {
-                        m.instance.message = waiting.clone();
+                if let Err(waiting) = &observation.dependencies {
+                    match observation.dependency_deadline {
+                        Some(deadline) if now >= deadline => {
+                            let message = format!("gave up at spec.dependencyTimeout: {waiting}");
+                            m.go(State::Error, "DependencyTimeout", message);
+                            break;
+                        }
+                        Some(deadline) => m.requeue(deadline - now),
+                        None => {}
                     }
+                    m.wait("WaitingForDependencies", waiting);
+                    break;
+                }
+                if let Err(waiting) = &observation.slot {
+                    m.wait("WaitingForSlot", waiting);
                     break;
                 }
                 m.instance.next_attempt_at = None;
@@ -288,10 +349,29 @@ pub fn step(
                 }
             },
             State::Submitted | State::Running => match &observation.job {
+                JobStatus::Pending | JobStatus::Running(_) | JobStatus::Suspended
+                    if observation.suspended =>
+                {
+                    m.instance.suspended_at = Some(now);
+                    m.suspend_job(true);
+                    let message = format!(
+                        "attempt {} suspended: its pods are stopped until it is resumed",
+                        m.instance.tries
+                    );
+                    m.go(State::Suspended, "Suspended", message);
+                    break;
+                }
+                JobStatus::Suspended => {
+                    // Resumed on record, the Job not yet: resume it (again).
+                    m.suspend_job(false);
+                    break;
+                }
                 JobStatus::Pending => break,
                 JobStatus::Running(since) => {
                     if m.instance.state == State::Submitted {
-                        m.instance.running_since = Some(since.unwrap_or(now));
+                        // A resumed attempt keeps the running time it had.
+                        let since = m.instance.running_since.unwrap_or(since.unwrap_or(now));
+                        m.instance.running_since = Some(since);
                         let message = format!("running on attempt {}", m.instance.tries);
                         m.go(State::Running, "Running", message);
                     }
@@ -318,6 +398,42 @@ pub fn step(
                         m.instance.job.as_deref().unwrap_or_default()
                     );
                     m.judge(AttemptOutcome::NoExitCode(what), now, random);
+                }
+            },
+            State::Suspended => match &observation.job {
+                JobStatus::Finished(outcome) => {
+                    // It ended before the suspension stopped it.
+                    let outcome = outcome.clone();
+                    m.judge(outcome, now, random);
+                }
+                JobStatus::Missing => {
+                    let what = format!(
+                        "Job {} disappeared while suspended",
+                        m.instance.job.as_deref().unwrap_or_default()
+                    );
+                    m.judge(AttemptOutcome::NoExitCode(what), now, random);
+                }
+                JobStatus::Suspended if observation.suspended => break,
+                _ if observation.suspended => {
+                    // Suspended on record, the Job not yet: suspend it (again).
+                    m.suspend_job(true);
+                    break;
+                }
+                _ => {
+                    // Time spent suspended does not count toward runningTimeout.
+                    if let (Some(since), Some(at)) =
+                        (m.instance.running_since, m.instance.suspended_at)
+                    {
+                        m.instance.running_since = Some(since + (now - at).max(Duration::zero()));
+                    }
+                    m.instance.suspended_at = None;
+                    m.suspend_job(false);
+                    let message = format!(
+                        "attempt {} resumed: the same execution goes on",
+                        m.instance.tries
+                    );
+                    m.go(State::Submitted, "Resumed", message);
+                    break;
                 }
             },
             // Transient states are left by `judge` within the same step; seeing one here means
@@ -364,6 +480,8 @@ pub fn reopen(finished: &Instance, reason: &str, message: String) -> (Instance, 
         last_exit_code: None,
         running_since: None,
         message: message.clone(),
+        reason: None,
+        suspended_at: None,
     };
     let transition = Transition {
         from: finished.state,
@@ -396,6 +514,9 @@ mod tests {
             slot: Ok(()),
             job,
             running_timeout: None,
+            suspended: false,
+            dependencies: Ok(()),
+            dependency_deadline: None,
         }
     }
 
@@ -411,6 +532,181 @@ mod tests {
 
     fn path(step: &Step) -> Vec<(State, State)> {
         step.transitions.iter().map(|t| (t.from, t.to)).collect()
+    }
+
+    #[test]
+    fn a_suspended_run_stops_its_job_and_resumes_the_same_execution() {
+        let policy = RetryPolicy::default();
+        let step_at =
+            |i: &Instance, o: &Observation, now: &str| step(i, o, &policy, utc(now), &mut |_| 0);
+        let timeout = Observation {
+            running_timeout: Some(Duration::minutes(10)),
+            ..obs(JobStatus::Running(Some(utc("2024-01-02T06:00:00Z"))))
+        };
+        let started = run(&fresh(), &obs(JobStatus::Missing), "2024-01-02T06:00:00Z");
+        let running = step_at(&started.instance, &timeout, "2024-01-02T06:01:00Z");
+        assert_eq!(running.instance.state, State::Running);
+        let job = running.instance.job.clone().unwrap();
+        // Suspended after 4 minutes of running.
+        let suspend = Observation {
+            suspended: true,
+            ..timeout.clone()
+        };
+        let s = step_at(&running.instance, &suspend, "2024-01-02T06:04:00Z");
+        assert_eq!(s.instance.state, State::Suspended);
+        assert_eq!(
+            s.actions,
+            [Action::SuspendJob {
+                name: job.clone(),
+                suspend: true
+            }]
+        );
+        assert_eq!(s.transitions[0].reason, "Suspended");
+        // While suspended nothing times out and nothing is created.
+        let held = Observation {
+            suspended: true,
+            ..obs(JobStatus::Suspended)
+        };
+        let later = step_at(&s.instance, &held, "2024-01-02T09:00:00Z");
+        assert_eq!(
+            (later.instance.state, later.actions.len()),
+            (State::Suspended, 0)
+        );
+        // A Job the suspension has not reached yet is suspended again.
+        let again = step_at(&s.instance, &suspend, "2024-01-02T06:05:00Z");
+        assert_eq!(
+            again.actions,
+            [Action::SuspendJob {
+                name: job.clone(),
+                suspend: true
+            }]
+        );
+        // Resumed three hours later: the same Job, the same try, no cost.
+        let resume = obs(JobStatus::Suspended);
+        let r = step_at(&s.instance, &resume, "2024-01-02T09:04:00Z");
+        assert_eq!(r.instance.state, State::Submitted);
+        assert_eq!(
+            r.actions,
+            [Action::SuspendJob {
+                name: job.clone(),
+                suspend: false
+            }]
+        );
+        assert_eq!((r.instance.tries, r.instance.execution), (1, 1));
+        assert_eq!(r.instance.counters, started.instance.counters);
+        // The 4 minutes it ran count toward the 10-minute timeout, the suspension does not.
+        let rerun = Observation {
+            running_timeout: Some(Duration::minutes(10)),
+            ..obs(JobStatus::Running(Some(utc("2024-01-02T09:04:30Z"))))
+        };
+        let r2 = step_at(&r.instance, &rerun, "2024-01-02T09:05:00Z");
+        assert_eq!(r2.instance.state, State::Running);
+        assert_eq!(r2.instance.running_since, Some(utc("2024-01-02T09:00:00Z")));
+        let timed_out = step_at(&r2.instance, &rerun, "2024-01-02T09:10:00Z");
+        assert_eq!(
+            timed_out.instance.state,
+            State::Queued,
+            "timed out after 4 + 6 minutes"
+        );
+        // A Job still suspended after the resume is on record is resumed again.
+        let fixup = step_at(
+            &r.instance,
+            &obs(JobStatus::Suspended),
+            "2024-01-02T09:04:05Z",
+        );
+        assert_eq!(
+            fixup.actions,
+            [Action::SuspendJob {
+                name: job.clone(),
+                suspend: false
+            }]
+        );
+        // A Job that finished as it was suspended is judged.
+        let done = step_at(
+            &s.instance,
+            &Observation {
+                suspended: true,
+                ..obs(JobStatus::Finished(AttemptOutcome::Exited(0)))
+            },
+            "2024-01-02T06:05:00Z",
+        );
+        assert_eq!(done.instance.state, State::Done);
+        // Halting a suspended run deletes its Job.
+        let halted = step_at(
+            &s.instance,
+            &Observation {
+                halted: true,
+                ..held
+            },
+            "2024-01-02T07:00:00Z",
+        );
+        assert_eq!(
+            (halted.instance.state, halted.actions),
+            (State::Halted, vec![Action::DeleteJob { name: job }])
+        );
+    }
+
+    #[test]
+    fn a_suspended_queued_instance_is_not_started() {
+        let o = Observation {
+            suspended: true,
+            ..obs(JobStatus::Missing)
+        };
+        let s = run(&fresh(), &o, "2024-01-02T06:00:00Z");
+        assert_eq!((s.instance.state, s.actions.len()), (State::Queued, 0));
+        assert_eq!(s.instance.reason.as_deref(), Some("Suspended"));
+        let resumed = run(
+            &s.instance,
+            &obs(JobStatus::Missing),
+            "2024-01-02T06:00:01Z",
+        );
+        assert_eq!(resumed.instance.state, State::Submitting);
+        assert_eq!(resumed.instance.reason, None);
+    }
+
+    #[test]
+    fn waiting_for_dependencies_costs_nothing_and_times_out_into_error() {
+        let waiting = Observation {
+            dependencies: Err("waiting for dependencies: ingest 2024-01-02T05 (Running)".into()),
+            dependency_deadline: Some(utc("2024-01-02T08:00:00Z")),
+            ..obs(JobStatus::Missing)
+        };
+        let s = run(&fresh(), &waiting, "2024-01-02T06:00:00Z");
+        assert_eq!(
+            (s.instance.state, s.actions.len(), s.instance.tries),
+            (State::Queued, 0, 0)
+        );
+        assert_eq!(s.instance.reason.as_deref(), Some("WaitingForDependencies"));
+        assert_eq!(
+            s.instance.message,
+            "waiting for dependencies: ingest 2024-01-02T05 (Running)"
+        );
+        assert_eq!(
+            s.requeue_after,
+            Some(Duration::hours(2)),
+            "looks again at the deadline"
+        );
+        assert!(s.transitions.is_empty());
+        let met = run(
+            &s.instance,
+            &obs(JobStatus::Missing),
+            "2024-01-02T07:00:00Z",
+        );
+        assert_eq!(met.instance.state, State::Submitting);
+        let late = run(&s.instance, &waiting, "2024-01-02T08:00:00Z");
+        assert_eq!(late.instance.state, State::Error);
+        assert_eq!(late.transitions[0].reason, "DependencyTimeout");
+        assert!(
+            late.instance.message.contains("spec.dependencyTimeout"),
+            "{}",
+            late.instance.message
+        );
+        let forever = Observation {
+            dependency_deadline: None,
+            ..waiting
+        };
+        let s = run(&fresh(), &forever, "2030-01-01T00:00:00Z");
+        assert_eq!((s.instance.state, s.requeue_after), (State::Queued, None));
     }
 
     #[test]

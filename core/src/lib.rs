@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod backfill;
 pub mod concurrency;
+pub mod dependency;
 pub mod instance;
 pub mod job;
 pub mod names;

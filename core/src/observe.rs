@@ -77,7 +77,24 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     let Some(job) = job else {
         return JobStatus::Missing;
     };
-    let mut pods: Vec<&Pod> = pods.iter().collect();
+    let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    let finished = condition(job, "Complete").is_some() || condition(job, "Failed").is_some();
+    if suspended && !finished {
+        return JobStatus::Suspended;
+    }
+    // Pods stopped by a suspension say nothing about the attempt's outcome: after a resume
+    // only the pods created since count.
+    let resumed = resumed_at(job);
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            let created = p.metadata.creation_timestamp.as_ref().and_then(time);
+            let deleting = p.metadata.deletion_timestamp.is_some();
+            // Creation times have whole seconds: a pod of the resume's second counts unless
+            // it is being deleted (as a suspension's pods are).
+            resumed.is_none_or(|at| created.is_some_and(|c| c > at || (c == at && !deleting)))
+        })
+        .collect();
     pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let newest = pods.last().copied();
 
@@ -157,6 +174,16 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     }
 }
 
+/// When the Job was last resumed from a suspension (its `Suspended` condition turned False).
+fn resumed_at(job: &Job) -> Option<DateTime<Utc>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let suspended = conditions.iter().find(|c| c.type_ == "Suspended")?;
+    if suspended.status != "False" {
+        return None;
+    }
+    suspended.last_transition_time.as_ref().and_then(time)
+}
+
 /// A pod that failed without its container running to an exit: eviction, a lost node, a
 /// deadline. `None` when the pod says nothing of the sort.
 fn pod_failure(pod: &Pod) -> Option<AttemptOutcome> {
@@ -215,6 +242,54 @@ mod tests {
             "name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
             "state": state
         }]})
+    }
+
+    #[test]
+    fn a_suspended_job_is_suspended_and_its_stopped_pods_do_not_count_after_a_resume() {
+        let mut suspended = job(json!([{"type": "Suspended", "status": "True"}]));
+        suspended.spec =
+            Some(serde_json::from_value(json!({"suspend": true, "template": {}})).unwrap());
+        let killed = main_state(json!({"terminated": {"exitCode": 143}}));
+        let stopped = pod("2024-01-01T00:00:00Z", killed.clone());
+        assert_eq!(
+            job_status(Some(&suspended), &[stopped.clone()]),
+            JobStatus::Suspended
+        );
+        let resumed = job(
+            json!([{"type": "Suspended", "status": "False", "reason": "JobResumed",
+            "lastTransitionTime": "2024-01-01T00:05:00Z"}]),
+        );
+        assert_eq!(
+            job_status(Some(&resumed), &[stopped.clone()]),
+            JobStatus::Pending
+        );
+        let mut deleted_same_second = pod("2024-01-01T00:05:00Z", killed.clone());
+        deleted_same_second.metadata.deletion_timestamp =
+            deleted_same_second.metadata.creation_timestamp.clone();
+        assert_eq!(
+            job_status(Some(&resumed), &[stopped.clone(), deleted_same_second]),
+            JobStatus::Pending
+        );
+        let running = pod(
+            "2024-01-01T00:05:00Z",
+            main_state(json!({"running": {"startedAt": "2024-01-01T00:05:01Z"}})),
+        );
+        assert!(matches!(
+            job_status(Some(&resumed), &[stopped.clone(), running]),
+            JobStatus::Running(Some(_))
+        ));
+        let new_failure = pod("2024-01-01T00:06:00Z", killed);
+        assert_eq!(
+            job_status(Some(&resumed), &[stopped, new_failure]),
+            JobStatus::Finished(AttemptOutcome::Exited(143))
+        );
+        // A Job that completed as it was suspended is complete.
+        let mut complete = job(json!([{"type": "Complete", "status": "True"}]));
+        complete.spec = suspended.spec.clone();
+        assert_eq!(
+            job_status(Some(&complete), &[]),
+            JobStatus::Finished(AttemptOutcome::Exited(0))
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub fn to_machine(name: &str, status: &WorkflowInstanceStatus) -> Instance {
         last_exit_code: status.last_exit_code,
         running_since: status.running_since,
         message: status.message.clone(),
+        reason: status.reason.clone(),
+        suspended_at: status.suspended_at,
     }
 }
 
@@ -54,6 +56,8 @@ pub fn after_step(
     status.last_exit_code = after.last_exit_code;
     status.running_since = after.running_since;
     status.message = after.message.clone();
+    status.reason = after.reason.clone();
+    status.suspended_at = after.suspended_at;
     for t in transitions {
         if t.to == InstanceState::Prepare && status.started_at.is_none() {
             status.started_at = Some(now);
@@ -86,7 +90,10 @@ pub fn after_step(
 fn attempt_active(state: InstanceState) -> bool {
     matches!(
         state,
-        InstanceState::Submitting | InstanceState::Submitted | InstanceState::Running
+        InstanceState::Submitting
+            | InstanceState::Submitted
+            | InstanceState::Running
+            | InstanceState::Suspended
     )
 }
 
@@ -266,6 +273,9 @@ mod tests {
             slot: Ok(()),
             job,
             running_timeout: None,
+            suspended: false,
+            dependencies: Ok(()),
+            dependency_deadline: None,
         };
         let step = crate::instance::step(
             &to_machine("w-2024-01-01t05", status),

@@ -35,6 +35,8 @@ pub struct ValidWorkflow {
     pub running_timeout: Option<Duration>,
     /// `spec.history.ttl`.
     pub history_ttl: Duration,
+    /// `spec.dependencyTimeout`, if set.
+    pub dependency_timeout: Option<Duration>,
 }
 
 /// What the operator allows beyond the defaults (SPEC §7), passed in so validation stays pure.
@@ -77,18 +79,11 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
     {
         errors.push(error("spec.offset", reason));
     }
-    let running_timeout = match spec.running_timeout.as_deref().map(IsoDuration::parse) {
-        None => None,
-        Some(Ok(d)) if d.is_negative() || d.is_zero() => {
-            errors.push(error("spec.runningTimeout", "must be a positive duration"));
-            None
-        }
-        Some(Ok(d)) => in_range("spec.runningTimeout", &d, &mut errors),
-        Some(Err(reason)) => {
-            errors.push(error("spec.runningTimeout", reason));
-            None
-        }
-    };
+    let running_timeout = positive(
+        "spec.runningTimeout",
+        spec.running_timeout.as_deref(),
+        &mut errors,
+    );
     let history_ttl = match IsoDuration::parse(&spec.history.ttl) {
         Ok(d) if d.is_negative() => {
             errors.push(error("spec.history.ttl", "must not be negative"));
@@ -114,6 +109,23 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
             "spec.retry.fatalExitCodes",
             "0 means success and cannot be fatal",
         ));
+    }
+    let dependency_timeout = positive(
+        "spec.dependencyTimeout",
+        spec.dependency_timeout.as_deref(),
+        &mut errors,
+    );
+    let mut upstream = std::collections::BTreeSet::new();
+    for (i, dependency) in spec.depends_on.iter().enumerate() {
+        let field = format!("spec.dependsOn[{i}].workflow");
+        if let Err(reason) = object_name(&dependency.workflow) {
+            errors.push(error(&field, reason));
+        } else if !upstream.insert(dependency.workflow.as_str()) {
+            errors.push(error(
+                &field,
+                format!("workflow {:?} is named twice", dependency.workflow),
+            ));
+        }
     }
     let template = &spec.template;
     if template.image.trim().is_empty() {
@@ -163,8 +175,45 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
             schedule,
             running_timeout,
             history_ttl,
+            dependency_timeout,
         }),
         _ => Err(errors),
+    }
+}
+
+/// The API server's rule for object names (DNS-1123 subdomain), with its message.
+fn object_name(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() {
+        Err("must not be empty".to_string())
+    } else if name.len() > 253 || !name.split('.').all(label_ok) {
+        Err(format!(
+            "{name:?} is not a valid object name: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// An optional positive ISO-8601 duration field.
+fn positive(field: &str, text: Option<&str>, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    match text.map(IsoDuration::parse) {
+        None => None,
+        Some(Ok(d)) if d.is_negative() || d.is_zero() => {
+            errors.push(error(field, "must be a positive duration"));
+            None
+        }
+        Some(Ok(d)) => in_range(field, &d, errors),
+        Some(Err(reason)) => {
+            errors.push(error(field, reason));
+            None
+        }
     }
 }
 

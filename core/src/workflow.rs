@@ -98,6 +98,19 @@ pub fn plan(
     active: u32,
     now: DateTime<Utc>,
 ) -> WorkflowPlan {
+    plan_with_cycle(workflow, policy, active, now, None)
+}
+
+/// [`plan`] for a workflow whose `spec.dependsOn` closes `cycle` (found by
+/// [`crate::dependency::cycle`] among the workflows of its namespace): such a workflow is
+/// invalid, as a cycle would wait for ever.
+pub fn plan_with_cycle(
+    workflow: &Workflow,
+    policy: validate::Policy,
+    active: u32,
+    now: DateTime<Utc>,
+    cycle: Option<&[String]>,
+) -> WorkflowPlan {
     let previous = workflow.status.clone().unwrap_or_default();
     let generation = workflow.metadata.generation;
     let mut status = previous.clone();
@@ -106,7 +119,17 @@ pub fn plan(
     let was_invalid = crate::resources::find_condition(&previous.conditions, condition_type::VALID)
         .is_some_and(|c| c.status == ConditionStatus::False);
 
-    let valid = match validate::workflow(&workflow.spec, policy) {
+    let checked = validate::workflow(&workflow.spec, policy).and_then(|valid| match cycle {
+        Some(cycle) => Err(vec![validate::FieldError {
+            field: "spec.dependsOn".to_string(),
+            reason: format!(
+                "the dependencies form a cycle ({}), which would wait for ever",
+                cycle.join(" → ")
+            ),
+        }]),
+        None => Ok(valid),
+    });
+    let valid = match checked {
         Ok(valid) => valid,
         Err(errors) => {
             let message = validate::message(&errors);

@@ -58,6 +58,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Asks the instance controller to look at instances again (a slot was freed).
     pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
+    /// Asks the workflow controller to reconcile a workflow.
+    pub wake_workflow: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Workflow>>,
     /// What the controllers remember between reconciles.
     pub memory: Arc<Memory>,
     /// What workflows may ask for beyond the defaults (`--allow-privileged-pods`).

@@ -26,6 +26,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::context::{Context, Opening, STALE_RETRY};
+use super::dependencies;
 use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
 use super::index::{execution_of_job, instances_of, pods_of_job};
@@ -100,6 +101,9 @@ async fn reconcile_instance(
         return finish_reopen(&ctx, &instance, &read, now).await;
     }
     if read.status.state.is_terminal() {
+        if read.status.state == State::Done {
+            dependencies::wake_dependents(&ctx, &read.namespace, &instance.spec.workflow);
+        }
         sweep_jobs(&ctx, &read).await?;
         return expire(
             &ctx,
@@ -321,13 +325,23 @@ async fn plan<'a>(
 ) -> Result<Planned<'a>, Error> {
     let policy = RetryPolicy::of(&workflow.spec.retry);
     let current = status::to_machine(&read.name, &read.status);
+    let queued = read.status.state == State::Queued;
     let observation = Observation {
         halted: instance.spec.halted,
         retry_now: instance.annotations().contains_key(RETRY_NOW),
         slot: Ok(()),
         job: observe(ctx, &read.namespace, &read.status, now).await?,
         running_timeout: job::running_timeout(workflow),
+        suspended: instance.spec.suspended,
+        dependencies: if queued {
+            dependencies::check(ctx, &read.namespace, instance, workflow)
+        } else {
+            Ok(())
+        },
+        dependency_deadline: dependencies::deadline(instance, workflow),
     };
+    // An instance that waits for its dependencies or is suspended takes no part in admission.
+    let may_start = observation.dependencies.is_ok() && !observation.suspended;
     let step_with = |slot: Result<(), String>| {
         let observation = Observation {
             slot,
@@ -337,7 +351,7 @@ async fn plan<'a>(
         (observation, step)
     };
     let ((observation, step), reservation) = match workflow.spec.concurrency {
-        Some(limit) if read.status.state == State::Queued => {
+        Some(limit) if queued && may_start => {
             let (planned, reservation) = ctx.memory.admission.decide(instance, |ledger| {
                 let slot = admission(ctx, ledger, instance, &read.namespace, workflow, limit, now);
                 let planned = step_with(slot);
@@ -573,6 +587,12 @@ async fn act(
             machine::Action::DeleteJob { name: job_name } => {
                 delete_job(ctx, namespace, job_name).await?;
             }
+            machine::Action::SuspendJob {
+                name: job_name,
+                suspend,
+            } => {
+                suspend_job(ctx, namespace, job_name, *suspend).await?;
+            }
         }
     }
     let (current, after) = (&planned.current, step.instance.state);
@@ -725,6 +745,8 @@ fn admission(
             active += 1;
         } else if state == State::Queued
             && !sibling.spec.halted
+            && !sibling.spec.suspended
+            && status.reason.as_deref() != Some(dependencies::WAITING)
             && status.next_attempt_at.is_none_or(|at| at <= now)
         {
             ready.push((sibling.spec.logical_time, sibling_name));
@@ -857,6 +879,45 @@ async fn sweep_jobs(ctx: &Context, read: &Read) -> Result<(), Error> {
         delete_job(ctx, &read.namespace, &job).await?;
     }
     Ok(())
+}
+
+/// Sets a Job's `spec.suspend`. Suspending also raises its `backoffLimit` past the pods it
+/// has lost so far: Kubernetes counts a pod stopped by a suspension as failed, and every
+/// attempt's Job allows no failure of its own (retries are Charon's), so without the raise
+/// the suspension would fail the Job.
+async fn suspend_job(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    suspend: bool,
+) -> Result<(), Error> {
+    let api = ctx.api::<Job>(namespace);
+    let Some(job) = api
+        .get_opt(name)
+        .await
+        .map_err(call("get", "Job", namespace, name))?
+    else {
+        return Ok(());
+    };
+    let spec = job.spec.as_ref();
+    if spec.and_then(|s| s.suspend).unwrap_or(false) == suspend {
+        return Ok(());
+    }
+    let patch = if suspend {
+        let failed = job.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
+        let limit = spec.and_then(|s| s.backoff_limit).unwrap_or(0);
+        serde_json::json!({"spec": {"suspend": true, "backoffLimit": limit.max(failed + 1)}})
+    } else {
+        serde_json::json!({"spec": {"suspend": false}})
+    };
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.failure() == ApiFailure::NotFound => Ok(()),
+        Err(e) => Err(call("patch", "Job", namespace, name)(e)),
+    }
 }
 
 /// Deletes a Job with background propagation, so its pods go too.

@@ -16,6 +16,7 @@
 
 mod archive;
 mod context;
+mod dependencies;
 mod events;
 mod index;
 mod instance;
@@ -177,6 +178,7 @@ pub async fn run(
     // finds it in both.
     .inspect(move |event| index.follow(event))
     .reflect(instances_writer);
+    let wake_workflow = workflow_wake.clone();
     let forget_logs = archiver.clone();
     let instance_root = relay_instances(instance_watch, cached, fan_out, move |instance| {
         forget.forget(instance);
@@ -238,6 +240,7 @@ pub async fn run(
         events,
         metrics: options.metrics.clone(),
         wake,
+        wake_workflow,
         memory,
         policy: options.policy,
         log_archive: archiver.is_some(),

@@ -69,6 +69,7 @@ pub fn new_instance(
             logical_time: logical,
             trigger,
             halted: false,
+            suspended: false,
             env,
         },
         status: None,

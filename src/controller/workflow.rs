@@ -11,12 +11,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::context::{Context, Opening, STALE_RETRY};
+use super::dependencies;
 use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
 use super::index::instances_of;
 use super::triggers::{self, TriggerError};
 use charon_core::resources::{Trigger, TriggerType, Workflow, WorkflowInstance};
-use charon_core::workflow::{WorkflowPlan, plan, until};
+use charon_core::workflow::{WorkflowPlan, plan_with_cycle, until};
 
 /// How long after creating instances a workflow may hold back its status write: until the
 /// instances finish, so one write records both the trigger and the end of a short run, and
@@ -39,6 +40,11 @@ async fn reconcile_workflow(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Resul
         Opening::Ready { namespace, name } => (namespace, name),
         Opening::Deleting => {
             ctx.memory.held.release(&workflow);
+            if let Some(namespace) = workflow.namespace() {
+                ctx.memory
+                    .dependents
+                    .forget(&namespace, &workflow.name_any());
+            }
             return Ok(Action::await_change());
         }
         Opening::Stale => return Ok(Action::requeue(STALE_RETRY)),
@@ -53,11 +59,28 @@ async fn reconcile_workflow(workflow: Arc<Workflow>, ctx: Arc<Context>) -> Resul
         .filter(|i| !i.status.as_ref().is_some_and(|s| s.state.is_terminal()))
         .map(|i| i.name_any())
         .collect();
-    let plan = plan(&workflow, ctx.policy, count(&unfinished), now);
+    let cycle = dependencies::cycle(&ctx, &namespace, &workflow);
+    let upstream = workflow.spec.depends_on.iter().map(|d| d.workflow.as_str());
+    if ctx.memory.dependents.learn(&namespace, &name, upstream) {
+        dependencies::wake_refused(&ctx, &namespace, &name);
+    }
+    let plan = plan_with_cycle(
+        &workflow,
+        ctx.policy,
+        count(&unfinished),
+        now,
+        cycle.as_deref(),
+    );
     if let Some(message) = &plan.became_invalid {
         ctx.events
             .record(&*workflow, Severity::Warning, "InvalidSpec", message)
             .await;
+        // The other workflows on the cycle are refused too.
+        for member in cycle.iter().flatten().filter(|m| **m != name) {
+            let _ = ctx
+                .wake_workflow
+                .send(ObjectRef::new(member).within(&namespace));
+        }
     }
     let (created, failure) =
         create_instances(&ctx, &workflow, &namespace, &plan, &mut unfinished).await?;

@@ -101,20 +101,20 @@ pub enum UserCommand {
         /// The instance.
         instance: String,
     },
-    /// Suspend a workflow: no new partitions are triggered (backfills still run).
+    /// Suspend a workflow (no new partitions are triggered; backfills still run) or an
+    /// instance (its Job is suspended, its pods stopped; resumed, the same execution goes on).
     Suspend {
         #[command(flatten)]
         target: Target,
-        /// The workflow: NAME (a Workflow of that name, else an instance), cwf/NAME or
-        /// cwfi/NAME.
+        /// NAME (a Workflow of that name, else an instance), cwf/NAME or cwfi/NAME.
         name: String,
     },
-    /// Resume a suspended workflow; partitions that fell due meanwhile are skipped.
+    /// Resume a suspended workflow (partitions that fell due meanwhile are skipped) or
+    /// instance (the same execution goes on, at no cost).
     Resume {
         #[command(flatten)]
         target: Target,
-        /// The workflow: NAME (a Workflow of that name, else an instance), cwf/NAME or
-        /// cwfi/NAME.
+        /// NAME (a Workflow of that name, else an instance), cwf/NAME or cwfi/NAME.
         name: String,
     },
     /// Print the log of an instance's Job.
@@ -144,6 +144,16 @@ pub enum UserCommand {
         target: Target,
         /// One workflow (default: all in the namespace).
         workflow: Option<String>,
+    },
+    /// Show a partition's upstream partitions (spec.dependsOn) and the downstream partitions
+    /// that wait for it, with their states.
+    Deps {
+        #[command(flatten)]
+        target: Target,
+        /// The workflow.
+        workflow: String,
+        /// The partition, parsed leniently (default: the last one triggered).
+        parameter: Option<String>,
     },
 }
 
@@ -240,6 +250,7 @@ pub async fn run(command: UserCommand, out: &mut dyn Write) -> anyhow::Result<()
         | UserCommand::Retry { target, .. }
         | UserCommand::Logs { target, .. }
         | UserCommand::Status { target, .. }
+        | UserCommand::Deps { target, .. }
         | UserCommand::Suspend { target, .. }
         | UserCommand::Resume { target, .. } => target.clone(),
     };
@@ -328,6 +339,11 @@ impl Ctx {
                 }
             }
             UserCommand::Status { workflow, .. } => self.status(workflow.as_deref(), out).await,
+            UserCommand::Deps {
+                workflow,
+                parameter,
+                ..
+            } => self.deps(&workflow, parameter.as_deref(), out).await,
             UserCommand::Suspend { name, .. } => self.suspend(&name, true, out).await,
             UserCommand::Resume { name, .. } => self.suspend(&name, false, out).await,
         }
@@ -668,7 +684,6 @@ impl Ctx {
     /// `charon suspend|resume NAME`: a Workflow of that name, else an instance; `cwf/NAME`
     /// and `cwfi/NAME` name the kind.
     async fn suspend(&self, name: &str, suspend: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-        let verb = if suspend { "suspend" } else { "resume" };
         let (kind, bare) = match name.split_once('/') {
             Some((kind, bare)) => (Some(kind.to_ascii_lowercase()), bare),
             None => (None, name),
@@ -697,9 +712,7 @@ impl Ctx {
             ),
         };
         let Some(workflow) = workflow else {
-            bail!(
-                "charon {verb} of an instance (cwfi/{bare}) is not supported yet; `charon {verb} cwf/WORKFLOW` acts on a whole workflow"
-            );
+            return self.suspend_instance(bare, suspend, out).await;
         };
         let unchanged = workflow.spec.suspend == suspend;
         let patched = if unchanged {
@@ -723,6 +736,214 @@ impl Ctx {
             }
         };
         writeln!(out, "workflow/{bare} {what}")?;
+        Ok(())
+    }
+
+    /// `charon deps WORKFLOW [PARAMETER]`: the partition's upstream and downstream
+    /// partitions (SPEC §15), with the states of their instances.
+    async fn deps(
+        &self,
+        name: &str,
+        parameter: Option<&str>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        use charon_core::dependency;
+        let workflows = self.workflows().list(&ListParams::default()).await?.items;
+        let instances = self.instances().list(&ListParams::default()).await?.items;
+        let Some(workflow) = workflows.iter().find(|w| w.name_any() == name) else {
+            bail!(
+                "workflow {name:?} not found in namespace {}",
+                self.namespace
+            );
+        };
+        let schedule_of = |w: &Workflow| {
+            charon_core::validate::workflow(&w.spec, charon_core::validate::Policy::PERMISSIVE)
+                .map(|v| v.schedule)
+                .map_err(|e| charon_core::validate::message(&e))
+        };
+        let schedule = schedule_of(workflow)
+            .map_err(|e| anyhow!("workflow {name} has an invalid spec: {e}"))?;
+        let parameter = match parameter {
+            Some(text) => text.to_string(),
+            None => workflow
+                .status
+                .as_ref()
+                .and_then(|s| s.last_triggered.as_ref())
+                .map(|t| t.parameter.clone())
+                .ok_or_else(|| {
+                    anyhow!("workflow {name} has triggered no partition yet; name one: charon deps {name} PARAMETER")
+                })?,
+        };
+        let logical = schedule
+            .parse_parameter(&parameter)
+            .map_err(|e| anyhow!("{parameter:?}: {e}"))?;
+        let state_of = |instance: &str| {
+            instances
+                .iter()
+                .find(|i| i.name_any() == instance)
+                .map(|i| i.status.clone().unwrap_or_default().state)
+        };
+        #[derive(Serialize)]
+        struct Row {
+            workflow: String,
+            partitions: &'static str,
+            parameter: String,
+            instance: String,
+            state: Option<InstanceState>,
+        }
+        #[derive(Serialize)]
+        struct Report {
+            workflow: String,
+            parameter: String,
+            upstream: Vec<Row>,
+            downstream: Vec<Row>,
+            problems: Vec<String>,
+        }
+        let mut report = Report {
+            workflow: name.to_string(),
+            parameter: schedule.parameter(logical),
+            upstream: Vec::new(),
+            downstream: Vec::new(),
+            problems: Vec::new(),
+        };
+        let find = |n: &str| workflows.iter().find(|w| w.name_any() == n);
+        for dep in &workflow.spec.depends_on {
+            let Some(up) = find(&dep.workflow) else {
+                report
+                    .problems
+                    .push(format!("upstream workflow {} does not exist", dep.workflow));
+                continue;
+            };
+            let up_schedule = match schedule_of(up) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.problems.push(format!(
+                        "upstream workflow {} is invalid: {e}",
+                        dep.workflow
+                    ));
+                    continue;
+                }
+            };
+            match dependency::needs(
+                &schedule,
+                &dep.workflow,
+                &up_schedule,
+                dep.partitions,
+                logical,
+            ) {
+                Ok(needs) => report.upstream.extend(needs.into_iter().map(|n| Row {
+                    state: state_of(&n.instance),
+                    workflow: n.workflow,
+                    partitions: dep.partitions.as_str(),
+                    parameter: n.parameter,
+                    instance: n.instance,
+                })),
+                Err(why) => report.problems.push(why),
+            }
+        }
+        for down in &workflows {
+            let Some(dep) = down.spec.depends_on.iter().find(|d| d.workflow == name) else {
+                continue;
+            };
+            let Ok(down_schedule) = schedule_of(down) else {
+                continue;
+            };
+            let down_name = down.name_any();
+            for q in
+                dependency::dependent_partitions(&down_schedule, &schedule, dep.partitions, logical)
+            {
+                let parameter = down_schedule.parameter(q);
+                let instance = charon_core::names::instance_name(&down_name, &parameter);
+                report.downstream.push(Row {
+                    state: state_of(&instance),
+                    workflow: down_name.clone(),
+                    partitions: dep.partitions.as_str(),
+                    parameter,
+                    instance,
+                });
+            }
+        }
+        if self.output != Output::Table {
+            return self.print(&report, out);
+        }
+        let state_of_self = state_of(&charon_core::names::instance_name(name, &report.parameter));
+        writeln!(
+            out,
+            "Workflow {name}  partition {}  {}",
+            report.parameter,
+            state_of_self.map_or("not triggered", InstanceState::as_str)
+        )?;
+        for (title, rows) in [
+            ("Upstream", &report.upstream),
+            ("Downstream", &report.downstream),
+        ] {
+            let done = rows
+                .iter()
+                .filter(|r| r.state == Some(InstanceState::Done))
+                .count();
+            writeln!(out, "{title}: {} partitions, {done} Done", rows.len())?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "  {:<24} {:<9} {:<26} {}",
+                    r.workflow,
+                    r.partitions,
+                    r.parameter,
+                    r.state.map_or("not triggered", InstanceState::as_str)
+                )?;
+            }
+        }
+        for problem in &report.problems {
+            writeln!(out, "Problem: {problem}")?;
+        }
+        Ok(())
+    }
+
+    /// `charon suspend|resume cwfi/NAME`: sets the instance's `spec.suspended` (SPEC §15).
+    async fn suspend_instance(
+        &self,
+        name: &str,
+        suspend: bool,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let instance = self
+            .instances()
+            .get(name)
+            .await
+            .map_err(|e| not_found("workflowinstance", name, &self.namespace, e))?;
+        let state = instance
+            .status
+            .as_ref()
+            .map(|s| s.state)
+            .unwrap_or_default();
+        if suspend && state.is_terminal() {
+            bail!(
+                "workflowinstance/{name} is {} already; only a queued or running instance can be suspended",
+                state.as_str()
+            );
+        }
+        let unchanged = instance.spec.suspended == suspend;
+        let patched = if unchanged {
+            instance
+        } else {
+            let patch = serde_json::json!({"spec": {"suspended": suspend}});
+            self.instances()
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| not_found("workflowinstance", name, &self.namespace, e))?
+        };
+        if self.output != Output::Table {
+            return self.print(&without_managed_fields(patched), out);
+        }
+        let what = match (suspend, unchanged) {
+            (true, true) => "is suspended already",
+            (false, true) => "is not suspended",
+            (true, false) => {
+                "suspended: its Job is suspended and its pods stopped (a queued instance does not start)"
+            }
+            (false, false) => "resumed: the same execution goes on, at no cost",
+        };
+        writeln!(out, "workflowinstance/{name} {what}")?;
         Ok(())
     }
 
@@ -977,6 +1198,15 @@ impl Ctx {
             }
             if wf.spec.suspend {
                 writeln!(out, "  Suspended")?;
+            }
+            if !wf.spec.depends_on.is_empty() {
+                let deps: Vec<String> = wf
+                    .spec
+                    .depends_on
+                    .iter()
+                    .map(|d| format!("{} ({})", d.workflow, d.partitions.as_str()))
+                    .collect();
+                writeln!(out, "  Depends:  {}", deps.join(", "))?;
             }
             match &status.next_trigger {
                 Some(next) => writeln!(

@@ -48,6 +48,11 @@ pub struct WorkflowInstanceSpec {
     /// Set to true to stop retrying, delete the running Job and end in Halted. Default false.
     #[serde(default)]
     pub halted: bool,
+    /// Set to true to suspend the running execution (its Job is suspended and its pods
+    /// stopped; state Suspended) or keep a queued instance from starting; set back to false
+    /// to resume the same execution at no cost. Default false.
+    #[serde(default)]
+    pub suspended: bool,
     /// Environment variables of the trigger, overlaying the workflow's env for this instance
     /// only (the reserved CHARON_* variables still win). Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +107,9 @@ pub enum InstanceState {
     Submitted,
     /// The container runs.
     Running,
+    /// The execution is suspended (spec.suspended): its Job is suspended and its pods are
+    /// stopped until it is resumed.
+    Suspended,
     /// The container exited; deciding whether to retry.
     Terminated,
     /// The attempt broke without an exit code; deciding whether to retry.
@@ -116,12 +124,13 @@ pub enum InstanceState {
 
 impl InstanceState {
     /// Every state, in lifecycle order.
-    pub const ALL: [InstanceState; 10] = [
+    pub const ALL: [InstanceState; 11] = [
         InstanceState::Queued,
         InstanceState::Prepare,
         InstanceState::Submitting,
         InstanceState::Submitted,
         InstanceState::Running,
+        InstanceState::Suspended,
         InstanceState::Terminated,
         InstanceState::Failed,
         InstanceState::Done,
@@ -137,7 +146,8 @@ impl InstanceState {
         )
     }
 
-    /// Whether the instance holds a concurrency slot (it has or is about to have a Job).
+    /// Whether the instance holds a concurrency slot (it has or is about to have a Job; a
+    /// suspended execution keeps its slot, so resuming it never waits).
     pub fn is_active(self) -> bool {
         matches!(
             self,
@@ -145,6 +155,7 @@ impl InstanceState {
                 | InstanceState::Submitting
                 | InstanceState::Submitted
                 | InstanceState::Running
+                | InstanceState::Suspended
         )
     }
 
@@ -156,6 +167,7 @@ impl InstanceState {
             InstanceState::Submitting => "Submitting",
             InstanceState::Submitted => "Submitted",
             InstanceState::Running => "Running",
+            InstanceState::Suspended => "Suspended",
             InstanceState::Terminated => "Terminated",
             InstanceState::Failed => "Failed",
             InstanceState::Done => "Done",
@@ -209,7 +221,15 @@ pub struct WorkflowInstanceStatus {
     /// What a person reads about the current state.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    /// When the current attempt's container started running.
+    /// Why a Queued instance waits, when it does (CamelCase): WaitingForDependencies,
+    /// WaitingForSlot or Suspended. Null when it does not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the current execution was suspended, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<DateTime<Utc>>,
+    /// When the current attempt's container started running (moved forward by the time it
+    /// spent suspended, so runningTimeout counts running time only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_since: Option<DateTime<Utc>>,
     /// When the current run started (first attempt prepared).

@@ -18,8 +18,9 @@ pub use self::instance::{
     Trigger, TriggerType, WorkflowInstance, WorkflowInstanceSpec, WorkflowInstanceStatus,
 };
 pub use self::workflow::{
-    CatchUpPolicy, HistorySpec, ImagePullPolicy, NextTrigger, RetryPolicySpec, SecretMount,
-    TriggeredPartition, Workflow, WorkflowSpec, WorkflowStatus, WorkflowTemplate,
+    CatchUpPolicy, Dependency, HistorySpec, ImagePullPolicy, NextTrigger, PartitionMapping,
+    RetryPolicySpec, SecretMount, TriggeredPartition, Workflow, WorkflowSpec, WorkflowStatus,
+    WorkflowTemplate,
 };
 
 /// The API group of every Charon resource.

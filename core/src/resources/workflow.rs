@@ -109,8 +109,60 @@ pub struct WorkflowSpec {
     #[serde(default)]
     pub styx_compatible_env: bool,
 
+    /// Workflows in the same namespace whose partitions must be Done before an instance of
+    /// this one runs (SPEC §15). Until then the instance waits in Queued. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+
+    /// ISO-8601 duration from the trigger an instance may wait for its dependencies before it
+    /// ends in Error (reason DependencyTimeout). Unset: it waits as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ISO_DURATION_PATTERN))]
+    pub dependency_timeout: Option<String>,
+
     /// The container every execution runs (one Job per execution). Required.
     pub template: WorkflowTemplate,
+}
+
+/// One entry of `spec.dependsOn`: an upstream workflow and which of its partitions an
+/// instance of this workflow needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// Name of the upstream Workflow in the same namespace.
+    #[schemars(length(min = 1))]
+    pub workflow: String,
+    /// Which upstream partitions: Same (the same logical instant), Covering (the one whose
+    /// period contains this logical instant), Within (every one inside this partition's
+    /// period) or Previous (the one just before this logical instant). Default Same.
+    #[serde(default)]
+    pub partitions: PartitionMapping,
+}
+
+/// `spec.dependsOn[].partitions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PartitionMapping {
+    /// The upstream partition with the same logical instant.
+    #[default]
+    Same,
+    /// The upstream partition whose period contains this logical instant (hourly on daily).
+    Covering,
+    /// Every upstream partition inside this partition's period (daily on hourly: all 24).
+    Within,
+    /// The upstream partition just before this logical instant.
+    Previous,
+}
+
+impl PartitionMapping {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionMapping::Same => "Same",
+            PartitionMapping::Covering => "Covering",
+            PartitionMapping::Within => "Within",
+            PartitionMapping::Previous => "Previous",
+        }
+    }
 }
 
 fn default_time_zone() -> String {

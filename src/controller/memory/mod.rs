@@ -15,6 +15,7 @@
 
 mod admission;
 mod burst;
+mod dependents;
 mod finished;
 mod held;
 pub mod pace;
@@ -27,6 +28,7 @@ use charon_core::resources::WorkflowInstance;
 
 pub use admission::{Admission, Entries, Reservation};
 pub use burst::TriggerBurst;
+pub use dependents::Dependents;
 pub use finished::{FinishedSeen, finished_flips};
 pub use held::Held;
 pub use pace::Pace;
@@ -50,6 +52,8 @@ pub struct Memory {
     pub finished: FinishedSeen,
     /// States decided for instances of workflows with a concurrency limit.
     pub admission: Admission,
+    /// Which workflows depend on which.
+    pub dependents: Dependents,
 }
 
 impl Memory {
