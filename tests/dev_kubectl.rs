@@ -108,7 +108,10 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
         &dev,
         &["get", "cwf", "-o", "jsonpath={.items[*].metadata.name}"],
     );
-    assert_eq!(names, "fails-fatally hello hourly-report waits-for-input");
+    assert_eq!(
+        names,
+        "fails-fatally hello hourly-report minutely-ingest minutely-summary waits-for-input"
+    );
     // Printer columns come back as a server-side table.
     let table = ok(&dev, &["get", "cwf", "hourly-report", "-o", "wide"]);
     let header: Vec<&str> = table
