@@ -38,6 +38,8 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Run the controller against a cluster (kubeconfig or in-cluster account).
     Operator(crate::operator::OperatorArgs),
+    /// Print Workflow manifests converted from another scheduler's files (`import styx DIR`).
+    Import(crate::import::ImportArgs),
     #[command(flatten)]
     User(crate::user::UserCommand),
 }
@@ -142,6 +144,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Preview(args) => {
             let out = crate::preview::run(&args, chrono::Utc::now())?;
             stdout.write_all(out.as_bytes())?;
+        }
+        Command::Import(args) => {
+            crate::import::run(&args, &mut stdout, &mut std::io::stderr().lock())?;
         }
         Command::Dev(args) => {
             drop(stdout);

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod dev;
+pub mod import;
 pub mod logstore;
 pub mod operator;
 pub mod preview;

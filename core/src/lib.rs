@@ -17,6 +17,7 @@ pub mod resources;
 pub mod retry;
 pub mod schedule;
 pub mod status;
+pub mod styx;
 pub mod trigger;
 pub mod validate;
 pub mod workflow;
