@@ -537,6 +537,7 @@ fn validation_the_schema_can_express() {
             "Submitting",
             "Submitted",
             "Running",
+            "Suspended",
             "Terminated",
             "Failed",
             "Done",

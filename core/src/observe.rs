@@ -252,7 +252,7 @@ mod tests {
         let killed = main_state(json!({"terminated": {"exitCode": 143}}));
         let stopped = pod("2024-01-01T00:00:00Z", killed.clone());
         assert_eq!(
-            job_status(Some(&suspended), &[stopped.clone()]),
+            job_status(Some(&suspended), std::slice::from_ref(&stopped)),
             JobStatus::Suspended
         );
         let resumed = job(
@@ -260,7 +260,7 @@ mod tests {
             "lastTransitionTime": "2024-01-01T00:05:00Z"}]),
         );
         assert_eq!(
-            job_status(Some(&resumed), &[stopped.clone()]),
+            job_status(Some(&resumed), std::slice::from_ref(&stopped)),
             JobStatus::Pending
         );
         let mut deleted_same_second = pod("2024-01-01T00:05:00Z", killed.clone());

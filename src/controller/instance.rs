@@ -338,7 +338,11 @@ async fn plan<'a>(
         } else {
             Ok(())
         },
-        dependency_deadline: dependencies::deadline(instance, workflow),
+        dependency_deadline: if queued && workflow.spec.dependency_timeout.is_some() {
+            dependencies::deadline(instance, workflow)
+        } else {
+            None
+        },
     };
     // An instance that waits for its dependencies or is suspended takes no part in admission.
     let may_start = observation.dependencies.is_ok() && !observation.suspended;
