@@ -715,17 +715,12 @@ impl Ctx {
             return self.suspend_instance(bare, suspend, out).await;
         };
         let unchanged = workflow.spec.suspend == suspend;
-        let patched = if unchanged {
-            workflow
-        } else {
-            let patch = serde_json::json!({"spec": {"suspend": suspend}});
-            self.workflows()
-                .patch(bare, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| not_found("workflow", bare, &self.namespace, e))?
-        };
-        if self.output != Output::Table {
-            return self.print(&without_managed_fields(patched), out);
+        let flag = ("workflow", "suspend", suspend);
+        if !self
+            .set_flag(self.workflows(), workflow, flag, unchanged, out)
+            .await?
+        {
+            return Ok(());
         }
         let what = match (suspend, unchanged) {
             (true, true) => "is suspended already",
@@ -899,6 +894,36 @@ impl Ctx {
         Ok(())
     }
 
+    /// Sets `spec.<field>` of `object` (a `kind`) to `value` unless `unchanged`; with `-o
+    /// json|yaml` prints the object and returns false (the caller prints its table line only
+    /// when true).
+    async fn set_flag<K>(
+        &self,
+        api: Api<K>,
+        object: K,
+        (kind, field, value): (&str, &str, bool),
+        unchanged: bool,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<bool>
+    where
+        K: kube::Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let patched = if unchanged {
+            object
+        } else {
+            let patch = serde_json::json!({"spec": {field: value}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| not_found(kind, &name, &self.namespace, e))?
+        };
+        if self.output != Output::Table {
+            self.print(&without_managed_fields(patched), out)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// `charon suspend|resume cwfi/NAME`: sets the instance's `spec.suspended` (SPEC §15).
     async fn suspend_instance(
         &self,
@@ -923,17 +948,12 @@ impl Ctx {
             );
         }
         let unchanged = instance.spec.suspended == suspend;
-        let patched = if unchanged {
-            instance
-        } else {
-            let patch = serde_json::json!({"spec": {"suspended": suspend}});
-            self.instances()
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| not_found("workflowinstance", name, &self.namespace, e))?
-        };
-        if self.output != Output::Table {
-            return self.print(&without_managed_fields(patched), out);
+        let flag = ("workflowinstance", "suspended", suspend);
+        if !self
+            .set_flag(self.instances(), instance, flag, unchanged, out)
+            .await?
+        {
+            return Ok(());
         }
         let what = match (suspend, unchanged) {
             (true, true) => "is suspended already",
