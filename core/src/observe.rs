@@ -77,7 +77,10 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     let Some(job) = job else {
         return JobStatus::Missing;
     };
-    let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    // Suspended on request, or still by the Job controller's account (a resume it has not
+    // acted on yet: the pods it lists are still the ones the suspension stopped).
+    let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false)
+        || condition(job, "Suspended").is_some();
     let finished = condition(job, "Complete").is_some() || condition(job, "Failed").is_some();
     if suspended && !finished {
         return JobStatus::Suspended;
@@ -253,6 +256,13 @@ mod tests {
         let stopped = pod("2024-01-01T00:00:00Z", killed.clone());
         assert_eq!(
             job_status(Some(&suspended), std::slice::from_ref(&stopped)),
+            JobStatus::Suspended
+        );
+        // Unsuspended but not yet resumed by the Job controller: still suspended, and the
+        // stopped pod's exit is not the attempt's.
+        let resuming = job(json!([{"type": "Suspended", "status": "True"}]));
+        assert_eq!(
+            job_status(Some(&resuming), std::slice::from_ref(&stopped)),
             JobStatus::Suspended
         );
         let resumed = job(
