@@ -16,6 +16,17 @@ use crate::retry::{AttemptOutcome, RetryCounters, RetryPolicy, Verdict};
 /// `status.state` of a WorkflowInstance (the resource's enum: one definition for both).
 pub use crate::resources::InstanceState as State;
 
+/// Why a Queued instance waits (`status.reason`): the machine writes them, the controller
+/// reads them back to decide whom to wake and whom to admit.
+pub mod waiting {
+    /// Its upstream partitions (`spec.dependsOn`) are not all Done.
+    pub const DEPENDENCIES: &str = "WaitingForDependencies";
+    /// No concurrency slot is free.
+    pub const SLOT: &str = "WaitingForSlot";
+    /// It is suspended (`spec.suspended`).
+    pub const SUSPENDED: &str = "Suspended";
+}
+
 /// The part of an instance's status the state machine owns.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Instance {
@@ -276,7 +287,7 @@ pub fn step(
             State::Queued => {
                 if observation.suspended {
                     let message = "suspended (spec.suspended): not started until resumed";
-                    m.wait("Suspended", message);
+                    m.wait(waiting::SUSPENDED, message);
                     break;
                 }
                 if let Some(at) = m.instance.next_attempt_at
@@ -296,11 +307,11 @@ pub fn step(
                         Some(deadline) => m.requeue(deadline - now),
                         None => {}
                     }
-                    m.wait("WaitingForDependencies", waiting);
+                    m.wait(waiting::DEPENDENCIES, waiting);
                     break;
                 }
                 if let Err(waiting) = &observation.slot {
-                    m.wait("WaitingForSlot", waiting);
+                    m.wait(waiting::SLOT, waiting);
                     break;
                 }
                 m.instance.next_attempt_at = None;

@@ -101,6 +101,15 @@ pub fn plan(
     plan_with_cycle(workflow, policy, active, now, None)
 }
 
+/// The reason a `Valid=False` condition gives for a cycle in `spec.dependsOn`.
+const CYCLE: &str = "the dependencies form a cycle";
+
+/// Whether a `Valid` condition's message refuses its workflow for a cycle in
+/// `spec.dependsOn` (such a workflow becomes valid again when another breaks the cycle).
+pub fn refused_for_a_cycle(message: &str) -> bool {
+    message.contains(&format!("spec.dependsOn: {CYCLE}"))
+}
+
 /// [`plan`] for a workflow whose `spec.dependsOn` closes `cycle` (found by
 /// [`crate::dependency::cycle`] among the workflows of its namespace): such a workflow is
 /// invalid, as a cycle would wait for ever.
@@ -122,10 +131,7 @@ pub fn plan_with_cycle(
     let checked = validate::workflow(&workflow.spec, policy).and_then(|valid| match cycle {
         Some(cycle) => Err(vec![validate::FieldError {
             field: "spec.dependsOn".to_string(),
-            reason: format!(
-                "the dependencies form a cycle ({}), which would wait for ever",
-                cycle.join(" → ")
-            ),
+            reason: format!("{CYCLE} ({}), which would wait for ever", cycle.join(" → ")),
         }]),
         None => Ok(valid),
     });

@@ -9,32 +9,61 @@ use kube::runtime::reflector::ObjectRef;
 use super::context::Context;
 use super::index::instances_of;
 use charon_core::dependency;
-use charon_core::instance::State;
+use charon_core::instance::{State, waiting};
 use charon_core::resources::{Workflow, WorkflowInstance, condition_type, find_condition};
 use charon_core::schedule::Schedule;
 use charon_core::validate::{self, Policy};
 
-/// The reason a Queued instance shows while it waits for its dependencies.
-pub const WAITING: &str = "WaitingForDependencies";
+/// What an instance's dependencies say: whether the upstream partitions it needs are all
+/// `Done` (`Err` is the message it shows while it waits; a workflow without
+/// `spec.dependsOn` needs nothing), and when a wait ends in Error.
+pub struct Dependencies {
+    /// The verdict.
+    pub met: Result<(), String>,
+    /// `spec.dependencyTimeout` after the trigger of the current run (the instance's
+    /// creation, or the re-open of a finished one).
+    pub deadline: Option<DateTime<Utc>>,
+}
 
-/// Whether the upstream partitions `instance` needs are all `Done`; `Err` is the message it
-/// shows while it waits. A workflow without `spec.dependsOn` needs nothing.
+impl Dependencies {
+    /// Nothing to wait for.
+    pub const NONE: Dependencies = Dependencies {
+        met: Ok(()),
+        deadline: None,
+    };
+}
+
+/// [`Dependencies`] of a queued `instance` of `workflow`, from the caches.
 pub fn check(
     ctx: &Context,
     namespace: &str,
     instance: &WorkflowInstance,
     workflow: &Workflow,
-) -> Result<(), String> {
-    let depends_on = &workflow.spec.depends_on;
-    if depends_on.is_empty() {
-        return Ok(());
+) -> Dependencies {
+    if workflow.spec.depends_on.is_empty() {
+        return Dependencies::NONE;
     }
-    let Some(downstream) = schedule(workflow) else {
-        // An invalid workflow is reported on the workflow; its instances wait for the fix.
-        return Ok(());
+    // An invalid workflow is reported on the workflow; its instances wait for the fix.
+    let Ok(valid) = validate::workflow(&workflow.spec, Policy::PERMISSIVE) else {
+        return Dependencies::NONE;
     };
+    Dependencies {
+        met: met(ctx, namespace, instance, workflow, &valid.schedule),
+        deadline: valid
+            .dependency_timeout
+            .and_then(|timeout| triggered(instance)?.checked_add_signed(timeout)),
+    }
+}
+
+fn met(
+    ctx: &Context,
+    namespace: &str,
+    instance: &WorkflowInstance,
+    workflow: &Workflow,
+    downstream: &Schedule,
+) -> Result<(), String> {
     let mut needed = Vec::new();
-    for dependency in depends_on {
+    for dependency in &workflow.spec.depends_on {
         let upstream = ctx
             .workflows
             .get(&ObjectRef::new(&dependency.workflow).within(namespace));
@@ -44,16 +73,16 @@ pub fn check(
                 dependency.workflow
             ));
         };
-        let Some(upstream_schedule) = schedule(&upstream) else {
+        let Ok(upstream_valid) = validate::workflow(&upstream.spec, Policy::PERMISSIVE) else {
             return Err(format!(
                 "waiting for dependencies: upstream workflow {} has an invalid spec",
                 dependency.workflow
             ));
         };
         let needs = dependency::needs(
-            &downstream,
+            downstream,
             &dependency.workflow,
-            &upstream_schedule,
+            &upstream_valid.schedule,
             dependency.partitions,
             instance.spec.logical_time,
         )
@@ -69,20 +98,15 @@ pub fn check(
     dependency::verdict(&needed)
 }
 
-/// When a wait for dependencies ends in Error: `spec.dependencyTimeout` after the trigger of
-/// the current run (the instance's creation, or the re-open of a finished one).
-pub fn deadline(instance: &WorkflowInstance, workflow: &Workflow) -> Option<DateTime<Utc>> {
-    let timeout = validate::workflow(&workflow.spec, Policy::PERMISSIVE)
-        .ok()?
-        .dependency_timeout?;
+/// When the current run was triggered: the re-open of a finished instance, else its creation.
+fn triggered(instance: &WorkflowInstance) -> Option<DateTime<Utc>> {
     let reopened = instance
         .status
         .as_ref()
         .and_then(|s| s.history.iter().rev().find(|h| h.reason == "Reopened"))
         .map(|h| h.at);
     let created = instance.metadata.creation_timestamp.as_ref();
-    let triggered = reopened.or_else(|| created.and_then(charon_core::observe::time))?;
-    triggered.checked_add_signed(timeout)
+    reopened.or_else(|| created.and_then(charon_core::observe::time))
 }
 
 /// Wakes the instances waiting for dependencies in the workflows that depend on `workflow`
@@ -91,7 +115,7 @@ pub fn wake_dependents(ctx: &Context, namespace: &str, workflow: &str) {
     for downstream in ctx.memory.dependents.of(namespace, workflow) {
         for instance in instances_of(ctx, namespace, &downstream) {
             let waiting = instance.status.as_ref().is_none_or(|s| {
-                s.state == State::Queued && s.reason.as_deref() != Some("WaitingForSlot")
+                s.state == State::Queued && s.reason.as_deref() != Some(waiting::SLOT)
             });
             if waiting {
                 let _ = ctx.wake.send(ObjectRef::from_obj(&*instance));
@@ -134,19 +158,11 @@ pub fn wake_refused(ctx: &Context, namespace: &str, workflow: &str) {
             continue;
         }
         let refused = other.status.as_ref().is_some_and(|s| {
-            find_condition(&s.conditions, condition_type::VALID).is_some_and(|c| {
-                c.message
-                    .contains("spec.dependsOn: the dependencies form a cycle")
-            })
+            find_condition(&s.conditions, condition_type::VALID)
+                .is_some_and(|c| charon_core::workflow::refused_for_a_cycle(&c.message))
         });
         if refused {
             let _ = ctx.wake_workflow.send(ObjectRef::from_obj(&*other));
         }
     }
-}
-
-fn schedule(workflow: &Workflow) -> Option<Schedule> {
-    validate::workflow(&workflow.spec, Policy::PERMISSIVE)
-        .ok()
-        .map(|v| v.schedule)
 }

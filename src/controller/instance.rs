@@ -326,6 +326,11 @@ async fn plan<'a>(
     let policy = RetryPolicy::of(&workflow.spec.retry);
     let current = status::to_machine(&read.name, &read.status);
     let queued = read.status.state == State::Queued;
+    let dependencies = if queued {
+        dependencies::check(ctx, &read.namespace, instance, workflow)
+    } else {
+        dependencies::Dependencies::NONE
+    };
     let observation = Observation {
         halted: instance.spec.halted,
         retry_now: instance.annotations().contains_key(RETRY_NOW),
@@ -333,16 +338,8 @@ async fn plan<'a>(
         job: observe(ctx, &read.namespace, &read.status, now).await?,
         running_timeout: job::running_timeout(workflow),
         suspended: instance.spec.suspended,
-        dependencies: if queued {
-            dependencies::check(ctx, &read.namespace, instance, workflow)
-        } else {
-            Ok(())
-        },
-        dependency_deadline: if queued && workflow.spec.dependency_timeout.is_some() {
-            dependencies::deadline(instance, workflow)
-        } else {
-            None
-        },
+        dependencies: dependencies.met,
+        dependency_deadline: dependencies.deadline,
     };
     // An instance that waits for its dependencies or is suspended takes no part in admission.
     let may_start = observation.dependencies.is_ok() && !observation.suspended;
@@ -750,7 +747,7 @@ fn admission(
         } else if state == State::Queued
             && !sibling.spec.halted
             && !sibling.spec.suspended
-            && status.reason.as_deref() != Some(dependencies::WAITING)
+            && status.reason.as_deref() != Some(machine::waiting::DEPENDENCIES)
             && status.next_attempt_at.is_none_or(|at| at <= now)
         {
             ready.push((sibling.spec.logical_time, sibling_name));
