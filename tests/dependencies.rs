@@ -174,6 +174,36 @@ async fn a_wait_past_the_dependency_timeout_ends_in_error_and_cycles_are_refused
     );
     assert_eq!((status.tries, status.job), (0, None), "it never ran");
 
+    // The API server refuses more than 32 dependencies and over-long names, naming the field.
+    let many: Vec<_> = (0..33)
+        .map(|i| json!({"workflow": format!("up-{i}")}))
+        .collect();
+    let long = vec![json!({"workflow": "a".repeat(254)})];
+    for (deps, want) in [
+        (
+            many,
+            "spec.dependsOn: Too many: 33: must have at most 32 items",
+        ),
+        (
+            long,
+            "spec.dependsOn[0].workflow: Too long: may not be more than 253",
+        ),
+    ] {
+        let mut spec = suspended_hourly("true");
+        spec["dependsOn"] = json!(deps);
+        let workflow: charon_core::resources::Workflow = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": "greedy"}, "spec": spec,
+        }))
+        .expect("workflow");
+        let refused = cluster
+            .workflows()
+            .create(&kube::api::PostParams::default(), &workflow)
+            .await
+            .expect_err("refused");
+        assert!(refused.to_string().contains(want), "{refused}");
+    }
+
     // a → b → a: both are refused, naming spec.dependsOn; breaking the cycle frees both.
     let with = |upstream: &str| {
         let mut spec = suspended_hourly("true");

@@ -192,7 +192,12 @@ fn object_name(name: &str) -> Result<(), String> {
     };
     if name.is_empty() {
         Err("must not be empty".to_string())
-    } else if name.len() > 253 || !name.split('.').all(label_ok) {
+    } else if name.len() > 253 {
+        Err(format!(
+            "must be no more than 253 characters (got {})",
+            name.len()
+        ))
+    } else if !name.split('.').all(label_ok) {
         Err(format!(
             "{name:?} is not a valid object name: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
         ))
@@ -396,6 +401,13 @@ mod tests {
     use super::*;
     use crate::resources::{SecretMount, WorkflowTemplate};
 
+    fn dependency(workflow: &str) -> crate::resources::Dependency {
+        crate::resources::Dependency {
+            workflow: workflow.to_string(),
+            partitions: crate::resources::PartitionMapping::Same,
+        }
+    }
+
     fn spec(schedule: &str) -> WorkflowSpec {
         serde_json::from_value(serde_json::json!({
             "schedule": schedule,
@@ -482,6 +494,30 @@ mod tests {
             (
                 Box::new(|s| s.template.pod_overrides = Some(serde_json::json!([1]))),
                 "spec.template.podOverrides: must be an object",
+            ),
+            (
+                Box::new(|s| s.dependency_timeout = Some("PT0S".into())),
+                "spec.dependencyTimeout: must be a positive duration",
+            ),
+            (
+                Box::new(|s| s.dependency_timeout = Some("P300000000Y".into())),
+                "spec.dependencyTimeout: P300000000Y is outside the supported range",
+            ),
+            (
+                Box::new(|s| s.depends_on = vec![dependency("")]),
+                "spec.dependsOn[0].workflow: must not be empty",
+            ),
+            (
+                Box::new(|s| s.depends_on = vec![dependency("Ingest_é")]),
+                "spec.dependsOn[0].workflow: \"Ingest_é\" is not a valid object name",
+            ),
+            (
+                Box::new(|s| s.depends_on = vec![dependency(&"a".repeat(1 << 20))]),
+                "spec.dependsOn[0].workflow: must be no more than 253 characters (got 1048576)",
+            ),
+            (
+                Box::new(|s| s.depends_on = vec![dependency("ingest"), dependency("ingest")]),
+                "spec.dependsOn[1].workflow: workflow \"ingest\" is named twice",
             ),
         ] {
             let mut s = spec("@hourly");

@@ -110,8 +110,10 @@ pub struct WorkflowSpec {
     pub styx_compatible_env: bool,
 
     /// Workflows in the same namespace whose partitions must be Done before an instance of
-    /// this one runs (SPEC §15). Until then the instance waits in Queued. Default none.
+    /// this one runs (SPEC §15). Until then the instance waits in Queued. At most 32.
+    /// Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub depends_on: Vec<Dependency>,
 
     /// ISO-8601 duration from the trigger an instance may wait for its dependencies before it
@@ -130,7 +132,7 @@ pub struct WorkflowSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Dependency {
     /// Name of the upstream Workflow in the same namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub workflow: String,
     /// Which upstream partitions: Same (the same logical instant), Covering (the one whose
     /// period contains this logical instant), Within (every one inside this partition's
