@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use thiserror::Error;
@@ -17,8 +18,9 @@ use thiserror::Error;
 use crate::archive;
 use crate::names;
 use crate::partition::{rfc3339, substitute};
+use crate::pipeline::{self, Launcher};
 use crate::resources::{
-    ExecutionSnapshot, TriggerType, Workflow, WorkflowInstance, WorkflowTemplate,
+    ExecutionSnapshot, Step, TriggerType, Workflow, WorkflowInstance, WorkflowTemplate,
 };
 use crate::schedule::IsoDuration;
 
@@ -67,6 +69,11 @@ pub struct Execution<'a> {
     /// A log store keeps this execution's log: its pod is held by
     /// [`archive::FINALIZER`](crate::archive::FINALIZER) until the log is archived.
     pub log_archive: bool,
+    /// Where pipelines and arrays get their launcher from.
+    pub launcher: Launcher<'a>,
+    /// `spec.retry.resumeFromFailedStep`: a pipeline keeps its step outputs on the run's
+    /// PersistentVolumeClaim.
+    pub resumable: bool,
 }
 
 impl<'a> Execution<'a> {
@@ -97,6 +104,8 @@ impl<'a> Execution<'a> {
                 .filter(|s| *s > 0),
             styx_compatible_env: workflow.spec.styx_compatible_env,
             log_archive: false,
+            launcher: Launcher::DEFAULT,
+            resumable: workflow.spec.retry.resume_from_failed_step,
         }
     }
 }
@@ -132,6 +141,8 @@ pub fn pod_template(template: &WorkflowTemplate) -> Result<PodTemplateSpec, Rend
         running_timeout_seconds: None,
         styx_compatible_env: false,
         log_archive: false,
+        launcher: Launcher::DEFAULT,
+        resumable: false,
     };
     let job = render(template, &snapshot(template, "", None), &execution)?;
     Ok(job.spec.map(|s| s.template).unwrap_or_default())
@@ -166,6 +177,18 @@ pub fn snapshot(
         args: substitute(&template.args, parameter),
         env: template.env.clone(),
         workflow_generation: generation,
+        steps: template
+            .steps
+            .iter()
+            .map(|step| Step {
+                command: substitute(&step.command, parameter),
+                args: substitute(&step.args, parameter),
+                ..step.clone()
+            })
+            .collect(),
+        resume_from: None,
+        array: template.array.clone(),
+        tasks: String::new(),
     }
 }
 
@@ -245,7 +268,8 @@ pub fn labels(execution: &Execution<'_>) -> BTreeMap<String, String> {
     ])
 }
 
-/// Renders the Job of one execution.
+/// Renders the Job of one execution: one container, a pipeline's steps (see
+/// [`pipeline`]) or an array's Indexed Job.
 pub fn render(
     template: &WorkflowTemplate,
     snapshot: &ExecutionSnapshot,
@@ -253,58 +277,181 @@ pub fn render(
 ) -> Result<Job, RenderError> {
     let labels = labels(execution);
     let env = environment(template, snapshot, execution);
-    let container = Container {
-        name: MAIN_CONTAINER.to_string(),
-        image: Some(snapshot.image.clone()),
-        command: (!snapshot.command.is_empty()).then(|| snapshot.command.clone()),
-        args: (!snapshot.args.is_empty()).then(|| snapshot.args.clone()),
-        env: Some(env.clone()),
-        env_from: (!template.env_from.is_empty()).then(|| template.env_from.clone()),
-        resources: template.resources.clone(),
-        image_pull_policy: template.image_pull_policy.map(|p| format!("{p:?}")),
-        volume_mounts: template.secret.as_ref().map(|s| {
-            vec![VolumeMount {
-                name: SECRET_VOLUME.to_string(),
-                mount_path: s.mount_path.clone(),
-                read_only: Some(true),
+    let mut mounts: Vec<VolumeMount> = Vec::new();
+    let mut volumes: Vec<Volume> = Vec::new();
+    if let Some(s) = &template.secret {
+        mounts.push(VolumeMount {
+            name: SECRET_VOLUME.to_string(),
+            mount_path: s.mount_path.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: SECRET_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(s.name.clone()),
                 ..Default::default()
-            }]
-        }),
-        ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let launched = !snapshot.steps.is_empty() || snapshot.array.is_some();
+    if launched {
+        volumes.push(Volume {
+            name: pipeline::VOLUME.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: pipeline::VOLUME.to_string(),
+            mount_path: pipeline::MOUNT.to_string(),
+            ..Default::default()
+        });
+    }
+    let resumable = execution.resumable && !snapshot.steps.is_empty();
+    if resumable {
+        volumes.push(Volume {
+            name: pipeline::OUTPUTS_VOLUME.to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pipeline::outputs_claim(execution.instance),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: pipeline::OUTPUTS_VOLUME.to_string(),
+            mount_path: pipeline::OUTPUTS.to_string(),
+            ..Default::default()
+        });
+    }
+    let container = |name: &str, image: &str, argv: (Vec<String>, Vec<String>), env: Vec<EnvVar>| {
+        Container {
+            name: name.to_string(),
+            image: Some(image.to_string()),
+            command: (!argv.0.is_empty()).then_some(argv.0),
+            args: (!argv.1.is_empty()).then_some(argv.1),
+            env: Some(env),
+            env_from: (!template.env_from.is_empty()).then(|| template.env_from.clone()),
+            resources: template.resources.clone(),
+            image_pull_policy: template.image_pull_policy.map(|p| format!("{p:?}")),
+            volume_mounts: (!mounts.is_empty()).then(|| mounts.clone()),
+            ..Default::default()
+        }
     };
+    let mut init_containers: Vec<Container> = Vec::new();
+    let mut containers: Vec<Container> = Vec::new();
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    if launched {
+        init_containers.push(Container {
+            name: pipeline::INSTALL_CONTAINER.to_string(),
+            image: Some(execution.launcher.image.to_string()),
+            command: Some(vec![
+                execution.launcher.command.to_string(),
+                "install".to_string(),
+                pipeline::LAUNCHER.to_string(),
+            ]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: pipeline::VOLUME.to_string(),
+                mount_path: pipeline::MOUNT.to_string(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+    }
+    if !snapshot.steps.is_empty() {
+        let names: Vec<&str> = snapshot.steps.iter().map(|s| s.name.as_str()).collect();
+        let first = pipeline::first_step(snapshot);
+        for (i, step) in snapshot.steps.iter().enumerate().skip(first) {
+            let argv: Vec<String> = step.command.iter().chain(&step.args).cloned().collect();
+            let command = pipeline::step_argv(&names, i, &step.output, &argv);
+            let c = container(
+                &step.name,
+                &step.image,
+                (command, Vec::new()),
+                step_environment(template, step, snapshot, execution),
+            );
+            if i + 1 == names.len() {
+                containers.push(c);
+            } else {
+                init_containers.push(c);
+            }
+        }
+        annotations.insert(pipeline::ANNOTATION_STEPS.to_string(), names[first..].join(","));
+        annotations.insert(DEFAULT_CONTAINER.to_string(), names[names.len() - 1].to_string());
+    } else if let Some(array) = &snapshot.array {
+        let mut command = vec![pipeline::LAUNCHER.to_string(), "run".to_string(), "--".to_string()];
+        command.extend(snapshot.command.iter().chain(&snapshot.args).cloned());
+        let mut env = env.clone();
+        let mut task = vec![
+            ("CHARON_TASK_FIRST", array.start.to_string()),
+            ("CHARON_TASK_LAST", array.last().to_string()),
+            ("CHARON_TASK_STEP", array.step.to_string()),
+            ("CHARON_TASK_COUNT", array.count().to_string()),
+        ];
+        if !snapshot.tasks.is_empty() {
+            task.push(("CHARON_TASK_INDEXES", snapshot.tasks.clone()));
+        }
+        for (name, value) in task {
+            set_env(&mut env, name, value);
+        }
+        containers.push(container(MAIN_CONTAINER, &snapshot.image, (command, Vec::new()), env));
+        annotations.insert(DEFAULT_CONTAINER.to_string(), MAIN_CONTAINER.to_string());
+    } else {
+        containers.push(container(
+            MAIN_CONTAINER,
+            &snapshot.image,
+            (snapshot.command.clone(), snapshot.args.clone()),
+            env.clone(),
+        ));
+    }
+    let restored: Vec<(String, Vec<EnvVar>)> = containers
+        .iter()
+        .chain(init_containers.iter().skip(1))
+        .filter(|c| launched || c.name == MAIN_CONTAINER)
+        .map(|c| (c.name.clone(), c.env.clone().unwrap_or_default()))
+        .collect();
     let pod = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
         }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".to_string()),
-            containers: vec![container],
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers,
             service_account_name: template.service_account_name.clone(),
             image_pull_secrets: (!template.image_pull_secrets.is_empty())
                 .then(|| template.image_pull_secrets.clone()),
             node_selector: (!template.node_selector.is_empty())
                 .then(|| template.node_selector.clone()),
             tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
-            volumes: template.secret.as_ref().map(|s| {
-                vec![Volume {
-                    name: SECRET_VOLUME.to_string(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(s.name.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]
-            }),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..Default::default()
         }),
     };
     let mut pod = match &template.pod_overrides {
-        Some(overrides) => apply_overrides(pod, overrides, &labels, &env)?,
+        Some(overrides) => apply_overrides(pod, overrides, &labels, &restored)?,
         None => pod,
     };
     if execution.log_archive {
         hold_for_archive(&mut pod, execution);
+    }
+    let mut spec = JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: execution.running_timeout_seconds,
+        template: pod,
+        ..Default::default()
+    };
+    if let Some(array) = &snapshot.array {
+        let tasks = i32::try_from(pipeline::positions(array, &snapshot.tasks).len())
+            .unwrap_or(i32::MAX);
+        spec.completion_mode = Some("Indexed".to_string());
+        spec.completions = Some(tasks);
+        spec.parallelism = Some(array.parallelism.unwrap_or(tasks).min(tasks).max(1));
+        // Every task may fail once without stopping the others; retries are Charon's.
+        spec.backoff_limit_per_index = Some(0);
+        spec.backoff_limit = Some(i32::MAX);
     }
     Ok(Job {
         metadata: ObjectMeta {
@@ -321,14 +468,52 @@ pub fn render(
             }]),
             ..Default::default()
         },
-        spec: Some(JobSpec {
-            backoff_limit: Some(0),
-            active_deadline_seconds: execution.running_timeout_seconds,
-            template: pod,
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
     })
+}
+
+/// The annotation `kubectl logs` picks a pod's container by when none is named.
+pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// Sets `name` in `env`, replacing an earlier definition in place.
+fn set_env(env: &mut Vec<EnvVar>, name: &str, value: String) {
+    let var = EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        value_from: None,
+    };
+    match env.iter_mut().find(|e| e.name == name) {
+        Some(existing) => *existing = var,
+        None => env.push(var),
+    }
+}
+
+/// A step's env: the workflow env with the step's on top, then the trigger's and the
+/// reserved variables as for any execution, with `CHARON_IMAGE` and `CHARON_ARGS` the step's
+/// and `CHARON_STEP` its name.
+fn step_environment(
+    template: &WorkflowTemplate,
+    step: &Step,
+    snapshot: &ExecutionSnapshot,
+    execution: &Execution<'_>,
+) -> Vec<EnvVar> {
+    let mut env = snapshot.env.clone();
+    for var in &step.env {
+        match env.iter_mut().find(|e| e.name == var.name) {
+            Some(existing) => *existing = var.clone(),
+            None => env.push(var.clone()),
+        }
+    }
+    let of_step = ExecutionSnapshot {
+        image: step.image.clone(),
+        args: step.args.clone(),
+        env,
+        ..ExecutionSnapshot::default()
+    };
+    let mut env = environment(template, &of_step, execution);
+    set_env(&mut env, "CHARON_STEP", step.name.clone());
+    env
 }
 
 /// Marks the pod for log archiving (after `podOverrides`, which cannot remove it): the
@@ -356,12 +541,12 @@ fn hold_for_archive(pod: &mut PodTemplateSpec, execution: &Execution<'_>) {
 }
 
 /// Merges `podOverrides` onto the pod template (JSON merge patch), then restores what Charon
-/// relies on: its labels, the main container's env and `restartPolicy: Never`.
+/// relies on: its labels, its containers' env and `restartPolicy: Never`.
 fn apply_overrides(
     pod: PodTemplateSpec,
     overrides: &serde_json::Value,
     labels: &BTreeMap<String, String>,
-    env: &[EnvVar],
+    envs: &[(String, Vec<EnvVar>)],
 ) -> Result<PodTemplateSpec, RenderError> {
     if !overrides.is_object() {
         return Err(RenderError::PodOverrides("must be an object".to_string()));
@@ -381,14 +566,15 @@ fn apply_overrides(
         .as_mut()
         .ok_or_else(|| RenderError::PodOverrides("removes the pod spec".to_string()))?;
     spec.restart_policy = Some("Never".to_string());
-    let main = spec
-        .containers
-        .iter_mut()
-        .find(|c| c.name == MAIN_CONTAINER)
-        .ok_or_else(|| {
-            RenderError::PodOverrides(format!("removes the {MAIN_CONTAINER:?} container"))
-        })?;
-    main.env = Some(env.to_vec());
+    for (name, env) in envs {
+        let ours = spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+            .find(|c| c.name == *name)
+            .ok_or_else(|| RenderError::PodOverrides(format!("removes the {name:?} container")))?;
+        ours.env = Some(env.clone());
+    }
     Ok(merged)
 }
 
@@ -444,6 +630,8 @@ mod tests {
             running_timeout_seconds: Some(7200),
             styx_compatible_env: false,
             log_archive: false,
+            launcher: Launcher::DEFAULT,
+            resumable: false,
         }
     }
 
@@ -599,5 +787,155 @@ mod tests {
             "hourly-report-2024-10-27t02-01-00"
         );
         assert_eq!(annotations["team"], "d", "the user's annotations stay");
+    }
+
+    fn pipeline() -> WorkflowTemplate {
+        let step = |name: &str, output: &str| Step {
+            name: name.into(),
+            image: format!("registry.example.com/{name}:1"),
+            command: vec!["run-{}".into(), "{}".into()],
+            args: vec!["--x".into()],
+            env: vec![EnvVar {
+                name: "MODE".into(),
+                value: Some(format!("step-{name}")),
+                value_from: None,
+            }],
+            output: output.into(),
+        };
+        WorkflowTemplate {
+            image: String::new(),
+            command: vec![],
+            args: vec![],
+            steps: vec![step("words", "stdout"), step("upper", "/tmp/out"), step("reverse", "stdout")],
+            ..template()
+        }
+    }
+
+    #[test]
+    fn a_pipeline_is_one_pod_with_the_steps_in_order_behind_the_launcher() {
+        let template = pipeline();
+        let snapshot = snapshot(&template, "2024-10-27T02+01:00", Some(3));
+        let job = render(&template, &snapshot, &execution(&[])).unwrap();
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        let init = pod.init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [pipeline::INSTALL_CONTAINER, "words", "upper"]);
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.containers[0].name, "reverse");
+        assert_eq!(
+            init[0].command.as_deref().unwrap(),
+            ["/charon-launcher", "install", pipeline::LAUNCHER]
+        );
+        assert_eq!(init[0].image.as_deref(), Some(Launcher::DEFAULT.image));
+        let upper = &init[2];
+        assert_eq!(upper.image.as_deref(), Some("registry.example.com/upper:1"));
+        assert_eq!(
+            upper.command.as_deref().unwrap(),
+            [
+                pipeline::LAUNCHER,
+                "run",
+                "--input",
+                "/charon/outputs/words",
+                "--output",
+                "/tmp/out",
+                "--save",
+                "/charon/outputs/upper",
+                "--",
+                "run-{}",
+                "2024-10-27T02+01:00",
+                "--x"
+            ]
+        );
+        assert_eq!(upper.args, None);
+        let env = env_map(upper.env.as_ref().unwrap());
+        // The step's env over the workflow's, the reserved names over both.
+        assert_eq!(env["MODE"], "step-upper");
+        assert_eq!(env["OUTPUT"], "s3://bucket/reports");
+        assert_eq!(env["CHARON_STEP"], "upper");
+        assert_eq!(env["CHARON_IMAGE"], "registry.example.com/upper:1");
+        assert_eq!(env["CHARON_PARAMETER"], "2024-10-27T02+01:00");
+        // Every step sees the shared volume and the secret.
+        let mounts: Vec<&str> = upper
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, ["/etc/report", pipeline::MOUNT]);
+        let volumes = pod.volumes.unwrap();
+        assert!(volumes.iter().any(|v| v.name == pipeline::VOLUME && v.empty_dir.is_some()));
+        assert!(!volumes.iter().any(|v| v.persistent_volume_claim.is_some()));
+        let annotations = spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[pipeline::ANNOTATION_STEPS], "words,upper,reverse");
+        assert_eq!(annotations[DEFAULT_CONTAINER], "reverse");
+    }
+
+    #[test]
+    fn a_resumed_pipeline_starts_at_its_step_and_reads_the_claim() {
+        let template = pipeline();
+        let mut snapshot = snapshot(&template, "p", None);
+        snapshot.resume_from = Some("upper".into());
+        let mut execution = execution(&[]);
+        execution.resumable = true;
+        let job = render(&template, &snapshot, &execution).unwrap();
+        let spec = job.spec.unwrap();
+        let pod = spec.template.spec.unwrap();
+        let names: Vec<String> = pod
+            .init_containers
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(names, [pipeline::INSTALL_CONTAINER, "upper"]);
+        let claim = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find_map(|v| v.persistent_volume_claim)
+            .unwrap();
+        assert_eq!(claim.claim_name, "hourly-report-2024-10-27t02-01-00-outputs");
+        let annotations = spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[pipeline::ANNOTATION_STEPS], "upper,reverse");
+    }
+
+    #[test]
+    fn an_array_is_an_indexed_job_whose_retry_runs_only_some_positions() {
+        let mut template = template();
+        template.array = Some(crate::resources::ArraySpec {
+            start: 0,
+            end: 9,
+            step: 3,
+            parallelism: Some(2),
+        });
+        let mut snapshot = snapshot(&template, "p", None);
+        let job = render(&template, &snapshot, &execution(&[])).unwrap();
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.completions, Some(4));
+        assert_eq!(spec.parallelism, Some(2));
+        assert_eq!(spec.backoff_limit_per_index, Some(0));
+        let pod = spec.template.spec.unwrap();
+        let main = &pod.containers[0];
+        assert_eq!(main.name, MAIN_CONTAINER);
+        assert_eq!(
+            main.command.as_deref().unwrap()[..4],
+            [pipeline::LAUNCHER, "run", "--", "report"]
+        );
+        let env = env_map(main.env.as_ref().unwrap());
+        assert_eq!(env["CHARON_TASK_FIRST"], "0");
+        assert_eq!(env["CHARON_TASK_LAST"], "9");
+        assert_eq!(env["CHARON_TASK_STEP"], "3");
+        assert_eq!(env["CHARON_TASK_COUNT"], "4");
+        assert!(!env.contains_key("CHARON_TASK_INDEXES"));
+        snapshot.tasks = "1,3".into();
+        let retry = render(&template, &snapshot, &execution(&[])).unwrap();
+        let spec = retry.spec.unwrap();
+        assert_eq!(spec.completions, Some(2));
+        let env = env_map(spec.template.spec.unwrap().containers[0].env.as_ref().unwrap());
+        assert_eq!(env["CHARON_TASK_INDEXES"], "1,3");
+        assert_eq!(env["CHARON_TASK_COUNT"], "4");
     }
 }

@@ -13,6 +13,7 @@ pub mod job;
 pub mod names;
 pub mod observe;
 pub mod partition;
+pub mod pipeline;
 pub mod resources;
 pub mod retry;
 pub mod schedule;

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::instance::JobStatus;
 use crate::job::MAIN_CONTAINER;
+use crate::pipeline;
 use crate::retry::AttemptOutcome;
 
 /// Waiting reasons that mean the image will never be fetched as things stand: retried as
@@ -48,7 +49,12 @@ pub fn time(t: &Time) -> Option<DateTime<Utc>> {
         .single()
 }
 
+/// The container whose status speaks for the pod: a pipeline's first step that did not
+/// exit 0, else the main container.
 fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
+    if let Some(steps) = pipeline::pod_steps(pod) {
+        return pipeline::deciding_container(pod, &steps);
+    }
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses
         .iter()
@@ -99,6 +105,9 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
         })
         .collect();
     pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    if pipeline::is_array_job(job) {
+        return array_status(job, &pods);
+    }
     let newest = pods.last().copied();
 
     // A terminated main container is the most precise answer there is.
@@ -151,11 +160,15 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     };
     match main_status(pod).and_then(|c| c.state.as_ref()) {
         Some(state) if state.running.is_some() => {
-            let since = state
-                .running
-                .as_ref()
-                .and_then(|r| r.started_at.as_ref())
-                .and_then(time);
+            let since = match pipeline::pod_steps(pod) {
+                // The execution runs since its first step started.
+                Some(steps) => pipeline::pipeline_started(pod, &steps),
+                None => state
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.started_at.as_ref())
+                    .and_then(time),
+            };
             JobStatus::Running(since)
         }
         Some(state) if state.terminated.is_some() => JobStatus::Running(None),
@@ -174,6 +187,57 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
             None => JobStatus::Pending,
         },
         None => JobStatus::Pending,
+    }
+}
+
+/// An array's Job: its tasks fail independently, so one task's exit does not end the
+/// attempt; the Job's verdict does, with the exit code of the failed task with the lowest id.
+fn array_status(job: &Job, pods: &[&Pod]) -> JobStatus {
+    if condition(job, "Complete").is_some() {
+        return JobStatus::Finished(AttemptOutcome::Exited(0));
+    }
+    if let Some((reason, message)) = condition(job, "Failed") {
+        if reason == "DeadlineExceeded" {
+            return JobStatus::Finished(AttemptOutcome::TimedOut);
+        }
+        return match pipeline::lowest_failed_exit(job, pods) {
+            Some((_, code)) if code != 0 => JobStatus::Finished(AttemptOutcome::Exited(code)),
+            _ => JobStatus::Finished(AttemptOutcome::NoExitCode(describe(
+                &format!("Job failed ({reason}) without an exit code"),
+                &message,
+            ))),
+        };
+    }
+    let running = pods
+        .iter()
+        .filter_map(|p| main_status(p)?.state.as_ref()?.running.as_ref())
+        .map(|r| r.started_at.as_ref().and_then(time))
+        .min();
+    if let Some(since) = running {
+        return JobStatus::Running(since);
+    }
+    let waiting = pods
+        .last()
+        .and_then(|p| main_status(p)?.state.as_ref()?.waiting.as_ref());
+    if let Some(w) = waiting {
+        let reason = w.reason.as_deref().unwrap_or_default();
+        let message = w.message.as_deref().unwrap_or_default();
+        if PULL_FAILURES.contains(&reason) {
+            return JobStatus::Finished(AttemptOutcome::Infrastructure(describe(reason, message)));
+        }
+        if INVALID.contains(&reason) {
+            return JobStatus::Finished(AttemptOutcome::Invalid(describe(reason, message)));
+        }
+    }
+    let started = pods.iter().any(|p| {
+        main_status(p)
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.terminated.is_some())
+    });
+    if started {
+        JobStatus::Running(None)
+    } else {
+        JobStatus::Pending
     }
 }
 

@@ -838,6 +838,8 @@ fn reserved_env() -> Vec<String> {
         running_timeout_seconds: None,
         styx_compatible_env: true,
         log_archive: false,
+        launcher: crate::pipeline::Launcher::DEFAULT,
+        resumable: false,
     };
     crate::job::environment(&template, &snapshot, &execution)
         .into_iter()

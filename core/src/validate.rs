@@ -128,12 +128,26 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
         }
     }
     let template = &spec.template;
-    if template.image.trim().is_empty() {
-        errors.push(error("spec.template.image", "must not be empty"));
-    } else if template.image.chars().any(char::is_whitespace) {
+    if template.steps.is_empty() {
+        image("spec.template.image", &template.image, &mut errors);
+    } else {
+        errors.extend(steps(spec));
+    }
+    if let Some(array) = &template.array {
+        errors.extend(array_spec(array, template));
+    }
+    if spec.retry.resume_from_failed_step && template.steps.is_empty() {
         errors.push(error(
-            "spec.template.image",
-            format!("{:?} is not an image reference", template.image),
+            "spec.retry.resumeFromFailedStep",
+            "needs spec.template.steps: only a pipeline has steps to resume from",
+        ));
+    }
+    if let Some(storage) = &template.output_storage
+        && !is_quantity(&storage.size)
+    {
+        errors.push(error(
+            "spec.template.outputStorage.size",
+            format!("{:?} is not a quantity (for example 1Gi or 500Mi)", storage.size),
         ));
     }
     if let Some(secret) = &template.secret {
@@ -179,6 +193,143 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
         }),
         _ => Err(errors),
     }
+}
+
+/// An image reference: not empty, no whitespace.
+fn image(field: &str, image: &str, errors: &mut Vec<FieldError>) {
+    if image.trim().is_empty() {
+        errors.push(error(field, "must not be empty"));
+    } else if image.chars().any(char::is_whitespace) {
+        errors.push(error(field, format!("{image:?} is not an image reference")));
+    }
+}
+
+/// Checks `spec.template.steps` (SPEC §14): what a pipeline may and must say.
+fn steps(spec: &WorkflowSpec) -> Vec<FieldError> {
+    let template = &spec.template;
+    let mut errors = Vec::new();
+    const SINGLE: &str = "not allowed with spec.template.steps: each step names its own";
+    if !template.image.is_empty() {
+        errors.push(error("spec.template.image", SINGLE));
+    }
+    if !template.command.is_empty() {
+        errors.push(error("spec.template.command", SINGLE));
+    }
+    if !template.args.is_empty() {
+        errors.push(error("spec.template.args", SINGLE));
+    }
+    if template.array.is_some() {
+        errors.push(error(
+            "spec.template.array",
+            "cannot be combined with spec.template.steps",
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, step) in template.steps.iter().enumerate() {
+        let field = |name: &str| format!("spec.template.steps[{i}].{name}");
+        if !crate::names::is_dns_label(&step.name) {
+            errors.push(error(
+                &field("name"),
+                format!(
+                    "{:?} is not a valid step name: a lowercase RFC 1123 label of at most 63 characters",
+                    step.name
+                ),
+            ));
+        } else if step.name == crate::pipeline::INSTALL_CONTAINER {
+            errors.push(error(
+                &field("name"),
+                format!("{:?} is reserved for the launcher", step.name),
+            ));
+        } else if !names.insert(step.name.as_str()) {
+            errors.push(error(
+                &field("name"),
+                format!("step {:?} is named twice", step.name),
+            ));
+        }
+        image(&field("image"), &step.image, &mut errors);
+        if step.command.is_empty() {
+            errors.push(error(
+                &field("command"),
+                "required: the launcher runs the step's command and cannot read the image's entrypoint",
+            ));
+        }
+        for (list, items) in [("command", &step.command), ("args", &step.args)] {
+            for (j, arg) in items.iter().enumerate() {
+                if has_nul(arg) {
+                    errors.push(error(&field(&format!("{list}[{j}]")), NUL_REASON));
+                }
+            }
+        }
+        for (j, var) in step.env.iter().enumerate() {
+            if let Err(reason) = env_name(&var.name) {
+                errors.push(error(&field(&format!("env[{j}].name")), reason));
+            }
+            if var.value.as_deref().is_some_and(has_nul) {
+                errors.push(error(&field(&format!("env[{j}].value")), NUL_REASON));
+            }
+        }
+        let output = step.output.as_str();
+        let path_ok = output.starts_with('/') && !has_nul(output) && output.len() > 1;
+        if !matches!(output, "stdout" | "stderr") && !path_ok {
+            errors.push(error(
+                &field("output"),
+                format!("{output:?} must be stdout, stderr or an absolute path"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks `spec.template.array`.
+fn array_spec(
+    array: &crate::resources::ArraySpec,
+    template: &crate::resources::WorkflowTemplate,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if array.step < 1 {
+        errors.push(error("spec.template.array.step", "must be at least 1"));
+    } else if array.end < array.start {
+        errors.push(error(
+            "spec.template.array.end",
+            format!("must be at least start ({})", array.start),
+        ));
+    } else if array.count() > crate::resources::MAX_ARRAY_TASKS {
+        errors.push(error(
+            "spec.template.array",
+            format!(
+                "{} tasks is more than the {} an array may have",
+                array.count(),
+                crate::resources::MAX_ARRAY_TASKS
+            ),
+        ));
+    }
+    if array.parallelism.is_some_and(|p| p < 1) {
+        errors.push(error("spec.template.array.parallelism", "must be at least 1"));
+    }
+    if template.steps.is_empty() && template.command.is_empty() {
+        errors.push(error(
+            "spec.template.command",
+            "required with spec.template.array: the launcher runs it for each task and cannot read the image's entrypoint",
+        ));
+    }
+    errors
+}
+
+/// Whether `text` is a Kubernetes quantity in the forms a storage size takes (`1Gi`, `500M`,
+/// `1.5Gi`, `1e9`).
+fn is_quantity(text: &str) -> bool {
+    let digits_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let number_ok = !number.is_empty()
+        && number.chars().filter(|c| *c == '.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "k" | "M" | "G" | "T" | "P" | "E" | "m"
+    ) || (suffix.starts_with(['e', 'E']) && suffix[1..].parse::<u32>().is_ok());
+    number_ok && suffix_ok
 }
 
 /// The API server's rule for object names (DNS-1123 subdomain), with its message.
@@ -709,5 +860,110 @@ mod tests {
             fields,
             ["spec.timeZone", "spec.retry.missingDependencyExitCode"]
         );
+    }
+
+    fn pipeline_spec(template: serde_json::Value) -> WorkflowSpec {
+        serde_json::from_value(serde_json::json!({"schedule": "@hourly", "template": template}))
+            .unwrap()
+    }
+
+    fn messages(spec: &WorkflowSpec) -> Vec<String> {
+        match workflow(spec, Policy::default()) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn pipelines_and_arrays_name_the_field_and_the_reason() {
+        let ok = pipeline_spec(serde_json::json!({"steps": [
+            {"name": "words", "image": "busybox", "command": ["sh", "-c", "echo a"]},
+            {"name": "upper", "image": "busybox", "command": ["tr", "a-z", "A-Z"], "output": "/tmp/x"},
+        ]}));
+        assert_eq!(messages(&ok), Vec::<String>::new());
+        let mut resumable = ok.clone();
+        resumable.retry.resume_from_failed_step = true;
+        assert_eq!(messages(&resumable), Vec::<String>::new());
+        for (template, want) in [
+            (
+                serde_json::json!({"image": "busybox", "steps": [
+                    {"name": "a", "image": "busybox", "command": ["true"]}]}),
+                "spec.template.image: not allowed with spec.template.steps",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"]}],
+                    "command": ["x"]}),
+                "spec.template.command: not allowed with spec.template.steps",
+            ),
+            (
+                serde_json::json!({}),
+                "spec.template.image: must not be empty",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "Bad_Name", "image": "busybox", "command": ["true"]}]}),
+                "spec.template.steps[0].name: \"Bad_Name\" is not a valid step name",
+            ),
+            (
+                serde_json::json!({"steps": [
+                    {"name": "a", "image": "busybox", "command": ["true"]},
+                    {"name": "a", "image": "busybox", "command": ["true"]}]}),
+                "spec.template.steps[1].name: step \"a\" is named twice",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "charon-launcher", "image": "busybox", "command": ["true"]}]}),
+                "spec.template.steps[0].name: \"charon-launcher\" is reserved",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox"}]}),
+                "spec.template.steps[0].command: required",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "", "command": ["true"]}]}),
+                "spec.template.steps[0].image: must not be empty",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"], "output": "out.txt"}]}),
+                "spec.template.steps[0].output: \"out.txt\" must be stdout, stderr or an absolute path",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"]}],
+                    "array": {"start": 0, "end": 3}}),
+                "spec.template.array: cannot be combined with spec.template.steps",
+            ),
+            (
+                serde_json::json!({"image": "busybox", "command": ["true"], "array": {"start": 5, "end": 3}}),
+                "spec.template.array.end: must be at least start (5)",
+            ),
+            (
+                serde_json::json!({"image": "busybox", "command": ["true"], "array": {"start": 0, "end": 3, "step": 0}}),
+                "spec.template.array.step: must be at least 1",
+            ),
+            (
+                serde_json::json!({"image": "busybox", "command": ["true"], "array": {"start": 0, "end": 100000}}),
+                "spec.template.array: 100001 tasks is more than the 100000",
+            ),
+            (
+                serde_json::json!({"image": "busybox", "array": {"start": 0, "end": 3}}),
+                "spec.template.command: required with spec.template.array",
+            ),
+            (
+                serde_json::json!({"image": "busybox", "command": ["true"], "array": {"start": i64::MIN, "end": i64::MAX}}),
+                "spec.template.array: 9223372036854775807 tasks is more than",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"]}],
+                    "outputStorage": {"size": "lots"}}),
+                "spec.template.outputStorage.size: \"lots\" is not a quantity",
+            ),
+        ] {
+            let got = messages(&pipeline_spec(template.clone()));
+            assert!(
+                got.iter().any(|m| m.starts_with(want)),
+                "{template}: want {want:?}, got {got:?}"
+            );
+        }
+        let mut single = spec("@hourly");
+        single.retry.resume_from_failed_step = true;
+        assert!(messages(&single)[0].starts_with("spec.retry.resumeFromFailedStep: needs spec.template.steps"));
     }
 }

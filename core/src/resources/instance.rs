@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
+use super::pipeline::{ArraySpec, ArrayStatus, Step, StepStatus};
 
 /// Which partition of which workflow this instance runs, and what asked for it. Created by the
 /// controller (natural triggers), a person (ad-hoc) or a Backfill; the name is derived from the
@@ -255,6 +256,16 @@ pub struct WorkflowInstanceStatus {
     /// another trigger has been re-opened, and the controller starts that run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+    /// The steps of the current attempt of a pipeline (SPEC §14), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    /// Steps of the current attempt that exited 0 (or whose stored output a resumed retry
+    /// reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_completed: Option<u32>,
+    /// The task ids of a job array that succeeded and failed in the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayStatus>,
 }
 
 /// Gives the status schema a default, the status of an instance nothing has happened to yet
@@ -289,6 +300,21 @@ pub struct ExecutionSnapshot {
     /// The workflow generation the snapshot was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_generation: Option<i64>,
+    /// A pipeline's steps, commands and args after `{}` substitution.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// The step this execution starts at, when a retry resumes a pipeline after the steps
+    /// before it (their outputs are reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<String>,
+    /// A job array's range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArraySpec>,
+    /// The positions (0-based) of the array tasks this execution runs, when it runs only
+    /// some (a retry runs the tasks that failed), in the Job's index list format ("1,3-5").
+    /// Empty: every task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tasks: String,
 }
 
 /// One entry of `status.history`.

@@ -4,6 +4,7 @@
 mod backfill;
 mod condition;
 mod instance;
+mod pipeline;
 mod workflow;
 
 pub use self::backfill::{
@@ -16,6 +17,10 @@ pub use self::condition::{
 pub use self::instance::{
     AttemptOutcomeKind, AttemptRecord, ExecutionSnapshot, HistoryEntry, InstanceState, RunRecord,
     Trigger, TriggerType, WorkflowInstance, WorkflowInstanceSpec, WorkflowInstanceStatus,
+};
+pub use self::pipeline::{
+    ArraySpec, ArrayStatus, MAX_ARRAY_TASKS, OutputStorage, Step, StepState, StepStatus,
+    default_storage_size,
 };
 pub use self::workflow::{
     CatchUpPolicy, Dependency, HistorySpec, ImagePullPolicy, NextTrigger, PartitionMapping,

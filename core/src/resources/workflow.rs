@@ -10,6 +10,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::pipeline::{ArraySpec, OutputStorage, Step};
 use super::{Condition, preserve_unknown_object};
 
 /// The body of an ISO-8601 duration with at least one component (`P7D`, `PT2H`, `P1DT2H`,
@@ -209,6 +210,11 @@ pub struct RetryPolicySpec {
     #[serde(default = "default_infrastructure_attempts")]
     #[schemars(default = "default_infrastructure_attempts")]
     pub infrastructure_attempts: u32,
+    /// A pipeline's retry starts at the step that failed, with the stored output of the
+    /// step before it, instead of from the first step. The outputs are then kept on a
+    /// PersistentVolumeClaim of the run (spec.template.outputStorage). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume_from_failed_step: bool,
 }
 
 fn default_max_cost() -> f64 {
@@ -231,6 +237,7 @@ impl Default for RetryPolicySpec {
             missing_dependency_exit_code: default_missing_dependency_exit_code(),
             fatal_exit_codes: default_fatal_exit_codes(),
             infrastructure_attempts: default_infrastructure_attempts(),
+            resume_from_failed_step: false,
         }
     }
 }
@@ -269,8 +276,9 @@ impl Default for HistorySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
-    /// Container image of every execution, e.g. registry.example.com/report:1.4. Required.
-    #[schemars(length(min = 1))]
+    /// Container image of every execution, e.g. registry.example.com/report:1.4. Required
+    /// unless spec.template.steps gives each step its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
     /// Entrypoint; elements exactly "{}" are replaced by the parameter. Default: the image's
     /// ENTRYPOINT.
@@ -317,6 +325,21 @@ pub struct WorkflowTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub pod_overrides: Option<serde_json::Value>,
+    /// A pipeline instead of one container (SPEC §14): steps run in order in one execution,
+    /// each fed the previous step's output on stdin; the first non-zero exit ends it. Not
+    /// with image, command or args. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub steps: Vec<Step>,
+    /// A job array: one task per value of start..=end by step, each with CHARON_TASK_ID, run
+    /// as an Indexed Job in one execution that succeeds when every task exits 0. Needs
+    /// command. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArraySpec>,
+    /// Where a pipeline keeps its step outputs between attempts when
+    /// spec.retry.resumeFromFailedStep is set. Default: 1Gi of the default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_storage: Option<OutputStorage>,
 }
 
 /// When the kubelet pulls the image before starting an execution's container: Always (on
