@@ -2,8 +2,9 @@
 //! (completions, parallelism, `Indexed` mode), tracks finished pods with the
 //! `batch.kubernetes.io/job-tracking` finalizer and `status.uncountedTerminatedPods`, and
 //! ends Jobs with `SuccessCriteriaMet` + `Complete` or `FailureTarget` + `Failed`
-//! (`BackoffLimitExceeded`, `DeadlineExceeded`), honouring suspend, replacement back-off
-//! and `ttlSecondsAfterFinished`.
+//! (`BackoffLimitExceeded`, `DeadlineExceeded`, and with `backoffLimitPerIndex`
+//! `FailedIndexes` or `MaxFailedIndexesExceeded`), honouring suspend, replacement back-off
+//! (per index with `backoffLimitPerIndex`) and `ttlSecondsAfterFinished`.
 //!
 //! It is level-triggered: any change to a Job or one of its pods queues the Job, timers
 //! queue it again for deadlines, back-off and TTL, and every Job that may still have work
@@ -29,11 +30,18 @@ use crate::store::{Change, Write};
 /// The finalizer that keeps a finished pod until the controller has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// How many pods of its index failed before a pod was created (`backoffLimitPerIndex`).
+const FAILURE_COUNT_KEY: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Failures a pod failure policy ignored; they still lengthen the index's back-off.
+const IGNORED_FAILURE_COUNT_KEY: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 /// How often Jobs that are not settled are looked at again.
 const RESYNC: Duration = Duration::from_secs(5);
 const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
 const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
 const SUCCESS_MESSAGE: &str = "Reached expected number of succeeded pods";
+const FAILED_INDEXES_MESSAGE: &str = "Job has failed indexes";
+const MAX_FAILED_INDEXES_MESSAGE: &str =
+    "Job has exceeded the specified maximal number of failed indexes";
 
 /// How the controller paces itself.
 #[derive(Clone, Debug)]
@@ -321,6 +329,141 @@ fn format_indexes(set: &BTreeSet<i64>) -> String {
     parts.join(",")
 }
 
+/// A pod's `job-index-failure-count` annotation (0 when absent or not a number).
+fn failure_count(pod: &Value, key: &str) -> i64 {
+    pod.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every failure of the pod's index before it, ignored ones included, as the back-off
+/// counts them.
+fn absolute_failure_count(pod: &Value) -> i64 {
+    failure_count(pod, FAILURE_COUNT_KEY) + failure_count(pod, IGNORED_FAILURE_COUNT_KEY)
+}
+
+/// When a pod finished: its containers' last `finishedAt`, else its deletion, else its
+/// creation (`getFinishedTime`).
+fn finished_at(pod: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let containers = ["/status/initContainerStatuses", "/status/containerStatuses"]
+        .into_iter()
+        .flat_map(|f| {
+            pod.pointer(f)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|c| controllers::parse_time(text(c, "/state/terminated/finishedAt")))
+        .max();
+    containers
+        .or_else(|| controllers::parse_time(text(pod, "/metadata/deletionTimestamp")))
+        .or_else(|| controllers::parse_time(text(pod, "/metadata/creationTimestamp")))
+}
+
+/// What `backoffLimitPerIndex` makes of a Job's pods in one look.
+#[derive(Default)]
+struct PerIndex {
+    /// The limit, when the Job is Indexed and sets one.
+    limit: Option<i64>,
+    /// `status.failedIndexes` and the indexes whose last pod just used up the limit.
+    failed: BTreeSet<i64>,
+    /// For an index still to be retried, its last failed pod: the real controller keeps it
+    /// (tracking finalizer on, not yet counted) until a replacement exists, since it carries
+    /// the index's failure count and failure time.
+    delayed: HashMap<i64, Value>,
+}
+
+impl PerIndex {
+    fn of(spec: &Value, status: &Value, pods: &[Value], releasing: bool) -> PerIndex {
+        let limit = match text(spec, "/completionMode") {
+            "Indexed" => int(spec, "/backoffLimitPerIndex"),
+            _ => None,
+        };
+        let Some(limit) = limit else {
+            return PerIndex::default();
+        };
+        let completions = int(spec, "/completions").unwrap_or(0);
+        let valid = |pod: &Value| pod_index(pod).filter(|i| (0..completions).contains(i));
+        let tracked_failure =
+            |pod: &Value| has_finalizer(pod, TRACKING_FINALIZER) && phase(pod) == "Failed";
+        let mut failed: BTreeSet<i64> = parse_indexes(text(status, "/failedIndexes"))
+            .into_iter()
+            .filter(|i| *i < completions)
+            .collect();
+        for pod in pods.iter().filter(|p| tracked_failure(p)) {
+            if let Some(i) = valid(pod)
+                && failure_count(pod, FAILURE_COUNT_KEY) >= limit
+            {
+                failed.insert(i);
+            }
+        }
+        let mut delayed: HashMap<i64, Value> = HashMap::new();
+        if !releasing {
+            let mut settled = parse_indexes(text(status, "/completedIndexes"));
+            settled.extend(failed.iter().copied());
+            for pod in pods {
+                let running = !terminal(pod) && !deleting(pod);
+                let succeeded = phase(pod) == "Succeeded" && has_finalizer(pod, TRACKING_FINALIZER);
+                if let Some(i) = valid(pod).filter(|_| running || succeeded) {
+                    settled.insert(i);
+                }
+            }
+            for pod in pods.iter().filter(|p| tracked_failure(p)) {
+                let Some(i) = valid(pod).filter(|i| !settled.contains(i)) else {
+                    continue;
+                };
+                let later = delayed.get(&i).is_none_or(|last| {
+                    absolute_failure_count(last) <= absolute_failure_count(pod)
+                        && finished_at(pod) >= finished_at(last)
+                });
+                if later {
+                    delayed.insert(i, pod.clone());
+                }
+            }
+        }
+        PerIndex {
+            limit: Some(limit),
+            failed,
+            delayed,
+        }
+    }
+
+    /// Whether `pod` is one whose counting waits for its replacement.
+    fn delays(&self, pod: &Value) -> bool {
+        let uid = text(pod, "/metadata/uid");
+        self.delayed
+            .values()
+            .any(|p| text(p, "/metadata/uid") == uid)
+    }
+
+    /// How long index `i` still waits before its next pod (`getRemainingTimePerIndex`):
+    /// the back-off doubles with each failure of the index, from the last one's end.
+    fn remaining(&self, config: &JobConfig, i: i64) -> Duration {
+        let Some(last) = self.delayed.get(&i) else {
+            return Duration::ZERO;
+        };
+        let failures = absolute_failure_count(last) + 1;
+        let exponent = u32::try_from((failures - 1).clamp(0, 20)).unwrap_or(20);
+        let delay = config
+            .backoff
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(config.backoff_max);
+        let elapsed = finished_at(last)
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or(Duration::ZERO);
+        delay.saturating_sub(elapsed)
+    }
+
+    /// The failure count a new pod of index `i` starts with.
+    fn next_count(&self, i: i64) -> i64 {
+        self.delayed
+            .get(&i)
+            .map_or(0, |p| failure_count(p, FAILURE_COUNT_KEY) + 1)
+    }
+}
+
 /// Writes the Job's status when it changed; the Job as stored after, `None` when it is gone
 /// or the write failed.
 fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Option<Value> {
@@ -375,6 +518,13 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     }
     let finished = condition_true(&status, "Complete") || condition_true(&status, "Failed");
     let indexed = text(&spec, "/completionMode") == "Indexed";
+    let releasing =
+        condition_true(&status, "FailureTarget") || condition_true(&status, "SuccessCriteriaMet");
+    let per_index = if finished {
+        PerIndex::default()
+    } else {
+        PerIndex::of(&spec, &status, &pods, releasing)
+    };
 
     // Count pods that finished, in the order the real controller does: record them as
     // uncounted, drop their finalizers, then move them into the counters.
@@ -385,7 +535,11 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     for pod in &pods {
         let puid = text(pod, "/metadata/uid").to_string();
         index_of.insert(puid.clone(), pod_index(pod));
-        if !has_finalizer(pod, TRACKING_FINALIZER) || !terminal(pod) || finished {
+        if !has_finalizer(pod, TRACKING_FINALIZER)
+            || !terminal(pod)
+            || finished
+            || per_index.delays(pod)
+        {
             continue;
         }
         let list = if phase(pod) == "Succeeded" {
@@ -415,9 +569,8 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
             .iter()
             .chain(&uncounted_failed)
             .any(|u| u == puid);
-        if has_finalizer(pod, TRACKING_FINALIZER)
-            && (counted || finished || (deleting(pod) && terminal(pod)))
-        {
+        let releasable = counted || (deleting(pod) && terminal(pod) && !per_index.delays(pod));
+        if has_finalizer(pod, TRACKING_FINALIZER) && (finished || releasable) {
             controllers::remove_finalizer(
                 store,
                 &ctx.pods,
@@ -452,6 +605,10 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     set_count(&mut status, "failed", failed);
     if indexed && !completed.is_empty() {
         status["completedIndexes"] = json!(format_indexes(&completed));
+    }
+    if per_index.limit.is_some() {
+        // Set (if empty) whenever the limit is, as the real controller does.
+        status["failedIndexes"] = json!(format_indexes(&per_index.failed));
     }
 
     let active: Vec<&Value> = pods
@@ -493,6 +650,15 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     // suspended.
     let past_limit = failed > int(&spec, "/backoffLimit").unwrap_or(6);
     if suspend && !ending && !past_limit {
+        if per_index.limit.is_some() {
+            // The real controller releases the pods it stops for a suspension, so they never
+            // count as failures (which would use up their index's limit here).
+            release(
+                ctx,
+                ns,
+                &active.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
+            );
+        }
         for pod in &active {
             delete_pod(ctx, &job, pod);
         }
@@ -576,6 +742,11 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
                 &mut status,
                 condition("FailureTarget", true, "DeadlineExceeded", DEADLINE_MESSAGE),
             );
+        } else if let Some((reason, message)) = index_failure(&spec, &per_index, &completed) {
+            set_condition(
+                &mut status,
+                condition("FailureTarget", true, reason, message),
+            );
         } else if success {
             set_condition(
                 &mut status,
@@ -594,7 +765,9 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
         for pod in &active {
             delete_pod(ctx, &job, pod);
         }
-        let gone = active.is_empty() && terminating == 0;
+        // A failed pod kept for its index's retry is counted on the next look, before the
+        // Job may be Failed.
+        let gone = active.is_empty() && terminating == 0 && per_index.delayed.is_empty();
         set_active(&mut status, 0, terminating + active.len(), 0);
         if gone {
             let target = status["conditions"]
@@ -632,7 +805,8 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
 
     // Start pods, after the back-off that follows failures.
     let mut wait = None;
-    if failed > 0 {
+    // With a per-index limit each index backs off on its own (below).
+    if failed > 0 && per_index.limit.is_none() {
         let last = lock(&ctx.last_failure).get(&uid).copied();
         if let Some((_, at)) = last {
             let exponent = u32::try_from((failed - 1).clamp(0, 20)).unwrap_or(20);
@@ -656,11 +830,22 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
             let total = completions.unwrap_or(0);
             let busy: HashSet<i64> = active.iter().filter_map(|p| pod_index(p)).collect();
             let wanted: Vec<i64> = (0..total)
-                .filter(|i| !completed.contains(i) && !busy.contains(i))
+                .filter(|i| {
+                    !completed.contains(i) && !busy.contains(i) && !per_index.failed.contains(i)
+                })
                 .take(room)
                 .collect();
             for i in wanted {
-                if create_pod(ctx, &job, Some(i)) {
+                let mut annotations = Vec::new();
+                if per_index.limit.is_some() {
+                    let left = per_index.remaining(&ctx.config, i);
+                    if !left.is_zero() {
+                        wait = Some(wait.map_or(left, |w: Duration| w.min(left)));
+                        continue;
+                    }
+                    annotations.push((FAILURE_COUNT_KEY, per_index.next_count(i).to_string()));
+                }
+                if create_pod(ctx, &job, Some(i), &annotations) {
                     created += 1;
                 }
             }
@@ -673,7 +858,7 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
                 None => usize::try_from(parallelism).unwrap_or(0),
             };
             for _ in active.len()..want {
-                if create_pod(ctx, &job, None) {
+                if create_pod(ctx, &job, None, &[]) {
                     created += 1;
                 }
             }
@@ -684,6 +869,26 @@ fn sync(ctx: &Ctx, ns: &str, job: Value, settled: &mut bool) -> Option<Duration>
     match (requeue, wait) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// The failure `backoffLimitPerIndex` leads to, if any: more failed indexes than
+/// `maxFailedIndexes` fail the Job at once; otherwise it fails once every index has
+/// either succeeded or failed, and some failed.
+fn index_failure(
+    spec: &Value,
+    per_index: &PerIndex,
+    completed: &BTreeSet<i64>,
+) -> Option<(&'static str, &'static str)> {
+    per_index.limit?;
+    let failed = i64::try_from(per_index.failed.len()).unwrap_or(i64::MAX);
+    let done = failed + i64::try_from(completed.len()).unwrap_or(0);
+    if int(spec, "/maxFailedIndexes").is_some_and(|max| failed > max) {
+        Some(("MaxFailedIndexesExceeded", MAX_FAILED_INDEXES_MESSAGE))
+    } else if failed > 0 && done >= int(spec, "/completions").unwrap_or(0) {
+        Some(("FailedIndexes", FAILED_INDEXES_MESSAGE))
+    } else {
+        None
     }
 }
 
@@ -745,8 +950,9 @@ fn delete_pod(ctx: &Ctx, job: &Value, pod: &Value) {
     }
 }
 
-/// Creates one pod from the Job's template (with `index` in Indexed mode).
-fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>) -> bool {
+/// Creates one pod from the Job's template (with `index` in Indexed mode, and `extra`
+/// annotations).
+fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>, extra: &[(&str, String)]) -> bool {
     let store = &ctx.state.store;
     let ns = text(job, "/metadata/namespace");
     let job_name = text(job, "/metadata/name");
@@ -764,6 +970,12 @@ fn create_pod(ctx: &Ctx, job: &Value, index: Option<i64>) -> bool {
         Some(i) => format!("{job_name}-{i}-"),
         None => format!("{job_name}-"),
     };
+    if !annotations.is_object() {
+        annotations = json!({});
+    }
+    for (key, value) in extra {
+        annotations[*key] = json!(value);
+    }
     if let Some(i) = index {
         labels[INDEX_KEY] = json!(i.to_string());
         annotations[INDEX_KEY] = json!(i.to_string());

@@ -34,7 +34,8 @@
 //!   (Namespace, ConfigMap, Secret, ServiceAccount, Pod and Job, common fields only).
 //!
 //! - Jobs run: a Job controller after 1.33's (completions, parallelism, Indexed mode,
-//!   backoffLimit, activeDeadlineSeconds, suspend, ttlSecondsAfterFinished, pod tracking
+//!   backoffLimit, backoffLimitPerIndex and maxFailedIndexes, activeDeadlineSeconds,
+//!   suspend, ttlSecondsAfterFinished, pod tracking
 //!   finalizers, `SuccessCriteriaMet`/`Complete` and `FailureTarget`/`Failed`), and a
 //!   simulated kubelet that runs each container's `command` + `args` as a local process
 //!   (env with `$(VAR)` expansion, fieldRef, secret and configMap refs; volumes written to a
@@ -53,7 +54,7 @@
 //! Not yet: YAML or CBOR request bodies, OpenAPI v2, other validation of built-in kinds,
 //! managedFields for the embedded controllers' own writes; pod probes, init containers beyond
 //! running in order, resource limits, `exec`/`attach`/`port-forward`; Job pod failure
-//! policies, success policies and per-index back-off limits; events.k8s.io copies of the
+//! policies and success policies; events.k8s.io copies of the
 //! Events.
 
 mod apply;

@@ -18,6 +18,11 @@ fn is_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// `IsDNS1123Label`: a label's characters, at most 63 of them.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_label(s)
+}
+
 /// Checks `metadata.name` the way the real server does for the kind.
 pub fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
     let invalid = |msg: String| {

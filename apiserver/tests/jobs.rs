@@ -616,6 +616,270 @@ async fn indexed_jobs_give_each_pod_its_index() {
     c.server.shutdown().await;
 }
 
+/// Each pod's (index, `job-index-failure-count`, phase), sorted.
+async fn index_attempts(pods: &Api<Pod>, job: &str) -> Vec<(String, String, String)> {
+    let mut attempts: Vec<(String, String, String)> = pods_of(pods, job)
+        .await
+        .into_iter()
+        .map(|pod| {
+            let annotation = |key: &str| {
+                pod.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            (
+                annotation("batch.kubernetes.io/job-completion-index"),
+                annotation("batch.kubernetes.io/job-index-failure-count"),
+                phase.unwrap_or_default(),
+            )
+        })
+        .collect();
+    attempts.sort();
+    attempts
+}
+
+fn per_index_job(name: &str, script: &str, spec: Value) -> Job {
+    let mut extra = json!({"spec": {"backoffLimit": null, "completionMode": "Indexed"}});
+    json_patch::merge(&mut extra["spec"], &spec);
+    job(name, script, extra)
+}
+
+#[tokio::test]
+async fn a_per_index_backoff_limit_fails_indexes_on_their_own() {
+    let c = cluster().await;
+    let (jobs, pods) = c.apis();
+    let script = "case $JOB_COMPLETION_INDEX in 1|3) exit 1;; esac";
+    create_job(
+        &jobs,
+        per_index_job(
+            "shards",
+            script,
+            json!({"completions": 4, "parallelism": 4, "backoffLimitPerIndex": 0}),
+        ),
+    )
+    .await;
+    let stored = jobs.get("shards").await.expect("job");
+    // The real defaulting: no global limit once there is one per index.
+    assert_eq!(
+        stored.spec.as_ref().and_then(|s| s.backoff_limit),
+        Some(i32::MAX)
+    );
+    let done = finished(&jobs, "shards").await;
+    assert_eq!(
+        conditions(&done),
+        [
+            (
+                "FailureTarget".to_string(),
+                "FailedIndexes".to_string(),
+                "Job has failed indexes".to_string()
+            ),
+            (
+                "Failed".to_string(),
+                "FailedIndexes".to_string(),
+                "Job has failed indexes".to_string()
+            ),
+        ]
+    );
+    let status = done.status.expect("status");
+    assert_eq!(status.failed_indexes.as_deref(), Some("1,3"));
+    assert_eq!(status.completed_indexes.as_deref(), Some("0,2"));
+    assert_eq!(status.succeeded, Some(2));
+    assert_eq!(status.failed, Some(2));
+    assert_eq!(status.active, None);
+    // No index was retried: one pod each, the failed ones not recreated.
+    let attempt = |i: &str, phase: &str| (i.to_string(), "0".to_string(), phase.to_string());
+    assert_eq!(
+        index_attempts(&pods, "shards").await,
+        [
+            attempt("0", "Succeeded"),
+            attempt("1", "Failed"),
+            attempt("2", "Succeeded"),
+            attempt("3", "Failed"),
+        ]
+    );
+    assert!(
+        event_reasons(&c.client, "shards")
+            .await
+            .contains(&"FailedIndexes".to_string())
+    );
+    c.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_per_index_backoff_limit_of_one_retries_each_index_once() {
+    let c = cluster().await;
+    let (jobs, pods) = c.apis();
+    // Index 0 fails only its first attempt; index 1 fails both.
+    let script = "[ $JOB_COMPLETION_INDEX = 0 ] && [ $FAILURES = 1 ]";
+    let mut spec = json!({"completions": 2, "parallelism": 2, "backoffLimitPerIndex": 1});
+    spec["template"] = json!({"spec": {"containers": [{"name": "main", "image": "busybox:1.36",
+        "command": ["sh", "-c", script],
+        "env": [{"name": "FAILURES", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"}}}]}]}});
+    create_job(&jobs, per_index_job("retried", script, spec)).await;
+    let done = finished(&jobs, "retried").await;
+    assert_eq!(conditions(&done)[1].1, "FailedIndexes");
+    let status = done.status.expect("status");
+    assert_eq!(status.failed_indexes.as_deref(), Some("1"));
+    assert_eq!(status.completed_indexes.as_deref(), Some("0"));
+    assert_eq!(status.failed, Some(3));
+    let attempt = |i: &str, n: &str, phase: &str| (i.to_string(), n.to_string(), phase.to_string());
+    assert_eq!(
+        index_attempts(&pods, "retried").await,
+        [
+            attempt("0", "0", "Failed"),
+            attempt("0", "1", "Succeeded"),
+            attempt("1", "0", "Failed"),
+            attempt("1", "1", "Failed"),
+        ]
+    );
+
+    // Every index retried into success completes the Job, failures and all.
+    create_job(
+        &jobs,
+        per_index_job(
+            "recovers",
+            "[ $FAILURES = 1 ]",
+            json!({"completions": 2, "parallelism": 2, "backoffLimitPerIndex": 1,
+                "template": {"spec": {"containers": [{"name": "main", "image": "busybox:1.36",
+                    "command": ["sh", "-c", "[ $FAILURES = 1 ]"],
+                    "env": [{"name": "FAILURES", "valueFrom": {"fieldRef": {
+                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"}}}]}]}}}),
+        ),
+    )
+    .await;
+    let done = finished(&jobs, "recovers").await;
+    assert_eq!(conditions(&done)[1].0, "Complete");
+    let status = done.status.expect("status");
+    assert_eq!(status.failed_indexes.as_deref(), Some(""));
+    assert_eq!(status.completed_indexes.as_deref(), Some("0,1"));
+    assert_eq!(status.failed, Some(2));
+    c.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn too_many_failed_indexes_fail_the_job_at_once() {
+    let c = cluster().await;
+    let (jobs, pods) = c.apis();
+    create_job(
+        &jobs,
+        per_index_job(
+            "capped",
+            "exit 1",
+            json!({"completions": 4, "parallelism": 1, "backoffLimitPerIndex": 0, "maxFailedIndexes": 0}),
+        ),
+    )
+    .await;
+    let done = finished(&jobs, "capped").await;
+    assert_eq!(
+        conditions(&done)[1],
+        (
+            "Failed".to_string(),
+            "MaxFailedIndexesExceeded".to_string(),
+            "Job has exceeded the specified maximal number of failed indexes".to_string()
+        )
+    );
+    let status = done.status.expect("status");
+    assert_eq!(status.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(status.failed, Some(1));
+    // The other three indexes never started.
+    assert_eq!(pods_of(&pods, "capped").await.len(), 1);
+    c.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_index_limits_are_validated_as_the_real_server_does() {
+    let c = cluster_with(charon_apiserver::Config::default().api_only()).await;
+    let (jobs, _) = c.apis();
+    let refused = |job: Job| {
+        let jobs = jobs.clone();
+        async move {
+            match jobs.create(&PostParams::default(), &job).await {
+                Err(kube::Error::Api(status)) => {
+                    assert_eq!(status.code, 422, "{status:?}");
+                    status.message
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    let plain = job(
+        "plain",
+        "true",
+        json!({"spec": {"backoffLimitPerIndex": 1}}),
+    );
+    assert_eq!(
+        refused(plain).await,
+        "Job.batch \"plain\" is invalid: spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode"
+    );
+    let negative = per_index_job(
+        "negative",
+        "true",
+        json!({"completions": 2, "backoffLimitPerIndex": -1}),
+    );
+    assert_eq!(
+        refused(negative).await,
+        "Job.batch \"negative\" is invalid: spec.backoffLimitPerIndex: Invalid value: -1: must be greater than or equal to 0"
+    );
+    let alone = per_index_job(
+        "alone",
+        "true",
+        json!({"completions": 2, "maxFailedIndexes": 1}),
+    );
+    assert_eq!(
+        refused(alone).await,
+        "Job.batch \"alone\" is invalid: spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified"
+    );
+    let over = per_index_job(
+        "over",
+        "true",
+        json!({"completions": 2, "backoffLimitPerIndex": 1, "maxFailedIndexes": 3}),
+    );
+    assert_eq!(
+        refused(over).await,
+        "Job.batch \"over\" is invalid: spec.maxFailedIndexes: Invalid value: 3: must be less than or equal to completions"
+    );
+    let wide = per_index_job(
+        "wide",
+        "true",
+        json!({"completions": 200_000, "parallelism": 100_001, "backoffLimitPerIndex": 1}),
+    );
+    assert_eq!(
+        refused(wide).await,
+        "Job.batch \"wide\" is invalid: [spec.parallelism: Invalid value: 100001: must be less than or equal to 100000 when completion mode is Indexed, \
+         spec.maxFailedIndexes: Required value: must be specified when completions is above 100000, \
+         spec.parallelism: Invalid value: 100001: must be less than or equal to 10000 when completions are above 100000 and used with backoff limit per index]"
+    );
+
+    // The per-index limit cannot change afterwards.
+    create_job(
+        &jobs,
+        per_index_job(
+            "fixed",
+            "true",
+            json!({"completions": 2, "backoffLimitPerIndex": 1}),
+        ),
+    )
+    .await;
+    let patch = Patch::Merge(json!({"spec": {"backoffLimitPerIndex": 2}}));
+    match jobs.patch("fixed", &PatchParams::default(), &patch).await {
+        Err(kube::Error::Api(status)) => assert_eq!(
+            status.message,
+            "Job.batch \"fixed\" is invalid: spec.backoffLimitPerIndex: Invalid value: 2: field is immutable"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let patch = Patch::Merge(json!({"spec": {"maxFailedIndexes": 1}}));
+    jobs.patch("fixed", &PatchParams::default(), &patch)
+        .await
+        .expect("maxFailedIndexes may change");
+    c.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn suspended_jobs_wait_until_resumed() {
     let c = cluster().await;

@@ -646,6 +646,12 @@ impl Store {
             }
         }
         crate::metadata::validate(t, name, &obj)?;
+        if !status_only {
+            let errors = crate::builtin::validate_update(t, &current, &obj);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(t, name, errors));
+            }
+        }
         crd::apply_schema(&inner.objects, t, name, &mut obj, opts.strict)?;
         let is_crd = t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions";
         if is_crd && !status_only {
