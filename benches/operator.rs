@@ -239,6 +239,7 @@ fn start_operator(
             lease_client: None,
             policy: charon_core::validate::Policy::default(),
             log_store,
+            launcher: Default::default(),
         };
         let shutdown = async move {
             let mut stopped = stopped;

@@ -153,6 +153,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             policy: charon_core::validate::Policy {
                 allow_privileged_pods: args.allow_privileged_pods,
             },
+            launcher: local_launcher(),
         };
         let operator_client =
             crate::operator::client_with_agent(client_config()?, crate::operator::OPERATOR_AGENT)?;
@@ -360,5 +361,26 @@ trait DeserializeFrom: Sized {
 impl DeserializeFrom for serde_json::Value {
     fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, serde_yaml::Error> {
         serde::Deserialize::deserialize(d)
+    }
+}
+
+/// The launcher pipelines and arrays run under `charon dev`: the `charon-launcher` built
+/// beside this binary, run by the embedded kubelet as a local process like every container.
+pub fn local_launcher() -> crate::controller::LauncherConfig {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("charon-launcher"))
+        .filter(|path| path.exists());
+    match beside {
+        Some(path) => crate::controller::LauncherConfig {
+            image: "charon-launcher".to_string(),
+            command: path.display().to_string(),
+        },
+        None => {
+            eprintln!(
+                "warning: no charon-launcher beside this binary: pipelines and job arrays will fail to start (build it with cargo build)"
+            );
+            crate::controller::LauncherConfig::default()
+        }
     }
 }

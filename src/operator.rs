@@ -74,6 +74,14 @@ pub struct OperatorArgs {
     /// Without one, logs live only as long as their pods.
     #[arg(long, value_name = "URL", env = "CHARON_LOG_STORE")]
     pub log_store: Option<String>,
+    /// The image that provides `charon-launcher` to pipelines and job arrays (copied into
+    /// each such pod by an init container): the operator's own image (default: the
+    /// released one of this version).
+    #[arg(long, value_name = "IMAGE", env = "CHARON_LAUNCHER_IMAGE")]
+    pub launcher_image: Option<String>,
+    /// Path of `charon-launcher` inside `--launcher-image`.
+    #[arg(long, value_name = "PATH", default_value = "/charon-launcher")]
+    pub launcher_command: String,
 }
 
 /// Settings of a running operator (what the arguments resolve to).
@@ -99,6 +107,8 @@ pub struct Settings {
     pub policy: charon_core::validate::Policy,
     /// Where attempts' logs are archived (`--log-store`).
     pub log_store: Option<Arc<crate::logstore::LogStore>>,
+    /// Where pipelines and arrays get `charon-launcher` from.
+    pub launcher: crate::controller::LauncherConfig,
 }
 
 /// Default of [`Settings::shutdown_timeout`], as `--shutdown-timeout-seconds`.
@@ -219,6 +229,13 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
             .map(crate::logstore::LogStore::open)
             .transpose()?
             .map(Arc::new),
+        launcher: crate::controller::LauncherConfig {
+            image: args
+                .launcher_image
+                .clone()
+                .unwrap_or_else(|| crate::controller::LauncherConfig::default().image),
+            command: args.launcher_command.clone(),
+        },
     };
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
@@ -299,6 +316,7 @@ pub async fn run(
                     events: settings.events,
                     policy: settings.policy,
                     log_store: settings.log_store.clone(),
+                    launcher: settings.launcher.clone(),
                 };
                 controller::run(client.clone(), options, shutdown.clone())
             });

@@ -110,7 +110,7 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
     );
     assert_eq!(
         names,
-        "fails-fatally hello hourly-report minutely-ingest minutely-summary waits-for-input"
+        "fails-fatally hello hourly-report minutely-ingest minutely-summary task-array waits-for-input word-pipeline"
     );
     // Printer columns come back as a server-side table.
     let table = ok(&dev, &["get", "cwf", "hourly-report", "-o", "wide"]);

@@ -234,8 +234,9 @@ fn workload_permissions() -> BTreeSet<Permission> {
         (
             "batch",
             &["jobs"],
-            &["get", "list", "watch", "create", "delete"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        ("", &["persistentvolumeclaims"], &["create", "delete"]),
         ("", &["pods"], &["list", "watch"]),
         ("", &["events"], &["create"]),
     ])
@@ -615,6 +616,45 @@ fn the_log_store_and_its_credentials_reach_the_operator() {
         text(&out.stderr).contains("/logStore/url"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_launcher_is_the_operators_own_image_unless_set() {
+    let (args, _) = operator_args_and_grace(&[]);
+    let docs = documents(&render_default());
+    let image = str_of(
+        &only(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0],
+        &["image"],
+    )
+    .to_string();
+    assert_eq!(flag_value(&args, "--launcher-image"), Some(image.as_str()));
+    assert_eq!(
+        flag_value(&args, "--launcher-command"),
+        Some("/charon-launcher")
+    );
+    let (args, _) = operator_args_and_grace(&[
+        "--set",
+        "launcher.image=mirror.example.com/charon:1,launcher.command=/bin/charon-launcher",
+    ]);
+    assert_eq!(
+        flag_value(&args, "--launcher-image"),
+        Some("mirror.example.com/charon:1")
+    );
+    assert_eq!(
+        flag_value(&args, "--launcher-command"),
+        Some("/bin/charon-launcher")
+    );
+    let out = run_helm(&[
+        "template",
+        "charon",
+        CHART,
+        "--set",
+        "launcher.command=charon-launcher",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a relative launcher path was accepted"
     );
 }
 

@@ -36,6 +36,51 @@ pub fn log_key(namespace: &str, uid: &str, execution: u32, step: Option<&str>) -
     }
 }
 
+/// The key of one part of an attempt's log, from the attempt's key ([`log_key`] without a
+/// step): a pipeline's step, or an array's `task-<id>`.
+pub fn part_key(attempt_key: &str, part: &str) -> String {
+    format!(
+        "{}/{part}.log",
+        attempt_key.strip_suffix(".log").unwrap_or(attempt_key)
+    )
+}
+
+/// The logs of a held pod to archive, as (container, store key) pairs, from the attempt's
+/// key: each step a pipeline's pod started, an array task's log under its id, else the main
+/// container's.
+pub fn pod_logs(pod: &Pod, attempt_key: &str) -> Vec<(String, String)> {
+    if let Some(steps) = crate::pipeline::pod_steps(pod) {
+        let started = |name: &str| {
+            let status = pod.status.as_ref();
+            let all = status
+                .and_then(|s| s.init_container_statuses.as_deref())
+                .into_iter()
+                .flatten()
+                .chain(
+                    status
+                        .and_then(|s| s.container_statuses.as_deref())
+                        .into_iter()
+                        .flatten(),
+                );
+            all.filter(|c| c.name == name).any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            })
+        };
+        return steps
+            .into_iter()
+            .filter(|s| started(s))
+            .map(|s| (s.to_string(), part_key(attempt_key, s)))
+            .collect();
+    }
+    let key = match crate::pipeline::pod_task_id(pod) {
+        Some(id) => part_key(attempt_key, &format!("task-{id}")),
+        None => attempt_key.to_string(),
+    };
+    vec![(MAIN_CONTAINER.to_string(), key)]
+}
+
 /// The key prefix of every log of one instance (deleted with it).
 pub fn instance_prefix(namespace: &str, uid: &str) -> String {
     format!("{namespace}/{uid}/")
@@ -65,6 +110,10 @@ pub enum Readiness {
 }
 
 fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
+    if let Some(steps) = crate::pipeline::pod_steps(pod) {
+        // A pipeline's log is complete once the step that ended it has ended.
+        return crate::pipeline::deciding_container(pod, &steps);
+    }
     pod.status
         .as_ref()?
         .container_statuses

@@ -324,8 +324,8 @@ pub fn render(
             ..Default::default()
         });
     }
-    let container = |name: &str, image: &str, argv: (Vec<String>, Vec<String>), env: Vec<EnvVar>| {
-        Container {
+    let container =
+        |name: &str, image: &str, argv: (Vec<String>, Vec<String>), env: Vec<EnvVar>| Container {
             name: name.to_string(),
             image: Some(image.to_string()),
             command: (!argv.0.is_empty()).then_some(argv.0),
@@ -336,8 +336,7 @@ pub fn render(
             image_pull_policy: template.image_pull_policy.map(|p| format!("{p:?}")),
             volume_mounts: (!mounts.is_empty()).then(|| mounts.clone()),
             ..Default::default()
-        }
-    };
+        };
     let mut init_containers: Vec<Container> = Vec::new();
     let mut containers: Vec<Container> = Vec::new();
     let mut annotations: BTreeMap<String, String> = BTreeMap::new();
@@ -376,10 +375,20 @@ pub fn render(
                 init_containers.push(c);
             }
         }
-        annotations.insert(pipeline::ANNOTATION_STEPS.to_string(), names[first..].join(","));
-        annotations.insert(DEFAULT_CONTAINER.to_string(), names[names.len() - 1].to_string());
+        annotations.insert(
+            pipeline::ANNOTATION_STEPS.to_string(),
+            names[first..].join(","),
+        );
+        annotations.insert(
+            DEFAULT_CONTAINER.to_string(),
+            names[names.len() - 1].to_string(),
+        );
     } else if let Some(array) = &snapshot.array {
-        let mut command = vec![pipeline::LAUNCHER.to_string(), "run".to_string(), "--".to_string()];
+        let mut command = vec![
+            pipeline::LAUNCHER.to_string(),
+            "run".to_string(),
+            "--".to_string(),
+        ];
         command.extend(snapshot.command.iter().chain(&snapshot.args).cloned());
         let mut env = env.clone();
         let mut task = vec![
@@ -394,7 +403,12 @@ pub fn render(
         for (name, value) in task {
             set_env(&mut env, name, value);
         }
-        containers.push(container(MAIN_CONTAINER, &snapshot.image, (command, Vec::new()), env));
+        containers.push(container(
+            MAIN_CONTAINER,
+            &snapshot.image,
+            (command, Vec::new()),
+            env,
+        ));
         annotations.insert(DEFAULT_CONTAINER.to_string(), MAIN_CONTAINER.to_string());
     } else {
         containers.push(container(
@@ -444,8 +458,8 @@ pub fn render(
         ..Default::default()
     };
     if let Some(array) = &snapshot.array {
-        let tasks = i32::try_from(pipeline::positions(array, &snapshot.tasks).len())
-            .unwrap_or(i32::MAX);
+        let tasks =
+            i32::try_from(pipeline::positions(array, &snapshot.tasks).len()).unwrap_or(i32::MAX);
         spec.completion_mode = Some("Indexed".to_string());
         spec.completions = Some(tasks);
         spec.parallelism = Some(array.parallelism.unwrap_or(tasks).min(tasks).max(1));
@@ -806,7 +820,11 @@ mod tests {
             image: String::new(),
             command: vec![],
             args: vec![],
-            steps: vec![step("words", "stdout"), step("upper", "/tmp/out"), step("reverse", "stdout")],
+            steps: vec![
+                step("words", "stdout"),
+                step("upper", "/tmp/out"),
+                step("reverse", "stdout"),
+            ],
             ..template()
         }
     }
@@ -866,10 +884,17 @@ mod tests {
             .collect();
         assert_eq!(mounts, ["/etc/report", pipeline::MOUNT]);
         let volumes = pod.volumes.unwrap();
-        assert!(volumes.iter().any(|v| v.name == pipeline::VOLUME && v.empty_dir.is_some()));
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.name == pipeline::VOLUME && v.empty_dir.is_some())
+        );
         assert!(!volumes.iter().any(|v| v.persistent_volume_claim.is_some()));
         let annotations = spec.template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(annotations[pipeline::ANNOTATION_STEPS], "words,upper,reverse");
+        assert_eq!(
+            annotations[pipeline::ANNOTATION_STEPS],
+            "words,upper,reverse"
+        );
         assert_eq!(annotations[DEFAULT_CONTAINER], "reverse");
     }
 
@@ -896,7 +921,10 @@ mod tests {
             .into_iter()
             .find_map(|v| v.persistent_volume_claim)
             .unwrap();
-        assert_eq!(claim.claim_name, "hourly-report-2024-10-27t02-01-00-outputs");
+        assert_eq!(
+            claim.claim_name,
+            "hourly-report-2024-10-27t02-01-00-outputs"
+        );
         let annotations = spec.template.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations[pipeline::ANNOTATION_STEPS], "upper,reverse");
     }
@@ -934,7 +962,12 @@ mod tests {
         let retry = render(&template, &snapshot, &execution(&[])).unwrap();
         let spec = retry.spec.unwrap();
         assert_eq!(spec.completions, Some(2));
-        let env = env_map(spec.template.spec.unwrap().containers[0].env.as_ref().unwrap());
+        let env = env_map(
+            spec.template.spec.unwrap().containers[0]
+                .env
+                .as_ref()
+                .unwrap(),
+        );
         assert_eq!(env["CHARON_TASK_INDEXES"], "1,3");
         assert_eq!(env["CHARON_TASK_COUNT"], "4");
     }

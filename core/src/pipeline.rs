@@ -60,7 +60,7 @@ pub struct Launcher<'a> {
 impl Launcher<'static> {
     /// The released operator image, whose Dockerfile puts the launcher at `/charon-launcher`.
     pub const DEFAULT: Launcher<'static> = Launcher {
-        image: "ghcr.io/charon-dev/charon:0.1.0",
+        image: concat!("ghcr.io/charon-dev/charon:", env!("CARGO_PKG_VERSION")),
         command: "/charon-launcher",
     };
 }
@@ -267,7 +267,12 @@ pub fn pipeline_started(pod: &Pod, steps: &[&str]) -> Option<DateTime<Utc>> {
         .running
         .as_ref()
         .and_then(|r| r.started_at.as_ref())
-        .or_else(|| state.terminated.as_ref().and_then(|t| t.started_at.as_ref()))?;
+        .or_else(|| {
+            state
+                .terminated
+                .as_ref()
+                .and_then(|t| t.started_at.as_ref())
+        })?;
     time(started)
 }
 
@@ -350,7 +355,11 @@ fn job_positions(job: &Job, failed: bool, positions: &[i64]) -> Vec<i64> {
     parse_indexes(list.unwrap_or_default())
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|i| usize::try_from(i).ok().and_then(|i| positions.get(i).copied()))
+        .filter_map(|i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| positions.get(i).copied())
+        })
         .collect()
 }
 
@@ -369,7 +378,13 @@ pub fn array_status(
     let running: BTreeSet<i64> = positions.iter().map(|p| array.id(*p)).collect();
     // A task this attempt re-runs is failed only if it fails again.
     let mut failed: BTreeSet<i64> = previous
-        .map(|p| p.failed.iter().copied().filter(|id| !running.contains(id)).collect())
+        .map(|p| {
+            p.failed
+                .iter()
+                .copied()
+                .filter(|id| !running.contains(id))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(job) = job {
         succeeded.extend(
@@ -404,11 +419,42 @@ pub fn lowest_failed_exit(job: &Job, pods: &[&Pod]) -> Option<(i64, i32)> {
         .filter_map(|p| {
             let main = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
             let t = main.state.as_ref()?.terminated.as_ref()?;
-            Some((p.metadata.creation_timestamp.as_ref().map(|t| t.0), t.exit_code))
+            Some((
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                t.exit_code,
+            ))
         })
         .max_by_key(|(created, _)| *created)
         .map(|(_, code)| code)?;
     Some((lowest, code))
+}
+
+/// The task id an array's pod runs: its completion index mapped through the array variables
+/// its main container was given (as the launcher maps it).
+pub fn pod_task_id(pod: &Pod) -> Option<i64> {
+    let index = pod_index(pod)?;
+    let spec = pod.spec.as_ref()?;
+    let main = spec
+        .containers
+        .iter()
+        .find(|c| c.name == crate::job::MAIN_CONTAINER)?;
+    let var = |name: &str| {
+        main.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    };
+    let first: i64 = var("CHARON_TASK_FIRST")?.parse().ok()?;
+    let step: i64 = var("CHARON_TASK_STEP")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let position = match var("CHARON_TASK_INDEXES") {
+        Some(list) => *parse_indexes(&list)?.get(usize::try_from(index).ok()?)?,
+        None => index,
+    };
+    Some(first.saturating_add(position.saturating_mul(step)))
 }
 
 /// The completion index of an Indexed Job's pod.
@@ -460,8 +506,16 @@ mod tests {
         assert_eq!(
             step_argv(&names, 0, "stdout", &argv),
             [
-                LAUNCHER, "run", "--output", "stdout", "--save", "/charon/outputs/words", "--",
-                "tr", "a-z", "A-Z"
+                LAUNCHER,
+                "run",
+                "--output",
+                "stdout",
+                "--save",
+                "/charon/outputs/words",
+                "--",
+                "tr",
+                "a-z",
+                "A-Z"
             ]
         );
         assert_eq!(
@@ -496,7 +550,10 @@ mod tests {
         );
     }
 
-    fn status_with(steps: Vec<(&str, StepState)>, snapshot: ExecutionSnapshot) -> WorkflowInstanceStatus {
+    fn status_with(
+        steps: Vec<(&str, StepState)>,
+        snapshot: ExecutionSnapshot,
+    ) -> WorkflowInstanceStatus {
         WorkflowInstanceStatus {
             steps: steps
                 .into_iter()

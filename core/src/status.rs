@@ -168,6 +168,9 @@ pub fn reopened(
     before.started_at = None;
     before.finished_at = None;
     before.snapshot = None;
+    before.steps.clear();
+    before.steps_completed = None;
+    before.array = None;
     before.runs.push(finished_run);
     before.trigger = Some(trigger.clone());
     after_step(&before, &reopened, &[transition], now, workflow)

@@ -147,7 +147,10 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
     {
         errors.push(error(
             "spec.template.outputStorage.size",
-            format!("{:?} is not a quantity (for example 1Gi or 500Mi)", storage.size),
+            format!(
+                "{:?} is not a quantity (for example 1Gi or 500Mi)",
+                storage.size
+            ),
         ));
     }
     if let Some(secret) = &template.secret {
@@ -304,7 +307,10 @@ fn array_spec(
         ));
     }
     if array.parallelism.is_some_and(|p| p < 1) {
-        errors.push(error("spec.template.array.parallelism", "must be at least 1"));
+        errors.push(error(
+            "spec.template.array.parallelism",
+            "must be at least 1",
+        ));
     }
     if template.steps.is_empty() && template.command.is_empty() {
         errors.push(error(
@@ -964,6 +970,9 @@ mod tests {
         }
         let mut single = spec("@hourly");
         single.retry.resume_from_failed_step = true;
-        assert!(messages(&single)[0].starts_with("spec.retry.resumeFromFailedStep: needs spec.template.steps"));
+        assert!(
+            messages(&single)[0]
+                .starts_with("spec.retry.resumeFromFailedStep: needs spec.template.steps")
+        );
     }
 }

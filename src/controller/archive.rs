@@ -28,7 +28,7 @@ use super::memory::lock;
 use super::metrics::Metrics;
 use crate::logstore::{LogStore, LogStoreError};
 use charon_core::archive::{self, ANNOTATION_INSTANCE, ANNOTATION_LOG_KEY, FINALIZER, Readiness};
-use charon_core::job::{LABEL_EXECUTION, MAIN_CONTAINER};
+use charon_core::job::LABEL_EXECUTION;
 use charon_core::observe;
 use charon_core::resources::WorkflowInstance;
 
@@ -268,11 +268,26 @@ impl Archiver {
         self.release(&pod).await.map_err(|e| (e.into(), give_up))
     }
 
-    /// Streams the pod's log into the store under `key`.
+    /// Streams the pod's logs into the store: its main container's under `key`, or each
+    /// step's and each array task's under its own key ([`archive::pod_logs`]).
     async fn copy(&self, pods: &Api<Pod>, pod: &Pod, key: &str) -> Result<(), ArchiveError> {
+        for (container, key) in archive::pod_logs(pod, key) {
+            self.copy_container(pods, pod, &container, &key).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams one container's log into the store under `key`.
+    async fn copy_container(
+        &self,
+        pods: &Api<Pod>,
+        pod: &Pod,
+        container: &str,
+        key: &str,
+    ) -> Result<(), ArchiveError> {
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let params = LogParams {
-            container: Some(MAIN_CONTAINER.to_string()),
+            container: Some(container.to_string()),
             ..Default::default()
         };
         let started = std::time::Instant::now();

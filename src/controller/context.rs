@@ -66,6 +66,8 @@ pub struct Context {
     pub policy: charon_core::validate::Policy,
     /// A log store archives attempts' logs: pods are rendered held for it.
     pub log_archive: bool,
+    /// Where pipelines and arrays get `charon-launcher` from.
+    pub launcher: super::LauncherConfig,
 }
 
 impl Context {

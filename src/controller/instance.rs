@@ -19,7 +19,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -34,6 +38,7 @@ use super::memory::{Owed, Reservation};
 use charon_core::concurrency::{self, Candidate};
 use charon_core::instance::{self as machine, Instance, JobStatus, Observation, State, Step};
 use charon_core::job::{self, Execution};
+use charon_core::pipeline;
 use charon_core::resources::{
     Backfill, TriggerType, Workflow, WorkflowInstance, WorkflowInstanceStatus,
 };
@@ -331,11 +336,12 @@ async fn plan<'a>(
     } else {
         dependencies::Dependencies::NONE
     };
+    let observed = observe(ctx, &read.namespace, &read.status, now).await?;
     let observation = Observation {
         halted: instance.spec.halted,
         retry_now: instance.annotations().contains_key(RETRY_NOW),
         slot: Ok(()),
-        job: observe(ctx, &read.namespace, &read.status, now).await?,
+        job: observed.status.clone(),
         running_timeout: job::running_timeout(workflow),
         suspended: instance.spec.suspended,
         dependencies: dependencies.met,
@@ -376,6 +382,7 @@ async fn plan<'a>(
     );
     new_status.observed_generation = instance.metadata.generation;
     new_status.trigger = Some(instance.spec.trigger.clone());
+    progress(&mut new_status, &read.status, &observed);
     let created_execution = step.actions.iter().find_map(|a| match a {
         machine::Action::CreateJob { execution, .. } if *execution > read.status.execution => {
             Some(*execution)
@@ -391,6 +398,34 @@ async fn plan<'a>(
         created_execution,
         reservation,
     })
+}
+
+/// `status.steps` and `status.array` as the current attempt's Job and pods show them (SPEC
+/// §14), kept from `before` while there is nothing to observe.
+fn progress(
+    status: &mut WorkflowInstanceStatus,
+    before: &WorkflowInstanceStatus,
+    observed: &Observed,
+) {
+    let Some(snapshot) = before.snapshot.as_ref() else {
+        return;
+    };
+    if matches!(observed.status, JobStatus::Missing) {
+        return;
+    }
+    let finished = matches!(observed.status, JobStatus::Finished(_));
+    if !snapshot.steps.is_empty() {
+        let steps = pipeline::step_statuses(snapshot, &observed.pods, finished);
+        if observed.pods.is_empty() && !finished {
+            return;
+        }
+        status.steps_completed = Some(pipeline::steps_completed(&steps));
+        status.steps = steps;
+    }
+    if snapshot.array.is_some() {
+        status.array =
+            pipeline::array_status(snapshot, observed.job.as_ref(), before.array.as_ref());
+    }
 }
 
 /// A new attempt's start: since when its Job exists, or the API server's refusal of it.
@@ -415,12 +450,26 @@ async fn start_attempt(
         refused: None,
     };
     if planned.created_execution.is_some() {
-        // Prepare snapshots what this execution runs from the current workflow spec.
-        planned.new_status.snapshot = Some(job::snapshot(
+        // Prepare snapshots what this execution runs from the current workflow spec; a retry
+        // of an array runs the tasks left, of a resumable pipeline from the failed step.
+        let mut snapshot = job::snapshot(
             &workflow.spec.template,
             &instance.spec.parameter,
             workflow.metadata.generation,
-        ));
+        );
+        if read.status.tries > 0 {
+            pipeline::plan_retry(
+                &mut snapshot,
+                &read.status,
+                workflow.spec.retry.resume_from_failed_step,
+            );
+        } else {
+            planned.new_status.array = None;
+        }
+        planned.new_status.steps = pipeline::initial_steps(&snapshot);
+        planned.new_status.steps_completed = (!snapshot.steps.is_empty())
+            .then(|| pipeline::steps_completed(&planned.new_status.steps));
+        planned.new_status.snapshot = Some(snapshot);
         if read.owed.is_none() && !is_current(ctx, instance, read).await? {
             // A cache that is behind (a later attempt already ran, its Job deleted) would
             // start an attempt again. (The reservation is put back when dropped.)
@@ -627,6 +676,22 @@ async fn act(
             .map_err(call("patch", "WorkflowInstance", namespace, name))?;
         ctx.memory.writes.wrote(&patched.metadata);
     }
+    if let Some((step, code)) = pipeline::failed_step(&planned.new_status.steps)
+        && pipeline::failed_step(&read.status.steps).is_none()
+    {
+        let code = code.map_or_else(|| "no exit code".to_string(), |c| format!("exit code {c}"));
+        let message = format!("step {step} failed ({code}); the steps after it did not run");
+        ctx.events
+            .record(stored, Severity::Warning, "StepFailed", &message)
+            .await;
+    }
+    if after.is_terminal()
+        && !current.state.is_terminal()
+        && workflow.spec.retry.resume_from_failed_step
+        && !workflow.spec.template.steps.is_empty()
+    {
+        delete_outputs_claim(ctx, namespace, name).await?;
+    }
     let freed = current.state.is_active() && !after.is_active();
     if freed && workflow.spec.concurrency.is_some() {
         wake_waiting(ctx, namespace, &instance.spec.workflow, name);
@@ -657,6 +722,21 @@ async fn next_look(
     })
 }
 
+/// What the current execution's Job and pods say.
+struct Observed {
+    status: JobStatus,
+    job: Option<Job>,
+    pods: Vec<Pod>,
+}
+
+impl Observed {
+    const MISSING: Observed = Observed {
+        status: JobStatus::Missing,
+        job: None,
+        pods: Vec::new(),
+    };
+}
+
 /// What the current execution's Job says. The cache may lag behind a Job just created or
 /// deleted, so a miss is confirmed with the API server before it counts as "missing".
 async fn observe(
@@ -664,13 +744,13 @@ async fn observe(
     namespace: &str,
     status: &WorkflowInstanceStatus,
     now: DateTime<Utc>,
-) -> Result<JobStatus, Error> {
+) -> Result<Observed, Error> {
     let Some(job_name) = status.job.as_deref() else {
-        return Ok(JobStatus::Missing);
+        return Ok(Observed::MISSING);
     };
     if matches!(status.state, State::Queued | State::Prepare) {
         // The recorded Job is an earlier attempt's; it says nothing about the next one.
-        return Ok(JobStatus::Missing);
+        return Ok(Observed::MISSING);
     }
     // An attempt that has not moved for a whole resync period is read from the API server
     // rather than the cache, so a watch that silently fell behind cannot hold it up.
@@ -701,13 +781,23 @@ async fn observe(
             .collect()
     };
     let observed = charon_core::observe::job_status(job.as_ref(), &pods);
-    if matches!(observed, JobStatus::Finished(AttemptOutcome::NoExitCode(_))) {
-        // The Job's verdict can reach the cache before its pod's final status does: read the
-        // pods fresh before concluding that the attempt left no exit code.
+    // The Job's verdict can reach the cache before its pods' final statuses do: read the pods
+    // fresh before concluding that the attempt left no exit code, or which step failed.
+    let pipeline_ended = matches!(observed, JobStatus::Finished(_))
+        && pods.iter().any(|p| pipeline::pod_steps(p).is_some());
+    if matches!(observed, JobStatus::Finished(AttemptOutcome::NoExitCode(_))) || pipeline_ended {
         let fresh = list_pods(ctx, namespace, job_name).await?;
-        return Ok(charon_core::observe::job_status(job.as_ref(), &fresh));
+        return Ok(Observed {
+            status: charon_core::observe::job_status(job.as_ref(), &fresh),
+            job,
+            pods: fresh,
+        });
     }
-    Ok(observed)
+    Ok(Observed {
+        status: observed,
+        job,
+        pods,
+    })
 }
 
 /// A Job's pods, read from the API server.
@@ -822,10 +912,21 @@ async fn create_job(
         status.tries.saturating_sub(1),
     );
     execution.log_archive = ctx.log_archive;
+    execution.launcher = pipeline::Launcher {
+        image: &ctx.launcher.image,
+        command: &ctx.launcher.command,
+    };
     let rendered = match job::render(&workflow.spec.template, &snapshot, &execution) {
         Ok(job) => job,
         Err(err) => return Ok(JobCreation::Refused(err.to_string())),
     };
+    if execution.resumable
+        && !snapshot.steps.is_empty()
+        && let Some(refused) =
+            ensure_outputs_claim(ctx, instance, workflow, &namespace, &uid).await?
+    {
+        return Ok(JobCreation::Refused(refused));
+    }
     debug_assert_eq!(rendered.metadata.name.as_deref(), Some(job_name));
     let jobs = ctx.api::<Job>(&namespace);
     match jobs.create(&PostParams::default(), &rendered).await {
@@ -858,6 +959,91 @@ async fn create_job(
             e.server_message().unwrap_or_default().to_string(),
         )),
         Err(e) => Err(call("create", "Job", &namespace, job_name)(e)),
+    }
+}
+
+/// Creates the PersistentVolumeClaim a resumable pipeline's run keeps its step outputs on
+/// (owned by the instance, so it goes with it), unless it exists. `Some`: the API server
+/// refused it for good, with its message.
+async fn ensure_outputs_claim(
+    ctx: &Context,
+    instance: &WorkflowInstance,
+    workflow: &Workflow,
+    namespace: &str,
+    uid: &str,
+) -> Result<Option<String>, Error> {
+    let name = pipeline::outputs_claim(&instance.name_any());
+    let storage = workflow
+        .spec
+        .template
+        .output_storage
+        .clone()
+        .unwrap_or_default();
+    let claim = PersistentVolumeClaim {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(
+                [
+                    (
+                        job::LABEL_WORKFLOW.to_string(),
+                        charon_core::names::label_value(&instance.spec.workflow),
+                    ),
+                    (
+                        job::LABEL_INSTANCE.to_string(),
+                        charon_core::names::label_value(&instance.name_any()),
+                    ),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![OwnerReference {
+                api_version: format!(
+                    "{}/{}",
+                    charon_core::resources::GROUP,
+                    charon_core::resources::VERSION
+                ),
+                kind: "WorkflowInstance".to_string(),
+                name: instance.name_any(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), Quantity(storage.size))].into()),
+                ..Default::default()
+            }),
+            storage_class_name: storage.storage_class_name,
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let api = ctx.api::<PersistentVolumeClaim>(namespace);
+    match api.create(&PostParams::default(), &claim).await {
+        Ok(_) => Ok(None),
+        Err(e) if e.failure() == ApiFailure::Conflict => Ok(None),
+        Err(e) if e.failure() == ApiFailure::Refused => Ok(Some(format!(
+            "PersistentVolumeClaim {name} for spec.retry.resumeFromFailedStep: {}",
+            e.server_message().unwrap_or_default()
+        ))),
+        Err(e) => Err(call("create", "PersistentVolumeClaim", namespace, &name)(e)),
+    }
+}
+
+/// Deletes a finished run's outputs claim, if it has one: its outputs are no longer needed.
+async fn delete_outputs_claim(ctx: &Context, namespace: &str, instance: &str) -> Result<(), Error> {
+    let name = pipeline::outputs_claim(instance);
+    match ctx
+        .api::<PersistentVolumeClaim>(namespace)
+        .delete(&name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.failure() == ApiFailure::NotFound => Ok(()),
+        Err(e) => Err(call("delete", "PersistentVolumeClaim", namespace, &name)(e)),
     }
 }
 

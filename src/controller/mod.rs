@@ -73,6 +73,28 @@ pub struct Options {
     pub policy: charon_core::validate::Policy,
     /// Where attempts' logs are archived (`--log-store`); none keeps logs in pods only.
     pub log_store: Option<Arc<crate::logstore::LogStore>>,
+    /// Where pipelines and arrays get `charon-launcher` from.
+    pub launcher: LauncherConfig,
+}
+
+/// The image holding `charon-launcher` and its path there (`--launcher-image`,
+/// `--launcher-command`): the operator's own image by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LauncherConfig {
+    /// The image.
+    pub image: String,
+    /// The launcher's path in it.
+    pub command: String,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        let launcher = charon_core::pipeline::Launcher::DEFAULT;
+        LauncherConfig {
+            image: launcher.image.to_string(),
+            command: launcher.command.to_string(),
+        }
+    }
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -244,6 +266,7 @@ pub async fn run(
         memory,
         policy: options.policy,
         log_archive: archiver.is_some(),
+        launcher: options.launcher.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -132,6 +132,9 @@ pub enum UserCommand {
         /// Every attempt of `status.attempts`, each after a header line.
         #[arg(long, conflicts_with = "follow")]
         all: bool,
+        /// Only this step of a pipeline (default: every step, each after a header line).
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
         /// The log store the operator archives into (`file:///dir` or `s3://bucket/prefix`,
         /// with the standard `AWS_*` variables): where the logs of finished attempts are
         /// read once their pods are gone.
@@ -324,6 +327,7 @@ impl Ctx {
                 follow,
                 attempt,
                 all,
+                step,
                 log_store,
                 ..
             } => {
@@ -332,10 +336,18 @@ impl Ctx {
                     .map(crate::logstore::LogStore::open)
                     .transpose()?;
                 if all {
-                    self.all_logs(&instance, store.as_ref(), out).await
-                } else {
-                    self.logs(&instance, follow, attempt, store.as_ref(), out)
+                    self.all_logs(&instance, step.as_deref(), store.as_ref(), out)
                         .await
+                } else {
+                    self.logs(
+                        &instance,
+                        follow,
+                        attempt,
+                        step.as_deref(),
+                        store.as_ref(),
+                        out,
+                    )
+                    .await
                 }
             }
             UserCommand::Status { workflow, .. } => self.status(workflow.as_deref(), out).await,
@@ -972,10 +984,12 @@ impl Ctx {
         instance: &str,
         follow: bool,
         attempt: Option<u32>,
+        step: Option<&str>,
         store: Option<&LogStore>,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let current = self.instance(instance).await?;
+        let parts = log_parts(&current, step)?;
         let attempts = current
             .status
             .as_ref()
@@ -990,7 +1004,7 @@ impl Ctx {
         if let Some(record) = wanted.filter(|a| a.archived) {
             let key = archive_key(&current, record.execution);
             match store {
-                Some(store) if archived_log(store, &key, out).await? => return Ok(()),
+                Some(store) if archived_parts(store, &key, &parts, out).await? => return Ok(()),
                 Some(_) => {}
                 None if self.job_of(&current, Some(record.execution)).await.is_err() => {
                     bail!(
@@ -1018,20 +1032,34 @@ impl Ctx {
             charon_core::job::LABEL_EXECUTION,
         );
         let pod = started_pod(&pods, &selector, &job).await?;
-        let params = LogParams {
-            follow,
-            container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
-            ..Default::default()
-        };
-        if follow {
-            let mut lines = pods.log_stream(&pod, &params).await?.lines();
-            while let Some(line) = lines.try_next().await? {
-                writeln!(out, "{line}")?;
-                out.flush()?;
+        for part in &parts {
+            if let Some(header) = &part.header {
+                writeln!(out, "{header}")?;
             }
-        } else {
-            let text = pods.logs(&pod, &params).await?;
-            write!(out, "{text}")?;
+            if part.step.is_some()
+                && !container_started(&pods, &pod, &part.container, follow).await?
+            {
+                writeln!(out, "(step {} did not run in this attempt)", part.container)?;
+                continue;
+            }
+            let params = LogParams {
+                follow,
+                container: Some(part.container.clone()),
+                ..Default::default()
+            };
+            if follow {
+                let mut lines = pods.log_stream(&pod, &params).await?.lines();
+                while let Some(line) = lines.try_next().await? {
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+            } else {
+                let text = pods.logs(&pod, &params).await?;
+                write!(out, "{text}")?;
+                if parts.len() > 1 && !text.is_empty() && !text.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1041,10 +1069,12 @@ impl Ctx {
     async fn all_logs(
         &self,
         instance: &str,
+        step: Option<&str>,
         store: Option<&LogStore>,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let current = self.instance(instance).await?;
+        let parts = log_parts(&current, step)?;
         let attempts = current
             .status
             .as_ref()
@@ -1070,11 +1100,17 @@ impl Ctx {
             )?;
             if attempt.archived
                 && let Some(store) = store
-                && archived_log(store, &archive_key(&current, attempt.execution), out).await?
+                && archived_parts(
+                    store,
+                    &archive_key(&current, attempt.execution),
+                    &parts,
+                    out,
+                )
+                .await?
             {
                 continue;
             }
-            let log = match self.job_of(&current, Some(attempt.execution)).await {
+            let pod = match self.job_of(&current, Some(attempt.execution)).await {
                 Ok((job, execution)) => {
                     let selector = format!(
                         "{}={},{}={execution}",
@@ -1083,30 +1119,42 @@ impl Ctx {
                         charon_core::job::LABEL_EXECUTION,
                     );
                     match existing_pod(&pods, &selector).await? {
-                        Some(pod) => {
-                            let params = LogParams {
-                                container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
-                                ..Default::default()
-                            };
-                            Ok(pods.logs(&pod, &params).await?)
-                        }
+                        Some(pod) => Ok(pod),
                         None => Err(format!("no pod of Job {} exists any more", job.name_any())),
                     }
                 }
                 Err(_) => Err(format!("its Job {} was deleted", attempt.job)),
             };
-            match log {
-                Ok(text) => {
-                    write!(out, "{text}")?;
-                    if !text.is_empty() && !text.ends_with('\n') {
-                        writeln!(out)?;
-                    }
+            let pod = match pod {
+                Ok(pod) => pod,
+                Err(why) => {
+                    writeln!(
+                        out,
+                        "(log not kept: {why}; {})",
+                        not_kept(&attempt, store.is_some())
+                    )?;
+                    continue;
                 }
-                Err(why) => writeln!(
-                    out,
-                    "(log not kept: {why}; {})",
-                    not_kept(&attempt, store.is_some())
-                )?,
+            };
+            for part in &parts {
+                if let Some(header) = &part.header {
+                    writeln!(out, "{header}")?;
+                }
+                if part.step.is_some()
+                    && !container_started(&pods, &pod, &part.container, false).await?
+                {
+                    writeln!(out, "(step {} did not run in this attempt)", part.container)?;
+                    continue;
+                }
+                let params = LogParams {
+                    container: Some(part.container.clone()),
+                    ..Default::default()
+                };
+                let text = pods.logs(&pod, &params).await?;
+                write!(out, "{text}")?;
+                if !text.is_empty() && !text.ends_with('\n') {
+                    writeln!(out)?;
+                }
             }
         }
         Ok(())
@@ -1370,6 +1418,87 @@ fn archive_key(instance: &WorkflowInstance, execution: u32) -> String {
         execution,
         None,
     )
+}
+
+/// One part of an attempt's log that `charon logs` prints: a container of the pod, with the
+/// header printed before it when there are several.
+struct LogPart {
+    container: String,
+    /// The step, whose log is archived under its own key.
+    step: Option<String>,
+    header: Option<String>,
+}
+
+/// What `charon logs` prints of each attempt: the main container's log, or a pipeline's
+/// steps (every one, each after `== step NAME ==`, or the one `step` names).
+fn log_parts(instance: &WorkflowInstance, step: Option<&str>) -> anyhow::Result<Vec<LogPart>> {
+    let name = instance.name_any();
+    let steps: Vec<String> = instance
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot.as_ref())
+        .map(|s| s.steps.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    match step {
+        Some(_) if steps.is_empty() => {
+            bail!("instance {name} runs no pipeline: --step needs spec.template.steps")
+        }
+        Some(step) if !steps.iter().any(|s| s == step) => bail!(
+            "instance {name} has no step {step:?} (its steps: {})",
+            steps.join(", ")
+        ),
+        Some(step) => Ok(vec![LogPart {
+            container: step.to_string(),
+            step: Some(step.to_string()),
+            header: None,
+        }]),
+        None if steps.is_empty() => Ok(vec![LogPart {
+            container: charon_core::job::MAIN_CONTAINER.to_string(),
+            step: None,
+            header: None,
+        }]),
+        None => Ok(steps
+            .into_iter()
+            .map(|step| LogPart {
+                container: step.clone(),
+                header: Some(format!("== step {step} ==")),
+                step: Some(step),
+            })
+            .collect()),
+    }
+}
+
+/// Copies the archived parts of an attempt's log to `out`; false when the store has none of
+/// them.
+async fn archived_parts(
+    store: &LogStore,
+    key: &str,
+    parts: &[LogPart],
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    if let [LogPart { step: None, .. }] = parts {
+        return archived_log(store, key, out).await;
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut found = false;
+    for part in parts {
+        if let Some(header) = &part.header {
+            writeln!(buffer, "{header}")?;
+        }
+        let step = part.step.as_deref().unwrap_or_default();
+        let part_key = charon_core::archive::part_key(key, step);
+        if archived_log(store, &part_key, &mut buffer).await? {
+            found = true;
+        } else {
+            writeln!(buffer, "(step {step} did not run in this attempt)")?;
+        }
+        // Stream what there is so far rather than holding every step.
+        if found {
+            out.write_all(&buffer)?;
+            buffer.clear();
+        }
+    }
+    Ok(found)
 }
 
 /// Copies an archived log to `out`; false when the store has none under `key`.

@@ -12,12 +12,17 @@ pub(super) fn not_started(pod: &Pod) -> Option<(String, bool)> {
     ) {
         return None;
     }
-    let main = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.name == charon_core::job::MAIN_CONTAINER)
-        });
+    // A pipeline has started once its launcher has; its first container not done says why
+    // it waits.
+    let main = match charon_core::pipeline::pod_steps(pod) {
+        Some(steps) => charon_core::pipeline::deciding_container(pod, &steps),
+        None => status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.name == charon_core::job::MAIN_CONTAINER)
+            }),
+    };
     let Some(state) = main.and_then(|c| c.state.as_ref()) else {
         return Some(("the pod is being scheduled".to_string(), true));
     };
@@ -130,5 +135,43 @@ pub(super) async fn started_pod(
                 POD_START_TIMEOUT.as_secs()
             )
         }
+    }
+}
+
+/// Whether `container` of the pod has started (so it has a log); with `wait`, waits for it
+/// while the pod runs (a later step starts when the one before it ends). False: it never
+/// ran, and now will not.
+pub(super) async fn container_started(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    wait: bool,
+) -> anyhow::Result<bool> {
+    loop {
+        let current = pods.get(pod).await?;
+        let status = current.status.as_ref();
+        let all = status
+            .and_then(|s| s.init_container_statuses.as_deref())
+            .into_iter()
+            .flatten()
+            .chain(
+                status
+                    .and_then(|s| s.container_statuses.as_deref())
+                    .into_iter()
+                    .flatten(),
+            );
+        let started = all.filter(|c| c.name == container).any(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+        });
+        let ended = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if started || ended || !wait {
+            return Ok(started);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }

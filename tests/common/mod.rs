@@ -131,6 +131,7 @@ impl Cluster {
             lease_client: None,
             policy: self.policy,
             log_store: self.log_store.clone(),
+            launcher: launcher(),
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {
@@ -436,4 +437,13 @@ pub fn most_active_at_once(instances: &[WorkflowInstance]) -> usize {
         most = most.max(now);
     }
     most as usize
+}
+
+/// The launcher of pipelines and arrays: the `charon-launcher` cargo built for these tests,
+/// run by the embedded kubelet as a local process.
+pub fn launcher() -> charon::controller::LauncherConfig {
+    charon::controller::LauncherConfig {
+        image: "charon-launcher".to_string(),
+        command: env!("CARGO_BIN_EXE_charon-launcher").to_string(),
+    }
 }

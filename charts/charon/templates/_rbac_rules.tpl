@@ -35,11 +35,16 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
   verbs: ["update"]
   {{- end }}
 # Each execution of an instance is a Job: created per attempt, watched for its outcome, read
-# fresh (get) before a missing one counts as lost, deleted on halt and when a later attempt
-# supersedes it.
+# fresh (get) before a missing one counts as lost, patched to suspend and resume it (charon
+# suspend/resume), deleted on halt and when a later attempt supersedes it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A pipeline whose retries resume from the failed step keeps its step outputs on one
+# PersistentVolumeClaim per run: created before its first Job, deleted when the run ends.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["create", "delete"]
 # The pods of those Jobs tell when the container runs, its exit code, and infrastructure
 # failures (image pull errors, evictions) that the Job status does not; watched.
 {{- if .Values.logStore.url }}
