@@ -1,6 +1,7 @@
 //! Defaults and checks the real server applies to built-in kinds when they are created:
 //! the ones Pods and Jobs need to be usable by controllers (a Job's generated selector and
-//! pod labels, container defaults) and the errors clients most often meet.
+//! pod labels, container defaults) and the errors clients most often meet. Storage kinds
+//! are checked in `storage.rs`.
 
 use serde_json::{Value, json};
 
@@ -26,7 +27,20 @@ pub fn prepare_create(t: &ResourceType, obj: &mut Value) -> Result<(), Vec<Field
                 Err(errors)
             }
         }
+        ("", "persistentvolumeclaims") => errors_or_ok(crate::storage::prepare_claim(obj)),
+        ("", "persistentvolumes") => errors_or_ok(crate::storage::prepare_volume(obj)),
+        (crate::storage::STORAGE_GROUP, "storageclasses") => {
+            errors_or_ok(crate::storage::prepare_class(obj))
+        }
         _ => Ok(()),
+    }
+}
+
+fn errors_or_ok(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
@@ -276,6 +290,7 @@ pub fn validate_update(t: &ResourceType, old: &Value, new: &Value) -> Vec<FieldE
             }
             errors
         }
+        ("", "persistentvolumeclaims") => crate::storage::claim_update(old, new),
         _ => Vec::new(),
     }
 }

@@ -162,6 +162,26 @@ impl ApiError {
         }
     }
 
+    /// 403 from an admission plugin: `<resource> "<name>" is forbidden: <message>`.
+    pub fn forbidden(t: &ResourceType, name: &str, message: &str) -> Self {
+        ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("{} \"{name}\" is forbidden: {message}", t.group_resource()),
+            details: Some(details(t, name)),
+        }
+    }
+
+    /// 400 for a body that does not decode into the kind, as the real server's decoder
+    /// words it (`<Kind> in version "v1" cannot be handled as a <Kind>: <why>`).
+    pub fn undecodable(t: &ResourceType, why: &str) -> Self {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: {why}",
+            t.version,
+            kind = t.kind
+        ))
+    }
+
     /// 403 for creating into a namespace being deleted, worded as the real server does.
     pub fn namespace_terminating(t: &ResourceType, name: &str, namespace: &str) -> Self {
         let message = format!(

@@ -46,6 +46,11 @@
 //! - a garbage collector (ownerReferences; Background, Foreground and Orphan propagation,
 //!   Orphan being the default for batch/v1 Jobs as in the real server) and namespace
 //!   lifecycle (Terminating, then emptied and removed; creates into it are Forbidden);
+//! - PersistentVolumeClaims, PersistentVolumes and StorageClasses (with the controllers and
+//!   kubelet): a default class `standard` (`rancher.io/local-path`, binding `Immediate`ly)
+//!   provisions a directory under the kubelet's work dir per claim, binds it as the PV
+//!   controller does and deletes it with the claim; pods mount claims, and wait unscheduled
+//!   (`FailedScheduling`) while one is missing or unbound; see the `storage` module;
 //! - core/v1 Events from the Job controller, scheduler and kubelet, for `kubectl describe`;
 //! - test aids on [`RunningServer`]: an audit of requests by RBAC verb and resource,
 //!   injected errors, latency, dropped or expired watches, pause/resume, pod eviction, and
@@ -75,6 +80,7 @@ mod registry;
 mod schema;
 mod selector;
 mod state;
+mod storage;
 mod store;
 mod strategic;
 mod table;
@@ -368,6 +374,10 @@ impl ApiServer {
                     address.port()
                 ))
             });
+            if config.controllers {
+                // The local-path provisioner keeps volumes on the node, so it needs both.
+                start_storage(&mut server, &state, &work_dir, &config.node_name)?;
+            }
             let kubelet = kubelet::Kubelet::start(
                 state.clone(),
                 kubelet::KubeletConfig {
@@ -382,6 +392,36 @@ impl ApiServer {
         }
         Ok(server)
     }
+}
+
+/// Creates the default StorageClass and starts the storage controller, volumes going under
+/// `work_dir`.
+fn start_storage(
+    server: &mut RunningServer,
+    state: &Arc<state::AppState>,
+    work_dir: &Path,
+    node: &str,
+) -> std::io::Result<()> {
+    state.store.protect_storage();
+    let classes = state
+        .store
+        .find_type(storage::STORAGE_GROUP, "v1", "storageclasses")
+        .ok_or_else(|| std::io::Error::other("storage classes are always served"))?;
+    state
+        .store
+        .create(
+            &classes,
+            "",
+            storage::default_class(),
+            store::Write::default(),
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    server.controllers.push(tokio::spawn(storage::run(
+        state.clone(),
+        work_dir.to_path_buf(),
+        node.to_string(),
+    )));
+    Ok(())
 }
 
 /// Starts a server on `address` (port 0 picks a free one), with the `default` namespace,

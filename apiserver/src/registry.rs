@@ -115,6 +115,34 @@ pub fn builtins() -> Vec<ResourceType> {
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, false)
             .with_short(&["ev"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, false),
+        // Storage, with a local-path provisioner behind it (`storage.rs`).
+        ResourceType::builtin(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+            true,
+        )
+        .with_short(&["pvc"]),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            false,
+            true,
+        )
+        .with_short(&["pv"]),
+        ResourceType::builtin(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            false,
+            false,
+        )
+        .with_short(&["sc"]),
         ResourceType::builtin("batch", "v1", "Job", "jobs", true, true).with_categories(&["all"]),
         // What the Helm chart installs (`kubectl apply --dry-run=server` of it works); stored
         // and validated (`workloads.rs`), with no controllers behind them.

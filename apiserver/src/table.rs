@@ -165,6 +165,48 @@ pub fn builtin_columns(group: &str, plural: &str) -> Vec<Value> {
                     "description": "Name must be unique within a namespace."}),
             ];
         }
+        // As `kubectl get pvc` / `pv` / `sc` print them in 1.33, VolumeMode with `-o wide`.
+        ("", "persistentvolumeclaims") => {
+            return vec![
+                json!({"name": "Status", "type": "string", "compute": "storagePhase"}),
+                json!({"name": "Volume", "type": "string", "jsonPath": ".spec.volumeName"}),
+                json!({"name": "Capacity", "type": "string", "compute": "claimCapacity"}),
+                json!({"name": "Access Modes", "type": "string", "compute": "claimAccessModes"}),
+                json!({"name": "StorageClass", "type": "string", "compute": "claimClass",
+                    "description": "StorageClass of the pvc"}),
+                json!({"name": "VolumeAttributesClass", "type": "string", "compute": "attributesClass",
+                    "description": "VolumeAttributesClass of the pvc"}),
+                age,
+                json!({"name": "VolumeMode", "type": "string", "priority": 1, "compute": "volumeMode"}),
+            ];
+        }
+        ("", "persistentvolumes") => {
+            return vec![
+                json!({"name": "Capacity", "type": "string", "jsonPath": ".spec.capacity.storage"}),
+                json!({"name": "Access Modes", "type": "string", "compute": "volumeAccessModes"}),
+                json!({"name": "Reclaim Policy", "type": "string", "jsonPath": ".spec.persistentVolumeReclaimPolicy"}),
+                json!({"name": "Status", "type": "string", "compute": "storagePhase"}),
+                json!({"name": "Claim", "type": "string", "compute": "volumeClaim"}),
+                json!({"name": "StorageClass", "type": "string", "compute": "volumeClass",
+                    "description": "StorageClass of the pv"}),
+                json!({"name": "VolumeAttributesClass", "type": "string", "compute": "attributesClass",
+                    "description": "VolumeAttributesClass of the pv"}),
+                json!({"name": "Reason", "type": "string", "compute": "volumeReason"}),
+                age,
+                json!({"name": "VolumeMode", "type": "string", "priority": 1, "compute": "volumeMode"}),
+            ];
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            return vec![
+                json!({"name": "Name", "type": "string", "format": "name", "compute": "className",
+                    "description": "Name must be unique within a namespace."}),
+                json!({"name": "Provisioner", "type": "string", "jsonPath": ".provisioner"}),
+                json!({"name": "ReclaimPolicy", "type": "string", "compute": "reclaimPolicy"}),
+                json!({"name": "VolumeBindingMode", "type": "string", "compute": "bindingMode"}),
+                json!({"name": "AllowVolumeExpansion", "type": "string", "compute": "expansion"}),
+                age,
+            ];
+        }
         ("coordination.k8s.io", "leases") => {
             vec![json!({"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"})]
         }
@@ -292,6 +334,80 @@ fn computed(what: &str, item: &Value, now: chrono::DateTime<chrono::Utc>) -> Opt
                 .unwrap_or(1)
                 .to_string()
         ),
+        "storagePhase" if item.pointer("/metadata/deletionTimestamp").is_some() => {
+            json!("Terminating")
+        }
+        "storagePhase" => item.pointer("/status/phase").cloned().unwrap_or(json!("")),
+        "claimCapacity" => json!(if bound_claim(item) {
+            item.pointer("/status/capacity/storage")
+                .and_then(Value::as_str)
+                .unwrap_or("0")
+        } else {
+            ""
+        }),
+        "claimAccessModes" => json!(if bound_claim(item) {
+            access_modes(item.pointer("/status/accessModes"))
+        } else {
+            String::new()
+        }),
+        "volumeAccessModes" => json!(access_modes(item.pointer("/spec/accessModes"))),
+        "claimClass" => json!(crate::storage::claim_class(item)),
+        "volumeClass" => json!(
+            item.pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+                .or_else(|| item.pointer("/spec/storageClassName"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ),
+        "attributesClass" => json!(
+            item.pointer("/spec/volumeAttributesClassName")
+                .and_then(Value::as_str)
+                .unwrap_or("<unset>")
+        ),
+        "volumeMode" => json!(
+            item.pointer("/spec/volumeMode")
+                .and_then(Value::as_str)
+                .unwrap_or("<unset>")
+        ),
+        "volumeClaim" => match item.pointer("/spec/claimRef") {
+            Some(r) if r.is_object() => json!(format!(
+                "{}/{}",
+                r["namespace"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default()
+            )),
+            _ => json!(""),
+        },
+        "volumeReason" => item.pointer("/status/reason").cloned().unwrap_or(json!("")),
+        "className" => {
+            let name = item
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let default = [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|a| {
+                item.pointer("/metadata/annotations")
+                    .and_then(|m| m.get(*a))
+                    .and_then(Value::as_str)
+                    == Some("true")
+            });
+            json!(if default {
+                format!("{name} (default)")
+            } else {
+                name.to_string()
+            })
+        }
+        "reclaimPolicy" => item
+            .get("reclaimPolicy")
+            .cloned()
+            .unwrap_or(json!("Delete")),
+        "bindingMode" => item
+            .get("volumeBindingMode")
+            .cloned()
+            .unwrap_or(json!("Immediate")),
+        "expansion" => json!(item.get("allowVolumeExpansion") == Some(&Value::Bool(true))),
         "duration" => {
             let start = time("/status/startTime")?;
             let end = time("/status/completionTime").unwrap_or(now);
@@ -299,6 +415,34 @@ fn computed(what: &str, item: &Value, now: chrono::DateTime<chrono::Utc>) -> Opt
         }
         _ => return None,
     })
+}
+
+/// Whether a claim names its volume (the printer shows capacity and modes only then).
+fn bound_claim(item: &Value) -> bool {
+    item.pointer("/spec/volumeName")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.is_empty())
+}
+
+/// Access modes as kubectl abbreviates them, in its fixed order, each once.
+fn access_modes(modes: Option<&Value>) -> String {
+    let modes: Vec<&str> = modes
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(mode, _)| modes.contains(mode))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 fn cell(kind: &str, value: Option<Value>, now: chrono::DateTime<chrono::Utc>) -> Value {

@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::error::{ApiError, FieldError};
 use crate::registry::ResourceType;
 
-const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1123_LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
 /// A DNS-1123 label's characters; length is checked apart, since subdomain parts may be
@@ -16,6 +16,11 @@ fn is_label(s: &str) -> bool {
         && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `IsDNS1123Subdomain`: dot-separated labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
 }
 
 /// `IsDNS1123Label`: a label's characters, at most 63 of them.
@@ -113,6 +118,17 @@ pub fn pod_volumes(spec: &Value, path: &str) -> Vec<FieldError> {
                     format!("Duplicate value: {shown}"),
                 ));
             }
+        }
+        if let Some(claim) = volume.get("persistentVolumeClaim")
+            && claim
+                .get("claimName")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
+            errors.push(FieldError::required(
+                format!("{at}.persistentVolumeClaim.claimName"),
+                String::new(),
+            ));
         }
         for source in ["secret", "configMap", "downwardAPI"] {
             if let Some(items) = volume

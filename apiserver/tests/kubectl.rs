@@ -804,3 +804,145 @@ fn kubectl_session_matches_the_real_server() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n\n"));
 }
+
+/// The header cells of `kubectl get` output (columns are two or more spaces apart).
+fn header(out: &str) -> Vec<String> {
+    out.lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Claims, volumes and classes print the columns `kubectl get pvc`, `pv` and `sc` show on a
+/// 1.33 cluster with the local-path provisioner.
+#[test]
+fn kubectl_shows_claims_volumes_and_classes_as_the_real_server() {
+    if !kubectl_available() {
+        return;
+    }
+    let k = Cluster::start();
+    let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\n\
+        spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 2Gi}}}\n";
+    k.ok_with(&["apply", "-f", "-"], Some(claim));
+    let out = poll(&k, &["get", "pvc"], "the claim to bind", |out| {
+        out.contains("Bound")
+    });
+    assert_eq!(
+        header(&out),
+        [
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "AGE"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[0], "data", "{out}");
+    assert_eq!(row[1], "Bound", "{out}");
+    assert!(row[2].starts_with("pvc-"), "{out}");
+    assert_eq!(&row[3..7], ["2Gi", "RWO", "standard", "<unset>"], "{out}");
+    let wide = k.ok(&["get", "pvc", "-o", "wide"]);
+    assert!(
+        header(&wide).ends_with(&["AGE".to_string(), "VOLUMEMODE".to_string()]),
+        "{wide}"
+    );
+    assert!(wide.contains("Filesystem"), "{wide}");
+
+    let out = k.ok(&["get", "pv"]);
+    assert_eq!(
+        header(&out),
+        [
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[1..8],
+        [
+            "2Gi",
+            "RWO",
+            "Delete",
+            "Bound",
+            "default/data",
+            "standard",
+            "<unset>"
+        ],
+        "{out}"
+    );
+
+    let out = k.ok(&["get", "sc"]);
+    assert_eq!(
+        header(&out),
+        [
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..6],
+        [
+            "standard",
+            "(default)",
+            "rancher.io/local-path",
+            "Delete",
+            "Immediate",
+            "false"
+        ],
+        "{out}"
+    );
+
+    // The claim's events, as `kubectl describe` lists them.
+    let described = k.ok(&["describe", "pvc", "data"]);
+    assert!(
+        described.contains("ProvisioningSucceeded")
+            && described.contains("Successfully provisioned volume pvc-"),
+        "{described}"
+    );
+    k.ok(&["delete", "pvc", "data"]);
+    poll(
+        &k,
+        &["get", "pv", "-o", "name"],
+        "the volume to go",
+        |out| out.trim().is_empty(),
+    );
+}

@@ -4,7 +4,8 @@
 //!
 //! Volumes (see `volumes`): secret, configMap, downwardAPI and emptyDir volumes are written
 //! to `<work dir>/<namespace>_<pod>_<uid>/volumes/<volume>/`; hostPath volumes are the host
-//! path itself. Processes cannot see the real mount paths, so wherever a container's
+//! path itself, a persistentVolumeClaim the directory of its bound volume (which outlives the
+//! pod). Processes cannot see the real mount paths, so wherever a container's
 //! `volumeMounts[].mountPath` (or something under it) appears in its command, args or env
 //! values it is rewritten to that directory, and `CHARON_DEV_VOLUME_<NAME>` (the volume
 //! name upper-cased, `-` and `.` as `_`) names it too. A process starts in `workingDir` when

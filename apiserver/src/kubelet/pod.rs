@@ -21,6 +21,9 @@ use crate::lock::lock;
 use crate::logs::LogBuffer;
 use crate::store::{Deletion, Write};
 
+/// How often an unschedulable pod's claims are looked at again.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+
 /// What the kubelet asks of a running pod besides what its object says.
 pub enum Command {
     /// Fail it as under node pressure.
@@ -172,6 +175,10 @@ impl PodCtx {
             run.init_done = run.init.is_empty();
         }
         // Scheduling.
+        if text(&pod, "/spec/nodeName").is_empty() && !self.await_claims(pod_rx).await {
+            return;
+        }
+        let pod = self.pod();
         if text(&pod, "/spec/nodeName").is_empty() {
             let node = self.node.config.node_name.clone();
             let bound = modify(
@@ -739,11 +746,77 @@ impl PodCtx {
         }
     }
 
-    /// A Secret or ConfigMap (`plural`) of the pod's namespace.
+    /// A Secret, ConfigMap or PersistentVolumeClaim (`plural`) of the pod's namespace, or a
+    /// PersistentVolume.
     fn lookup(&self, plural: &str, name: &str) -> Option<Value> {
         let store = &self.node.state.store;
         let t = builtin(store, "", plural)?;
-        store.get(&t, &self.namespace, name).ok()
+        let namespace = if t.namespaced {
+            self.namespace.as_str()
+        } else {
+            ""
+        };
+        store.get(&t, namespace, name).ok()
+    }
+
+    /// Holds an unscheduled pod while the scheduler's volume binding would reject it (a
+    /// claim missing, being deleted or unbound), reporting each new reason as the scheduler
+    /// does; false when the pod stopped or went meanwhile.
+    async fn await_claims(&self, pod_rx: &mut watch::Receiver<Option<Value>>) -> bool {
+        let mut reported: Option<String> = None;
+        let mut stop = self.node.stop.subscribe();
+        loop {
+            let pod = self.pod();
+            let node = &self.node.config.node_name;
+            let reason = match crate::storage::claims_block(&self.node.state, &pod, node) {
+                Ok(()) => return true,
+                Err(reason) => reason,
+            };
+            if let Some(reason) = reason
+                && reported.as_ref() != Some(&reason)
+            {
+                let message = format!(
+                    "0/1 nodes are available: {reason}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.."
+                );
+                self.node.scheduler.record(
+                    &self.node.state.store,
+                    &pod,
+                    None,
+                    "Warning",
+                    "FailedScheduling",
+                    &message,
+                );
+                let status = json!({"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "lastProbeTime": null,
+                    "lastTransitionTime": controllers::now(), "reason": "Unschedulable",
+                    "message": message,
+                }]});
+                let written = controllers::write_status(
+                    &self.node.state.store,
+                    &self.node.pods,
+                    &self.namespace,
+                    &self.name,
+                    &self.uid,
+                    &status,
+                );
+                if let Err(err) = written {
+                    tracing::debug!(%err, pod = self.name, "writing an unschedulable status");
+                }
+                reported = Some(reason);
+            }
+            // The scheduler retries as claims change; a short poll stands in for its queue.
+            tokio::select! {
+                changed = pod_rx.changed() => {
+                    let latest = if changed.is_ok() { pod_rx.borrow_and_update().clone() } else { None };
+                    match latest {
+                        Some(p) if p.pointer("/metadata/deletionTimestamp").is_none() => *lock(&self.pod) = p,
+                        _ => return false,
+                    }
+                }
+                _ = stop.changed() => return false,
+                _ = tokio::time::sleep(CLAIM_POLL) => {}
+            }
+        }
     }
 
     /// Materialises the pod's volumes; Err names the volume and says why.

@@ -1,5 +1,6 @@
 //! Volumes: secret, configMap, projected, downwardAPI and emptyDir volumes are written to
-//! `<pod dir>/volumes/<volume>/`; hostPath volumes are the host path itself. Processes
+//! `<pod dir>/volumes/<volume>/`; hostPath volumes are the host path itself, and
+//! persistentVolumeClaim volumes their bound PersistentVolume's path. Processes
 //! cannot see the real mount paths, so the mounts are kept as (mountPath, directory) pairs
 //! that the environment builder rewrites commands, args and env values with.
 
@@ -80,6 +81,15 @@ pub fn prepare(
             hosts.insert(vname.clone(), PathBuf::from(path));
             continue;
         }
+        if let Some(claim) = v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str)
+        {
+            let dir = claim_dir(claim, &lookup).map_err(&fail)?;
+            std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+            hosts.insert(vname.clone(), dir);
+            continue;
+        }
         // The API server refuses such names; a pod that got past it still never writes
         // outside its directory.
         if !plain_name(&vname) {
@@ -97,6 +107,24 @@ pub fn prepare(
         mounts: container_mounts(pod, &hosts),
         dirs: hosts.into_iter().collect(),
     })
+}
+
+/// The directory of the volume bound to `claim`: a claim mounts its PersistentVolume's
+/// path itself, so what one pod writes there the next one reads.
+fn claim_dir(
+    claim: &str,
+    lookup: &impl Fn(&str, &str) -> Option<Value>,
+) -> Result<PathBuf, String> {
+    let found = lookup("persistentvolumeclaims", claim)
+        .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+    let volume = text(&found, "/spec/volumeName");
+    if volume.is_empty() {
+        return Err(format!("persistentvolumeclaim \"{claim}\" is not bound"));
+    }
+    let pv = lookup("persistentvolumes", volume)
+        .ok_or_else(|| format!("persistentvolume \"{volume}\" not found"))?;
+    crate::storage::volume_path(&pv)
+        .ok_or_else(|| format!("persistentvolume \"{volume}\" has no local path"))
 }
 
 /// The files of the volume `v` as (relative path, content); an emptyDir has none.

@@ -34,6 +34,10 @@ struct Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Event>,
+    /// Whether claims and volumes get their protection finalizers at create, as the
+    /// `StorageObjectInUseProtection` admission plugin adds them: only while the storage
+    /// controller that removes them runs.
+    protect_storage: std::sync::atomic::AtomicBool,
 }
 
 /// A page of a list (see [`Store::page`]).
@@ -104,6 +108,7 @@ impl Default for Store {
                 history,
             }),
             events,
+            protect_storage: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -118,6 +123,12 @@ fn name_of(obj: &Value) -> String {
 impl Store {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         lock(&self.inner)
+    }
+
+    /// Turns on the storage protection finalizers (see [`Store::protect_storage`]).
+    pub fn protect_storage(&self) {
+        self.protect_storage
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Subscribes to changes from now on.
@@ -543,9 +554,32 @@ impl Store {
         m.insert("creationTimestamp".into(), json!(now()));
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
+        crate::storage::decodable(t, &obj)?;
         crate::builtin::prepare_create(t, &mut obj)
             .and_then(|()| crate::workloads::prepare_create(t, &mut obj))
             .map_err(|errors| ApiError::invalid(t, &name, errors))?;
+        if t.group.is_empty()
+            && matches!(
+                t.plural.as_str(),
+                "persistentvolumeclaims" | "persistentvolumes"
+            )
+        {
+            let protect = self
+                .protect_storage
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if t.plural == "persistentvolumes" {
+                crate::storage::admit_volume(&mut obj, protect);
+            } else {
+                let key = "storage.k8s.io/storageclasses".to_string();
+                let classes: Vec<Arc<Value>> = inner
+                    .objects
+                    .range((key.clone(), String::new(), String::new())..)
+                    .take_while(|((k, _, _), _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                crate::storage::admit_claim(&classes, &mut obj, protect);
+            }
+        }
         if t.plural == "secrets" && t.group.is_empty() && obj.get("type").is_none() {
             obj["type"] = json!("Opaque");
         }
@@ -647,9 +681,22 @@ impl Store {
         }
         crate::metadata::validate(t, name, &obj)?;
         if !status_only {
+            crate::storage::decodable(t, &obj)?;
             let errors = crate::builtin::validate_update(t, &current, &obj);
             if !errors.is_empty() {
                 return Err(ApiError::invalid(t, name, errors));
+            }
+            if t.group.is_empty() && t.plural == "persistentvolumeclaims" {
+                let class = crate::storage::claim_class(&current).to_string();
+                let class = inner
+                    .objects
+                    .get(&(
+                        "storage.k8s.io/storageclasses".to_string(),
+                        String::new(),
+                        class,
+                    ))
+                    .cloned();
+                crate::storage::admit_resize(t, name, &current, &obj, class.as_deref())?;
             }
         }
         crd::apply_schema(&inner.objects, t, name, &mut obj, opts.strict)?;
