@@ -514,9 +514,16 @@ fn validation_the_schema_can_express() {
         strings(&workflow["properties"]["spec"]["required"]),
         ["schedule", "template"]
     );
+    // A template names its image, or its steps name theirs: the controller checks which
+    // (Valid=False naming the field), so the schema requires neither.
+    assert!(
+        strings(&at(&workflow, "spec.template")["required"]).is_empty(),
+        "{:?}",
+        at(&workflow, "spec.template")["required"]
+    );
     assert_eq!(
-        strings(&at(&workflow, "spec.template")["required"]),
-        ["image"]
+        strings(&at(&workflow, "spec.template.steps")["items"]["required"]),
+        ["image", "name"]
     );
     assert_eq!(
         strings(&at(&workflow, "spec.template.imagePullPolicy")["enum"]),
@@ -804,8 +811,26 @@ fn the_schema_rejects_what_it_can_at_apply_time() {
     let rejected: &[(&str, Option<Value>, &str)] = &[
         ("/spec/schedule", None, "schedule is required"),
         ("/spec/schedule", Some(json!("")), "shorter than 1"),
-        ("/spec/template/image", None, "image is required"),
-        ("/spec/template/image", Some(json!("")), "shorter than 1"),
+        (
+            "/spec/template/steps",
+            Some(json!([{"image": "busybox", "command": ["true"]}])),
+            "name is required",
+        ),
+        (
+            "/spec/template/steps",
+            Some(json!([{"name": "a", "image": "", "command": ["true"]}])),
+            "shorter than 1",
+        ),
+        (
+            "/spec/template/array",
+            Some(json!({"start": 0, "end": 3, "step": 0})),
+            "< minimum 1",
+        ),
+        (
+            "/spec/template/array",
+            Some(json!({"start": 0})),
+            "end is required",
+        ),
         ("/spec/catchUp", Some(json!("Sometimes")), "is not one of"),
         ("/spec/concurrency", Some(json!(0)), "< minimum 1"),
         (
@@ -990,6 +1015,34 @@ fn what_the_controller_writes_validates() {
             args: vec!["--hour".into(), "2024-10-27T02+01:00".into()],
             env: workflow.spec.template.env.clone(),
             workflow_generation: Some(3),
+            steps: vec![charon_core::resources::Step {
+                name: "extract".into(),
+                image: "registry.example.com/extract:2".into(),
+                command: vec!["extract".into()],
+                args: vec!["--hour".into(), "2024-10-27T02+01:00".into()],
+                env: workflow.spec.template.env.clone(),
+                output: "/out/rows.csv".into(),
+            }],
+            resume_from: Some("extract".into()),
+            array: Some(charon_core::resources::ArraySpec {
+                start: 0,
+                end: 9,
+                step: 3,
+                parallelism: Some(2),
+            }),
+            tasks: "1,3".into(),
+        }),
+        steps: vec![charon_core::resources::StepStatus {
+            name: "extract".into(),
+            state: charon_core::resources::StepState::Failed,
+            exit_code: Some(3),
+            started_at: Some(t(2)),
+            finished_at: Some(t(3)),
+        }],
+        steps_completed: Some(0),
+        array: Some(charon_core::resources::ArrayStatus {
+            succeeded: vec![0, 6],
+            failed: vec![3, 9],
         }),
         history: vec![HistoryEntry {
             at: t(2),

@@ -820,3 +820,78 @@ spec:
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
+
+/// SPEC §14 as a user runs it: `charon dev --apply config/examples/` runs the word pipeline and
+/// the task array with the launcher built beside `charon`, and `charon logs --step` shows each
+/// step of the pipeline.
+#[test]
+fn charon_dev_runs_the_example_pipeline_and_array() {
+    let dev = start_with(&["--apply", "config/examples/"], "pipelines");
+    for workflow in ["word-pipeline", "task-array"] {
+        let out = charon(&dev, &[], &["trigger", workflow, "2024-01-01T00:00"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for name in [
+        "word-pipeline-2024-01-01t00-00-00z",
+        "task-array-2024-01-01t00-00-00z",
+    ] {
+        wait_for(
+            &dev,
+            &format!("{name} to be Done"),
+            Duration::from_secs(60),
+            &["get", "cwfi", name, "-o", "jsonpath={.status.state}"],
+            |t| t == "Done",
+        );
+    }
+    let step = |s: &str| {
+        let out = charon(
+            &dev,
+            &[],
+            &["logs", "word-pipeline-2024-01-01t00-00-00z", "--step", s],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (words, upper, reverse) = (step("words"), step("upper"), step("reverse"));
+    assert_eq!(words.len(), 3, "{words:?}");
+    let upper_want: Vec<String> = words.iter().map(|w| w.to_uppercase()).collect();
+    assert_eq!(upper, upper_want);
+    let reverse_want: Vec<String> = upper.iter().map(|w| w.chars().rev().collect()).collect();
+    assert_eq!(reverse, reverse_want);
+    let tasks = ok(
+        &dev,
+        &[
+            "get",
+            "cwfi",
+            "task-array-2024-01-01t00-00-00z",
+            "-o",
+            "jsonpath={.status.array.succeeded}",
+        ],
+    );
+    assert_eq!(tasks, "[0,10,20]");
+    // Each task's log, by id, from the archive.
+    let out = charon(&dev, &[], &["logs", "task-array-2024-01-01t00-00-00z"]);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in [0, 10, 20] {
+        assert!(
+            logs.contains(&format!("== task {id} ==\ntask {id} of 3 (0..20 by 10)")),
+            "{logs}"
+        );
+    }
+}

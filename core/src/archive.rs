@@ -62,11 +62,7 @@ pub fn pod_logs(pod: &Pod, attempt_key: &str) -> Vec<(String, String)> {
                         .into_iter()
                         .flatten(),
                 );
-            all.filter(|c| c.name == name).any(|c| {
-                c.state
-                    .as_ref()
-                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-            })
+            all.filter(|c| c.name == name).any(crate::pipeline::ran)
         };
         return steps
             .into_iter()
@@ -284,5 +280,48 @@ mod tests {
             "falls back to the pod's creation"
         );
         assert!(!give_up(None, None, now(1000)), "never without a time");
+    }
+
+    #[test]
+    fn each_step_and_each_task_has_its_own_key() {
+        let base = log_key("ns", "uid", 2, None);
+        let pipeline = pod(json!({
+            "metadata": {"name": "p", "annotations": {crate::pipeline::ANNOTATION_STEPS: "a,b,c"}},
+            "status": {"phase": "Failed",
+                "initContainerStatuses": [
+                    {"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 0, "startedAt": "2024-01-01T00:00:00Z"}}},
+                    {"name": "b", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 1, "startedAt": "2024-01-01T00:00:01Z"}}}],
+                "containerStatuses": [
+                    {"name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}}]},
+        }));
+        assert_eq!(
+            pod_logs(&pipeline, &base),
+            [
+                ("a".to_string(), "ns/uid/2/a.log".to_string()),
+                ("b".to_string(), "ns/uid/2/b.log".to_string())
+            ]
+        );
+        let task = pod(json!({
+            "metadata": {"name": "t", "labels": {crate::pipeline::INDEX_LABEL: "1"}},
+            "spec": {"containers": [{"name": MAIN_CONTAINER, "env": [
+                {"name": "CHARON_TASK_FIRST", "value": "0"},
+                {"name": "CHARON_TASK_STEP", "value": "3"},
+                {"name": "CHARON_TASK_INDEXES", "value": "2-3"}]}]},
+        }));
+        assert_eq!(
+            pod_logs(&task, &base),
+            [(
+                MAIN_CONTAINER.to_string(),
+                "ns/uid/2/task-9.log".to_string()
+            )]
+        );
+        let single = pod(json!({"metadata": {"name": "s"}}));
+        assert_eq!(
+            pod_logs(&single, &base),
+            [(MAIN_CONTAINER.to_string(), base.clone())]
+        );
     }
 }

@@ -228,6 +228,21 @@ pub fn pod_steps(pod: &Pod) -> Option<Vec<&str>> {
     Some(names.split(',').filter(|s| !s.is_empty()).collect())
 }
 
+/// Whether a container ran (and so has a log): it runs or ran. The kubelet reports a
+/// container that never started in a pod that ended as terminated with reason
+/// `ContainerStatusUnknown` and no start time; that one did not run.
+pub fn ran(status: &ContainerStatus) -> bool {
+    let Some(state) = status.state.as_ref() else {
+        return false;
+    };
+    if state.running.is_some() {
+        return true;
+    }
+    state.terminated.as_ref().is_some_and(|t| {
+        t.started_at.is_some() || t.reason.as_deref() != Some("ContainerStatusUnknown")
+    })
+}
+
 /// A pod's container statuses, init containers first.
 fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
     let status = pod.status.as_ref();
@@ -293,7 +308,7 @@ pub fn step_statuses(
             let Some(status) = statuses(pod).find(|c| c.name == step.name) else {
                 continue;
             };
-            let Some(state) = status.state.as_ref() else {
+            let Some(state) = status.state.as_ref().filter(|_| ran(status)) else {
                 continue;
             };
             if let Some(t) = &state.terminated {
@@ -707,7 +722,8 @@ mod tests {
                      "state": {"terminated": {"exitCode": 3}}}],
                 "containerStatuses": [
                     {"name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                     "state": {"waiting": {"reason": "PodInitializing"}}}]},
+                     "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                        "message": "The container could not be located when the pod was terminated"}}}]},
         }))
         .unwrap();
         let steps = step_statuses(&snapshot, std::slice::from_ref(&pod), true);

@@ -999,6 +999,26 @@ impl Ctx {
             Some(n) => attempts.iter().find(|a| a.execution == n),
             None => attempts.iter().max_by_key(|a| a.execution),
         };
+        if array_of(&current).is_some() {
+            if follow {
+                bail!(
+                    "instance {instance} is a job array, one pod per task: -f follows one container; use kubectl logs -f --prefix -l {}={}",
+                    charon_core::job::LABEL_INSTANCE,
+                    charon_core::names::label_value(instance)
+                );
+            }
+            let execution = match (wanted, attempt) {
+                (Some(record), _) => record.execution,
+                (None, Some(n)) => n,
+                (None, None) => self.job_of(&current, None).await?.1,
+            };
+            if !self.array_logs(&current, execution, store, out).await? {
+                bail!(
+                    "attempt {execution} of instance {instance} has no task log left (neither a pod nor an archived copy)"
+                );
+            }
+            return Ok(());
+        }
         // A finished attempt whose log is in the store is read from there: its pod may be
         // gone, and what the store holds is the whole log.
         if let Some(record) = wanted.filter(|a| a.archived) {
@@ -1110,6 +1130,19 @@ impl Ctx {
             {
                 continue;
             }
+            if array_of(&current).is_some() {
+                if !self
+                    .array_logs(&current, attempt.execution, store, out)
+                    .await?
+                {
+                    writeln!(
+                        out,
+                        "(log not kept: {})",
+                        not_kept(&attempt, store.is_some())
+                    )?;
+                }
+                continue;
+            }
             let pod = match self.job_of(&current, Some(attempt.execution)).await {
                 Ok((job, execution)) => {
                     let selector = format!(
@@ -1158,6 +1191,72 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// The logs of an array's tasks in one attempt, by task id, each after `== task ID ==`:
+    /// from the archive where it has them, else from the task pods left. False: none found.
+    async fn array_logs(
+        &self,
+        instance: &WorkflowInstance,
+        execution: u32,
+        store: Option<&LogStore>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<bool> {
+        let Some(array) = array_of(instance) else {
+            return Ok(false);
+        };
+        if let Some(store) = store {
+            let key = archive_key(instance, execution);
+            let mut found = false;
+            for position in 0..array.count() {
+                let id = array.id(position);
+                let part = charon_core::archive::part_key(&key, &format!("task-{id}"));
+                let mut log = Vec::new();
+                if archived_log(store, &part, &mut log).await? {
+                    writeln!(out, "== task {id} ==")?;
+                    out.write_all(&log)?;
+                    found = true;
+                }
+            }
+            if found {
+                return Ok(true);
+            }
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = format!(
+            "{}={},{}={execution}",
+            charon_core::job::LABEL_INSTANCE,
+            charon_core::names::label_value(&instance.name_any()),
+            charon_core::job::LABEL_EXECUTION,
+        );
+        let mut listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
+        // The newest pod of each task (a task's failed pod is not replaced, but be sure).
+        listed.sort_by_key(|p| {
+            std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        let mut tasks: Vec<(i64, String)> = listed
+            .iter()
+            .filter(|p| not_started(p).is_none())
+            .filter_map(|p| Some((charon_core::pipeline::pod_task_id(p)?, p.name_any())))
+            .collect();
+        tasks.sort_by_key(|(id, _)| *id);
+        tasks.dedup_by_key(|(id, _)| *id);
+        for (id, pod) in &tasks {
+            writeln!(out, "== task {id} ==")?;
+            let params = LogParams {
+                container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
+                ..Default::default()
+            };
+            let text = pods.logs(pod, &params).await?;
+            write!(out, "{text}")?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                writeln!(out)?;
+            }
+        }
+        Ok(!tasks.is_empty())
     }
 
     /// The Job of an instance's attempt (the latest by default) and its execution number.
@@ -1418,6 +1517,11 @@ fn archive_key(instance: &WorkflowInstance, execution: u32) -> String {
         execution,
         None,
     )
+}
+
+/// The array an instance's current run executes, if it is a job array's.
+fn array_of(instance: &WorkflowInstance) -> Option<charon_core::resources::ArraySpec> {
+    instance.status.as_ref()?.snapshot.as_ref()?.array.clone()
 }
 
 /// One part of an attempt's log that `charon logs` prints: a container of the pod, with the

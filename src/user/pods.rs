@@ -160,11 +160,9 @@ pub(super) async fn container_started(
                     .into_iter()
                     .flatten(),
             );
-        let started = all.filter(|c| c.name == container).any(|c| {
-            c.state
-                .as_ref()
-                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-        });
+        let started = all
+            .filter(|c| c.name == container)
+            .any(charon_core::pipeline::ran);
         let ended = matches!(
             status.and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
