@@ -542,6 +542,10 @@ fn operator_pod_runs_under_the_restricted_profile_with_probes() {
             "json",
             "--events",
             "all",
+            "--launcher-image",
+            "ghcr.io/charon-dev/charon:0.1.0",
+            "--launcher-command",
+            "/charon-launcher",
         ]
     );
     let env: Vec<(&str, &str)> = c["env"]
@@ -809,6 +813,10 @@ fn watched_namespaces_get_roles_and_no_cluster_rights() {
             "text",
             "--events",
             "warnings",
+            "--launcher-image",
+            "registry.example.com/platform/charon:0.1.0-rc.1",
+            "--launcher-command",
+            "/charon-launcher",
             "--namespace",
             "data",
             "--namespace",
@@ -1215,6 +1223,97 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
             }
         })
         .await;
+    // Suspending and resuming a running instance patches its Job.
+    let trigger = |workflow: &'static str| {
+        let workflows = workflows.clone();
+        async move {
+            workflows
+                .patch(
+                    workflow,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"charon.dev/trigger": "2024-01-01T03"}}}),
+                    ),
+                )
+                .await
+                .expect("annotate");
+        }
+    };
+    cluster
+        .apply_workflow(
+            "nap",
+            json!({"schedule": "@hourly", "suspend": true,
+                "template": {"image": "busybox", "command": ["sh", "-c", "sleep 8"]}}),
+        )
+        .await;
+    trigger("nap").await;
+    let in_state = |name: &'static str, want: InstanceState| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .eventually(&format!("{name} {want:?}"), long, || async {
+                    let i = cluster.instance(name).await?;
+                    if common::state(&i) == want {
+                        Ok(i)
+                    } else {
+                        Err(common::state(&i).as_str().into())
+                    }
+                })
+                .await
+        }
+    };
+    in_state("nap-2024-01-01t03", InstanceState::Running).await;
+    for (suspended, want) in [
+        (true, InstanceState::Suspended),
+        (false, InstanceState::Done),
+    ] {
+        cluster
+            .instances()
+            .patch(
+                "nap-2024-01-01t03",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspended": suspended}})),
+            )
+            .await
+            .expect("suspend");
+        in_state("nap-2024-01-01t03", want).await;
+    }
+    // A pipeline resuming from its failed step keeps its outputs on a claim of the run.
+    let marker = logs.path().join("failed-once");
+    cluster
+        .apply_workflow(
+            "resume",
+            json!({"schedule": "@hourly", "suspend": true,
+            "retry": {"resumeFromFailedStep": true},
+            "template": {"steps": [
+                {"name": "a", "image": "busybox", "command": ["sh", "-c", "echo a"]},
+                {"name": "b", "image": "busybox", "command": ["sh", "-c",
+                    format!("[ -e {m} ] || {{ touch {m}; exit 1; }}; cat", m = marker.display())]},
+            ]}}),
+        )
+        .await;
+    trigger("resume").await;
+    cluster
+        .eventually("the pipeline's first failure", long, || async {
+            let i = cluster.instance("resume-2024-01-01t03").await?;
+            let s = i.status.unwrap_or_default();
+            if s.state == InstanceState::Queued && s.tries == 1 {
+                Ok(())
+            } else {
+                Err(format!("{:?} {}", s.state, s.tries))
+            }
+        })
+        .await;
+    cluster
+        .instances()
+        .patch(
+            "resume-2024-01-01t03",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"charon.dev/retry-now": "now"}}})),
+        )
+        .await
+        .expect("retry-now");
+    in_state("resume-2024-01-01t03", InstanceState::Done).await;
     // History expiry: `ok` keeps finished instances for two hours.
     cluster.clock.advance(Span::hours(3));
     cluster

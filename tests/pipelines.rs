@@ -358,3 +358,62 @@ async fn an_array_runs_one_task_per_id_and_its_retry_runs_only_the_failed_task()
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halting_an_array_stops_every_task() {
+    let cluster = Cluster::start().await;
+    let cli = Cli::new(&cluster);
+    cluster
+        .apply_workflow(
+            "long-array",
+            json!({"schedule": "@hourly", "suspend": true, "template": {
+                "image": "busybox", "command": ["sh", "-c", "sleep 300"],
+                "array": {"start": 1, "end": 3},
+            }}),
+        )
+        .await;
+    let (ok, _, err) = cli
+        .run(&["-n", NS, "trigger", "long-array", "2024-01-01T05"])
+        .await;
+    assert!(ok, "{err}");
+    let name = "long-array-2024-01-01t05";
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), NS);
+    let selector = format!("charon.dev/instance={name}");
+    let running = || async {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<usize, String>(
+            list.items
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count(),
+        )
+    };
+    cluster
+        .eventually("three running tasks", LONG, || async {
+            match running().await? {
+                3 => Ok(()),
+                n => Err(format!("{n} running")),
+            }
+        })
+        .await;
+    let (ok, out, err) = cli.run(&["-n", NS, "halt", name]).await;
+    assert!(ok, "{out}{err}");
+    cluster
+        .wait_states("long-array", 1, &[InstanceState::Halted], LONG)
+        .await;
+    cluster
+        .eventually("no task left running", LONG, || async {
+            match running().await? {
+                0 => Ok(()),
+                n => Err(format!("{n} running")),
+            }
+        })
+        .await;
+    cluster.stop().await;
+}

@@ -354,6 +354,10 @@ pub fn render(
                 mount_path: pipeline::MOUNT.to_string(),
                 ..Default::default()
             }]),
+            // The workload's own resources: a namespace whose quota or LimitRange requires
+            // them of every container admits the pod, and init containers add nothing to
+            // the pod's effective request beyond the largest container's.
+            resources: template.resources.clone(),
             ..Default::default()
         });
     }
