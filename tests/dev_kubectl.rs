@@ -869,6 +869,20 @@ fn charon_dev_runs_the_example_pipeline_and_array() {
     assert_eq!(upper, upper_want);
     let reverse_want: Vec<String> = upper.iter().map(|w| w.chars().rev().collect()).collect();
     assert_eq!(reverse, reverse_want);
+    // The same log is the step container's, as kubectl shows it.
+    let pod = ok(
+        &dev,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "charon.dev/instance=word-pipeline-2024-01-01t00-00-00z",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    let from_kubectl = ok(&dev, &["logs", &pod, "-c", "upper"]);
+    assert_eq!(from_kubectl.lines().collect::<Vec<_>>(), upper);
     let tasks = ok(
         &dev,
         &[

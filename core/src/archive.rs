@@ -50,23 +50,9 @@ pub fn part_key(attempt_key: &str, part: &str) -> String {
 /// container's.
 pub fn pod_logs(pod: &Pod, attempt_key: &str) -> Vec<(String, String)> {
     if let Some(steps) = crate::pipeline::pod_steps(pod) {
-        let started = |name: &str| {
-            let status = pod.status.as_ref();
-            let all = status
-                .and_then(|s| s.init_container_statuses.as_deref())
-                .into_iter()
-                .flatten()
-                .chain(
-                    status
-                        .and_then(|s| s.container_statuses.as_deref())
-                        .into_iter()
-                        .flatten(),
-                );
-            all.filter(|c| c.name == name).any(crate::pipeline::ran)
-        };
         return steps
             .into_iter()
-            .filter(|s| started(s))
+            .filter(|s| crate::pipeline::container_ran(pod, s))
             .map(|s| (s.to_string(), part_key(attempt_key, s)))
             .collect();
     }

@@ -243,6 +243,11 @@ pub fn ran(status: &ContainerStatus) -> bool {
     })
 }
 
+/// Whether container `name` of the pod ran ([`ran`]), so it has a log.
+pub fn container_ran(pod: &Pod, name: &str) -> bool {
+    statuses(pod).filter(|c| c.name == name).any(ran)
+}
+
 /// A pod's container statuses, init containers first.
 fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
     let status = pod.status.as_ref();

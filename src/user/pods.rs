@@ -150,19 +150,7 @@ pub(super) async fn container_started(
     loop {
         let current = pods.get(pod).await?;
         let status = current.status.as_ref();
-        let all = status
-            .and_then(|s| s.init_container_statuses.as_deref())
-            .into_iter()
-            .flatten()
-            .chain(
-                status
-                    .and_then(|s| s.container_statuses.as_deref())
-                    .into_iter()
-                    .flatten(),
-            );
-        let started = all
-            .filter(|c| c.name == container)
-            .any(charon_core::pipeline::ran);
+        let started = charon_core::pipeline::container_ran(&current, container);
         let ended = matches!(
             status.and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
