@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use thiserror::Error;
 
@@ -200,10 +202,7 @@ pub fn environment(
     execution: &Execution<'_>,
 ) -> Vec<EnvVar> {
     let mut env: Vec<EnvVar> = Vec::new();
-    let mut set = |var: EnvVar| match env.iter_mut().find(|e| e.name == var.name) {
-        Some(existing) => *existing = var,
-        None => env.push(var),
-    };
+    let mut set = |var: EnvVar| set_var(&mut env, var);
     for var in snapshot.env.iter().chain(execution.trigger_env) {
         set(var.clone());
     }
@@ -296,17 +295,18 @@ pub fn render(
         });
     }
     let launched = !snapshot.steps.is_empty() || snapshot.array.is_some();
+    let launcher_mount = VolumeMount {
+        name: pipeline::VOLUME.to_string(),
+        mount_path: pipeline::MOUNT.to_string(),
+        ..Default::default()
+    };
     if launched {
         volumes.push(Volume {
             name: pipeline::VOLUME.to_string(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         });
-        mounts.push(VolumeMount {
-            name: pipeline::VOLUME.to_string(),
-            mount_path: pipeline::MOUNT.to_string(),
-            ..Default::default()
-        });
+        mounts.push(launcher_mount.clone());
     }
     let resumable = execution.resumable && !snapshot.steps.is_empty();
     if resumable {
@@ -349,11 +349,7 @@ pub fn render(
                 "install".to_string(),
                 pipeline::LAUNCHER.to_string(),
             ]),
-            volume_mounts: Some(vec![VolumeMount {
-                name: pipeline::VOLUME.to_string(),
-                mount_path: pipeline::MOUNT.to_string(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(vec![launcher_mount]),
             // The workload's own resources: a namespace whose quota or LimitRange requires
             // them of every container admits the pod, and init containers add nothing to
             // the pod's effective request beyond the largest container's.
@@ -424,8 +420,8 @@ pub fn render(
     }
     let restored: Vec<(String, Vec<EnvVar>)> = containers
         .iter()
+        // The launcher's installer (first) has no env to restore.
         .chain(init_containers.iter().skip(1))
-        .filter(|c| launched || c.name == MAIN_CONTAINER)
         .map(|c| (c.name.clone(), c.env.clone().unwrap_or_default()))
         .collect();
     let pod = PodTemplateSpec {
@@ -476,14 +472,7 @@ pub fn render(
             name: Some(names::job_name(execution.instance, execution.execution)),
             namespace: Some(execution.namespace.to_string()),
             labels: Some(labels),
-            owner_references: Some(vec![OwnerReference {
-                api_version: format!("{}/{}", crate::resources::GROUP, crate::resources::VERSION),
-                kind: "WorkflowInstance".to_string(),
-                name: execution.instance.to_string(),
-                uid: execution.instance_uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![owner(execution)]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -491,20 +480,81 @@ pub fn render(
     })
 }
 
+/// The instance as the controlling owner of what an execution creates, so the garbage
+/// collector deletes it with the instance.
+fn owner(execution: &Execution<'_>) -> OwnerReference {
+    OwnerReference {
+        api_version: format!("{}/{}", crate::resources::GROUP, crate::resources::VERSION),
+        kind: "WorkflowInstance".to_string(),
+        name: execution.instance.to_string(),
+        uid: execution.instance_uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The PersistentVolumeClaim a resumable pipeline's run keeps its step outputs on
+/// ([`pipeline::outputs_claim`]): one `ReadWriteOnce` claim per run, sized and classed by
+/// `spec.template.outputStorage`, owned by the instance.
+pub fn outputs_claim(
+    template: &WorkflowTemplate,
+    execution: &Execution<'_>,
+) -> PersistentVolumeClaim {
+    let storage = template.output_storage.clone().unwrap_or_default();
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(pipeline::outputs_claim(execution.instance)),
+            namespace: Some(execution.namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (
+                    LABEL_WORKFLOW.to_string(),
+                    names::label_value(execution.workflow),
+                ),
+                (
+                    LABEL_INSTANCE.to_string(),
+                    names::label_value(execution.instance),
+                ),
+            ])),
+            owner_references: Some(vec![owner(execution)]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size),
+                )])),
+                ..Default::default()
+            }),
+            storage_class_name: storage.storage_class_name,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 /// The annotation `kubectl logs` picks a pod's container by when none is named.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
-/// Sets `name` in `env`, replacing an earlier definition in place.
-fn set_env(env: &mut Vec<EnvVar>, name: &str, value: String) {
-    let var = EnvVar {
-        name: name.to_string(),
-        value: Some(value),
-        value_from: None,
-    };
-    match env.iter_mut().find(|e| e.name == name) {
+/// Sets `var` in `env`, replacing an earlier definition of its name in place.
+fn set_var(env: &mut Vec<EnvVar>, var: EnvVar) {
+    match env.iter_mut().find(|e| e.name == var.name) {
         Some(existing) => *existing = var,
         None => env.push(var),
     }
+}
+
+/// Sets `name` to `value` in `env` (see [`set_var`]).
+fn set_env(env: &mut Vec<EnvVar>, name: &str, value: String) {
+    set_var(
+        env,
+        EnvVar {
+            name: name.to_string(),
+            value: Some(value),
+            value_from: None,
+        },
+    );
 }
 
 /// A step's env: the workflow env with the step's on top, then the trigger's and the
@@ -518,10 +568,7 @@ fn step_environment(
 ) -> Vec<EnvVar> {
     let mut env = snapshot.env.clone();
     for var in &step.env {
-        match env.iter_mut().find(|e| e.name == var.name) {
-            Some(existing) => *existing = var.clone(),
-            None => env.push(var.clone()),
-        }
+        set_var(&mut env, var.clone());
     }
     let of_step = ExecutionSnapshot {
         image: step.image.clone(),
@@ -910,6 +957,7 @@ mod tests {
         let mut execution = execution(&[]);
         execution.resumable = true;
         let job = render(&template, &snapshot, &execution).unwrap();
+        let owners = job.metadata.owner_references.clone();
         let spec = job.spec.unwrap();
         let pod = spec.template.spec.unwrap();
         let names: Vec<String> = pod
@@ -929,6 +977,17 @@ mod tests {
             claim.claim_name,
             "hourly-report-2024-10-27t02-01-00-outputs"
         );
+        // The claim is the one the pod mounts, owned like the Job by the instance.
+        let object = outputs_claim(&template, &execution);
+        assert_eq!(object.metadata.name.as_ref(), Some(&claim.claim_name));
+        assert_eq!(object.metadata.owner_references, owners);
+        let claim_spec = object.spec.unwrap();
+        assert_eq!(claim_spec.access_modes.unwrap(), ["ReadWriteOnce"]);
+        assert_eq!(
+            claim_spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("1Gi".into())
+        );
+        assert_eq!(claim_spec.storage_class_name, None);
         let annotations = spec.template.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations[pipeline::ANNOTATION_STEPS], "upper,reverse");
     }

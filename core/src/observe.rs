@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::instance::JobStatus;
@@ -172,20 +172,11 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
             JobStatus::Running(since)
         }
         Some(state) if state.terminated.is_some() => JobStatus::Running(None),
-        Some(state) => match state.waiting.as_ref() {
-            Some(w) => {
-                let reason = w.reason.as_deref().unwrap_or_default();
-                let message = w.message.as_deref().unwrap_or_default();
-                if PULL_FAILURES.contains(&reason) {
-                    JobStatus::Finished(AttemptOutcome::Infrastructure(describe(reason, message)))
-                } else if INVALID.contains(&reason) {
-                    JobStatus::Finished(AttemptOutcome::Invalid(describe(reason, message)))
-                } else {
-                    JobStatus::Pending
-                }
-            }
-            None => JobStatus::Pending,
-        },
+        Some(state) => state
+            .waiting
+            .as_ref()
+            .and_then(waiting_verdict)
+            .unwrap_or(JobStatus::Pending),
         None => JobStatus::Pending,
     }
 }
@@ -219,15 +210,8 @@ fn array_status(job: &Job, pods: &[&Pod]) -> JobStatus {
     let waiting = pods
         .last()
         .and_then(|p| main_status(p)?.state.as_ref()?.waiting.as_ref());
-    if let Some(w) = waiting {
-        let reason = w.reason.as_deref().unwrap_or_default();
-        let message = w.message.as_deref().unwrap_or_default();
-        if PULL_FAILURES.contains(&reason) {
-            return JobStatus::Finished(AttemptOutcome::Infrastructure(describe(reason, message)));
-        }
-        if INVALID.contains(&reason) {
-            return JobStatus::Finished(AttemptOutcome::Invalid(describe(reason, message)));
-        }
+    if let Some(verdict) = waiting.and_then(waiting_verdict) {
+        return verdict;
     }
     let started = pods.iter().any(|p| {
         main_status(p)
@@ -238,6 +222,24 @@ fn array_status(job: &Job, pods: &[&Pod]) -> JobStatus {
         JobStatus::Running(None)
     } else {
         JobStatus::Pending
+    }
+}
+
+/// What a container waiting to start says of the attempt: that it will never start as things
+/// stand (an image that cannot be pulled, a Job that is wrong), or nothing yet.
+fn waiting_verdict(w: &ContainerStateWaiting) -> Option<JobStatus> {
+    let reason = w.reason.as_deref().unwrap_or_default();
+    let message = w.message.as_deref().unwrap_or_default();
+    if PULL_FAILURES.contains(&reason) {
+        Some(JobStatus::Finished(AttemptOutcome::Infrastructure(
+            describe(reason, message),
+        )))
+    } else if INVALID.contains(&reason) {
+        Some(JobStatus::Finished(AttemptOutcome::Invalid(describe(
+            reason, message,
+        ))))
+    } else {
+        None
     }
 }
 

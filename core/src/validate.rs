@@ -164,22 +164,11 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
             ));
         }
     }
-    for (i, var) in template.env.iter().enumerate() {
-        let field = format!("spec.template.env[{i}]");
-        if let Err(reason) = env_name(&var.name) {
-            errors.push(error(&format!("{field}.name"), reason));
-        }
-        if var.value.as_deref().is_some_and(has_nul) {
-            errors.push(error(&format!("{field}.value"), NUL_REASON));
-        }
-    }
-    for (name, list) in [("command", &template.command), ("args", &template.args)] {
-        for (i, arg) in list.iter().enumerate() {
-            if has_nul(arg) {
-                errors.push(error(&format!("spec.template.{name}[{i}]"), NUL_REASON));
-            }
-        }
-    }
+    container_fields(
+        "spec.template",
+        (&template.env, &template.command, &template.args),
+        &mut errors,
+    );
     if let Some(overrides) = &template.pod_overrides {
         if overrides.is_object() {
             errors.extend(pod_overrides(template, overrides, policy));
@@ -256,21 +245,11 @@ fn steps(spec: &WorkflowSpec) -> Vec<FieldError> {
                 "required: the launcher runs the step's command and cannot read the image's entrypoint",
             ));
         }
-        for (list, items) in [("command", &step.command), ("args", &step.args)] {
-            for (j, arg) in items.iter().enumerate() {
-                if has_nul(arg) {
-                    errors.push(error(&field(&format!("{list}[{j}]")), NUL_REASON));
-                }
-            }
-        }
-        for (j, var) in step.env.iter().enumerate() {
-            if let Err(reason) = env_name(&var.name) {
-                errors.push(error(&field(&format!("env[{j}].name")), reason));
-            }
-            if var.value.as_deref().is_some_and(has_nul) {
-                errors.push(error(&field(&format!("env[{j}].value")), NUL_REASON));
-            }
-        }
+        container_fields(
+            &format!("spec.template.steps[{i}]"),
+            (&step.env, &step.command, &step.args),
+            &mut errors,
+        );
         let output = step.output.as_str();
         let path_ok = output.starts_with('/') && !has_nul(output) && output.len() > 1;
         if !matches!(output, "stdout" | "stderr") && !path_ok {
@@ -281,6 +260,30 @@ fn steps(spec: &WorkflowSpec) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// Checks what a container is given at `base` (the template, or one step): env names the
+/// API server accepts, and no NUL byte in env values, command or args.
+fn container_fields(
+    base: &str,
+    (env, command, args): (&[k8s_openapi::api::core::v1::EnvVar], &[String], &[String]),
+    errors: &mut Vec<FieldError>,
+) {
+    for (i, var) in env.iter().enumerate() {
+        if let Err(reason) = env_name(&var.name) {
+            errors.push(error(&format!("{base}.env[{i}].name"), reason));
+        }
+        if var.value.as_deref().is_some_and(has_nul) {
+            errors.push(error(&format!("{base}.env[{i}].value"), NUL_REASON));
+        }
+    }
+    for (name, list) in [("command", command), ("args", args)] {
+        for (i, arg) in list.iter().enumerate() {
+            if has_nul(arg) {
+                errors.push(error(&format!("{base}.{name}[{i}]"), NUL_REASON));
+            }
+        }
+    }
 }
 
 /// Checks `spec.template.array`.
@@ -922,6 +925,16 @@ mod tests {
             (
                 serde_json::json!({"steps": [{"name": "a", "image": "busybox"}]}),
                 "spec.template.steps[0].command: required",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"],
+                    "env": [{"name": "1ST", "value": "x"}]}]}),
+                "spec.template.steps[0].env[0].name: \"1ST\" is not a valid",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"],
+                    "args": ["ok", "bad\u{0}"]}]}),
+                "spec.template.steps[0].args[1]: must not contain a NUL byte",
             ),
             (
                 serde_json::json!({"steps": [{"name": "a", "image": "", "command": ["true"]}]}),

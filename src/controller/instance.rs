@@ -19,11 +19,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -922,8 +918,7 @@ async fn create_job(
     };
     if execution.resumable
         && !snapshot.steps.is_empty()
-        && let Some(refused) =
-            ensure_outputs_claim(ctx, instance, workflow, &namespace, &uid).await?
+        && let Some(refused) = ensure_outputs_claim(ctx, workflow, &execution).await?
     {
         return Ok(JobCreation::Refused(refused));
     }
@@ -963,64 +958,16 @@ async fn create_job(
 }
 
 /// Creates the PersistentVolumeClaim a resumable pipeline's run keeps its step outputs on
-/// (owned by the instance, so it goes with it), unless it exists. `Some`: the API server
-/// refused it for good, with its message.
+/// ([`job::outputs_claim`]) unless it exists. `Some`: the API server refused it for good,
+/// with its message.
 async fn ensure_outputs_claim(
     ctx: &Context,
-    instance: &WorkflowInstance,
     workflow: &Workflow,
-    namespace: &str,
-    uid: &str,
+    execution: &Execution<'_>,
 ) -> Result<Option<String>, Error> {
-    let name = pipeline::outputs_claim(&instance.name_any());
-    let storage = workflow
-        .spec
-        .template
-        .output_storage
-        .clone()
-        .unwrap_or_default();
-    let claim = PersistentVolumeClaim {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(
-                [
-                    (
-                        job::LABEL_WORKFLOW.to_string(),
-                        charon_core::names::label_value(&instance.spec.workflow),
-                    ),
-                    (
-                        job::LABEL_INSTANCE.to_string(),
-                        charon_core::names::label_value(&instance.name_any()),
-                    ),
-                ]
-                .into(),
-            ),
-            owner_references: Some(vec![OwnerReference {
-                api_version: format!(
-                    "{}/{}",
-                    charon_core::resources::GROUP,
-                    charon_core::resources::VERSION
-                ),
-                kind: "WorkflowInstance".to_string(),
-                name: instance.name_any(),
-                uid: uid.to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_string(), Quantity(storage.size))].into()),
-                ..Default::default()
-            }),
-            storage_class_name: storage.storage_class_name,
-            ..Default::default()
-        }),
-        status: None,
-    };
+    let claim = job::outputs_claim(&workflow.spec.template, execution);
+    let name = pipeline::outputs_claim(execution.instance);
+    let namespace = execution.namespace;
     let api = ctx.api::<PersistentVolumeClaim>(namespace);
     match api.create(&PostParams::default(), &claim).await {
         Ok(_) => Ok(None),

@@ -1052,36 +1052,8 @@ impl Ctx {
             charon_core::job::LABEL_EXECUTION,
         );
         let pod = started_pod(&pods, &selector, &job).await?;
-        for part in &parts {
-            if let Some(header) = &part.header {
-                writeln!(out, "{header}")?;
-            }
-            if part.step.is_some()
-                && !container_started(&pods, &pod, &part.container, follow).await?
-            {
-                writeln!(out, "(step {} did not run in this attempt)", part.container)?;
-                continue;
-            }
-            let params = LogParams {
-                follow,
-                container: Some(part.container.clone()),
-                ..Default::default()
-            };
-            if follow {
-                let mut lines = pods.log_stream(&pod, &params).await?.lines();
-                while let Some(line) = lines.try_next().await? {
-                    writeln!(out, "{line}")?;
-                    out.flush()?;
-                }
-            } else {
-                let text = pods.logs(&pod, &params).await?;
-                write!(out, "{text}")?;
-                if parts.len() > 1 && !text.is_empty() && !text.ends_with('\n') {
-                    writeln!(out)?;
-                }
-            }
-        }
-        Ok(())
+        // One container's log is printed as it is; several end each on a line of its own.
+        pod_parts(&pods, &pod, &parts, follow, parts.len() > 1, out).await
     }
 
     /// Every attempt's log (SPEC §11), oldest first, each after `== attempt N (exit E, reason
@@ -1169,26 +1141,7 @@ impl Ctx {
                     continue;
                 }
             };
-            for part in &parts {
-                if let Some(header) = &part.header {
-                    writeln!(out, "{header}")?;
-                }
-                if part.step.is_some()
-                    && !container_started(&pods, &pod, &part.container, false).await?
-                {
-                    writeln!(out, "(step {} did not run in this attempt)", part.container)?;
-                    continue;
-                }
-                let params = LogParams {
-                    container: Some(part.container.clone()),
-                    ..Default::default()
-                };
-                let text = pods.logs(&pod, &params).await?;
-                write!(out, "{text}")?;
-                if !text.is_empty() && !text.ends_with('\n') {
-                    writeln!(out)?;
-                }
-            }
+            pod_parts(&pods, &pod, &parts, false, true, out).await?;
         }
         Ok(())
     }
@@ -1250,11 +1203,7 @@ impl Ctx {
                 container: Some(charon_core::job::MAIN_CONTAINER.to_string()),
                 ..Default::default()
             };
-            let text = pods.logs(pod, &params).await?;
-            write!(out, "{text}")?;
-            if !text.is_empty() && !text.ends_with('\n') {
-                writeln!(out)?;
-            }
+            write_ended(out, &pods.logs(pod, &params).await?)?;
         }
         Ok(!tasks.is_empty())
     }
@@ -1570,6 +1519,55 @@ fn log_parts(instance: &WorkflowInstance, step: Option<&str>) -> anyhow::Result<
             })
             .collect()),
     }
+}
+
+/// Prints the parts of a pod's log, each after its header; a step that never ran says so.
+/// With `follow`, each is followed until its container ends; with `end_lines`, each ends on
+/// a line of its own.
+async fn pod_parts(
+    pods: &Api<Pod>,
+    pod: &str,
+    parts: &[LogPart],
+    follow: bool,
+    end_lines: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for part in parts {
+        if let Some(header) = &part.header {
+            writeln!(out, "{header}")?;
+        }
+        if part.step.is_some() && !container_started(pods, pod, &part.container, follow).await? {
+            writeln!(out, "(step {} did not run in this attempt)", part.container)?;
+            continue;
+        }
+        let params = LogParams {
+            follow,
+            container: Some(part.container.clone()),
+            ..Default::default()
+        };
+        if follow {
+            let mut lines = pods.log_stream(pod, &params).await?.lines();
+            while let Some(line) = lines.try_next().await? {
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+        } else if end_lines {
+            write_ended(out, &pods.logs(pod, &params).await?)?;
+        } else {
+            write!(out, "{}", pods.logs(pod, &params).await?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text`, ending it with a newline if it has text and none, so what follows starts a
+/// line.
+fn write_ended(out: &mut dyn Write, text: &str) -> std::io::Result<()> {
+    write!(out, "{text}")?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Copies the archived parts of an attempt's log to `out`; false when the store has none of

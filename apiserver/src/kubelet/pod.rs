@@ -733,16 +733,21 @@ impl PodCtx {
             run.last_written = status.clone();
             status
         };
+        self.put_status(&status, "writing pod status");
+    }
+
+    /// Writes `status` as the pod's; a failure (the pod went) is only logged, as `what`.
+    fn put_status(&self, status: &Value, what: &str) {
         let written = controllers::write_status(
             &self.node.state.store,
             &self.node.pods,
             &self.namespace,
             &self.name,
             &self.uid,
-            &status,
+            status,
         );
         if let Err(err) = written {
-            tracing::debug!(%err, pod = self.name, "writing pod status");
+            tracing::debug!(%err, pod = self.name, "{what}");
         }
     }
 
@@ -791,17 +796,7 @@ impl PodCtx {
                     "lastTransitionTime": controllers::now(), "reason": "Unschedulable",
                     "message": message,
                 }]});
-                let written = controllers::write_status(
-                    &self.node.state.store,
-                    &self.node.pods,
-                    &self.namespace,
-                    &self.name,
-                    &self.uid,
-                    &status,
-                );
-                if let Err(err) = written {
-                    tracing::debug!(%err, pod = self.name, "writing an unschedulable status");
-                }
+                self.put_status(&status, "writing an unschedulable status");
                 reported = Some(reason);
             }
             // The scheduler retries as claims change; a short poll stands in for its queue.
