@@ -142,16 +142,28 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
             "needs spec.template.steps: only a pipeline has steps to resume from",
         ));
     }
-    if let Some(storage) = &template.output_storage
-        && !is_quantity(&storage.size)
-    {
-        errors.push(error(
-            "spec.template.outputStorage.size",
-            format!(
-                "{:?} is not a quantity (for example 1Gi or 500Mi)",
-                storage.size
-            ),
-        ));
+    if let Some(storage) = &template.output_storage {
+        if !is_quantity(&storage.size) {
+            errors.push(error(
+                "spec.template.outputStorage.size",
+                format!(
+                    "{:?} is not a quantity (for example 1Gi or 500Mi)",
+                    storage.size
+                ),
+            ));
+        }
+        // "" is Kubernetes' "no class"; any other name must be one the API server takes.
+        if let Some(class) = storage
+            .storage_class_name
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            && let Err(reason) = object_name(class)
+        {
+            errors.push(error(
+                "spec.template.outputStorage.storageClassName",
+                reason,
+            ));
+        }
     }
     if let Some(secret) = &template.secret {
         if secret.name.trim().is_empty() {
@@ -973,6 +985,11 @@ mod tests {
                 serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"]}],
                     "outputStorage": {"size": "lots"}}),
                 "spec.template.outputStorage.size: \"lots\" is not a quantity",
+            ),
+            (
+                serde_json::json!({"steps": [{"name": "a", "image": "busybox", "command": ["true"]}],
+                    "outputStorage": {"storageClassName": "Fast SSD"}}),
+                "spec.template.outputStorage.storageClassName: \"Fast SSD\" is not a valid object name",
             ),
         ] {
             let got = messages(&pipeline_spec(template.clone()));
