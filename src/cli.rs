@@ -38,6 +38,8 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Run the controller against a cluster (kubeconfig or in-cluster account).
     Operator(crate::operator::OperatorArgs),
+    /// Serve the web UI and its JSON API on loopback, acting with your kubeconfig.
+    Ui(crate::ui::UiArgs),
     /// Print Workflow manifests converted from another scheduler's files (`import styx DIR`).
     Import(crate::import::ImportArgs),
     #[command(flatten)]
@@ -147,6 +149,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Import(args) => {
             crate::import::run(&args, &mut stdout, &mut std::io::stderr().lock())?;
+        }
+        Command::Ui(args) => {
+            drop(stdout);
+            tokio::runtime::Runtime::new()?.block_on(crate::ui::run(args))?;
         }
         Command::Dev(args) => {
             drop(stdout);

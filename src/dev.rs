@@ -56,6 +56,10 @@ pub struct DevArgs {
     /// `s3://bucket/prefix`).
     #[arg(long, value_name = "URL")]
     pub log_store: Option<String>,
+    /// Where the web UI listens (loopback; a busy port falls back to a free one). Its URL,
+    /// with a session token, is printed as `UI: <url>`.
+    #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
+    pub ui_address: SocketAddr,
 }
 
 /// The log store URL `charon dev` archives into: `--log-store`, or a directory under
@@ -126,6 +130,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             println!("applied {applied}");
         }
     }
+    let ui_listener = match tokio::net::TcpListener::bind(args.ui_address).await {
+        Ok(listener) => listener,
+        // Another UI holds the default port: any free one will do, the URL says which.
+        Err(_) if args.ui_address.port() != 0 => {
+            tokio::net::TcpListener::bind(SocketAddr::new(args.ui_address.ip(), 0))
+                .await
+                .with_context(|| format!("listening on {} (--ui-address)", args.ui_address))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("listening on {}", args.ui_address)),
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -134,7 +148,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("Running the cluster only (--no-controller).");
         None
     } else {
-        let log_store = crate::logstore::LogStore::open(&log_store_url(&args)?)?;
+        let log_store = Arc::new(crate::logstore::LogStore::open(&log_store_url(&args)?)?);
         println!(
             "Logs of every attempt are archived in {0} (for charon logs elsewhere: export CHARON_LOG_STORE={0})",
             log_store.url()
@@ -149,7 +163,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             events: crate::controller::EventLevel::All,
             shutdown_timeout: crate::operator::SHUTDOWN_TIMEOUT,
             lease_client: None,
-            log_store: Some(Arc::new(log_store)),
+            log_store: Some(log_store.clone()),
             policy: charon_core::validate::Policy {
                 allow_privileged_pods: args.allow_privileged_pods,
             },
@@ -163,14 +177,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             wait_stop(stopped.clone()),
         ));
         let log = tokio::spawn(live_log(client.clone(), wait_stop(stopped.clone())));
-        Some((operator, log))
+        Some((operator, log, log_store))
     };
+    let session = crate::ui::session_token();
+    let (ui, caches) = crate::ui::Ui::new(
+        client.clone(),
+        None,
+        crate::ui::auth::Mode::Local {
+            token: session.clone(),
+        },
+        operator.as_ref().map(|(_, _, store)| store.clone()),
+    );
+    tokio::spawn(caches);
+    println!(
+        "UI: {}",
+        crate::ui::url_with_token(ui_listener.local_addr()?, &session)
+    );
+    let ui_server = tokio::spawn(crate::ui::serve(
+        ui_listener,
+        ui,
+        wait_stop(stopped.clone()),
+    ));
     crate::operator::shutdown_signal().await;
     let _ = stop.send(true);
-    if let Some((operator, log)) = operator {
+    if let Some((operator, log, _)) = operator {
         let _ = operator.await;
         let _ = log.await;
     }
+    let _ = ui_server.await;
     server.shutdown().await;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! world: the kube-runtime adapters ([`controller`]), the entry points (`charon operator`,
 //! `charon dev`, the user commands) and the CLI.
 
+pub mod actions;
 pub mod cli;
 pub mod controller;
 pub mod crd;
@@ -14,4 +15,5 @@ pub mod operator;
 pub mod preview;
 pub mod telemetry;
 pub mod throttle;
+pub mod ui;
 pub mod user;

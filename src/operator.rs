@@ -82,7 +82,14 @@ pub struct OperatorArgs {
     /// Path of `charon-launcher` inside `--launcher-image`.
     #[arg(long, value_name = "PATH", default_value = "/charon-launcher")]
     pub launcher_command: String,
+    /// Serve the web UI and its API here for teams: each request's bearer token is checked
+    /// with a TokenReview and each action with a SubjectAccessReview (SPEC §12).
+    #[arg(long, value_name = "ADDR")]
+    pub ui_address: Option<SocketAddr>,
 }
+
+/// User agent of the web UI's requests.
+pub const UI_AGENT: &str = concat!("charon-ui/", env!("CARGO_PKG_VERSION"));
 
 /// Settings of a running operator (what the arguments resolve to).
 #[derive(Clone)]
@@ -199,6 +206,10 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let config = kube_config(args.kubeconfig.as_ref(), args.context.as_deref()).await?;
     let client = limited_client(config.clone(), OPERATOR_AGENT, limit)?;
+    let ui_client = match args.ui_address {
+        Some(_) => Some(client_with_agent(config.clone(), UI_AGENT)?),
+        None => None,
+    };
     let lease_client = match limit {
         Some(_) => Some(client_with_agent(config, OPERATOR_AGENT)?),
         None => None,
@@ -237,6 +248,27 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
             command: args.launcher_command.clone(),
         },
     };
+    if let (Some(address), Some(ui_client)) = (args.ui_address, ui_client) {
+        let namespace = match args.namespaces.as_slice() {
+            [] => None,
+            [one] => Some(one.as_str()),
+            _ => anyhow::bail!(
+                "--ui-address: the UI watches all namespaces or one; with several --namespace flags run it with one"
+            ),
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address} (--ui-address)"))?;
+        let (ui, caches) = crate::ui::Ui::new(
+            ui_client,
+            namespace,
+            crate::ui::auth::Mode::Cluster,
+            settings.log_store.clone(),
+        );
+        tracing::info!(address = %listener.local_addr()?, "serving the web UI");
+        tokio::spawn(caches);
+        tokio::spawn(crate::ui::serve(listener, ui, shutdown.clone()));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

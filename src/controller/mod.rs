@@ -18,7 +18,7 @@ mod archive;
 mod context;
 mod dependencies;
 mod events;
-mod index;
+pub mod index;
 mod instance;
 mod liveness;
 mod memory;

@@ -20,7 +20,7 @@ pub(super) fn in_flags(error: &FieldError) -> String {
 /// Builds the client from `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config` or the in-cluster
 /// account, failing in one line that names the missing file and what to do. Returns the
 /// client and the API server's URL.
-pub(super) async fn connect(target: &Target) -> anyhow::Result<(Client, String)> {
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<(Client, String)> {
     let options = KubeConfigOptions {
         context: target.context.clone(),
         ..Default::default()

@@ -10,6 +10,9 @@ use connect::*;
 use pods::*;
 use render::*;
 
+pub(crate) use connect::connect as connect_target;
+pub(crate) use render::current_message;
+
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -19,14 +22,14 @@ use chrono::{DateTime, Utc};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, LogParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
+use crate::actions;
 use crate::controller::error::{ApiErrorExt, ApiFailure};
-use crate::controller::triggers;
 use crate::logstore::LogStore;
 use charon_core::resources::{
     Backfill, BackfillSpec, BackfillState, InstanceState, Reprocess, Workflow, WorkflowInstance,
@@ -287,38 +290,12 @@ impl Ctx {
             }
             UserCommand::Backfill { command, .. } => self.backfill(command, out).await,
             UserCommand::Halt { instance, .. } => {
-                let current = self.instance(&instance).await?;
-                let state = current.status.map(|s| s.state).unwrap_or_default();
-                if state.is_terminal() {
-                    bail!(
-                        "instance {instance} is {} already; halting stops an unfinished instance",
-                        state.as_str()
-                    );
-                }
-                let patch = serde_json::json!({"spec": {"halted": true}});
-                self.instances()
-                    .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                actions::halt(&self.client, &self.namespace, &instance).await?;
                 writeln!(out, "workflowinstance/{instance} halted")?;
                 Ok(())
             }
             UserCommand::Retry { instance, .. } => {
-                let current = self.instance(&instance).await?;
-                let state = current.status.map(|s| s.state).unwrap_or_default();
-                if state.is_terminal() {
-                    bail!(
-                        "instance {instance} is {}; to run it again use `charon trigger {} {}`",
-                        state.as_str(),
-                        current.spec.workflow,
-                        current.spec.parameter
-                    );
-                }
-                let patch = serde_json::json!({"metadata": {"annotations": {
-                    crate::controller::RETRY_NOW: Utc::now().to_rfc3339()
-                }}});
-                self.instances()
-                    .patch(&instance, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                actions::retry(&self.client, &self.namespace, &instance, Utc::now()).await?;
                 writeln!(out, "workflowinstance/{instance} will retry now")?;
                 Ok(())
             }
@@ -421,23 +398,16 @@ impl Ctx {
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let env = parse_env(env)?;
-        let wf = self.workflow(workflow).await?;
-        let triggered = match triggers::adhoc(
+        let triggered = actions::trigger(
             &self.client,
-            &wf,
-            // The operator enforces its own pod policy on what runs.
-            charon_core::validate::Policy::PERMISSIVE,
+            &self.namespace,
+            workflow,
             parameter,
             env,
             allow_future,
             Utc::now(),
         )
-        .await
-        {
-            Ok(t) => t,
-            Err(triggers::TriggerError::Refused(reason)) => bail!("{reason}"),
-            Err(triggers::TriggerError::Api(err)) => return Err(err.into()),
-        };
+        .await?;
         match self.output {
             Output::Table => writeln!(
                 out,
@@ -475,52 +445,41 @@ impl Ctx {
                 if concurrency == 0 {
                     bail!("--concurrency must be at least 1");
                 }
-                let wf = self.workflow(&workflow).await?;
-                let valid = charon_core::validate::workflow(
-                    &wf.spec,
-                    charon_core::validate::Policy::PERMISSIVE,
-                )
-                .map_err(|e| {
-                    anyhow!(
-                        "workflow {workflow} is invalid: {}",
-                        charon_core::validate::message(&e)
-                    )
-                })?;
-                let spec = BackfillSpec {
-                    workflow: workflow.clone(),
-                    start: start.clone(),
-                    end: end.clone(),
-                    concurrency,
-                    reverse,
-                    reprocess: reprocess.into(),
-                    halted: false,
-                    graceful_halt: false,
-                    allow_future,
-                    description,
-                    env: Vec::new(),
+                let request = actions::NewBackfill {
+                    spec: BackfillSpec {
+                        workflow: workflow.clone(),
+                        start,
+                        end,
+                        concurrency,
+                        reverse,
+                        reprocess: reprocess.into(),
+                        halted: false,
+                        graceful_halt: false,
+                        allow_future,
+                        description,
+                        env: Vec::new(),
+                    },
+                    name,
                 };
-                // Refuse what the controller would refuse, before creating anything.
-                let partitions =
-                    charon_core::backfill::resolve_range(&valid.schedule, &spec, Utc::now())
-                        .map_err(|e| anyhow!("{}", in_flags(&e)))?;
-                let name = name.unwrap_or_else(|| {
-                    charon_core::backfill::default_name(&workflow, &start, &end)
-                });
-                let mut backfill = Backfill::new(&name, spec);
-                backfill.metadata.owner_references =
-                    kube::Resource::controller_owner_ref(&wf, &()).map(|o| vec![o]);
-                let created = self
-                    .backfills()
-                    .create(&PostParams::default(), &backfill)
-                    .await
-                    .map_err(|e| match e.failure() {
-                        ApiFailure::Conflict => {
-                            anyhow!(
-                                "backfill {name:?} already exists; pass --name to choose another"
-                            )
-                        }
-                        _ => anyhow::Error::from(e),
-                    })?;
+                let planned = actions::create_backfill(
+                    &self.client,
+                    &self.namespace,
+                    request,
+                    Utc::now(),
+                    false,
+                )
+                .await
+                .map_err(|e| match e {
+                    actions::ActionError::Field(e) => anyhow!("{}", in_flags(&e)),
+                    actions::ActionError::Conflict(m) => {
+                        anyhow!(
+                            "{}",
+                            m.replace("choose another name", "pass --name to choose another")
+                        )
+                    }
+                    e => e.into(),
+                })?;
+                let (created, partitions) = (planned.backfill, planned.partitions);
                 match self.output {
                     Output::Table => writeln!(
                         out,
@@ -943,28 +902,11 @@ impl Ctx {
         suspend: bool,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let instance = self
-            .instances()
-            .get(name)
-            .await
-            .map_err(|e| not_found("workflowinstance", name, &self.namespace, e))?;
-        let state = instance
-            .status
-            .as_ref()
-            .map(|s| s.state)
-            .unwrap_or_default();
-        if suspend && state.is_terminal() {
-            bail!(
-                "workflowinstance/{name} is {} already; only a queued or running instance can be suspended",
-                state.as_str()
-            );
-        }
-        let unchanged = instance.spec.suspended == suspend;
-        let flag = ("workflowinstance", "suspended", suspend);
-        if !self
-            .set_flag(self.instances(), instance, flag, unchanged, out)
-            .await?
-        {
+        let (instance, changed) =
+            actions::suspend_instance(&self.client, &self.namespace, name, suspend).await?;
+        let unchanged = !changed;
+        if self.output != Output::Table {
+            self.print(&without_managed_fields(instance), out)?;
             return Ok(());
         }
         let what = match (suspend, unchanged) {
@@ -1075,7 +1017,6 @@ impl Ctx {
         if attempts.is_empty() {
             bail!("instance {instance} has no attempt on record yet");
         }
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         for attempt in attempts {
             let exit = attempt
                 .exit_code
@@ -1090,59 +1031,70 @@ impl Ctx {
                 "== attempt {} (exit {exit}, reason {reason}) ==",
                 attempt.execution
             )?;
-            if attempt.archived
-                && let Some(store) = store
-                && archived_parts(
-                    store,
-                    &archive_key(&current, attempt.execution),
-                    &parts,
-                    out,
-                )
+            self.attempt_log(&current, &parts, &attempt, store, out)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One attempt's log: from the archive when it has it, else from the attempt's pod (or
+    /// an array's task pods), else a line saying why it is not kept.
+    async fn attempt_log(
+        &self,
+        current: &WorkflowInstance,
+        parts: &[LogPart],
+        attempt: &charon_core::resources::AttemptRecord,
+        store: Option<&LogStore>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let instance = current.name_any();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        if attempt.archived
+            && let Some(store) = store
+            && archived_parts(store, &archive_key(current, attempt.execution), parts, out).await?
+        {
+            return Ok(());
+        }
+        if array_of(current).is_some() {
+            if !self
+                .array_logs(current, attempt.execution, store, out)
                 .await?
             {
-                continue;
+                writeln!(
+                    out,
+                    "(log not kept: {})",
+                    not_kept(attempt, store.is_some())
+                )?;
             }
-            if array_of(&current).is_some() {
-                if !self
-                    .array_logs(&current, attempt.execution, store, out)
-                    .await?
-                {
-                    writeln!(
-                        out,
-                        "(log not kept: {})",
-                        not_kept(&attempt, store.is_some())
-                    )?;
-                }
-                continue;
-            }
-            let pod = match self.job_of(&current, Some(attempt.execution)).await {
-                Ok((job, execution)) => {
-                    let selector = format!(
-                        "{}={},{}={execution}",
-                        charon_core::job::LABEL_INSTANCE,
-                        charon_core::names::label_value(instance),
-                        charon_core::job::LABEL_EXECUTION,
-                    );
-                    match existing_pod(&pods, &selector).await? {
-                        Some(pod) => Ok(pod),
-                        None => Err(format!("no pod of Job {} exists any more", job.name_any())),
-                    }
-                }
-                Err(_) => Err(format!("its Job {} was deleted", attempt.job)),
-            };
-            let pod = match pod {
-                Ok(pod) => pod,
-                Err(why) => {
-                    writeln!(
-                        out,
-                        "(log not kept: {why}; {})",
-                        not_kept(&attempt, store.is_some())
-                    )?;
-                    continue;
-                }
-            };
-            pod_parts(&pods, &pod, &parts, false, true, out).await?;
+            return Ok(());
         }
+        let pod = match self.job_of(current, Some(attempt.execution)).await {
+            Ok((job, execution)) => {
+                let selector = format!(
+                    "{}={},{}={execution}",
+                    charon_core::job::LABEL_INSTANCE,
+                    charon_core::names::label_value(&instance),
+                    charon_core::job::LABEL_EXECUTION,
+                );
+                match existing_pod(&pods, &selector).await? {
+                    Some(pod) => Ok(pod),
+                    None => Err(format!("no pod of Job {} exists any more", job.name_any())),
+                }
+            }
+            Err(_) => Err(format!("its Job {} was deleted", attempt.job)),
+        };
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(why) => {
+                writeln!(
+                    out,
+                    "(log not kept: {why}; {})",
+                    not_kept(attempt, store.is_some())
+                )?;
+                return Ok(());
+            }
+        };
+        pod_parts(&pods, &pod, parts, false, true, out).await?;
         Ok(())
     }
 
@@ -1436,6 +1388,26 @@ const POD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 
 /// `object` without `metadata.managedFields`: bookkeeping of the API server that `kubectl get
 /// -o json|yaml` hides unless asked, and so does Charon's output.
+/// The log of `attempt` of `instance`, as `charon logs --all` prints it without its header:
+/// for the web UI.
+pub(crate) async fn attempt_text(
+    client: &Client,
+    instance: &WorkflowInstance,
+    attempt: &charon_core::resources::AttemptRecord,
+    store: Option<&LogStore>,
+) -> anyhow::Result<String> {
+    let ctx = Ctx {
+        client: client.clone(),
+        namespace: instance.namespace().unwrap_or_default(),
+        output: Output::Table,
+    };
+    let parts = log_parts(instance, None)?;
+    let mut text = Vec::new();
+    ctx.attempt_log(instance, &parts, attempt, store, &mut text)
+        .await?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
 fn without_managed_fields<K: kube::Resource>(mut object: K) -> K {
     object.meta_mut().managed_fields = None;
     object

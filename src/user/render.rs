@@ -50,7 +50,7 @@ pub(super) fn recent_grid(
 
 /// An instance's message, with a retry delay written as "retrying in 9m" when the status was
 /// recorded turned into the time of the next attempt and what remains of the delay now.
-pub(super) fn current_message(
+pub(crate) fn current_message(
     status: &charon_core::resources::WorkflowInstanceStatus,
     now: DateTime<Utc>,
 ) -> String {
