@@ -252,8 +252,11 @@ pub async fn log(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, UiError> {
-    ui.check(&headers, Permission::new("get", "pods", &ns).subresource("log"))
-        .await?;
+    ui.check(
+        &headers,
+        Permission::new("get", "pods", &ns).subresource("log"),
+    )
+    .await?;
     let instance = ui.cache.instance(&ns, &name).ok_or_else(|| {
         UiError::not_found(format!(
             "workflowinstance {name:?} not found in namespace {ns}"
@@ -270,7 +273,31 @@ pub async fn log(
             .transpose()
     };
     let cursor = number("cursor")?.unwrap_or(0) as usize;
-    let attempts = model::attempts(&instance);
+    let mut attempts = model::attempts(&instance);
+    let finished = instance
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state.is_terminal());
+    let recorded = attempts.iter().map(|a| a.execution).max().unwrap_or(0);
+    // (Not while a retry delay runs: no attempt can be starting then.)
+    let may_start = instance
+        .status
+        .as_ref()
+        .and_then(|s| s.next_attempt_at)
+        .is_none_or(|at| at <= Utc::now());
+    if !finished && may_start && attempts.iter().all(|a| a.outcome.is_some()) {
+        // An attempt under way is recorded up to a few seconds after its Job is created: its
+        // Job, found by its labels, already has its log.
+        if let Ok((job, execution)) = crate::user::newest_job(&ui.client, &instance).await
+            && execution > recorded
+        {
+            attempts.push(charon_core::resources::AttemptRecord {
+                execution,
+                job,
+                ..Default::default()
+            });
+        }
+    }
     let attempt = match number("attempt")? {
         Some(n) => attempts
             .iter()
@@ -280,7 +307,7 @@ pub async fn log(
             Some(a) => a,
             None => {
                 return Ok(Json(json!({
-                    "lines": [], "cursor": 0, "complete": false, "attempt": null, "finished": false,
+                    "lines": [], "cursor": 0, "complete": false, "attempt": null, "finished": finished,
                 }))
                 .into_response());
             }
@@ -298,7 +325,7 @@ pub async fn log(
         "complete": complete,
         "attempt": attempt.execution,
         // No attempt comes after this one: the instance has finished.
-        "finished": instance.status.as_ref().is_some_and(|s| s.state.is_terminal()),
+        "finished": finished,
     }))
     .into_response())
 }

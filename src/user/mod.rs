@@ -1388,6 +1388,21 @@ const POD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 
 /// `object` without `metadata.managedFields`: bookkeeping of the API server that `kubectl get
 /// -o json|yaml` hides unless asked, and so does Charon's output.
+/// The newest Job of `instance` and its execution, found by its labels: an attempt under way
+/// has one before the operator records the attempt (for the web UI).
+pub(crate) async fn newest_job(
+    client: &Client,
+    instance: &WorkflowInstance,
+) -> anyhow::Result<(String, u32)> {
+    let ctx = Ctx {
+        client: client.clone(),
+        namespace: instance.namespace().unwrap_or_default(),
+        output: Output::Table,
+    };
+    let (job, execution) = ctx.job_of(instance, None).await?;
+    Ok((job.name_any(), execution))
+}
+
 /// The log of `attempt` of `instance`, as `charon logs --all` prints it without its header:
 /// for the web UI.
 pub(crate) async fn attempt_text(

@@ -67,6 +67,46 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
   verbs: ["create"]
 {{- end }}
 
+{{- define "charon.rbac.uiRules" -}}
+# The web UI (ui.enabled) keeps its own caches: Workflows, WorkflowInstances and Backfills
+# are watched by the rules above; the Events about instances are watched too.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list", "watch"]
+# It carries out what a user asks once a SubjectAccessReview allowed it, reading the object
+# fresh first (get): triggers (create or re-open instances, granted above), backfills (create,
+# granted above; halt and concurrency: patch), halt, retry, suspend and resume (patch
+# instances and workflows, granted above).
+- apiGroups: ["charon.dev"]
+  resources: ["workflows"]
+  verbs: ["get"]
+- apiGroups: ["charon.dev"]
+  resources: ["backfills"]
+  verbs: ["patch"]
+# The log viewer finds an attempt's Job and pod (list; a pipeline step's container: get),
+# and reads the pod's log.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+{{- end }}
+
+{{- define "charon.rbac.uiClusterRules" -}}
+# The web UI checks each request's bearer token (TokenReview) and whether its user may do
+# what it asks (SubjectAccessReview); both are cluster-scoped.
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
+{{- end }}
+
 {{- define "charon.rbac.leaseRules" -}}
 # Leader election: replicas compete for one coordination.k8s.io Lease in the release namespace;
 # the holder renews it by update, a newcomer reads it and creates it if it is missing.
