@@ -63,6 +63,7 @@
 //! Events.
 
 mod apply;
+mod auth;
 mod builtin;
 mod controllers;
 mod error;
@@ -351,6 +352,7 @@ impl ApiServer {
             audit: faults::Audit::default(),
             faults: faults::Faults::default(),
             token: config.token.clone(),
+            tokens: crate::auth::Tokens::default(),
         });
         let certificates = config.tls.then(tls::Certificates::generate).transpose()?;
         let mut server = serve(listener, state.clone(), certificates).await?;

@@ -137,6 +137,122 @@ const POD: Fields = &[
     (2, "spec", Msg(POD_SPEC)),
 ];
 
+const POLICY_RULE: Fields = &[
+    (1, "verbs", RepStr),
+    (2, "apiGroups", RepStr),
+    (3, "resources", RepStr),
+    (4, "resourceNames", RepStr),
+    (5, "nonResourceURLs", RepStr),
+];
+
+const ROLE: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (2, "rules", RepMsg(POLICY_RULE)),
+];
+
+const CLUSTER_ROLE: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (2, "rules", RepMsg(POLICY_RULE)),
+    (
+        3,
+        "aggregationRule",
+        Msg(&[(
+            1,
+            "clusterRoleSelectors",
+            RepMsg(&[(1, "matchLabels", MapStr)]),
+        )]),
+    ),
+];
+
+const ROLE_BINDING: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (
+        2,
+        "subjects",
+        RepMsg(&[
+            (1, "kind", Str),
+            (2, "apiGroup", Str),
+            (3, "name", Str),
+            (4, "namespace", Str),
+        ]),
+    ),
+    (
+        3,
+        "roleRef",
+        Msg(&[(1, "apiGroup", Str), (2, "kind", Str), (3, "name", Str)]),
+    ),
+];
+
+const RESOURCE_ATTRIBUTES: Fields = &[
+    (1, "namespace", Str),
+    (2, "verb", Str),
+    (3, "group", Str),
+    (4, "version", Str),
+    (5, "resource", Str),
+    (6, "subresource", Str),
+    (7, "name", Str),
+];
+
+const NON_RESOURCE_ATTRIBUTES: Fields = &[(1, "path", Str), (2, "verb", Str)];
+
+const TOKEN_REQUEST: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Msg(&[
+            (1, "audiences", RepStr),
+            (
+                3,
+                "boundObjectRef",
+                Msg(&[
+                    (1, "kind", Str),
+                    (2, "apiVersion", Str),
+                    (3, "name", Str),
+                    (4, "uid", Str),
+                ]),
+            ),
+            (4, "expirationSeconds", Int),
+        ]),
+    ),
+];
+
+const TOKEN_REVIEW: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Msg(&[(1, "token", Str), (2, "audiences", RepStr)]),
+    ),
+];
+
+const SELF_SUBJECT_ACCESS_REVIEW: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Msg(&[
+            (1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES)),
+            (2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES)),
+        ]),
+    ),
+];
+
+const SUBJECT_ACCESS_REVIEW: Fields = &[
+    (1, "metadata", Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Msg(&[
+            (1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES)),
+            (2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES)),
+            (3, "user", Str),
+            (4, "groups", RepStr),
+            (6, "uid", Str),
+        ]),
+    ),
+];
+
 /// The field table of a kind typed clients may send.
 fn table(api_version: &str, kind: &str) -> Option<Fields> {
     Some(match (api_version, kind) {
@@ -146,6 +262,14 @@ fn table(api_version: &str, kind: &str) -> Option<Fields> {
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "Pod") => POD,
         ("batch/v1", "Job") => JOB,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("authentication.k8s.io/v1", "TokenReview") => TOKEN_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &[(1, "metadata", Msg(OBJECT_META))],
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => SUBJECT_ACCESS_REVIEW,
         _ => return None,
     })
 }

@@ -32,4 +32,6 @@ pub struct AppState {
     pub faults: Faults,
     /// The bearer token every request must carry, when set (see `Config::token`).
     pub token: Option<String>,
+    /// The ServiceAccount tokens issued (TokenRequest).
+    pub tokens: crate::auth::Tokens,
 }

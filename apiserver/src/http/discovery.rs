@@ -21,6 +21,7 @@ pub fn resource_list(store: &Store, group: &str, version: &str) -> Value {
             }));
         }
     }
+    resources.extend(reviews(group, version));
     let group_version = if group.is_empty() {
         version.to_string()
     } else {
@@ -41,6 +42,9 @@ pub fn group_list(store: &Store) -> Value {
             None => groups.push((t.group.clone(), vec![t.version.clone()])),
         }
     }
+    for review_group in ["authentication.k8s.io", "authorization.k8s.io"] {
+        groups.push((review_group.to_string(), vec!["v1".to_string()]));
+    }
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|(name, versions)| {
@@ -52,4 +56,25 @@ pub fn group_list(store: &Store) -> Value {
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The create-only review APIs (see `auth.rs`) and the TokenRequest subresource, which are
+/// served without being stored.
+fn reviews(group: &str, version: &str) -> Vec<Value> {
+    let create = |name: &str, kind: &str, namespaced: bool| json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["create"]});
+    match (group, version) {
+        ("", "v1") => vec![json!({
+            "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
+        })],
+        ("authentication.k8s.io", "v1") => vec![
+            create("selfsubjectreviews", "SelfSubjectReview", false),
+            create("tokenreviews", "TokenReview", false),
+        ],
+        ("authorization.k8s.io", "v1") => vec![
+            create("selfsubjectaccessreviews", "SelfSubjectAccessReview", false),
+            create("subjectaccessreviews", "SubjectAccessReview", false),
+        ],
+        _ => Vec::new(),
+    }
 }

@@ -37,12 +37,15 @@ pub async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Some(token) = &app.token
-        && !authenticated(&headers, token)
-    {
-        return ApiError::unauthorized().into_response();
+    let user =
+        match crate::auth::authenticate(&app.store, &app.tokens, app.token.as_deref(), &headers) {
+            Ok(user) => user,
+            Err(err) => return err.into_response(),
+        };
+    let (verb, attributes) = audit(&app, &method, &uri, &query, &headers);
+    if !crate::auth::authorize(&app.store, &user, &attributes).0 {
+        return crate::auth::forbidden(&user, &attributes).into_response();
     }
-    let verb = audit(&app, &method, &uri, &query, &headers);
     let body = match body {
         Ok(body) => body,
         // Over MAX_REQUEST_BODY_BYTES (the only way reading a buffered body fails here).
@@ -58,7 +61,7 @@ pub async fn handle(
         // 429 and 503 carry `Retry-After` (see `ApiError::into_response`).
         return err.into_response();
     }
-    match route(&app, &method, &uri, &query, &headers, &body).await {
+    match route(&app, &user, &method, &uri, &query, &headers, &body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -83,14 +86,15 @@ pub(crate) fn authenticated(headers: &HeaderMap, token: &str) -> bool {
             == 0
 }
 
-/// Records the request in the audit and returns its verb as RBAC names it.
+/// Records the request in the audit and returns its verb and what it asks, as RBAC names
+/// them.
 fn audit(
     app: &AppState,
     method: &Method,
     uri: &Uri,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> String {
+) -> (String, crate::auth::Attributes) {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let (group, rest): (&str, &[&str]) = match segments.as_slice() {
         ["api", "v1", rest @ ..] if !rest.is_empty() => ("", rest),
@@ -142,12 +146,30 @@ fn audit(
             count: 0,
         },
     };
+    let attributes = match parsed {
+        Some((namespace, resource, name, sub)) => crate::auth::Attributes {
+            verb: verb.to_string(),
+            group: group.to_string(),
+            resource: resource.to_string(),
+            subresource: sub.unwrap_or_default().to_string(),
+            namespace: namespace.to_string(),
+            name: name.unwrap_or_default().to_string(),
+            path: String::new(),
+        },
+        None => crate::auth::Attributes {
+            verb: method.as_str().to_ascii_lowercase(),
+            path: uri.path().to_string(),
+            ..Default::default()
+        },
+    };
     app.audit.record(request);
-    verb.to_string()
+    (verb.to_string(), attributes)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn route(
     app: &Arc<AppState>,
+    user: &crate::auth::User,
     method: &Method,
     uri: &Uri,
     query: &HashMap<String, String>,
@@ -156,7 +178,78 @@ async fn route(
 ) -> Result<Response, ApiError> {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let store = &app.store;
-    match segments.as_slice() {
+    let review_body = || -> Result<serde_json::Value, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+            return crate::protobuf::decode(body).map_err(ApiError::bad_request);
+        }
+        if body.is_empty() {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    };
+    let created = |v: serde_json::Value| Ok(json_response(StatusCode::CREATED, &v));
+    let (tokens, admin) = (&app.tokens, app.token.as_deref());
+    match (method, segments.as_slice()) {
+        (
+            &Method::POST,
+            [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "serviceaccounts",
+                name,
+                "token",
+            ],
+        ) => created(crate::auth::token_request(
+            store,
+            tokens,
+            ns,
+            name,
+            &review_body()?,
+        )?),
+        (&Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => created(
+            crate::auth::token_review(store, tokens, admin, &review_body()?)?,
+        ),
+        (&Method::POST, ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]) => {
+            created(crate::auth::self_subject_review(user))
+        }
+        (&Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            created(crate::auth::subject_access_review(store, &review_body()?)?)
+        }
+        (
+            &Method::POST,
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+        ) => created(crate::auth::self_subject_access_review(
+            store,
+            user,
+            &review_body()?,
+        )?),
+        _ => route_rest(app, method, uri, query, headers, body, &segments).await,
+    }
+}
+
+async fn route_rest(
+    app: &Arc<AppState>,
+    method: &Method,
+    uri: &Uri,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    segments: &[&str],
+) -> Result<Response, ApiError> {
+    let store = &app.store;
+    match segments {
         ["version"] => Ok(json_response(
             StatusCode::OK,
             &json!({
