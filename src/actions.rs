@@ -31,9 +31,9 @@ pub enum ActionError {
     /// The caller may not do it (403); the text names the permission.
     #[error("{0}")]
     Forbidden(String),
-    /// The API server failed or could not be reached.
+    /// The API server failed or could not be reached (the message names the call).
     #[error("{0}")]
-    Api(kube::Error),
+    Failed(String),
 }
 
 impl ActionError {
@@ -47,7 +47,7 @@ impl ActionError {
             ApiFailure::Conflict => ActionError::Conflict(message),
             ApiFailure::Forbidden => ActionError::Forbidden(message),
             ApiFailure::Refused => ActionError::Invalid(message),
-            _ => ActionError::Api(error),
+            _ => ActionError::Failed(format!("{kind} {namespace}/{name}: {error}")),
         }
     }
 }
@@ -128,7 +128,9 @@ pub async fn trigger(
         triggers::TriggerError::Refused(reason) => ActionError::Invalid(reason),
         triggers::TriggerError::Api(err) => match err.failure() {
             Some(ApiFailure::Forbidden) => ActionError::Forbidden(err.to_string()),
-            _ => ActionError::Conflict(err.to_string()),
+            Some(ApiFailure::Conflict) => ActionError::Conflict(err.to_string()),
+            Some(ApiFailure::NotFound) => ActionError::NotFound(err.to_string()),
+            _ => ActionError::Failed(err.to_string()),
         },
     })
 }

@@ -1338,3 +1338,341 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
     );
     cluster.stop().await;
 }
+
+/// The web UI in cluster mode (`charon operator --ui-address`, Helm `ui.enabled`): a bearer
+/// token is reviewed (401 without one that checks out), each read and action is authorised
+/// with a SubjectAccessReview against the RBAC objects of the cluster (403 naming the
+/// permission: a read-only ServiceAccount sees but cannot trigger), and the chart with
+/// `ui.enabled` grants every call the UI makes, each of its additions used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_reviews_tokens_authorises_actions_and_has_the_charts_rbac() {
+    use charon::ui::auth::Mode;
+    use common::ui::{call, serve, until};
+    use serde_json::json;
+
+    let cluster = common::Cluster::start().await;
+    cluster
+        .apply_suspended_hourly("report", "echo report $CHARON_PARAMETER")
+        .await;
+    let cli = common::cli::Cli::new(&cluster);
+    let kubectl = |args: Vec<&'static str>| {
+        let cli = &cli;
+        async move {
+            let (ok, out, err) = cli.kubectl(&args, "").await;
+            assert!(ok, "kubectl {args:?}: {err}");
+            out.trim().to_string()
+        }
+    };
+    let resources =
+        "--resource=workflows.charon.dev,workflowinstances.charon.dev,backfills.charon.dev";
+    for sa in ["viewer", "editor", "nobody"] {
+        kubectl(vec!["create", "serviceaccount", sa]).await;
+    }
+    kubectl(vec![
+        "create",
+        "role",
+        "charon-viewer",
+        "--verb=get,list,watch",
+        resources,
+    ])
+    .await;
+    kubectl(vec![
+        "create",
+        "rolebinding",
+        "viewer",
+        "--role=charon-viewer",
+        "--serviceaccount=default:viewer",
+    ])
+    .await;
+    kubectl(vec![
+        "create",
+        "role",
+        "charon-editor",
+        "--verb=get,list,watch,create,patch",
+        resources,
+    ])
+    .await;
+    kubectl(vec![
+        "create",
+        "role",
+        "log-reader",
+        "--verb=get",
+        "--resource=pods/log",
+    ])
+    .await;
+    kubectl(vec![
+        "create",
+        "rolebinding",
+        "editor",
+        "--role=charon-editor",
+        "--serviceaccount=default:editor",
+    ])
+    .await;
+    kubectl(vec![
+        "create",
+        "rolebinding",
+        "editor-logs",
+        "--role=log-reader",
+        "--serviceaccount=default:editor",
+    ])
+    .await;
+    let viewer = kubectl(vec!["create", "token", "viewer"]).await;
+    let editor = kubectl(vec!["create", "token", "editor"]).await;
+    let nobody = kubectl(vec!["create", "token", "nobody"]).await;
+
+    let server = cluster.server.as_ref().expect("server");
+    let ui_client = charon::operator::client_with_agent(
+        kube::Config::new(server.url().parse().expect("url")),
+        charon::operator::UI_AGENT,
+    )
+    .expect("client");
+    let (_ui, base) = serve(&cluster, ui_client, Mode::Cluster).await;
+    let api = format!("{base}/api/v1/namespaces/{}", common::NS);
+
+    // Authentication: no token, and a token the API server does not know, are 401.
+    let (status, _) = call("GET", &format!("{api}/workflows"), None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        "GET",
+        &format!("{api}/workflows"),
+        Some("not-a-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // The viewer sees, and is refused what its Role does not allow, in the server's words.
+    let (status, list) = call("GET", &format!("{api}/workflows"), Some(&viewer), None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"][0]["name"], "report");
+    let trigger = json!({"parameter": "2024-03-01T05"});
+    let (status, body) = call(
+        "POST",
+        &format!("{api}/workflows/report/trigger"),
+        Some(&viewer),
+        Some(trigger.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"],
+        "User \"system:serviceaccount:default:viewer\" cannot create resource \"workflowinstances\" in API group \"charon.dev\" in the namespace \"default\""
+    );
+    // A token bound to nothing sees no namespace, and is refused a namespace's list.
+    let (status, list) = call(
+        "GET",
+        &format!("{base}/api/v1/workflows"),
+        Some(&nobody),
+        None,
+    )
+    .await;
+    assert_eq!((status, list["items"].clone()), (200, json!([])), "{list}");
+    let (status, _) = call("GET", &format!("{api}/workflows"), Some(&nobody), None).await;
+    assert_eq!(status, 403);
+
+    // The editor may: trigger, read the log, backfill, halt, retry, suspend, resume.
+    let (status, body) = call(
+        "POST",
+        &format!("{api}/workflows/report/trigger"),
+        Some(&editor),
+        Some(trigger),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let instance = body["instance"].as_str().expect("instance").to_string();
+    until("the triggered instance Done", || async {
+        let (_, body) = call(
+            "GET",
+            &format!("{api}/instances/{instance}"),
+            Some(&editor),
+            None,
+        )
+        .await;
+        (body["state"] == "Done").then_some(body)
+    })
+    .await;
+    let (status, log) = call(
+        "GET",
+        &format!("{api}/instances/{instance}/log"),
+        Some(&editor),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, log["lines"].clone()),
+        (200, json!(["report 2024-03-01T05"])),
+        "{log}"
+    );
+    let (status, body) = call(
+        "GET",
+        &format!("{api}/instances/{instance}/log"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot get resource \"pods/log\""),
+        "{body}"
+    );
+    // A pipeline's log: each step after its header (the UI reads whether each step ran).
+    cluster
+        .apply_workflow(
+            "words",
+            json!({"schedule": "@hourly", "suspend": true, "template": {"steps": [
+                {"name": "make", "image": "busybox", "command": ["sh", "-c", "echo word"]},
+                {"name": "shout", "image": "busybox", "command": ["tr", "a-z", "A-Z"]},
+            ]}}),
+        )
+        .await;
+    let (_, body) = call(
+        "POST",
+        &format!("{api}/workflows/words/trigger"),
+        Some(&editor),
+        Some(json!({"parameter": "2024-03-01T05"})),
+    )
+    .await;
+    let words = body["instance"].as_str().expect("instance").to_string();
+    until("the pipeline Done", || async {
+        let (_, body) = call(
+            "GET",
+            &format!("{api}/instances/{words}"),
+            Some(&editor),
+            None,
+        )
+        .await;
+        (body["state"] == "Done").then_some(body)
+    })
+    .await;
+    let (_, log) = call(
+        "GET",
+        &format!("{api}/instances/{words}/log"),
+        Some(&editor),
+        None,
+    )
+    .await;
+    assert_eq!(
+        log["lines"],
+        json!(["== step make ==", "word", "== step shout ==", "WORD"]),
+        "{log}"
+    );
+    let backfill = json!({"workflow": "report", "start": "2024-03-02T00", "end": "2024-03-02T02"});
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/backfills?dryRun=true"),
+        Some(&editor),
+        Some(backfill.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, created) = call(
+        "POST",
+        &format!("{api}/backfills"),
+        Some(&editor),
+        Some(backfill),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let name = created["name"].as_str().expect("name").to_string();
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/backfills/{name}/concurrency"),
+        Some(&editor),
+        Some(json!({"concurrency": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/backfills/{name}/halt"),
+        Some(&editor),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/workflows/report/resume"),
+        Some(&editor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/workflows/report/suspend"),
+        Some(&editor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    cluster
+        .apply_suspended_hourly("flaky", "echo trying; exit 1")
+        .await;
+    let (_, body) = call(
+        "POST",
+        &format!("{api}/workflows/flaky/trigger"),
+        Some(&editor),
+        Some(json!({"parameter": "2024-03-01T05"})),
+    )
+    .await;
+    let flaky = body["instance"].as_str().expect("instance").to_string();
+    until("a retry waiting", || async {
+        let (_, body) = call(
+            "GET",
+            &format!("{api}/instances/{flaky}"),
+            Some(&editor),
+            None,
+        )
+        .await;
+        (body["state"] == "Queued" && body["tries"] == 1).then_some(body)
+    })
+    .await;
+    for action in ["suspend", "resume", "retry", "halt"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{api}/instances/{flaky}/{action}"),
+            Some(&editor),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+    let (status, _) = call(
+        "POST",
+        &format!("{api}/instances/{flaky}/halt"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Every call the UI made is granted by the chart with ui.enabled, and every permission
+    // the UI adds to the operator's is one it used.
+    let calls: BTreeSet<Permission> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.user_agent == charon::operator::UI_AGENT && !r.resource.is_empty())
+        .map(|r| {
+            let resource = if r.subresource.is_empty() {
+                r.resource
+            } else {
+                format!("{}/{}", r.resource, r.subresource)
+            };
+            (r.api_group, resource, r.verb)
+        })
+        .collect();
+    let with_ui = rbac_permissions(&render(&["--set", "ui.enabled=true"]));
+    let without = rbac_permissions(&render_default());
+    let missing: Vec<_> = calls.difference(&with_ui).collect();
+    let added: BTreeSet<Permission> = with_ui.difference(&without).cloned().collect();
+    let unused: Vec<_> = added.difference(&calls).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "the chart's RBAC with ui.enabled does not match the UI's calls\nmissing: {missing:?}\nunused additions: {unused:?}"
+    );
+    cluster.stop().await;
+}

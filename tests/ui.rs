@@ -3,74 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use serde_json::json;
 
-use serde_json::{Value, json};
-
-use charon::ui::{Ui, auth::Mode};
-use common::{Cluster, LONG, NS};
-
-/// A UI server for `cluster`, in `mode`; returns its base URL.
-pub async fn serve_ui(cluster: &Cluster, mode: Mode) -> (Arc<Ui>, String) {
-    let (ui, caches) = Ui::new(
-        cluster.client.clone(),
-        None,
-        mode,
-        cluster.log_store.clone(),
-    );
-    tokio::spawn(caches);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(charon::ui::serve(
-        listener,
-        ui.clone(),
-        std::future::pending(),
-    ));
-    ui.cache.ready().await;
-    (ui, base)
-}
-
-/// One request: its status and JSON body (`Null` when the body is not JSON).
-async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("http client");
-    let mut request = client.request(method.parse().expect("method"), url);
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    if let Some(body) = body {
-        request = request
-            .header("Content-Type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn until<F, Fut>(what: &str, mut check: F) -> Value
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-}
+use charon::ui::auth::Mode;
+use common::ui::{call, serve, until};
+use common::{Cluster, NS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_reads_triggers_logs_backfills_halts_and_retries() {
@@ -85,13 +22,10 @@ async fn the_api_reads_triggers_logs_backfills_halts_and_retries() {
         .apply_suspended_hourly("flaky", "echo trying; exit 1")
         .await;
     let token = "session-token-for-tests".to_string();
-    let (_ui, base) = serve_ui(
-        &cluster,
-        Mode::Local {
-            token: token.clone(),
-        },
-    )
-    .await;
+    let mode = Mode::Local {
+        token: token.clone(),
+    };
+    let (_ui, base) = serve(&cluster, cluster.client.clone(), mode).await;
     let api = format!("{base}/api/v1/namespaces/{NS}");
     let t = Some(token.as_str());
 

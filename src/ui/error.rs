@@ -84,7 +84,7 @@ impl From<ActionError> for UiError {
             ActionError::NotFound(message) => UiError::not_found(message),
             ActionError::Conflict(message) => UiError::new(StatusCode::CONFLICT, message),
             ActionError::Forbidden(message) => UiError::forbidden(message),
-            ActionError::Api(e) => UiError::upstream("calling the API server", e),
+            ActionError::Failed(message) => UiError::new(StatusCode::BAD_GATEWAY, message),
         }
     }
 }

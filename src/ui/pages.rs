@@ -135,7 +135,6 @@ fn error_page(ui: &Ui, error: UiError) -> Response {
 /// so it is neither bookmarked nor sent on in Referer headers.
 async fn login(
     ui: &Ui,
-    headers: &HeaderMap,
     params: &HashMap<String, String>,
     path: &str,
 ) -> Result<Option<Response>, UiError> {
@@ -154,7 +153,6 @@ async fn login(
     } else {
         format!("{path}?{}", rest.join("&"))
     };
-    let _ = headers;
     let mut response = Redirect::to(&target).into_response();
     let cookie = format!("{COOKIE_NAME}={token}; Path=/; HttpOnly; SameSite=Strict");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -284,7 +282,7 @@ async fn workflows_page(
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Response, UiError> {
-    if let Some(r) = login(ui, headers, params, "/").await? {
+    if let Some(r) = login(ui, params, "/").await? {
         return Ok(r);
     }
     let principal = ui.authority.authenticate(headers).await?;
@@ -459,7 +457,7 @@ async fn workflow_page(
     headers: &HeaderMap,
 ) -> Result<Response, UiError> {
     let path = format!("/namespaces/{}/workflows/{}", encode(ns), encode(name));
-    if let Some(r) = login(ui, headers, params, &path).await? {
+    if let Some(r) = login(ui, params, &path).await? {
         return Ok(r);
     }
     ui.check(headers, Permission::new("get", "workflows", ns))
@@ -630,7 +628,7 @@ async fn instance_page(
     headers: &HeaderMap,
 ) -> Result<Response, UiError> {
     let path = format!("/namespaces/{}/instances/{}", encode(ns), encode(name));
-    if let Some(r) = login(ui, headers, params, &path).await? {
+    if let Some(r) = login(ui, params, &path).await? {
         return Ok(r);
     }
     ui.check(headers, Permission::new("get", "workflowinstances", ns))
@@ -787,7 +785,7 @@ async fn backfill_page(
     headers: &HeaderMap,
 ) -> Result<Response, UiError> {
     let path = format!("/namespaces/{}/backfills/{}", encode(ns), encode(name));
-    if let Some(r) = login(ui, headers, params, &path).await? {
+    if let Some(r) = login(ui, params, &path).await? {
         return Ok(r);
     }
     ui.check(headers, Permission::new("get", "backfills", ns))

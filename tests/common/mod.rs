@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod process;
 pub mod s3;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
