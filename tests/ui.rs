@@ -367,3 +367,50 @@ async fn the_api_reads_triggers_logs_backfills_halts_and_retries() {
     );
     cluster.stop().await;
 }
+
+/// `charon ui` as a user runs it: with a kubeconfig, on loopback, printing `UI: <url>` whose
+/// token opens the API; an address off loopback is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charon_ui_serves_the_kubeconfigs_view_on_loopback() {
+    use std::io::{BufRead, BufReader};
+    let cluster = Cluster::start().await;
+    cluster.apply_suspended_hourly("report", "true").await;
+    let cli = common::cli::Cli::new(&cluster);
+    let (ok, _, err) = cli.run(&["ui", "--address", "0.0.0.0:8090"]).await;
+    assert!(!ok && err.contains("loopback only"), "{err}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_charon"))
+        .args(["ui", "--address", "127.0.0.1:0", "--kubeconfig"])
+        .arg(&cli.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("charon ui starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("UI: ").map(str::to_string))
+    })
+    .await
+    .expect("join")
+    .expect("charon ui prints `UI: <url>`");
+    let (base, token) = url.split_once("/?token=").expect("a URL with a token");
+    let list = until("the workflow listed", || async {
+        let (status, body) = call(
+            "GET",
+            &format!("{base}/api/v1/workflows"),
+            Some(token),
+            None,
+        )
+        .await;
+        (status == 200 && body["items"][0]["name"] == "report").then_some(body)
+    })
+    .await;
+    assert_eq!(list["items"][0]["namespace"], NS);
+    let (status, _) = call("GET", &format!("{base}/api/v1/workflows"), None, None).await;
+    assert_eq!(status, 401);
+    let _ = child.kill();
+    let _ = child.wait();
+    cluster.stop().await;
+}
