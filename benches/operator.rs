@@ -23,6 +23,12 @@
 //! partitions finished per second, API requests and writes per partition (by kind), and the
 //! same server's raw Job creation rate for comparison.
 //!
+//! `pools N SLOTS NAMESPACES` (default 10000 100 10): N instances of workflows in NAMESPACES
+//! namespaces queued on one Pool of SLOTS slots (created with 0 slots, so all of them queue
+//! first; then given SLOTS): admissions per second, the operator's CPU time per admission,
+//! and the time from a slot freeing to the next admission (p50, p99), from the instances'
+//! recorded history.
+//!
 //! `archive N`: a backfill of N partitions whose attempts each print a few KiB, with a
 //! `file://` log store: per archived attempt its time (mean, p50, p99) and bytes, how long the
 //! last archive trailed the last run; then one attempt printing 100 MiB, with the operator's
@@ -618,6 +624,218 @@ async fn backfill(partitions: usize, concurrency: u32) {
     drop(dev);
 }
 
+/// CPU seconds this process (the operator, and the benchmark's light polling) has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn pools(n: usize, slots: u32, namespaces: usize) {
+    use charon_core::resources::{InstanceState, Pool};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+
+    let (dev, client) = start_cluster().await;
+    let clock = Arc::new(ShiftedClock::default());
+    let apply = PatchParams::apply("bench").force();
+    let pool_api: Api<Pool> = Api::all(client.clone());
+    let pool = json!({"apiVersion": "charon.dev/v1alpha1", "kind": "Pool",
+        "metadata": {"name": "bench"}, "spec": {"slots": 0}});
+    pool_api
+        .patch("bench", &apply, &Patch::Apply(&pool))
+        .await
+        .expect("pool");
+    let per = n / namespaces;
+    let names: Vec<String> = (0..namespaces).map(|i| format!("team-{i:02}")).collect();
+    for ns in &names {
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace");
+        let wf: Workflow = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "work"},
+            "spec": {"schedule": "@hourly", "suspend": true, "pools": [{"name": "bench"}],
+                "template": {"image": "busybox", "command": ["true"]}},
+        }))
+        .expect("workflow");
+        Api::<Workflow>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &wf)
+            .await
+            .expect("workflow");
+    }
+    let counter = Arc::new(Counter::default());
+    let metrics = Arc::new(Metrics::default());
+    let (stop, task) = start_operator(
+        &dev.kubeconfig,
+        clock.clone(),
+        counter.clone(),
+        metrics.clone(),
+        None,
+        None,
+    );
+    let start = Utc::now()
+        .duration_trunc(Duration::hours(1))
+        .expect("trunc")
+        - Duration::hours(per as i64 + 2);
+    let end = start + Duration::hours(per as i64);
+    for ns in &names {
+        let b: Backfill = serde_json::from_value(json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "Backfill", "metadata": {"name": "range"},
+            "spec": {"workflow": "work", "start": start.format("%Y-%m-%dT%H").to_string(),
+                "end": end.format("%Y-%m-%dT%H").to_string(), "concurrency": per},
+        }))
+        .expect("backfill");
+        Api::<Backfill>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &b)
+            .await
+            .expect("backfill");
+    }
+    let all: Api<WorkflowInstance> = Api::all(client.clone());
+    let t_queue = Instant::now();
+    loop {
+        tokio::time::sleep(StdDuration::from_secs(5)).await;
+        let pool = pool_api.get("bench").await.expect("pool");
+        let queued = pool.status.map_or(0, |s| s.queued) as usize;
+        eprintln!("  {:>4}s: {queued} queued", t_queue.elapsed().as_secs());
+        if queued >= per * namespaces {
+            break;
+        }
+        assert!(
+            t_queue.elapsed() < StdDuration::from_secs(1800),
+            "instances did not queue"
+        );
+    }
+    let total = per * namespaces;
+    println!(
+        "pools: {total} instances in {namespaces} namespaces queued on one pool in {:.1}s; giving it {slots} slots",
+        t_queue.elapsed().as_secs_f64()
+    );
+    let cpu_before = cpu_seconds();
+    let t0 = Instant::now();
+    pool_api
+        .patch(
+            "bench",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"slots": slots}})),
+        )
+        .await
+        .expect("slots");
+    loop {
+        tokio::time::sleep(StdDuration::from_secs(5)).await;
+        let mut done = 0;
+        for ns in &names {
+            let b = Api::<Backfill>::namespaced(client.clone(), ns)
+                .get("range")
+                .await
+                .expect("backfill");
+            done += b.status.map_or(0, |s| s.counts.done) as usize;
+        }
+        let pool = pool_api.get("bench").await.expect("pool");
+        let status = pool.status.unwrap_or_default();
+        eprintln!(
+            "  {:>4}s: {done} done, {} of {slots} slots used, {} queued",
+            t0.elapsed().as_secs(),
+            status.used,
+            status.queued
+        );
+        assert!(
+            status.used <= slots,
+            "the pool reports {} of {slots} used",
+            status.used
+        );
+        if done >= total {
+            break;
+        }
+        if t0.elapsed() > StdDuration::from_secs(3600) {
+            println!("pools: gave up after an hour at {done} done");
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    let instances = all
+        .list(&ListParams::default())
+        .await
+        .expect("instances")
+        .items;
+    // (time, +1 admitted / -1 freed)
+    let mut events: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    for i in &instances {
+        let history = i
+            .status
+            .as_ref()
+            .map(|s| s.history.clone())
+            .unwrap_or_default();
+        let mut held = false;
+        for h in history {
+            if h.to == InstanceState::Prepare {
+                events.push((h.at, 1));
+                held = true;
+            } else if held && !h.to.is_active() {
+                events.push((h.at, -1));
+                held = false;
+            }
+        }
+    }
+    events.sort();
+    let admissions: Vec<DateTime<Utc>> = events.iter().filter(|e| e.1 > 0).map(|e| e.0).collect();
+    let span = match (admissions.first(), admissions.last()) {
+        (Some(a), Some(b)) => (*b - *a).num_milliseconds() as f64 / 1000.0,
+        _ => f64::NAN,
+    };
+    // Each free of a full pool while instances still wait, to the next admission.
+    let mut used = 0i32;
+    let mut remaining = admissions.len();
+    let mut waits: Vec<f64> = Vec::new();
+    let mut most = 0;
+    for (k, (at, delta)) in events.iter().enumerate() {
+        if *delta > 0 {
+            remaining -= 1;
+        } else if used == slots as i32
+            && remaining > 0
+            && let Some((next, _)) = events[k + 1..].iter().find(|e| e.1 > 0)
+        {
+            waits.push((*next - *at).num_milliseconds() as f64);
+        }
+        used += delta;
+        most = most.max(used);
+    }
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "  {} admitted in {span:.1}s: {:.0} admissions/s; all done in {elapsed:.1}s; at most {most} slots held at once (recorded)",
+        admissions.len(),
+        admissions.len() as f64 / span
+    );
+    println!(
+        "  operator CPU {:.2} ms per admission ({cpu:.1}s in all, 2 cores)",
+        cpu * 1000.0 / admissions.len().max(1) as f64
+    );
+    println!(
+        "  slot freed → next admission: p50 {:.0} ms, p99 {:.0} ms ({} frees of a full pool)",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.len()
+    );
+    println!("  operator RSS {:.0} MiB", rss_mib());
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(StdDuration::from_secs(10), task).await;
+    drop(dev);
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -795,6 +1013,12 @@ fn main() {
             let partitions = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
             let concurrency = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(500);
             runtime.block_on(backfill(partitions, concurrency));
+        }
+        Some("pools") => {
+            let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+            let slots = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
+            let namespaces = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+            runtime.block_on(pools(n, slots, namespaces));
         }
         Some("archive") => {
             let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);

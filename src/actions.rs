@@ -10,7 +10,7 @@ use kube::{Api, Client};
 
 use crate::controller::error::{ApiErrorExt, ApiFailure};
 use crate::controller::triggers;
-use charon_core::resources::{Backfill, BackfillSpec, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, BackfillSpec, Quota, Workflow, WorkflowInstance};
 use charon_core::validate::FieldError;
 
 /// Why a request was not carried out, in the classes the HTTP API answers with.
@@ -101,6 +101,54 @@ where
         .map_err(|e| ActionError::from_api(kind, name, namespace, e))
 }
 
+/// Refuses `adding` more queued instances in `namespace` beyond its Quota's
+/// `spec.maxQueued` (SPEC §13); the message names the Quota. Without the Quota kind
+/// installed there is nothing to enforce.
+async fn check_queue_room(
+    client: &Client,
+    namespace: &str,
+    adding: u32,
+) -> Result<(), ActionError> {
+    let quotas = match api::<Quota>(client, namespace)
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) if e.failure() == ApiFailure::NotFound => return Ok(()),
+        Err(e) => return Err(ActionError::from_api("quota", "", namespace, e)),
+    };
+    // The namespace's Quota is its oldest one.
+    let Some(quota) = quotas.into_iter().min_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+            .then(a.metadata.name.cmp(&b.metadata.name))
+    }) else {
+        return Ok(());
+    };
+    let Some(max) = quota.spec.max_queued else {
+        return Ok(());
+    };
+    let instances = api::<WorkflowInstance>(client, namespace)
+        .list(&Default::default())
+        .await
+        .map_err(|e| ActionError::from_api("workflowinstance", "", namespace, e))?;
+    let queued = instances
+        .items
+        .iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .is_none_or(|s| s.state == charon_core::resources::InstanceState::Queued)
+        })
+        .count() as u32;
+    let name = quota.metadata.name.as_deref().unwrap_or_default();
+    match charon_core::admission::max_queued_refusal(namespace, name, max, queued, adding) {
+        Some(message) => Err(ActionError::Conflict(message)),
+        None => Ok(()),
+    }
+}
+
 /// Triggers the partition named by `parameter` (parsed leniently) of `workflow` now, or
 /// re-opens it if it finished (SPEC §3).
 pub async fn trigger(
@@ -113,6 +161,7 @@ pub async fn trigger(
     now: DateTime<Utc>,
 ) -> Result<triggers::Triggered, ActionError> {
     let wf: Workflow = get(client, "workflow", namespace, workflow).await?;
+    check_queue_room(client, namespace, 1).await?;
     triggers::adhoc(
         client,
         &wf,
@@ -185,7 +234,7 @@ pub async fn create_backfill(
     if spec.reverse {
         partitions.reverse();
     }
-    let partitions = partitions
+    let partitions: Vec<String> = partitions
         .into_iter()
         .map(|t| valid.schedule.parameter(t))
         .collect();
@@ -202,6 +251,10 @@ pub async fn create_backfill(
             partitions,
         });
     }
+    let adding = u32::try_from(partitions.len())
+        .unwrap_or(u32::MAX)
+        .min(backfill.spec.concurrency);
+    check_queue_room(client, namespace, adding).await?;
     let created = api::<Backfill>(client, namespace)
         .create(&PostParams::default(), &backfill)
         .await

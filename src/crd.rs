@@ -21,18 +21,25 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Pool, Quota, Workflow, WorkflowInstance};
 
 /// First line of every file under `crds/`, so nobody edits them by hand.
 pub const GENERATED_HEADER: &str =
     "# Generated from the Rust types by `charon crds --out-dir crds`; do not edit.\n";
 
-/// The CRDs of every Charon kind, in a stable order: Workflow, WorkflowInstance, Backfill.
+/// The CRDs of every Charon kind, in a stable order: Workflow, WorkflowInstance, Backfill,
+/// Pool, Quota.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [Workflow::crd(), WorkflowInstance::crd(), Backfill::crd()]
-        .into_iter()
-        .map(normalize)
-        .collect()
+    [
+        Workflow::crd(),
+        WorkflowInstance::crd(),
+        Backfill::crd(),
+        Pool::crd(),
+        Quota::crd(),
+    ]
+    .into_iter()
+    .map(normalize)
+    .collect()
 }
 
 /// One CRD as a YAML document (no `---` separator, no header).

@@ -422,3 +422,318 @@ async fn check(
         jobs.len()
     ))
 }
+
+/// Slots of the two contended pools; `alpha` is shrunk to [`ALPHA_SHRUNK`] midway.
+const ALPHA_SLOTS: u32 = 3;
+const ALPHA_SHRUNK: u32 = 1;
+const BETA_SLOTS: u32 = 2;
+
+/// How long the pools are contended under kills before the faults stop.
+const POOL_CHAOS: StdDuration = StdDuration::from_secs(50);
+
+/// How long after the shrink a process may still start on an admission made before it (a
+/// pod's process starts a moment after its attempt is admitted).
+const SHRINK_GRACE: Duration = Duration::seconds(2);
+
+/// One execution as its process recorded it: pools, when it started and ended (ms).
+#[derive(Debug)]
+struct Run {
+    namespace: String,
+    instance: String,
+    execution: String,
+    pools: Vec<String>,
+    start: i64,
+    end: Option<i64>,
+}
+
+/// The executions in the record; an execution id started more than once is listed each time
+/// (the caller decides whether that may happen: a deleted instance may be created again).
+fn read_runs(path: &Path) -> Vec<Run> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [what, namespace, instance, execution, pools, at] = fields[..] else {
+            panic!("a torn line in the record: {line:?}");
+        };
+        let at: i64 = at.parse::<i64>().expect("a time in ns") / 1_000_000;
+        let key = format!("{namespace}/{execution}");
+        match what {
+            "start" => runs.entry(key).or_default().push(Run {
+                namespace: namespace.into(),
+                instance: instance.into(),
+                execution: execution.into(),
+                pools: pools.split(',').map(str::to_string).collect(),
+                start: at,
+                end: None,
+            }),
+            "end" => {
+                if let Some(run) = runs.get_mut(&key).and_then(|r| r.last_mut()) {
+                    run.end = Some(at);
+                }
+            }
+            other => panic!("a line that is neither start nor end: {other}"),
+        }
+    }
+    runs.into_values().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
+    use charon_core::resources::Pool;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Utc::now().timestamp_micros() as u64);
+    println!("pool chaos seed {seed} (CHAOS_SEED={seed} replays it)");
+    let mut dice = Dice(seed);
+    let cluster = Cluster::without_operator().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = kubeconfig(&cluster, &dir);
+    let record = dir.path().join("runs");
+    let server = cluster.server.as_ref().expect("server runs");
+    let client = cluster.client.clone();
+    let pools: Api<Pool> = Api::all(client.clone());
+    let apply = PatchParams::apply("chaos").force();
+    for (name, slots) in [("alpha", ALPHA_SLOTS), ("beta", BETA_SLOTS)] {
+        let pool = json!({"apiVersion": "charon.dev/v1alpha1", "kind": "Pool",
+            "metadata": {"name": name}, "spec": {"slots": slots}});
+        pools
+            .patch(name, &apply, &Patch::Apply(&pool))
+            .await
+            .expect("pool applied");
+    }
+    let namespaces = ["chaos-1", "chaos-2", "chaos-3"];
+    let mut workflows: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for ns in namespaces {
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace created");
+        workflows.push((ns, "on-alpha", vec!["alpha"]));
+        workflows.push((ns, "on-beta", vec!["beta"]));
+    }
+    workflows.push(("chaos-3", "on-both", vec!["alpha", "beta"]));
+    for (ns, name, pools) in &workflows {
+        let tag = pools.join(",");
+        let line = |what: &str| {
+            format!(
+                "echo \"{what} $CHARON_NAMESPACE $CHARON_INSTANCE $CHARON_EXECUTION_ID {tag} $(date +%s%N)\" >> {}",
+                record.display()
+            )
+        };
+        let script = format!("{}; sleep 1; {}", line("start"), line("end"));
+        let spec = json!({
+            "schedule": "@hourly", "suspend": true,
+            "pools": pools.iter().map(|p| json!({"name": p})).collect::<Vec<_>>(),
+            "priority": if *name == "on-both" { 70 } else { 50 },
+            "template": {"image": "busybox", "command": ["sh", "-c", script]},
+        });
+        let workflow = json!({"apiVersion": "charon.dev/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        Api::<charon_core::resources::Workflow>::namespaced(client.clone(), ns)
+            .patch(name, &apply, &Patch::Apply(&workflow))
+            .await
+            .expect("workflow applied");
+        let backfill = json!({"apiVersion": "charon.dev/v1alpha1", "kind": "Backfill",
+            "metadata": {"name": format!("{name}-range"), "namespace": ns},
+            "spec": {"workflow": name, "start": "2026-10-01T00", "end": "2026-10-01T08", "concurrency": 8}});
+        Api::<Backfill>::namespaced(client.clone(), ns)
+            .patch(&format!("{name}-range"), &apply, &Patch::Apply(&backfill))
+            .await
+            .expect("backfill applied");
+    }
+    let expected = workflows.len() * 8;
+
+    let mut operator = Operator::start(&kubeconfig, "pool-chaos", &[]);
+    inject_faults(server);
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut shrunk_at: Option<DateTime<Utc>> = None;
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let all: Api<WorkflowInstance> = Api::all(client.clone());
+    while started.elapsed() < POOL_CHAOS {
+        tokio::time::sleep(dice.millis(800, 4_000)).await;
+        operator.child.kill().expect("SIGKILL");
+        let _ = operator.child.wait();
+        kills += 1;
+        operator = Operator::start(&kubeconfig, "pool-chaos", &[]);
+        server.clear_faults();
+        // What the pools report never exceeds their slots.
+        for pool in pools
+            .list(&ListParams::default())
+            .await
+            .expect("pools")
+            .items
+        {
+            let used = pool.status.as_ref().map_or(0, |s| s.used);
+            let slots = if pool.metadata.name.as_deref() == Some("alpha") {
+                ALPHA_SLOTS
+            } else {
+                BETA_SLOTS
+            };
+            assert!(
+                used <= slots,
+                "pool {} reports {used} of {slots} used",
+                pool.name_any()
+            );
+        }
+        // Delete an instance whose attempt runs (its Job is active; a short attempt is on
+        // record only once it ends) now and then.
+        if deleted.len() < 2 && !dice.next().is_multiple_of(3) {
+            let jobs = Api::<Job>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .expect("jobs");
+            let victim = jobs.items.iter().find_map(|job| {
+                let status = job.status.as_ref()?;
+                let running = status.active.unwrap_or(0) > 0 && status.completion_time.is_none();
+                let instance = job.labels().get(charon_core::job::LABEL_INSTANCE)?;
+                running.then(|| (job.namespace().unwrap_or_default(), instance.clone()))
+            });
+            if let Some((ns, name)) = victim {
+                match Api::<WorkflowInstance>::namespaced(client.clone(), &ns)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => {
+                        deleted.insert(format!("{ns}/{name}"));
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => panic!("delete {ns}/{name}: {e}"),
+                }
+            }
+        }
+        // Shrink alpha below its use halfway through.
+        if shrunk_at.is_none() && started.elapsed() > POOL_CHAOS / 2 {
+            pools
+                .patch(
+                    "alpha",
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"slots": ALPHA_SHRUNK}})),
+                )
+                .await
+                .expect("alpha shrunk");
+            shrunk_at = Some(Utc::now());
+        }
+        inject_faults(server);
+    }
+    server.clear_faults();
+    println!("{kills} SIGKILLs in {:?}", started.elapsed());
+    let shrunk_at = shrunk_at.expect("alpha was shrunk").timestamp_millis();
+
+    // Every instance not deleted finishes.
+    let settled = Instant::now() + StdDuration::from_secs(150);
+    loop {
+        let instances = all
+            .list(&ListParams::default())
+            .await
+            .expect("instances")
+            .items;
+        let live: Vec<&WorkflowInstance> = instances
+            .iter()
+            .filter(|i| {
+                !deleted.contains(&format!(
+                    "{}/{}",
+                    i.namespace().unwrap_or_default(),
+                    i.name_any()
+                ))
+            })
+            .collect();
+        let done = live
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.state == InstanceState::Done)
+            })
+            .count();
+        if live.len() + deleted.len() >= expected && done == live.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < settled,
+            "not settled (seed {seed}): {done} of {} done\noperator log:\n{}",
+            live.len(),
+            operator.log()
+        );
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+    }
+
+    // At every instant, the processes running on a pool fit its slots.
+    let runs: Vec<Run> = read_runs(&record)
+        .into_iter()
+        .filter(|r| !deleted.contains(&format!("{}/{}", r.namespace, r.instance)))
+        .collect();
+    let mut executions = BTreeSet::new();
+    for run in &runs {
+        assert!(run.end.is_some(), "{run:?} never ended");
+        assert!(
+            executions.insert((run.namespace.clone(), run.execution.clone())),
+            "execution {}/{} ran twice (seed {seed})",
+            run.namespace,
+            run.execution
+        );
+    }
+    for (pool, slots) in [("alpha", ALPHA_SLOTS), ("beta", BETA_SLOTS)] {
+        let on: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.pools.iter().any(|p| p == pool))
+            .collect();
+        for run in &on {
+            let others = on
+                .iter()
+                .filter(|o| !std::ptr::eq(**o, *run))
+                .filter(|o| o.start <= run.start && o.end.is_some_and(|e| e > run.start))
+                .count() as u32;
+            let limit =
+                if pool == "alpha" && run.start > shrunk_at + SHRINK_GRACE.num_milliseconds() {
+                    ALPHA_SHRUNK
+                } else {
+                    slots
+                };
+            assert!(
+                others < limit,
+                "seed {seed}: {} started on {pool} with {others} others running (slots {limit})",
+                run.instance
+            );
+        }
+    }
+    // Nothing stays held once everything finished.
+    let drained = Instant::now() + StdDuration::from_secs(30);
+    loop {
+        let final_pools = pools
+            .list(&ListParams::default())
+            .await
+            .expect("pools")
+            .items;
+        if final_pools.iter().all(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.used == 0 && s.queued == 0)
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < drained,
+            "pools still hold slots: {final_pools:?}"
+        );
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+    }
+    println!(
+        "{} executions on two pools, {} instances deleted while running, alpha shrunk {ALPHA_SLOTS} → {ALPHA_SHRUNK}",
+        runs.len(),
+        deleted.len()
+    );
+    assert!(
+        !deleted.is_empty(),
+        "no running instance was deleted (seed {seed})"
+    );
+    drop(operator);
+    cluster.stop().await;
+}

@@ -71,7 +71,7 @@ fn the_stream_is_the_files_without_headers() {
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).expect("each document is YAML"))
         .collect();
-    assert_eq!(docs.len(), 3);
+    assert_eq!(docs.len(), 5);
     assert!(docs.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
 }
 
@@ -399,6 +399,8 @@ fn names_categories_subresources_and_columns() {
         ("Workflow", "workflows", "cwf"),
         ("WorkflowInstance", "workflowinstances", "cwfi"),
         ("Backfill", "backfills", "cbf"),
+        ("Pool", "pools", "cpool"),
+        ("Quota", "quotas", "cquota"),
     ];
     assert_eq!(crds.len(), expected.len());
     for (crd, (kind, plural, short)) in crds.iter().zip(expected) {
@@ -415,7 +417,13 @@ fn names_categories_subresources_and_columns() {
             Some(&["charon".to_string()][..])
         );
         assert_eq!(crd.spec.group, "charon.dev");
-        assert_eq!(crd.spec.scope, "Namespaced");
+        // Pools are shared by every namespace.
+        let scope = if kind == "Pool" {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
+        assert_eq!(crd.spec.scope, scope, "{kind}'s scope");
         assert_eq!(crd.spec.versions.len(), 1);
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
@@ -449,6 +457,19 @@ fn names_categories_subresources_and_columns() {
                 ("Trigger", ".spec.trigger.type"),
                 ("State", ".status.state"),
                 ("Tries", ".status.tries"),
+                ("Age", ".metadata.creationTimestamp"),
+            ],
+            "Pool" => &[
+                ("Slots", ".spec.slots"),
+                ("Used", ".status.used"),
+                ("Queued", ".status.queued"),
+                ("Age", ".metadata.creationTimestamp"),
+            ],
+            "Quota" => &[
+                ("Max Active", ".spec.maxActive"),
+                ("Active", ".status.active"),
+                ("Max Queued", ".spec.maxQueued"),
+                ("Queued", ".status.queued"),
                 ("Age", ".metadata.creationTimestamp"),
             ],
             _ => &[
@@ -1093,6 +1114,7 @@ fn what_the_controller_writes_validates() {
             allow_future: false,
             description: Some("re-run October after the outage".into()),
             env: vec![],
+            priority: Some(70),
         },
     );
     backfill.status = Some(BackfillStatus {

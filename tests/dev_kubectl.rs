@@ -110,7 +110,7 @@ fn kubectl_applies_reads_and_explains_charon_resources() {
     );
     assert_eq!(
         names,
-        "fails-fatally hello hourly-report minutely-ingest minutely-summary task-array waits-for-input word-pipeline"
+        "fails-fatally hello hourly-report kueue-report minutely-ingest minutely-summary pool-batch pool-urgent task-array waits-for-input word-pipeline"
     );
     // Printer columns come back as a server-side table.
     let table = ok(&dev, &["get", "cwf", "hourly-report", "-o", "wide"]);

@@ -25,6 +25,8 @@ pub mod waiting {
     pub const SLOT: &str = "WaitingForSlot";
     /// It is suspended (`spec.suspended`).
     pub const SUSPENDED: &str = "Suspended";
+    /// Its Job waits for Kueue to admit it (`spec.template.queueName`).
+    pub const KUEUE: &str = "WaitingForKueue";
 }
 
 /// The part of an instance's status the state machine owns.
@@ -91,6 +93,9 @@ pub struct Observation {
     pub dependencies: Result<(), String>,
     /// When a wait for dependencies ends in Error (trigger + `spec.dependencyTimeout`).
     pub dependency_deadline: Option<DateTime<Utc>>,
+    /// The Kueue LocalQueue the current Job was submitted to: while that Job is suspended
+    /// and the instance is not, Kueue has not admitted it yet (SPEC §13).
+    pub kueue_queue: Option<String>,
 }
 
 /// Something the adapter must do.
@@ -372,6 +377,19 @@ pub fn step(
                     m.go(State::Suspended, "Suspended", message);
                     break;
                 }
+                JobStatus::Suspended if observation.kueue_queue.is_some() => {
+                    // Kueue admits the Job by unsuspending it: until then the attempt costs
+                    // nothing and its running time does not start (or, preempted, stops).
+                    let queue = observation.kueue_queue.as_deref().unwrap_or_default();
+                    let message = format!("waiting for Kueue admission in queue {queue}");
+                    if m.instance.state == State::Running {
+                        m.instance.suspended_at = Some(now);
+                        m.go(State::Submitted, waiting::KUEUE, message);
+                    } else {
+                        m.wait(waiting::KUEUE, &message);
+                    }
+                    break;
+                }
                 JobStatus::Suspended => {
                     // Resumed on record, the Job not yet: resume it (again).
                     m.suspend_job(false);
@@ -380,7 +398,14 @@ pub fn step(
                 JobStatus::Pending => break,
                 JobStatus::Running(since) => {
                     if m.instance.state == State::Submitted {
-                        // A resumed attempt keeps the running time it had.
+                        // A resumed attempt keeps the running time it had; time preempted by
+                        // Kueue does not count.
+                        if let (Some(running), Some(at)) =
+                            (m.instance.running_since, m.instance.suspended_at.take())
+                        {
+                            m.instance.running_since =
+                                Some(running + (now - at).max(Duration::zero()));
+                        }
                         let since = m.instance.running_since.unwrap_or(since.unwrap_or(now));
                         m.instance.running_since = Some(since);
                         let message = format!("running on attempt {}", m.instance.tries);
@@ -528,7 +553,68 @@ mod tests {
             suspended: false,
             dependencies: Ok(()),
             dependency_deadline: None,
+            kueue_queue: None,
         }
+    }
+
+    #[test]
+    fn a_job_waiting_for_kueue_costs_nothing_until_admitted() {
+        let kueue = |job| Observation {
+            kueue_queue: Some("team".into()),
+            running_timeout: Some(Duration::minutes(10)),
+            ..obs(job)
+        };
+        let submitted = Instance {
+            state: State::Submitted,
+            job: Some("j-1".into()),
+            execution: 1,
+            tries: 1,
+            ..fresh()
+        };
+        let waiting = run(
+            &submitted,
+            &kueue(JobStatus::Suspended),
+            "2024-01-02T06:00:00Z",
+        );
+        assert_eq!(waiting.instance.state, State::Submitted);
+        assert_eq!(waiting.instance.reason.as_deref(), Some(waiting::KUEUE));
+        assert_eq!(
+            waiting.instance.message,
+            "waiting for Kueue admission in queue team"
+        );
+        assert!(
+            waiting.actions.is_empty(),
+            "Charon never unsuspends it: {:?}",
+            waiting.actions
+        );
+        // Admitted an hour later: the running timeout counts from then.
+        let running = run(
+            &waiting.instance,
+            &kueue(JobStatus::Running(None)),
+            "2024-01-02T07:00:00Z",
+        );
+        assert_eq!(running.instance.state, State::Running);
+        assert_eq!(
+            running.instance.running_since,
+            Some(utc("2024-01-02T07:00:00Z"))
+        );
+        // Preempted: back to Submitted, and the time it waits again does not count either.
+        let preempted = run(
+            &running.instance,
+            &kueue(JobStatus::Suspended),
+            "2024-01-02T07:05:00Z",
+        );
+        assert_eq!(preempted.instance.state, State::Submitted);
+        let again = run(
+            &preempted.instance,
+            &kueue(JobStatus::Running(None)),
+            "2024-01-02T08:05:00Z",
+        );
+        assert_eq!(
+            again.instance.running_since,
+            Some(utc("2024-01-02T08:00:00Z"))
+        );
+        assert!(again.actions.is_empty());
     }
 
     fn run(instance: &Instance, observation: &Observation, now: &str) -> Step {

@@ -28,6 +28,8 @@ use crate::schedule::IsoDuration;
 
 /// Label carrying the workflow's name.
 pub const LABEL_WORKFLOW: &str = "charon.dev/workflow";
+/// Kueue's label naming the LocalQueue a Job is submitted to (`spec.template.queueName`).
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 /// Label carrying the instance's name.
 pub const LABEL_INSTANCE: &str = "charon.dev/instance";
 /// Label carrying the execution number.
@@ -466,6 +468,12 @@ pub fn render(
         // Every task may fail once without stopping the others; retries are Charon's.
         spec.backoff_limit_per_index = Some(0);
         spec.backoff_limit = Some(i32::MAX);
+    }
+    let mut labels = labels;
+    if let Some(queue) = &template.queue_name {
+        // Kueue admits the Job by unsuspending it.
+        labels.insert(KUEUE_QUEUE_LABEL.to_string(), queue.clone());
+        spec.suspend = Some(true);
     }
     Ok(Job {
         metadata: ObjectMeta {

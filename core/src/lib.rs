@@ -4,6 +4,7 @@
 //! a year of schedules in milliseconds and the adapters in the `charon` crate only read,
 //! apply and write.
 
+pub mod admission;
 pub mod archive;
 pub mod backfill;
 pub mod concurrency;
@@ -14,6 +15,7 @@ pub mod names;
 pub mod observe;
 pub mod partition;
 pub mod pipeline;
+pub mod quantity;
 pub mod resources;
 pub mod retry;
 pub mod schedule;

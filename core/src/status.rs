@@ -279,6 +279,7 @@ mod tests {
             suspended: false,
             dependencies: Ok(()),
             dependency_deadline: None,
+            kueue_queue: None,
         };
         let step = crate::instance::step(
             &to_machine("w-2024-01-01t05", status),

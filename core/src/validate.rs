@@ -127,7 +127,36 @@ pub fn workflow(spec: &WorkflowSpec, policy: Policy) -> Result<ValidWorkflow, Ve
             ));
         }
     }
+    let mut pools = std::collections::BTreeSet::new();
+    for (i, pool) in spec.pools.iter().enumerate() {
+        let field = format!("spec.pools[{i}].name");
+        if let Err(reason) = object_name(&pool.name) {
+            errors.push(error(&field, reason));
+        } else if !pools.insert(pool.name.as_str()) {
+            errors.push(error(
+                &field,
+                format!("pool {:?} is named twice", pool.name),
+            ));
+        }
+        if pool.slots == 0 {
+            errors.push(error(
+                &format!("spec.pools[{i}].slots"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if spec.priority > 100 {
+        errors.push(error("spec.priority", "must be between 0 and 100"));
+    }
     let template = &spec.template;
+    if let Some(queue) = &template.queue_name
+        && (queue.is_empty() || queue.len() > 63 || crate::names::label_value(queue) != *queue)
+    {
+        errors.push(error(
+            "spec.template.queueName",
+            format!("{queue:?} is not a valid label value (the name of a Kueue LocalQueue)"),
+        ));
+    }
     if template.steps.is_empty() {
         image("spec.template.image", &template.image, &mut errors);
     } else {

@@ -237,7 +237,27 @@ async fn apply(
         rows: planned.partitions.clone(),
         look_again: false,
     };
+    // The namespace's Quota may allow only so many queued instances (SPEC §13): the rest of
+    // this backfill's partitions wait for room, their rows saying why.
+    let mut room = super::pools::queue_room(ctx, namespace);
     for action in &planned.actions {
+        if let (
+            BackfillAction::Create { instance, .. } | BackfillAction::Reopen { instance },
+            Some((left, message)),
+        ) = (action, room.as_mut())
+        {
+            if *left == 0 {
+                mark(
+                    &mut applied.rows,
+                    instance,
+                    partition_state::PENDING,
+                    Some(message.as_str()),
+                );
+                applied.look_again = true;
+                continue;
+            }
+            *left -= 1;
+        }
         match action {
             BackfillAction::Create {
                 logical,

@@ -26,7 +26,7 @@ use super::events::{EventRecorder, Severity};
 use super::index::NameIndex;
 use super::memory::Memory;
 use super::metrics::Metrics;
-use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Pool, Quota, Workflow, WorkflowInstance};
 
 /// What the controllers share.
 pub struct Context {
@@ -42,6 +42,10 @@ pub struct Context {
     pub backfills: Store<Backfill>,
     /// Cached WorkflowInstances.
     pub instances: Store<WorkflowInstance>,
+    /// Cached Pools (cluster-scoped).
+    pub pools: Store<Pool>,
+    /// Cached Quotas.
+    pub quotas: Store<Quota>,
     /// Which cached instances belong to which workflow.
     pub instance_index: Arc<NameIndex<WorkflowInstance>>,
     /// Cached Jobs created by Charon.
@@ -58,6 +62,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Asks the instance controller to look at instances again (a slot was freed).
     pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
+    /// Asks the pool controller to bring a pool's status up to date.
+    pub wake_pool: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Pool>>,
     /// Asks the workflow controller to reconcile a workflow.
     pub wake_workflow: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Workflow>>,
     /// What the controllers remember between reconciles.
@@ -275,6 +281,7 @@ charon_resource!(
     "backfill",
     false
 );
+charon_resource!(Quota, charon_core::resources::QuotaStatus, "quota", false);
 
 /// The text of a caught panic.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

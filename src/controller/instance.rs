@@ -31,6 +31,7 @@ use super::error::{ApiErrorExt, ApiFailure, Error, call, incomplete};
 use super::events::Severity;
 use super::index::{execution_of_job, instances_of, pods_of_job};
 use super::memory::{Owed, Reservation};
+use super::pools;
 use charon_core::concurrency::{self, Candidate};
 use charon_core::instance::{self as machine, Instance, JobStatus, Observation, State, Step};
 use charon_core::job::{self, Execution};
@@ -342,6 +343,10 @@ async fn plan<'a>(
         suspended: instance.spec.suspended,
         dependencies: dependencies.met,
         dependency_deadline: dependencies.deadline,
+        kueue_queue: observed
+            .job
+            .as_ref()
+            .and_then(|j| j.labels().get(job::KUEUE_QUEUE_LABEL).cloned()),
     };
     // An instance that waits for its dependencies or is suspended takes no part in admission.
     let may_start = observation.dependencies.is_ok() && !observation.suspended;
@@ -353,7 +358,28 @@ async fn plan<'a>(
         let step = machine::step(&current, &observation, &policy, now, &mut random_below);
         (observation, step)
     };
+    let governed = pools::governed(ctx, &read.namespace, workflow);
+    let synced = !(governed && queued && may_start) || pools::synced(ctx).await;
     let ((observation, step), reservation) = match workflow.spec.concurrency {
+        _ if governed && queued && may_start && !synced => (
+            step_with(Err(pools::NOT_SYNCED.to_string())),
+            Some(ctx.memory.admission.shared_reservation(instance)),
+        ),
+        // Pools and Quotas look across workflows and namespaces (SPEC §13); the workflow's
+        // own limit is part of that decision.
+        _ if governed && queued && may_start => {
+            let (planned, reservation) = ctx.memory.admission.decide_shared(instance, |ledger| {
+                let slot = pools::admit(ctx, ledger, instance, &read.namespace, workflow, now);
+                let planned = step_with(slot);
+                let state = planned.1.instance.state;
+                (planned, state)
+            });
+            (planned, Some(reservation))
+        }
+        _ if governed => (
+            step_with(Ok(())),
+            Some(ctx.memory.admission.shared_reservation(instance)),
+        ),
         Some(limit) if queued && may_start => {
             let (planned, reservation) = ctx.memory.admission.decide(instance, |ledger| {
                 let slot = admission(ctx, ledger, instance, &read.namespace, workflow, limit, now);
@@ -531,7 +557,16 @@ fn refuse_attempt(
         now,
         workflow,
     );
-    if workflow.spec.concurrency.is_some() {
+    if pools::governed(
+        ctx,
+        instance.namespace().as_deref().unwrap_or_default(),
+        workflow,
+    ) {
+        ctx.memory
+            .admission
+            .shared_reservation(instance)
+            .record(again.instance.state);
+    } else if workflow.spec.concurrency.is_some() {
         ctx.memory
             .admission
             .reservation(instance)
@@ -689,7 +724,9 @@ async fn act(
         delete_outputs_claim(ctx, namespace, name).await?;
     }
     let freed = current.state.is_active() && !after.is_active();
-    if freed && workflow.spec.concurrency.is_some() {
+    if freed && pools::governed(ctx, namespace, workflow) {
+        pools::wake(ctx, namespace, workflow);
+    } else if freed && workflow.spec.concurrency.is_some() {
         wake_waiting(ctx, namespace, &instance.spec.workflow, name);
     }
     Ok(())

@@ -38,6 +38,23 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Label set naming a pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The Pool's name.
+    pub pool: String,
+}
+
+/// Bucket bounds of `charon_pool_wait_seconds`: seconds to hours.
+const WAIT_BUCKETS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    21600.0,
+];
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS.iter().copied())
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics and their registry.
@@ -55,6 +72,10 @@ pub struct Metrics {
     log_bytes_archived: Counter,
     log_archive_failures: Counter,
     log_archive_duration: Histogram,
+    pool_used: Family<PoolLabels, Gauge>,
+    pool_slots: Family<PoolLabels, Gauge>,
+    pool_queued: Family<PoolLabels, Gauge>,
+    pool_wait: HistogramFamily<PoolLabels>,
 }
 
 /// Bucket bounds of `charon_trigger_lateness_seconds`.
@@ -131,7 +152,32 @@ impl Default for Metrics {
             "Time to copy one attempt's log into the log store",
             log_archive_duration.clone(),
         );
+        let pool_used = Family::<PoolLabels, Gauge>::default();
+        let pool_slots = Family::<PoolLabels, Gauge>::default();
+        let pool_queued = Family::<PoolLabels, Gauge>::default();
+        let pool_wait: HistogramFamily<PoolLabels> =
+            Family::new_with_constructor(wait_histogram as fn() -> Histogram);
+        registry.register(
+            "pool_slots_used",
+            "Slots of a Pool held by attempts",
+            pool_used.clone(),
+        );
+        registry.register("pool_slots", "Slots a Pool has", pool_slots.clone());
+        registry.register(
+            "pool_queued",
+            "Instances ready to run that wait for a Pool",
+            pool_queued.clone(),
+        );
+        registry.register(
+            "pool_wait_seconds",
+            "Time from an instance being ready to run to its admission to a Pool",
+            pool_wait.clone(),
+        );
         Metrics {
+            pool_used,
+            pool_slots,
+            pool_queued,
+            pool_wait,
             logs_archived,
             log_bytes_archived,
             log_archive_failures,
@@ -202,6 +248,27 @@ impl Metrics {
     /// Counts a try to archive a log that failed.
     pub fn log_archive_failed(&self) {
         self.log_archive_failures.inc();
+    }
+
+    /// Records a pool's slots, how many are held and how many instances wait for it.
+    pub fn pool(&self, pool: &str, slots: u32, used: u32, queued: u32) {
+        let labels = PoolLabels {
+            pool: pool.to_string(),
+        };
+        self.pool_slots.get_or_create(&labels).set(i64::from(slots));
+        self.pool_used.get_or_create(&labels).set(i64::from(used));
+        self.pool_queued
+            .get_or_create(&labels)
+            .set(i64::from(queued));
+    }
+
+    /// Records how long an instance waited before a pool admitted it.
+    pub fn pool_wait(&self, pool: &str, seconds: f64) {
+        self.pool_wait
+            .get_or_create(&PoolLabels {
+                pool: pool.to_string(),
+            })
+            .observe(seconds.max(0.0));
     }
 
     /// Records whether this replica leads.

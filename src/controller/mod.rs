@@ -23,6 +23,7 @@ mod instance;
 mod liveness;
 mod memory;
 mod metrics;
+mod pools;
 mod streams;
 mod workflow;
 
@@ -43,7 +44,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
-use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Pool, Quota, Workflow, WorkflowInstance};
 
 pub use clock::{Clock, ShiftedClock, SystemClock};
 pub use context::Context;
@@ -124,6 +125,9 @@ const INSTANCE_EVENTS_BUFFER: usize = 4096;
 
 /// How long changes to a backfill's instances are gathered before it is reconciled.
 const BACKFILL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long wake-ups of a pool are gathered before its status is brought up to date.
+const POOL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs the Workflow, WorkflowInstance and Backfill controllers until `shutdown` resolves.
 pub async fn run(
@@ -226,6 +230,16 @@ pub async fn run(
     // A backfill's status lists every partition: coalesce the many changes of its instances
     // into one reconcile (and one status write) per period.
     .with_config(Config::default().debounce(BACKFILL_DEBOUNCE));
+    // Pools are cluster-scoped: their slots are shared by every namespace.
+    let (pool_wake, pool_woken) = mpsc::unbounded_channel();
+    let pool_controller =
+        Controller::new(Api::<Pool>::all(client.clone()), watcher::Config::default())
+            .reconcile_on(stream_of(pool_woken))
+            .with_config(Config::default().debounce(POOL_DEBOUNCE));
+    let quota_controller = Controller::new(
+        api_for::<Quota>(&client, namespace),
+        watcher::Config::default(),
+    );
     let mut workflow_controller = Controller::new(
         api_for::<Workflow>(&client, namespace),
         watcher::Config::default(),
@@ -254,6 +268,9 @@ pub async fn run(
         workflows: workflow_controller.store(),
         backfills: backfill_controller.store(),
         instances: instance_controller.store(),
+        pools: pool_controller.store(),
+        quotas: quota_controller.store(),
+        wake_pool: pool_wake,
         instance_index,
         jobs,
         job_index,
@@ -284,6 +301,22 @@ pub async fn run(
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(backfill::reconcile, backfill::error_policy, context.clone())
         .for_each(|_| async {});
+    let pools = pool_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            pools::reconcile_pool,
+            pools::pool_error_policy,
+            context.clone(),
+        )
+        .for_each(|_| async {});
+    let quotas = quota_controller
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            pools::reconcile_quota,
+            pools::quota_error_policy,
+            context.clone(),
+        )
+        .for_each(|_| async {});
     let stop_rx_root = stop_rx.clone();
     let gauges = metrics::refresh_instance_gauges(context.clone(), stopped(stop_rx.clone()));
     let archiving = {
@@ -311,6 +344,8 @@ pub async fn run(
         workflows,
         instances,
         backfills,
+        pools,
+        quotas,
         gauges,
         watchdog,
         archiving,

@@ -129,6 +129,7 @@ impl Ui {
             &workflow,
             &self.cache.instances_of(namespace, name),
             &self.cache.backfills_in(namespace),
+            &self.cache.pools.state(),
             Utc::now(),
         ))
     }
@@ -193,6 +194,21 @@ pub async fn all_workflows(
     let visible = ui.visible(&principal).await;
     let items = ui.workflow_items(None, visible.as_ref());
     Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `GET /api/v1/pools`: every Pool with its use (SPEC §13).
+pub async fn pools(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Result<Response, UiError> {
+    ui.check(&headers, Permission::new("list", "pools", ""))
+        .await?;
+    let mut pools: Vec<model::PoolView> = ui
+        .cache
+        .pools
+        .state()
+        .iter()
+        .map(|p| model::pool_view(p.metadata.name.as_deref().unwrap_or_default(), Some(p), 0))
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(json!({ "items": pools })).into_response())
 }
 
 /// `GET …/workflows`.
@@ -468,6 +484,7 @@ pub async fn create_backfill(
                 graceful_halt: false,
                 allow_future: request.allow_future,
                 description: request.description,
+                priority: None,
                 env: Vec::new(),
             },
             name: request.name,

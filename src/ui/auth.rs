@@ -88,7 +88,7 @@ impl Permission {
 
     fn group(&self) -> &'static str {
         match self.resource {
-            "workflows" | "workflowinstances" | "backfills" => "charon.dev",
+            "workflows" | "workflowinstances" | "backfills" | "pools" | "quotas" => "charon.dev",
             _ => "",
         }
     }
@@ -99,6 +99,13 @@ impl Permission {
             Some(sub) => format!("{}/{sub}", self.resource),
             None => self.resource.to_string(),
         };
+        if self.namespace.is_empty() {
+            return format!(
+                "User {user:?} cannot {} resource {resource:?} in API group {:?} at the cluster scope",
+                self.verb,
+                self.group()
+            );
+        }
         format!(
             "User {user:?} cannot {} resource {resource:?} in API group {:?} in the namespace {:?}",
             self.verb,

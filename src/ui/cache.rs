@@ -11,7 +11,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use crate::controller::index::{NameIndex, workflow_name};
-use charon_core::resources::{Backfill, Workflow, WorkflowInstance};
+use charon_core::resources::{Backfill, Pool, Workflow, WorkflowInstance};
 
 /// What the UI reads.
 #[derive(Clone)]
@@ -26,6 +26,8 @@ pub struct Cache {
     pub backfills: Store<Backfill>,
     /// Cached Events about WorkflowInstances.
     pub events: Store<Event>,
+    /// Cached Pools (cluster-scoped; empty where they cannot be read).
+    pub pools: Store<Pool>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -58,6 +60,7 @@ impl Cache {
         let (instances, instances_writer) = reflector::store();
         let (backfills, backfills_writer) = reflector::store();
         let (events, events_writer) = reflector::store();
+        let (pools, pools_writer) = reflector::store();
         let by_workflow = Arc::new(NameIndex::new(workflow_name));
         let index = by_workflow.clone();
         let config = watcher::Config::default;
@@ -85,8 +88,21 @@ impl Cache {
         .modify(trim)
         .reflect(events_writer)
         .for_each(|_| async {});
+        // Pools are cluster-scoped: a user who may not read them sees none, and the UI does
+        // not wait for them.
+        let pool_watch = watcher(Api::<Pool>::all(client.clone()), config())
+            .default_backoff()
+            .modify(trim)
+            .reflect(pools_writer)
+            .for_each(|_| async {});
         let run = async move {
-            tokio::join!(workflow_watch, instance_watch, backfill_watch, event_watch);
+            tokio::join!(
+                workflow_watch,
+                instance_watch,
+                backfill_watch,
+                event_watch,
+                pool_watch
+            );
         };
         (
             Cache {
@@ -95,6 +111,7 @@ impl Cache {
                 by_workflow,
                 backfills,
                 events,
+                pools,
             },
             run,
         )
@@ -129,6 +146,7 @@ impl Cache {
             by_workflow,
             backfills: fill(backfills, None),
             events: fill(Vec::new(), None),
+            pools: fill(Vec::new(), None),
         }
     }
 

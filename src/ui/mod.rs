@@ -70,6 +70,7 @@ pub fn router(ui: Arc<Ui>) -> Router {
         .route("/namespaces/{ns}/backfills/{name}", get(pages::backfill))
         .route("/assets/{file}", get(asset))
         .route("/api/v1/workflows", get(api::all_workflows))
+        .route("/api/v1/pools", get(api::pools))
         .route(&format!("{ns}/workflows"), get(api::workflows))
         .route(&format!("{ns}/workflows/{{name}}"), get(api::workflow))
         .route(

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use charon_core::partition::Partition;
 use charon_core::resources::{
-    AttemptRecord, Backfill, BackfillPartition, ConditionStatus, HistoryEntry, InstanceState,
+    AttemptRecord, Backfill, BackfillPartition, ConditionStatus, HistoryEntry, InstanceState, Pool,
     RunRecord, StepStatus, TriggeredPartition, Workflow, WorkflowInstance, condition_type,
     find_condition,
 };
@@ -80,6 +80,62 @@ pub struct WorkflowDetail {
     pub states: BTreeMap<String, usize>,
     /// Its backfills, newest first.
     pub backfills: Vec<BackfillItem>,
+    /// Its `spec.priority`.
+    pub priority: u32,
+    /// The pools it names (SPEC §13), with their use.
+    pub pools: Vec<PoolView>,
+    /// Its instances waiting for a slot (of a pool, a Quota or its own concurrency), oldest
+    /// partition first, with why.
+    pub waiting: Vec<WaitingItem>,
+}
+
+/// A pool as the UI shows it (SPEC §13).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    /// The Pool's name.
+    pub name: String,
+    /// Whether it exists (a workflow may name a pool before it is created).
+    pub exists: bool,
+    /// `spec.slots`.
+    pub slots: u32,
+    /// Slots held now.
+    pub used: u32,
+    /// Instances waiting for it.
+    pub queued: u32,
+    /// Slots each attempt of the workflow holds (0 where no workflow is in view).
+    pub claim: u32,
+    /// Per namespace: slots held, waiting instances and decayed usage.
+    pub namespaces: Vec<charon_core::resources::PoolNamespaceStatus>,
+}
+
+/// An instance waiting for a slot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingItem {
+    /// The instance.
+    pub instance: String,
+    /// Its parameter.
+    pub parameter: String,
+    /// What it waits for and its place in line.
+    pub message: String,
+}
+
+/// How many waiting instances a workflow's page lists.
+pub const WAITING_SHOWN: usize = 20;
+
+/// The view of pool `name` (`pool` if it exists) for a workflow claiming `claim` slots of it.
+pub fn pool_view(name: &str, pool: Option<&Pool>, claim: u32) -> PoolView {
+    let status = pool.and_then(|p| p.status.clone()).unwrap_or_default();
+    PoolView {
+        name: name.to_string(),
+        exists: pool.is_some(),
+        slots: pool.map_or(0, |p| p.spec.slots),
+        used: status.used,
+        queued: status.queued,
+        claim,
+        namespaces: status.namespaces,
+    }
 }
 
 /// One partition in the paged list (`GET …/partitions`).
@@ -287,6 +343,7 @@ pub fn workflow_detail(
     workflow: &Workflow,
     instances: &[Arc<WorkflowInstance>],
     backfills: &[Arc<Backfill>],
+    pools: &[Arc<Pool>],
     now: DateTime<Utc>,
 ) -> WorkflowDetail {
     let item = workflow_item(workflow, instances);
@@ -311,12 +368,49 @@ pub fn workflow_detail(
         .map(|b| backfill_item(b, now))
         .collect();
     backfills.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
+    let pools = workflow
+        .spec
+        .pools
+        .iter()
+        .map(|claim| {
+            let pool = pools
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(claim.name.as_str()));
+            pool_view(&claim.name, pool.map(|p| &**p), claim.slots)
+        })
+        .collect();
+    let mut waiting: Vec<&Arc<WorkflowInstance>> = instances
+        .iter()
+        .filter(|i| {
+            i.status.as_ref().is_some_and(|s| {
+                s.state == InstanceState::Queued
+                    && s.reason.as_deref() == Some(charon_core::instance::waiting::SLOT)
+            })
+        })
+        .collect();
+    waiting.sort_by_key(|i| i.spec.logical_time);
+    let waiting = waiting
+        .into_iter()
+        .take(WAITING_SHOWN)
+        .map(|i| WaitingItem {
+            instance: i.metadata.name.clone().unwrap_or_default(),
+            parameter: i.spec.parameter.clone(),
+            message: i
+                .status
+                .as_ref()
+                .map(|s| s.message.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
     WorkflowDetail {
         item,
         spec: serde_json::to_value(&workflow.spec).unwrap_or_default(),
         upcoming,
         states,
         backfills,
+        priority: workflow.spec.priority,
+        pools,
+        waiting,
     }
 }
 

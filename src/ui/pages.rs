@@ -377,6 +377,9 @@ struct WorkflowLive {
     newer: Option<String>,
     older: Option<String>,
     backfills: Vec<BackfillRow>,
+    priority: u32,
+    pools: Vec<model::PoolView>,
+    waiting: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -520,6 +523,23 @@ async fn workflow_page(
             .backfills
             .iter()
             .map(|b| backfill_row(ns, b))
+            .collect(),
+        priority: detail.priority,
+        pools: detail.pools.clone(),
+        waiting: detail
+            .waiting
+            .iter()
+            .map(|w| {
+                (
+                    w.parameter.clone(),
+                    format!(
+                        "/namespaces/{}/instances/{}",
+                        encode(ns),
+                        encode(&w.instance)
+                    ),
+                    w.message.clone(),
+                )
+            })
             .collect(),
     }
     .render()

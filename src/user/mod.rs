@@ -32,7 +32,8 @@ use crate::actions;
 use crate::controller::error::{ApiErrorExt, ApiFailure};
 use crate::logstore::LogStore;
 use charon_core::resources::{
-    Backfill, BackfillSpec, BackfillState, InstanceState, Reprocess, Workflow, WorkflowInstance,
+    Backfill, BackfillSpec, BackfillState, InstanceState, Pool, Quota, Reprocess, Workflow,
+    WorkflowInstance,
 };
 use charon_core::validate::FieldError;
 
@@ -457,6 +458,7 @@ impl Ctx {
                         graceful_halt: false,
                         allow_future,
                         description,
+                        priority: None,
                         env: Vec::new(),
                     },
                     name,
@@ -1219,6 +1221,31 @@ impl Ctx {
         };
         let instances = self.instances().list(&ListParams::default()).await?.items;
         let backfills = self.backfills().list(&ListParams::default()).await?.items;
+        // Pools and Quotas show only where their kinds are installed and readable.
+        let named: std::collections::BTreeSet<&str> = workflows
+            .iter()
+            .flat_map(|w| w.spec.pools.iter().map(|p| p.name.as_str()))
+            .collect();
+        let pools: Vec<Pool> = match Api::<Pool>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter(|p| named.contains(p.name_any().as_str()))
+                .map(without_managed_fields)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let quotas: Vec<Quota> =
+            match Api::<Quota>::namespaced(self.client.clone(), &self.namespace)
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(list) => list.items.into_iter().map(without_managed_fields).collect(),
+                Err(_) => Vec::new(),
+            };
         if self.output != Output::Table {
             let workflows: Vec<Workflow> =
                 workflows.into_iter().map(without_managed_fields).collect();
@@ -1231,6 +1258,8 @@ impl Ctx {
                 workflows: &'a [Workflow],
                 instances: Vec<&'a WorkflowInstance>,
                 backfills: Vec<&'a Backfill>,
+                pools: &'a [Pool],
+                quotas: &'a [Quota],
             }
             let names: Vec<String> = workflows.iter().map(|w| w.name_any()).collect();
             let report = Report {
@@ -1243,6 +1272,8 @@ impl Ctx {
                     .iter()
                     .filter(|b| names.contains(&b.spec.workflow))
                     .collect(),
+                pools: &pools,
+                quotas: &quotas,
             };
             return self.print(&report, out);
         }
@@ -1275,6 +1306,27 @@ impl Ctx {
                     .map(|d| format!("{} ({})", d.workflow, d.partitions.as_str()))
                     .collect();
                 writeln!(out, "  Depends:  {}", deps.join(", "))?;
+            }
+            if !wf.spec.pools.is_empty() {
+                let claims: Vec<String> = wf
+                    .spec
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} ({} slot{})",
+                            p.name,
+                            p.slots,
+                            if p.slots == 1 { "" } else { "s" }
+                        )
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "  Pools:    {}, priority {}",
+                    claims.join(", "),
+                    wf.spec.priority
+                )?;
             }
             match &status.next_trigger {
                 Some(next) => writeln!(
@@ -1347,6 +1399,38 @@ impl Ctx {
             }
             writeln!(out)?;
         }
+        for pool in &pools {
+            pool_lines(pool, &workflows, &instances, out)?;
+        }
+        for quota in &quotas {
+            let status = quota.status.clone().unwrap_or_default();
+            let limit = |v: Option<u32>| v.map_or("no limit".to_string(), |v| v.to_string());
+            writeln!(
+                out,
+                "Quota {}: {} active (max {}), {} queued (max {}{})",
+                quota.name_any(),
+                status.active,
+                limit(quota.spec.max_active),
+                status.queued,
+                limit(quota.spec.max_queued),
+                if status.excess > 0 {
+                    format!(", {} over it from natural triggers", status.excess)
+                } else {
+                    String::new()
+                }
+            )?;
+            if let Some(requests) = &status.requests {
+                let show = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+                    q.as_ref().map_or("0".to_string(), |q| q.0.clone())
+                };
+                writeln!(
+                    out,
+                    "  Requests: cpu {}, memory {}",
+                    show(&requests.cpu),
+                    show(&requests.memory)
+                )?;
+            }
+        }
         if grid {
             writeln!(
                 out,
@@ -1355,6 +1439,55 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+/// A pool in `charon status`: its use, then this namespace's instances holding its slots and
+/// those waiting for them, with why.
+fn pool_lines(
+    pool: &Pool,
+    workflows: &[Workflow],
+    instances: &[WorkflowInstance],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let name = pool.name_any();
+    let status = pool.status.clone().unwrap_or_default();
+    writeln!(
+        out,
+        "Pool {name}: {} of {} slots used, {} queued",
+        status.used, pool.spec.slots, status.queued
+    )?;
+    for ns in &status.namespaces {
+        writeln!(
+            out,
+            "  {:<20} used {:<4} queued {:<4} usage {:.0} slot-s",
+            ns.namespace, ns.used, ns.queued, ns.usage
+        )?;
+    }
+    let members: Vec<String> = workflows
+        .iter()
+        .filter(|w| w.spec.pools.iter().any(|p| p.name == name))
+        .map(|w| w.name_any())
+        .collect();
+    let mut ours: Vec<&WorkflowInstance> = instances
+        .iter()
+        .filter(|i| members.contains(&i.spec.workflow))
+        .collect();
+    ours.sort_by_key(|i| i.spec.logical_time);
+    for i in &ours {
+        let s = i.status.clone().unwrap_or_default();
+        if s.state.is_active() {
+            writeln!(out, "  holds:   {:<40} {}", i.name_any(), s.state.as_str())?;
+        }
+    }
+    for i in &ours {
+        let s = i.status.clone().unwrap_or_default();
+        if s.state == InstanceState::Queued
+            && s.reason.as_deref() == Some(charon_core::instance::waiting::SLOT)
+        {
+            writeln!(out, "  waits:   {:<40} {}", i.name_any(), s.message)?;
+        }
+    }
+    Ok(())
 }
 
 /// How many partitions the `Recent` grid of `charon status` shows.

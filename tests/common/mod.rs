@@ -35,6 +35,8 @@ pub struct Cluster {
     pub policy: charon_core::validate::Policy,
     /// The log store operators started from now on archive into.
     pub log_store: Option<Arc<charon::logstore::LogStore>>,
+    /// The metrics of the operator `start_operator` runs.
+    pub metrics: Arc<Metrics>,
     operator: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -83,6 +85,7 @@ impl Cluster {
             events: EventLevel::All,
             policy: charon_core::validate::Policy::default(),
             log_store: None,
+            metrics: Arc::new(Metrics::default()),
             operator: None,
         }
     }
@@ -110,7 +113,8 @@ impl Cluster {
     }
 
     pub fn start_operator(&mut self) {
-        let (stop, task) = self.replica("test", operator::OPERATOR_AGENT, None);
+        let metrics = self.metrics.clone();
+        let (stop, task) = self.replica_with("test", operator::OPERATOR_AGENT, None, metrics);
         self.operator = Some((stop, task));
     }
 
@@ -121,11 +125,22 @@ impl Cluster {
         agent: &str,
         lease: Option<charon::controller::leader::LeaseConfig>,
     ) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
+        self.replica_with(identity, agent, lease, Arc::new(Metrics::default()))
+    }
+
+    /// [`Cluster::replica`] recording into `metrics`.
+    pub fn replica_with(
+        &self,
+        identity: &str,
+        agent: &str,
+        lease: Option<charon::controller::leader::LeaseConfig>,
+        metrics: Arc<Metrics>,
+    ) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
         let settings = Settings {
             namespaces: Vec::new(),
             lease,
             clock: self.clock.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             identity: identity.into(),
             events: self.events,
             shutdown_timeout: operator::SHUTDOWN_TIMEOUT,

@@ -21,10 +21,16 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 - apiGroups: ["charon.dev"]
   resources: ["backfills"]
   verbs: ["get", "list", "watch", "create"]
-# Status is a subresource, written whole (update) with the resourceVersion it was computed
-# from: workflow validity and next trigger, instance state and history, backfill progress.
+# A namespace's Quota limits what its instances run and queue: watched, and its status
+# (usage) written whole.
 - apiGroups: ["charon.dev"]
-  resources: ["workflows/status", "backfills/status"]
+  resources: ["quotas"]
+  verbs: ["list", "watch"]
+# Status is a subresource, written whole (update) with the resourceVersion it was computed
+# from: workflow validity and next trigger, instance state and history, backfill progress,
+# quota usage.
+- apiGroups: ["charon.dev"]
+  resources: ["workflows/status", "backfills/status", "quotas/status"]
   verbs: ["update"]
 - apiGroups: ["charon.dev"]
   resources: ["workflowinstances/status"]
@@ -105,6 +111,17 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
   verbs: ["create"]
+{{- end }}
+
+{{- define "charon.rbac.poolRules" -}}
+# Pools are cluster-scoped: their slots are shared by every namespace. Watched, and their
+# status (slots held, queue, decayed usage per namespace) written by a merge patch.
+- apiGroups: ["charon.dev"]
+  resources: ["pools"]
+  verbs: ["list", "watch"]
+- apiGroups: ["charon.dev"]
+  resources: ["pools/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{- define "charon.rbac.leaseRules" -}}

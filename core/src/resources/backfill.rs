@@ -71,6 +71,11 @@ pub struct BackfillSpec {
     /// (the reserved CHARON_* variables still win). Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// 0 to 100: the priority of this backfill's instances when they wait for a pool,
+    /// instead of the workflow's spec.priority. Default: the workflow's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub priority: Option<u32>,
 }
 
 fn default_concurrency() -> u32 {

@@ -5,6 +5,7 @@ mod backfill;
 mod condition;
 mod instance;
 mod pipeline;
+mod pool;
 mod workflow;
 
 pub use self::backfill::{
@@ -22,10 +23,14 @@ pub use self::pipeline::{
     ArraySpec, ArrayStatus, MAX_ARRAY_TASKS, OutputStorage, Step, StepState, StepStatus,
     default_storage_size,
 };
+pub use self::pool::{
+    Pool, PoolClaim, PoolNamespaceStatus, PoolSpec, PoolStatus, Quota, QuotaRequests, QuotaSpec,
+    QuotaStatus,
+};
 pub use self::workflow::{
-    CatchUpPolicy, Dependency, HistorySpec, ImagePullPolicy, NextTrigger, PartitionMapping,
-    RetryPolicySpec, SecretMount, TriggeredPartition, Workflow, WorkflowSpec, WorkflowStatus,
-    WorkflowTemplate,
+    CatchUpPolicy, DEFAULT_PRIORITY, Dependency, HistorySpec, ImagePullPolicy, NextTrigger,
+    PartitionMapping, RetryPolicySpec, SecretMount, TriggeredPartition, Workflow, WorkflowSpec,
+    WorkflowStatus, WorkflowTemplate,
 };
 
 /// The API group of every Charon resource.

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::pipeline::{ArraySpec, OutputStorage, Step};
+use super::pool::PoolClaim;
 use super::{Condition, preserve_unknown_object};
 
 /// The body of an ISO-8601 duration with at least one component (`P7D`, `PT2H`, `P1DT2H`,
@@ -123,6 +124,22 @@ pub struct WorkflowSpec {
     #[schemars(regex(pattern = ISO_DURATION_PATTERN))]
     pub dependency_timeout: Option<String>,
 
+    /// Pools whose slots each attempt holds (SPEC §13), e.g. [{name: gpu, slots: 2}]. An
+    /// instance waits in Queued until every pool it names has the slots free. At most 8.
+    /// Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub pools: Vec<PoolClaim>,
+
+    /// 0 to 100: when instances wait for the same pool, higher priority goes first. A
+    /// Backfill's spec.priority overrides it for its instances. Default 50.
+    #[serde(
+        default = "default_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
+    #[schemars(default = "default_priority", range(min = 0, max = 100))]
+    pub priority: u32,
+
     /// The container every execution runs (one Job per execution). Required.
     pub template: WorkflowTemplate,
 }
@@ -166,6 +183,17 @@ impl PartitionMapping {
             PartitionMapping::Previous => "Previous",
         }
     }
+}
+
+/// `spec.priority` when unset.
+pub const DEFAULT_PRIORITY: u32 = 50;
+
+fn default_priority() -> u32 {
+    DEFAULT_PRIORITY
+}
+
+fn is_default_priority(priority: &u32) -> bool {
+    *priority == DEFAULT_PRIORITY
 }
 
 fn default_time_zone() -> String {
@@ -340,6 +368,12 @@ pub struct WorkflowTemplate {
     /// spec.retry.resumeFromFailedStep is set. Default: 1Gi of the default StorageClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_storage: Option<OutputStorage>,
+    /// A Kueue LocalQueue in the workflow's namespace: each Job is created suspended with the
+    /// label kueue.x-k8s.io/queue-name, and runs once Kueue admits (unsuspends) it. Default
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub queue_name: Option<String>,
 }
 
 /// When the kubelet pulls the image before starting an execution's container: Always (on

@@ -31,6 +31,25 @@ struct Ledger {
 #[derive(Default)]
 pub struct Admission(Mutex<HashMap<ObjectRef<Workflow>, Arc<Mutex<Ledger>>>>);
 
+/// The ledger shared by every instance under pools or a Quota (SPEC §13): admission there
+/// looks across workflows and namespaces, so its decisions are made one at a time. Its
+/// entries are keyed by [`shared_key`].
+fn shared() -> ObjectRef<Workflow> {
+    ObjectRef::new("")
+}
+
+/// An instance's key in the shared ledger: `namespace/name`.
+pub fn shared_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+fn shared_key_of(instance: &WorkflowInstance) -> String {
+    shared_key(
+        instance.metadata.namespace.as_deref().unwrap_or_default(),
+        instance.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
 fn workflow_of(instance: &WorkflowInstance) -> ObjectRef<Workflow> {
     let workflow = ObjectRef::new(&instance.spec.workflow);
     match instance.metadata.namespace.as_deref() {
@@ -63,8 +82,34 @@ impl Admission {
         instance: &WorkflowInstance,
         decide: impl FnOnce(&Entries) -> (T, InstanceState),
     ) -> (T, Reservation<'_>) {
-        let workflow = workflow_of(instance);
         let name = instance.metadata.name.clone().unwrap_or_default();
+        self.decide_in(workflow_of(instance), name, decide)
+    }
+
+    /// [`Admission::decide`] in the shared ledger.
+    pub fn decide_shared<T>(
+        &self,
+        instance: &WorkflowInstance,
+        decide: impl FnOnce(&Entries) -> (T, InstanceState),
+    ) -> (T, Reservation<'_>) {
+        self.decide_in(shared(), shared_key_of(instance), decide)
+    }
+
+    /// Reads the shared ledger under its lock.
+    pub fn with_shared<T>(&self, f: impl FnOnce(&Entries) -> T) -> T {
+        let ledger = lock(&self.0).get(&shared()).cloned();
+        match ledger {
+            Some(ledger) => f(&lock(&ledger).entries),
+            None => f(&Entries::new()),
+        }
+    }
+
+    fn decide_in<T>(
+        &self,
+        workflow: ObjectRef<Workflow>,
+        name: String,
+        decide: impl FnOnce(&Entries) -> (T, InstanceState),
+    ) -> (T, Reservation<'_>) {
         let (out, before) = self.with_entries(&workflow, |entries| {
             let (out, state) = decide(entries);
             (out, entries.insert(name.clone(), state))
@@ -89,10 +134,21 @@ impl Admission {
         }
     }
 
+    /// [`Admission::reservation`] in the shared ledger.
+    pub fn shared_reservation(&self, instance: &WorkflowInstance) -> Reservation<'_> {
+        Reservation {
+            admission: self,
+            workflow: shared(),
+            name: shared_key_of(instance),
+            before: None,
+        }
+    }
+
     /// Forgets an instance that was deleted, and its workflow's ledger once it is empty.
     pub fn forget(&self, instance: &WorkflowInstance) {
         let name = instance.metadata.name.as_deref().unwrap_or_default();
         self.remove(&workflow_of(instance), name);
+        self.remove(&shared(), &shared_key_of(instance));
     }
 
     /// Removes an instance's entry, and retires the workflow's ledger once it is empty.

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use charon_core::resources::WorkflowInstance;
 
-pub use admission::{Admission, Entries, Reservation};
+pub use admission::{Admission, Entries, Reservation, shared_key};
 pub use burst::TriggerBurst;
 pub use dependents::Dependents;
 pub use finished::{FinishedSeen, finished_flips};

@@ -122,6 +122,7 @@ fn a_summary_shows_the_newest_partitions_and_the_active_count() {
         &workflow,
         &all,
         &[],
+        &[],
         Utc.with_ymd_and_hms(2024, 1, 2, 0, 30, 0).unwrap(),
     );
     assert_eq!(detail.upcoming.len(), UPCOMING);
