@@ -149,8 +149,11 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("    kind: "))
             .collect();
-        assert_eq!(kinds, ["Workflow", "WorkflowInstance", "Backfill"]);
-        assert_eq!(all.matches("---\n").count(), 3);
+        assert_eq!(
+            kinds,
+            ["Workflow", "WorkflowInstance", "Backfill", "Pool", "Quota"]
+        );
+        assert_eq!(all.matches("---\n").count(), 5);
         assert_eq!(all, all_yaml().unwrap(), "rendering is deterministic");
     }
 
@@ -162,7 +165,9 @@ mod tests {
             [
                 "workflows.charon.dev.yaml",
                 "workflowinstances.charon.dev.yaml",
-                "backfills.charon.dev.yaml"
+                "backfills.charon.dev.yaml",
+                "pools.charon.dev.yaml",
+                "quotas.charon.dev.yaml"
             ]
         );
     }

@@ -478,11 +478,44 @@ fn read_runs(path: &Path) -> Vec<Run> {
     runs.into_values().flatten().collect()
 }
 
+/// Deletes an instance whose attempt runs (its Job is active; a short attempt is on record
+/// only once it ends), if there is one; records it in `deleted`.
+async fn delete_running(client: &kube::Client, deleted: &mut BTreeSet<String>) -> bool {
+    use kube::api::DeleteParams;
+    let Ok(jobs) = Api::<Job>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    else {
+        return false;
+    };
+    let victim = jobs.items.iter().find_map(|job| {
+        let status = job.status.as_ref()?;
+        let running = status.active.unwrap_or(0) > 0 && status.completion_time.is_none();
+        let instance = job.labels().get(charon_core::job::LABEL_INSTANCE)?;
+        let ns = job.namespace().unwrap_or_default();
+        (running && !deleted.contains(&format!("{ns}/{instance}"))).then(|| (ns, instance.clone()))
+    });
+    let Some((ns, name)) = victim else {
+        return false;
+    };
+    match Api::<WorkflowInstance>::namespaced(client.clone(), &ns)
+        .delete(&name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {
+            deleted.insert(format!("{ns}/{name}"));
+            true
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(e) => panic!("delete {ns}/{name}: {e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
     use charon_core::resources::Pool;
     use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{DeleteParams, Patch, PatchParams};
+    use kube::api::{Patch, PatchParams};
 
     let seed = std::env::var("CHAOS_SEED")
         .ok()
@@ -551,11 +584,21 @@ async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
     let expected = workflows.len() * 8;
 
     let mut operator = Operator::start(&kubeconfig, "pool-chaos", &[]);
+    // One running instance is deleted before the faults start, more may be later.
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let first = Instant::now();
+    while !delete_running(&client, &mut deleted).await {
+        assert!(
+            first.elapsed() < StdDuration::from_secs(60),
+            "no attempt ran within a minute\noperator log:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
     inject_faults(server);
     let started = Instant::now();
     let mut kills = 0;
     let mut shrunk_at: Option<DateTime<Utc>> = None;
-    let mut deleted: BTreeSet<String> = BTreeSet::new();
     let all: Api<WorkflowInstance> = Api::all(client.clone());
     while started.elapsed() < POOL_CHAOS {
         tokio::time::sleep(dice.millis(800, 4_000)).await;
@@ -583,31 +626,8 @@ async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
                 pool.name_any()
             );
         }
-        // Delete an instance whose attempt runs (its Job is active; a short attempt is on
-        // record only once it ends) now and then.
         if deleted.len() < 2 && !dice.next().is_multiple_of(3) {
-            let jobs = Api::<Job>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .expect("jobs");
-            let victim = jobs.items.iter().find_map(|job| {
-                let status = job.status.as_ref()?;
-                let running = status.active.unwrap_or(0) > 0 && status.completion_time.is_none();
-                let instance = job.labels().get(charon_core::job::LABEL_INSTANCE)?;
-                running.then(|| (job.namespace().unwrap_or_default(), instance.clone()))
-            });
-            if let Some((ns, name)) = victim {
-                match Api::<WorkflowInstance>::namespaced(client.clone(), &ns)
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                {
-                    Ok(_) => {
-                        deleted.insert(format!("{ns}/{name}"));
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => panic!("delete {ns}/{name}: {e}"),
-                }
-            }
+            delete_running(&client, &mut deleted).await;
         }
         // Shrink alpha below its use halfway through.
         if shrunk_at.is_none() && started.elapsed() > POOL_CHAOS / 2 {

@@ -222,12 +222,14 @@ fn workload_permissions() -> BTreeSet<Permission> {
             &["backfills"],
             &["get", "list", "watch", "create"],
         ),
+        ("charon.dev", &["quotas"], &["list", "watch"]),
         (
             "charon.dev",
             &[
                 "workflows/status",
                 "workflowinstances/status",
                 "backfills/status",
+                "quotas/status",
             ],
             &["update"],
         ),
@@ -239,6 +241,15 @@ fn workload_permissions() -> BTreeSet<Permission> {
         ("", &["persistentvolumeclaims"], &["create", "delete"]),
         ("", &["pods"], &["list", "watch"]),
         ("", &["events"], &["create"]),
+    ])
+}
+
+/// What an operator watching every namespace does besides: read the cluster-scoped Pools and
+/// write their status.
+fn pool_permissions() -> BTreeSet<Permission> {
+    permissions(&[
+        ("charon.dev", &["pools"], &["list", "watch"]),
+        ("charon.dev", &["pools/status"], &["patch"]),
     ])
 }
 
@@ -472,16 +483,18 @@ fn install_manifest_is_a_fresh_render_of_the_chart() {
     let docs = documents(&checked_in);
     assert_eq!(kind(&docs[0]), "Namespace");
     assert_eq!(name(&docs[0]), RELEASE_NAMESPACE);
-    let crds: Vec<&str> = docs[1..4].iter().map(name).collect();
+    let crds: Vec<&str> = docs[1..6].iter().map(name).collect();
     assert_eq!(
         crds,
         [
             "backfills.charon.dev",
+            "pools.charon.dev",
+            "quotas.charon.dev",
             "workflowinstances.charon.dev",
             "workflows.charon.dev"
         ]
     );
-    assert_eq!(docs[4..], documents(&render_default())[..]);
+    assert_eq!(docs[6..], documents(&render_default())[..]);
 }
 
 #[test]
@@ -730,19 +743,20 @@ fn api_limits_and_the_shutdown_bound_reach_the_operator() {
 fn default_rbac_is_cluster_wide_except_the_lease() {
     let rendered = render_default();
     let scopes = rbac_permissions_by_scope(&rendered);
+    let cluster_wide: BTreeSet<Permission> = workload_permissions()
+        .union(&pool_permissions())
+        .cloned()
+        .collect();
     let expected = BTreeMap::from([
-        (None, workload_permissions()),
+        (None, cluster_wide.clone()),
         (Some(RELEASE_NAMESPACE.to_string()), lease_permissions()),
     ]);
     assert_eq!(scopes, expected);
-    let all: BTreeSet<Permission> = workload_permissions()
-        .union(&lease_permissions())
-        .cloned()
-        .collect();
+    let all: BTreeSet<Permission> = cluster_wide.union(&lease_permissions()).cloned().collect();
     assert_eq!(rbac_permissions(&rendered), all);
     // Archiving logs adds exactly its own calls, in the same scope.
     let with_store = rbac_permissions_by_scope(&render(WITH_LOG_STORE));
-    let archiving: BTreeSet<Permission> = workload_permissions()
+    let archiving: BTreeSet<Permission> = cluster_wide
         .union(&archive_permissions())
         .cloned()
         .collect();
@@ -1314,6 +1328,54 @@ async fn the_chart_grants_exactly_the_calls_the_operator_makes() {
         .await
         .expect("retry-now");
     in_state("resume-2024-01-01t03", InstanceState::Done).await;
+    // A Pool and a Quota: the operator watches both and writes their status.
+    for (kind, name, spec) in [
+        ("Pool", "rbac-pool", json!({"slots": 1})),
+        ("Quota", "rbac-quota", json!({"maxActive": 5})),
+    ] {
+        let object = json!({"apiVersion": "charon.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": common::NS}, "spec": spec});
+        let params = PatchParams::apply("rbac-test");
+        if kind == "Pool" {
+            Api::<charon_core::resources::Pool>::all(cluster.client.clone())
+                .patch(name, &params, &Patch::Apply(&object))
+                .await
+                .expect("pool");
+        } else {
+            Api::<charon_core::resources::Quota>::namespaced(cluster.client.clone(), common::NS)
+                .patch(name, &params, &Patch::Apply(&object))
+                .await
+                .expect("quota");
+        }
+    }
+    cluster
+        .apply_workflow(
+            "pooled",
+            json!({"schedule": "@hourly", "suspend": true, "pools": [{"name": "rbac-pool"}],
+                "template": {"image": "busybox", "command": ["true"]}}),
+        )
+        .await;
+    trigger("pooled").await;
+    in_state("pooled-2024-01-01t03", InstanceState::Done).await;
+    cluster
+        .eventually("the Pool and Quota statuses", long, || async {
+            let pool = Api::<charon_core::resources::Pool>::all(cluster.client.clone())
+                .get("rbac-pool")
+                .await
+                .map_err(|e| e.to_string())?;
+            let quota = Api::<charon_core::resources::Quota>::namespaced(
+                cluster.client.clone(),
+                common::NS,
+            )
+            .get("rbac-quota")
+            .await
+            .map_err(|e| e.to_string())?;
+            match (pool.status, quota.status) {
+                (Some(_), Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
     // History expiry: `ok` keeps finished instances for two hours.
     cluster.clock.advance(Span::hours(3));
     cluster

@@ -174,6 +174,48 @@ async fn pools_admit_by_priority_then_fair_share_and_never_over_their_slots() {
         (status.queued == 10 && status.used == 0).then_some(())
     })
     .await;
+    // The UI shows the pool, who waits and why.
+    let token = "pools-ui-token".to_string();
+    let mode = charon::ui::auth::Mode::Local {
+        token: token.clone(),
+    };
+    let (_ui, base) = common::ui::serve(&cluster, cluster.client.clone(), mode).await;
+    let t = Some(token.as_str());
+    let pools = common::ui::until("the UI's pools", || async {
+        let (status, body) =
+            common::ui::call("GET", &format!("{base}/api/v1/pools"), t, None).await;
+        (status == 200 && body["items"][0]["queued"] == 10).then_some(body)
+    })
+    .await;
+    assert_eq!(pools["items"][0]["name"], "shared", "{pools}");
+    assert_eq!(pools["items"][0]["slots"], 0, "{pools}");
+    let detail = common::ui::until("the workflow's pools and waiting instances", || async {
+        let url = format!("{base}/api/v1/namespaces/team-c/workflows/work");
+        let (_, body) = common::ui::call("GET", &url, t, None).await;
+        (body["waiting"].as_array().is_some_and(|w| w.len() == 2)).then_some(body)
+    })
+    .await;
+    assert_eq!(detail["priority"], 80, "{detail}");
+    assert_eq!(detail["pools"][0]["name"], "shared", "{detail}");
+    assert_eq!(detail["pools"][0]["claim"], 1, "{detail}");
+    assert_eq!(
+        detail["waiting"][0]["message"],
+        "waiting for 1 slot of pool shared (0 of 0 used): 1st in line at priority 80",
+        "{detail}"
+    );
+    let page = reqwest::Client::new()
+        .get(format!("{base}/namespaces/team-c/workflows/work"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page text");
+    assert!(
+        page.contains("Waiting for a slot") && page.contains("1st in line at priority 80"),
+        "{page}"
+    );
     let (ok, out, err) = cli.run(&["-n", "team-c", "status"]).await;
     assert!(ok, "{err}");
     assert!(

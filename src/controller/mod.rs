@@ -232,10 +232,12 @@ pub async fn run(
     .with_config(Config::default().debounce(BACKFILL_DEBOUNCE));
     // Pools are cluster-scoped: their slots are shared by every namespace.
     let (pool_wake, pool_woken) = mpsc::unbounded_channel();
-    let pool_controller =
+    // Only an operator watching every namespace uses them (it sees every holder).
+    let pool_controller = namespace.is_none().then(|| {
         Controller::new(Api::<Pool>::all(client.clone()), watcher::Config::default())
             .reconcile_on(stream_of(pool_woken))
-            .with_config(Config::default().debounce(POOL_DEBOUNCE));
+            .with_config(Config::default().debounce(POOL_DEBOUNCE))
+    });
     let quota_controller = Controller::new(
         api_for::<Quota>(&client, namespace),
         watcher::Config::default(),
@@ -268,7 +270,9 @@ pub async fn run(
         workflows: workflow_controller.store(),
         backfills: backfill_controller.store(),
         instances: instance_controller.store(),
-        pools: pool_controller.store(),
+        pools: pool_controller
+            .as_ref()
+            .map_or_else(|| reflector::store().0, |c| c.store()),
         quotas: quota_controller.store(),
         wake_pool: pool_wake,
         instance_index,
@@ -301,14 +305,18 @@ pub async fn run(
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(backfill::reconcile, backfill::error_policy, context.clone())
         .for_each(|_| async {});
-    let pools = pool_controller
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(
-            pools::reconcile_pool,
-            pools::pool_error_policy,
-            context.clone(),
-        )
-        .for_each(|_| async {});
+    let pools = {
+        let (stop, context) = (stopped(stop_rx.clone()), context.clone());
+        async move {
+            if let Some(controller) = pool_controller {
+                controller
+                    .graceful_shutdown_on(stop)
+                    .run(pools::reconcile_pool, pools::pool_error_policy, context)
+                    .for_each(|_| async {})
+                    .await;
+            }
+        }
+    };
     let quotas = quota_controller
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(

@@ -48,7 +48,7 @@ pub async fn synced(ctx: &Context) -> bool {
         ctx.jobs.wait_until_ready().await.is_ok()
             && ctx.instances.wait_until_ready().await.is_ok()
             && ctx.workflows.wait_until_ready().await.is_ok()
-            && ctx.pools.wait_until_ready().await.is_ok()
+            && (ctx.namespace.is_some() || ctx.pools.wait_until_ready().await.is_ok())
             && ctx.quotas.wait_until_ready().await.is_ok()
     };
     tokio::time::timeout(SYNC_WAIT, all).await.unwrap_or(false)
@@ -351,6 +351,11 @@ pub fn admit(
     let status = instance.status.clone().unwrap_or_default();
     if runs_unrecorded(ctx, namespace, &name, status.execution) {
         return Ok(());
+    }
+    if let (Some(watched), false) = (&ctx.namespace, workflow.spec.pools.is_empty()) {
+        return Err(format!(
+            "waiting for pools: spec.pools needs an operator watching every namespace (pools are shared across namespaces; this one watches {watched} only)"
+        ));
     }
     let key = shared_key(namespace, &name);
     let seed = Seed {

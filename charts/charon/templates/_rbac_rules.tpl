@@ -114,8 +114,9 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 {{- end }}
 
 {{- define "charon.rbac.poolRules" -}}
-# Pools are cluster-scoped: their slots are shared by every namespace. Watched, and their
-# status (slots held, queue, decayed usage per namespace) written by a merge patch.
+# Pools are cluster-scoped: their slots are shared by every namespace, so only an operator
+# watching every namespace uses them. Watched, and their status (slots held, queue, decayed
+# usage per namespace) written by a merge patch.
 - apiGroups: ["charon.dev"]
   resources: ["pools"]
   verbs: ["list", "watch"]
