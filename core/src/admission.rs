@@ -218,29 +218,54 @@ impl Decision {
 #[derive(Default)]
 struct Tally {
     pool: BTreeMap<String, u32>,
-    pool_namespace: BTreeMap<(String, String), u32>,
+    /// Pool → namespace → slots held (nested, so lookups borrow their keys).
+    pool_namespace: BTreeMap<String, BTreeMap<String, u32>>,
     active: BTreeMap<String, u32>,
     cpu: BTreeMap<String, i128>,
     memory: BTreeMap<String, i128>,
-    workflow: BTreeMap<(String, String), u32>,
+    /// Namespace → workflow → attempts active.
+    workflow: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+/// `map[outer][inner]`, or 0.
+fn nested(map: &BTreeMap<String, BTreeMap<String, u32>>, outer: &str, inner: &str) -> u32 {
+    map.get(outer)
+        .and_then(|m| m.get(inner))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Adds `by` to `map[key]` without allocating when the key is there.
+fn bump<V: std::ops::AddAssign + Default>(map: &mut BTreeMap<String, V>, key: &str, by: V) {
+    match map.get_mut(key) {
+        Some(v) => *v += by,
+        None => {
+            map.insert(key.to_string(), by);
+        }
+    }
 }
 
 impl Tally {
     fn hold(&mut self, claim: &Claim) {
+        let ns = claim.namespace.as_str();
         for p in &claim.pools {
-            *self.pool.entry(p.name.clone()).or_default() += p.slots;
-            *self
-                .pool_namespace
-                .entry((p.name.clone(), claim.namespace.clone()))
-                .or_default() += p.slots;
+            bump(&mut self.pool, &p.name, p.slots);
+            if !self.pool_namespace.contains_key(&p.name) {
+                self.pool_namespace.insert(p.name.clone(), BTreeMap::new());
+            }
+            if let Some(by_ns) = self.pool_namespace.get_mut(&p.name) {
+                bump(by_ns, ns, p.slots);
+            }
         }
-        *self.active.entry(claim.namespace.clone()).or_default() += 1;
-        *self.cpu.entry(claim.namespace.clone()).or_default() += claim.cpu;
-        *self.memory.entry(claim.namespace.clone()).or_default() += claim.memory;
-        *self
-            .workflow
-            .entry((claim.namespace.clone(), claim.workflow.clone()))
-            .or_default() += 1;
+        bump(&mut self.active, ns, 1);
+        bump(&mut self.cpu, ns, claim.cpu);
+        bump(&mut self.memory, ns, claim.memory);
+        if !self.workflow.contains_key(ns) {
+            self.workflow.insert(ns.to_string(), BTreeMap::new());
+        }
+        if let Some(by_wf) = self.workflow.get_mut(ns) {
+            bump(by_wf, &claim.workflow, 1);
+        }
     }
 }
 
@@ -252,11 +277,7 @@ fn standing(world: &World, tally: &Tally, c: &Candidate) -> (f64, u32) {
     let mut share = 0.0;
     let mut held = 0;
     for p in &c.claim.pools {
-        let holds = tally
-            .pool_namespace
-            .get(&(p.name.clone(), c.claim.namespace.clone()))
-            .copied()
-            .unwrap_or(0);
+        let holds = nested(&tally.pool_namespace, &p.name, &c.claim.namespace);
         if let Some(pool) = world.pools.get(&p.name) {
             share += pool.usage.get(&c.claim.namespace).copied().unwrap_or(0.0)
                 + f64::from(holds) * pool.half_life;
@@ -366,11 +387,7 @@ fn blocked<'w>(
         }
     }
     if let Some(limit) = c.concurrency {
-        let active = tally
-            .workflow
-            .get(&(namespace.clone(), c.claim.workflow.clone()))
-            .copied()
-            .unwrap_or(0);
+        let active = nested(&tally.workflow, namespace, &c.claim.workflow);
         if active >= limit {
             return Some(Wait::Concurrency { limit });
         }

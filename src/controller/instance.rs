@@ -724,6 +724,10 @@ async fn act(
         delete_outputs_claim(ctx, namespace, name).await?;
     }
     let freed = current.state.is_active() && !after.is_active();
+    let left_queue = current.state == State::Queued && after.is_terminal();
+    if (freed || left_queue) && pools::governed(ctx, namespace, workflow) {
+        ctx.memory.decisions.capacity_changed();
+    }
     if freed && pools::governed(ctx, namespace, workflow) {
         pools::wake(ctx, namespace, workflow);
     } else if freed && workflow.spec.concurrency.is_some() {

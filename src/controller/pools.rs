@@ -362,6 +362,14 @@ pub fn admit(
         pools: workflow.spec.pools.iter().map(|p| p.name.clone()).collect(),
         namespaces: [namespace.to_string()].into(),
     };
+    let seed_key = seed.key();
+    let decisions = &ctx.memory.decisions;
+    if let Some(decided) = decisions.get(&seed_key)
+        && let Some(wait) = still_waiting(ctx, &decided, &key, instance, workflow)
+    {
+        return Err(wait.message(namespace, &workflow.name_any()));
+    }
+    let epoch = decisions.epoch();
     let mut gathered = gather(ctx, entries, seed, Some(&key), now);
     gathered.world.queued.push(Candidate {
         key: key.clone(),
@@ -370,7 +378,8 @@ pub fn admit(
         logical: instance.spec.logical_time,
         concurrency: workflow.spec.concurrency,
     });
-    let decision = admission::decide(&gathered.world);
+    let decision = Arc::new(admission::decide(&gathered.world));
+    decisions.put(seed_key, epoch, decision.clone());
     if decision.admits(&key) {
         let ready = status
             .history
@@ -392,13 +401,64 @@ pub fn admit(
     }
 }
 
+impl Seed {
+    /// What remembered decisions are filed under.
+    fn key(&self) -> String {
+        let pools: Vec<&str> = self.pools.iter().map(String::as_str).collect();
+        let namespaces: Vec<&str> = self.namespaces.iter().map(String::as_str).collect();
+        format!("{}|{}", pools.join(","), namespaces.join(","))
+    }
+}
+
+/// Whether a decision made in the current epoch (nothing given back since) still says the
+/// instance keyed `key` waits for a full pool: what it waits with. A newcomer not in that
+/// decision waits too if a pool it names had no room for it then.
+fn still_waiting(
+    ctx: &Context,
+    decided: &Decision,
+    key: &str,
+    instance: &WorkflowInstance,
+    workflow: &Workflow,
+) -> Option<admission::Wait> {
+    if let Some(wait) = decided.waiting.get(key) {
+        return wait.is_pool().then(|| wait.clone());
+    }
+    if decided.admits(key) {
+        return None;
+    }
+    workflow.spec.pools.iter().find_map(|claim| {
+        let pool = ctx.pools.get(&ObjectRef::new(&claim.name))?;
+        let used = decided.used.get(&claim.name).copied()?;
+        let slots = pool.spec.slots;
+        (used + claim.slots > slots).then(|| {
+            let ahead = decided
+                .waiting
+                .values()
+                .filter(|w| matches!(w, admission::Wait::Pool { pool, .. } if *pool == claim.name))
+                .count();
+            admission::Wait::Pool {
+                pool: claim.name.clone(),
+                used,
+                slots,
+                needs: claim.slots,
+                place: ahead + 1,
+                priority: priority_of(ctx, instance, workflow),
+            }
+        })
+    })
+}
+
 /// Wakes the instances a decision around `seed` admits, and returns it.
-fn wake_admitted(ctx: &Context, seed: Seed, now: DateTime<Utc>) -> (Gathered, Decision) {
+fn wake_admitted(ctx: &Context, seed: Seed, now: DateTime<Utc>) -> (Gathered, Arc<Decision>) {
+    let seed_key = seed.key();
+    let epoch = ctx.memory.decisions.epoch();
     let (gathered, decision) = ctx.memory.admission.with_shared(|entries| {
         let gathered = gather(ctx, entries, seed, None, now);
         let decision = admission::decide(&gathered.world);
         (gathered, decision)
     });
+    let decision = Arc::new(decision);
+    ctx.memory.decisions.put(seed_key, epoch, decision.clone());
     for key in &decision.admitted {
         if let Some((namespace, name)) = gathered.names.get(key) {
             let _ = ctx.wake.send(ObjectRef::new(name).within(namespace));
@@ -446,6 +506,7 @@ pub async fn reconcile_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action
     let _timer = ctx.metrics.reconcile("pool");
     let name = pool.name_any();
     let now = ctx.clock.now();
+    ctx.memory.decisions.pool_slots(&name, pool.spec.slots);
     let seed = Seed {
         pools: [name.clone()].into(),
         namespaces: BTreeSet::new(),
@@ -540,6 +601,10 @@ async fn reconcile_quota_inner(quota: Arc<Quota>, ctx: Arc<Context>) -> Result<A
     let now = ctx.clock.now();
     let chosen = quota_of(&ctx, &namespace);
     let mut status = quota.status.clone().unwrap_or_default();
+    if status.observed_generation != quota.metadata.generation {
+        // New limits may let waiting instances in.
+        ctx.memory.decisions.capacity_changed();
+    }
     status.observed_generation = quota.metadata.generation;
     let in_force = chosen
         .as_ref()

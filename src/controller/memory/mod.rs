@@ -15,6 +15,7 @@
 
 mod admission;
 mod burst;
+mod decisions;
 mod dependents;
 mod finished;
 mod held;
@@ -28,6 +29,7 @@ use charon_core::resources::WorkflowInstance;
 
 pub use admission::{Admission, Entries, Reservation, shared_key};
 pub use burst::TriggerBurst;
+pub use decisions::Decisions;
 pub use dependents::Dependents;
 pub use finished::{FinishedSeen, finished_flips};
 pub use held::Held;
@@ -54,6 +56,8 @@ pub struct Memory {
     pub admission: Admission,
     /// Which workflows depend on which.
     pub dependents: Dependents,
+    /// Pool admission decisions, while they hold.
+    pub decisions: Decisions,
 }
 
 impl Memory {
@@ -63,6 +67,8 @@ impl Memory {
         self.unrecorded.settle(instance);
         self.finished.forget(instance);
         self.admission.forget(instance);
+        // A deleted instance gives back what it held, or its place in line.
+        self.decisions.capacity_changed();
     }
 }
 
