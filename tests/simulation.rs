@@ -334,6 +334,7 @@ fn a_day_of_fair_share_between_equal_priorities_with_a_higher_priority_first() {
                     concurrency: None,
                 })
                 .collect(),
+            focus: None,
         };
         let decision = admission::decide(&world);
         assert!(running.len() + decision.admitted.len() <= SLOTS as usize);

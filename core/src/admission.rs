@@ -88,6 +88,9 @@ pub struct World {
     pub holders: Vec<Claim>,
     /// Instances waiting to start.
     pub queued: Vec<Candidate>,
+    /// A candidate to decide even once the rest of the line would be left undecided (the
+    /// instance being reconciled).
+    pub focus: Option<String>,
 }
 
 /// Why a candidate was not admitted.
@@ -205,6 +208,9 @@ pub struct Decision {
     pub waiting: BTreeMap<String, Wait>,
     /// Per pool: slots held after the admissions.
     pub used: BTreeMap<String, u32>,
+    /// Candidates left in line once every pool was closed (each waits for a closed pool;
+    /// they are in neither list).
+    pub undecided: usize,
 }
 
 impl Decision {
@@ -307,6 +313,11 @@ pub fn decide(world: &World) -> Decision {
         });
         line.reverse(); // popped from the back
     }
+    let mut poolless = world
+        .queued
+        .iter()
+        .filter(|c| c.claim.pools.is_empty())
+        .count();
     let mut closed: BTreeSet<&str> = BTreeSet::new();
     let mut in_line: BTreeMap<&str, usize> = BTreeMap::new();
     let mut decision = Decision::default();
@@ -334,6 +345,9 @@ pub fn decide(world: &World) -> Decision {
         }
         let Some((namespace, c, _)) = best else { break };
         lines.get_mut(namespace).and_then(|line| line.pop());
+        if c.claim.pools.is_empty() {
+            poolless -= 1;
+        }
         match blocked(world, &tally, &closed, &mut in_line, c) {
             None => {
                 tally.hold(&c.claim);
@@ -349,6 +363,18 @@ pub fn decide(world: &World) -> Decision {
                 }
                 decision.waiting.insert(c.key.clone(), wait);
             }
+        }
+        // Every pool closed and nobody left who needs none: the rest of the line waits.
+        let focus_decided = world.focus.as_ref().is_none_or(|k| {
+            decision.waiting.contains_key(k) || decision.admitted.iter().any(|a| a == k)
+        });
+        if poolless == 0
+            && focus_decided
+            && !world.pools.is_empty()
+            && closed.len() == world.pools.len()
+        {
+            decision.undecided = lines.values().map(Vec::len).sum();
+            break;
         }
     }
     decision.used = world

@@ -378,8 +378,16 @@ pub fn admit(
         logical: instance.spec.logical_time,
         concurrency: workflow.spec.concurrency,
     });
+    gathered.world.focus = Some(key.clone());
     let decision = Arc::new(admission::decide(&gathered.world));
     decisions.put(seed_key, epoch, decision.clone());
+    // Usage moves with time, so this decision may admit others than the one that woke this
+    // instance: wake them, or their slots would stay free until the next look.
+    for admitted in decision.admitted.iter().filter(|k| **k != key) {
+        if let Some((ns, name)) = gathered.names.get(admitted) {
+            let _ = ctx.wake.send(ObjectRef::new(name).within(ns));
+        }
+    }
     if decision.admits(&key) {
         let ready = status
             .history

@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 fn at(hour: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000 + hour * 3600, 0).expect("in range")
@@ -49,6 +50,7 @@ fn world(pools: &[(&str, u32)], holders: Vec<Claim>, queued: Vec<Candidate>) -> 
         quotas: BTreeMap::new(),
         holders,
         queued,
+        focus: None,
     }
 }
 
@@ -68,6 +70,12 @@ fn priority_then_fair_share_then_older_partition() {
         .into_iter()
         .collect();
     let d = decide(&w);
+    // Once the pool is closed the rest of the line is left undecided, unless in focus.
+    assert_eq!(d.undecided, 1);
+    assert!(!d.waiting.contains_key("b/old"));
+    w.focus = Some("b/old".into());
+    let d = decide(&w);
+    assert_eq!(d.undecided, 0);
     // Priority 80 first, then namespace a (less usage) although b's partition is older.
     assert_eq!(d.admitted, ["b/urgent", "a/old"]);
     assert_eq!(
@@ -107,7 +115,7 @@ fn an_instance_that_does_not_fit_is_not_passed_over() {
         ],
     ));
     assert!(d.admitted.is_empty(), "{d:?}");
-    assert!(d.waiting["b/small"].is_pool());
+    assert_eq!(d.undecided, 1, "left in line behind a/big");
 }
 
 #[test]
@@ -297,6 +305,7 @@ fn arbitrary_world() -> impl Strategy<Value = World> {
                     )
                 })
                 .collect(),
+            focus: None,
         }
     })
 }
@@ -308,7 +317,12 @@ proptest! {
         let by_key: BTreeMap<&str, &Candidate> =
             world.queued.iter().map(|c| (c.key.as_str(), c)).collect();
         // Every candidate is decided exactly once.
-        prop_assert_eq!(d.admitted.len() + d.waiting.len(), world.queued.len());
+        prop_assert_eq!(d.admitted.len() + d.waiting.len() + d.undecided, world.queued.len());
+        // Those left undecided all wait for pools that were closed.
+        let decided: BTreeSet<&str> = d.admitted.iter().chain(d.waiting.keys()).map(String::as_str).collect();
+        for c in world.queued.iter().filter(|c| !decided.contains(c.key.as_str())) {
+            prop_assert!(!c.claim.pools.is_empty());
+        }
         for (name, pool) in &world.pools {
             let before: u32 = world.holders.iter()
                 .flat_map(|h| &h.pools).filter(|p| &p.name == name).map(|p| p.slots).sum();
