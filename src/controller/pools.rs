@@ -358,16 +358,33 @@ pub fn admit(
         ));
     }
     let key = shared_key(namespace, &name);
-    let seed = Seed {
-        pools: workflow.spec.pools.iter().map(|p| p.name.clone()).collect(),
-        namespaces: [namespace.to_string()].into(),
-    };
+    let seed = Seed::of(ctx, namespace, workflow);
     let seed_key = seed.key();
     let decisions = &ctx.memory.decisions;
-    if let Some(decided) = decisions.get(&seed_key)
-        && let Some(wait) = still_waiting(ctx, &decided, &key, instance, workflow)
-    {
-        return Err(wait.message(namespace, &workflow.name_any()));
+    let admitted = |ctx: &Context| {
+        // Decisions about other seeds may share these pools: they no longer hold.
+        ctx.memory.decisions.admitted_under(&seed_key);
+        let ready = status
+            .history
+            .last()
+            .map(|h| h.at)
+            .or(created(instance))
+            .unwrap_or(now);
+        let waited = (now - ready).num_milliseconds() as f64 / 1000.0;
+        for pool in &workflow.spec.pools {
+            ctx.metrics.pool_wait(&pool.name, waited);
+        }
+        Ok(())
+    };
+    if let Some(decided) = decisions.get(&seed_key) {
+        // Nothing was given back and nobody was admitted elsewhere since: what it admitted
+        // still fits, and who it left waiting still waits.
+        if decided.admits(&key) {
+            return admitted(ctx);
+        }
+        if let Some(wait) = still_waiting(ctx, &decided, &key, instance, workflow) {
+            return Err(wait.message(namespace, &workflow.name_any()));
+        }
     }
     let epoch = decisions.epoch();
     let mut gathered = gather(ctx, entries, seed, Some(&key), now);
@@ -380,7 +397,7 @@ pub fn admit(
     });
     gathered.world.focus = Some(key.clone());
     let decision = Arc::new(admission::decide(&gathered.world));
-    decisions.put(seed_key, epoch, decision.clone());
+    decisions.put(seed_key.clone(), epoch, decision.clone());
     // Usage moves with time, so this decision may admit others than the one that woke this
     // instance: wake them, or their slots would stay free until the next look.
     for admitted in decision.admitted.iter().filter(|k| **k != key) {
@@ -389,17 +406,7 @@ pub fn admit(
         }
     }
     if decision.admits(&key) {
-        let ready = status
-            .history
-            .last()
-            .map(|h| h.at)
-            .or(created(instance))
-            .unwrap_or(now);
-        let waited = (now - ready).num_milliseconds() as f64 / 1000.0;
-        for pool in &workflow.spec.pools {
-            ctx.metrics.pool_wait(&pool.name, waited);
-        }
-        Ok(())
+        admitted(ctx)
     } else {
         Err(decision
             .waiting
@@ -410,6 +417,21 @@ pub fn admit(
 }
 
 impl Seed {
+    /// Where the decision about an instance of `workflow` in `namespace` starts: its pools,
+    /// and its namespace if that has a Quota (else instances of every namespace sharing the
+    /// pools share one decision).
+    fn of(ctx: &Context, namespace: &str, workflow: &Workflow) -> Seed {
+        let namespaces = if quota_of(ctx, namespace).is_some() {
+            [namespace.to_string()].into()
+        } else {
+            BTreeSet::new()
+        };
+        Seed {
+            pools: workflow.spec.pools.iter().map(|p| p.name.clone()).collect(),
+            namespaces,
+        }
+    }
+
     /// What remembered decisions are filed under.
     fn key(&self) -> String {
         let pools: Vec<&str> = self.pools.iter().map(String::as_str).collect();
@@ -477,10 +499,7 @@ fn wake_admitted(ctx: &Context, seed: Seed, now: DateTime<Utc>) -> (Gathered, Ar
 
 /// Wakes the waiting instances that may take what an instance of `workflow` just freed.
 pub fn wake(ctx: &Context, namespace: &str, workflow: &Workflow) {
-    let seed = Seed {
-        pools: workflow.spec.pools.iter().map(|p| p.name.clone()).collect(),
-        namespaces: [namespace.to_string()].into(),
-    };
+    let seed = Seed::of(ctx, namespace, workflow);
     wake_admitted(ctx, seed, ctx.clock.now());
     for pool in &workflow.spec.pools {
         let _ = ctx.wake_pool.send(ObjectRef::new(&pool.name));

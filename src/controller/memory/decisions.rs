@@ -3,8 +3,10 @@
 //! afresh on every look would cost the square of the queue. A decision that an instance waits
 //! for a full pool stays true until capacity is given back: an attempt ends, an instance leaves
 //! the queue without running (halted, deleted), a pool gets more slots or a Quota changes.
-//! Each of those bumps the epoch, and a decision from an older epoch is never used. Decisions
-//! that admit are always made afresh.
+//! Each of those bumps the epoch, and a decision from an older epoch is never used. What a
+//! remembered decision admits still fits while only its own admissions happened since: an
+//! admission under another decision (which may share pools) drops the others, and a pool whose
+//! slots change at all ends them all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,10 +53,17 @@ impl Decisions {
         }
     }
 
-    /// Notes a pool's slots; more than last seen gives capacity back.
+    /// An instance was admitted by a decision about `seed`: decisions about other seeds
+    /// (which may share its pools) no longer hold.
+    pub fn admitted_under(&self, seed: &str) {
+        lock(&self.cached).retain(|key, _| key == seed);
+    }
+
+    /// Notes a pool's slots; any change (more to give, fewer to respect) ends every
+    /// remembered decision.
     pub fn pool_slots(&self, pool: &str, slots: u32) {
         let before = lock(&self.slots).insert(pool.to_string(), slots);
-        if before.is_none_or(|b| slots > b) {
+        if before != Some(slots) {
             self.capacity_changed();
         }
     }
@@ -77,9 +86,14 @@ mod tests {
         assert!(decisions.get("p").is_none());
         decisions.pool_slots("p", 2);
         let epoch = decisions.epoch();
+        decisions.pool_slots("p", 2);
+        assert_eq!(decisions.epoch(), epoch, "the same slots change nothing");
         decisions.pool_slots("p", 1);
-        assert_eq!(decisions.epoch(), epoch, "fewer slots give nothing back");
-        decisions.pool_slots("p", 3);
-        assert_ne!(decisions.epoch(), epoch);
+        assert_ne!(decisions.epoch(), epoch, "fewer slots must be respected");
+        let epoch = decisions.epoch();
+        decisions.put("a".into(), epoch, Arc::new(Decision::default()));
+        decisions.put("b".into(), epoch, Arc::new(Decision::default()));
+        decisions.admitted_under("a");
+        assert!(decisions.get("a").is_some() && decisions.get("b").is_none());
     }
 }
