@@ -728,6 +728,12 @@ async fn act(
     if (freed || left_queue) && pools::governed(ctx, namespace, workflow) {
         ctx.memory.decisions.capacity_changed();
     }
+    if !current.state.is_active() && after.is_active() {
+        // The pool's status records who holds what, from which its usage accrues.
+        for pool in &workflow.spec.pools {
+            let _ = ctx.wake_pool.send(ObjectRef::new(&pool.name));
+        }
+    }
     if freed && pools::governed(ctx, namespace, workflow) {
         pools::wake(ctx, namespace, workflow);
     } else if freed && workflow.spec.concurrency.is_some() {

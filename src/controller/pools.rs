@@ -334,7 +334,15 @@ fn usage_now(
         .collect();
     let since = status.usage_updated_at.unwrap_or(now);
     let half_life = half_life(pool).unwrap_or(3600.0);
-    admission::usage_at(&stored, held, since, now, half_life)
+    // What was held since the last write is what that write recorded (the status is written
+    // whenever holdings change); the current holders hold from now on.
+    let _ = held;
+    let recorded: BTreeMap<String, u32> = status
+        .namespaces
+        .iter()
+        .map(|n| (n.namespace.clone(), n.used))
+        .collect();
+    admission::usage_at(&stored, &recorded, since, now, half_life)
 }
 
 /// Whether the queued `instance` of `workflow` may start now: `Err` is the message it
