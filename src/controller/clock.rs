@@ -61,3 +61,8 @@ impl Clock for ShiftedClock {
         Some(self.jumps.subscribe())
     }
 }
+
+/// A Kubernetes timestamp as the time type the controllers and views compute with.
+pub fn chrono_of(t: k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+}

@@ -247,7 +247,7 @@ fn gather(
             }
         }
     }
-    gathered.world.pools = pool_states(ctx, &seed.pools, &gathered.world.holders, now);
+    gathered.world.pools = pool_states(ctx, &seed.pools, now);
     gathered.world.quotas = quotas
         .iter()
         .map(|(ns, q)| (ns.clone(), limits_of(q)))
@@ -257,8 +257,7 @@ fn gather(
 
 /// When an instance was created, as chrono time.
 fn created(instance: &WorkflowInstance) -> Option<DateTime<Utc>> {
-    let at = instance.metadata.creation_timestamp.as_ref()?;
-    DateTime::from_timestamp(at.0.as_second(), at.0.subsec_nanosecond().max(0) as u32)
+    super::clock::chrono_of(instance.metadata.creation_timestamp.as_ref()?.0)
 }
 
 /// Whether the Job of an instance's next execution exists although the instance does not
@@ -290,19 +289,17 @@ fn priority_of(ctx: &Context, instance: &WorkflowInstance, workflow: &Workflow) 
 fn pool_states(
     ctx: &Context,
     names: &BTreeSet<String>,
-    holders: &[Claim],
     now: DateTime<Utc>,
 ) -> BTreeMap<String, PoolState> {
     names
         .iter()
         .filter_map(|name| {
             let pool = ctx.pools.get(&ObjectRef::new(name))?;
-            let held = held_by_namespace(holders, name);
             Some((
                 name.clone(),
                 PoolState {
                     slots: pool.spec.slots,
-                    usage: usage_now(&pool, &held, now),
+                    usage: usage_now(&pool, now),
                     half_life: half_life(&pool).unwrap_or(3600.0),
                 },
             ))
@@ -321,11 +318,7 @@ fn held_by_namespace(holders: &[Claim], pool: &str) -> BTreeMap<String, u32> {
 }
 
 /// A pool's stored usage brought from when it was written to `now`.
-fn usage_now(
-    pool: &Pool,
-    held: &BTreeMap<String, u32>,
-    now: DateTime<Utc>,
-) -> BTreeMap<String, f64> {
+fn usage_now(pool: &Pool, now: DateTime<Utc>) -> BTreeMap<String, f64> {
     let status = pool.status.clone().unwrap_or_default();
     let stored: BTreeMap<String, f64> = status
         .namespaces
@@ -336,7 +329,6 @@ fn usage_now(
     let half_life = half_life(pool).unwrap_or(3600.0);
     // What was held since the last write is what that write recorded (the status is written
     // whenever holdings change); the current holders hold from now on.
-    let _ = held;
     let recorded: BTreeMap<String, u32> = status
         .namespaces
         .iter()
@@ -556,7 +548,7 @@ pub async fn reconcile_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action
         }
     }
     let before = pool.status.clone().unwrap_or_default();
-    let usage = usage_now(&pool, &held, now);
+    let usage = usage_now(&pool, now);
     let namespaces: BTreeSet<&String> = usage
         .keys()
         .chain(held.keys())

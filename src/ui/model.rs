@@ -263,10 +263,7 @@ fn decode_token(text: &str) -> Option<i64> {
     text.strip_prefix('t')?.parse().ok()
 }
 
-/// A Kubernetes timestamp as the views' time type.
-fn chrono_of(t: k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
-}
+use crate::controller::clock::chrono_of;
 
 fn state_of(instance: &WorkflowInstance) -> InstanceState {
     instance
