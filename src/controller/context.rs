@@ -64,6 +64,8 @@ pub struct Context {
     pub wake: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<WorkflowInstance>>,
     /// Asks the pool controller to bring a pool's status up to date.
     pub wake_pool: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Pool>>,
+    /// Asks the quota controller to bring a Quota's status up to date.
+    pub wake_quota: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Quota>>,
     /// Asks the workflow controller to reconcile a workflow.
     pub wake_workflow: mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Workflow>>,
     /// What the controllers remember between reconciles.

@@ -728,10 +728,17 @@ async fn act(
     if (freed || left_queue) && pools::governed(ctx, namespace, workflow) {
         ctx.memory.decisions.capacity_changed();
     }
-    if !current.state.is_active() && after.is_active() {
+    let took = !current.state.is_active() && after.is_active();
+    if took {
         // The pool's status records who holds what, from which its usage accrues.
         for pool in &workflow.spec.pools {
             let _ = ctx.wake_pool.send(ObjectRef::new(&pool.name));
+        }
+    }
+    if took || freed || left_queue {
+        // The namespace's Quota reports its active attempts, their requests and its queue.
+        if let Some(quota) = pools::quota_of(ctx, namespace) {
+            let _ = ctx.wake_quota.send(ObjectRef::from_obj(&*quota));
         }
     }
     if freed && pools::governed(ctx, namespace, workflow) {

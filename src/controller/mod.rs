@@ -238,10 +238,14 @@ pub async fn run(
             .reconcile_on(stream_of(pool_woken))
             .with_config(Config::default().debounce(POOL_DEBOUNCE))
     });
+    // A Quota's status follows the attempts of its namespace as they start and end.
+    let (quota_wake, quota_woken) = mpsc::unbounded_channel();
     let quota_controller = Controller::new(
         api_for::<Quota>(&client, namespace),
         watcher::Config::default(),
-    );
+    )
+    .reconcile_on(stream_of(quota_woken))
+    .with_config(Config::default().debounce(POOL_DEBOUNCE));
     let mut workflow_controller = Controller::new(
         api_for::<Workflow>(&client, namespace),
         watcher::Config::default(),
@@ -275,6 +279,7 @@ pub async fn run(
             .map_or_else(|| reflector::store().0, |c| c.store()),
         quotas: quota_controller.store(),
         wake_pool: pool_wake,
+        wake_quota: quota_wake,
         instance_index,
         jobs,
         job_index,
