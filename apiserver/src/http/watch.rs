@@ -1,6 +1,6 @@
 //! Watches: `?watch=true` streams of events, resumable from a resourceVersion, with
-//! bookmarks, streaming lists (`sendInitialEvents`) and 410 Gone when the history or the
-//! watcher has fallen behind.
+//! bookmarks, streaming lists (`sendInitialEvents`), 410 Gone when the history has moved past
+//! the version asked for, and the stream closed when the watcher falls behind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +20,10 @@ use crate::selector::Selector;
 use crate::state::AppState;
 use crate::store::{Event, type_key};
 
-/// A line of a watch stream; `Last` ends it.
+/// A line of a watch stream; `End` ends it.
 enum Item {
     Line(Bytes),
-    Last(Bytes),
+    End,
 }
 
 /// How often an idle watch that asked for bookmarks gets one.
@@ -130,11 +130,10 @@ pub fn watch(
                 line
             }
             Ok(_) => None,
-            // This watcher fell behind and lost events: tell it to relist, and stop.
-            Err(_) => Some(Item::Last(watch_line(
-                "ERROR",
-                &ApiError::gone(last_sent).status(),
-            ))),
+            // This watcher fell behind and lost events. The real server closes an
+            // unresponsive watcher without an error; the client watches again from the last
+            // version it got, which the history still holds, instead of relisting.
+            Err(_) => Some(Item::End),
         };
         futures::future::ready(item)
     });
@@ -156,14 +155,11 @@ pub fn watch(
     let stream = futures::stream::iter(initial.into_iter().map(Item::Line))
         .chain(futures::stream::iter(initial_end))
         .chain(futures::stream::select(events, ticker))
-        .scan(false, |ended, item| {
+        // The stream ends at the first `End`.
+        .scan((), |(), item| {
             futures::future::ready(match item {
-                _ if *ended => None,
                 Item::Line(line) => Some(line),
-                Item::Last(line) => {
-                    *ended = true;
-                    Some(line)
-                }
+                Item::End => None,
             })
         })
         .map(Ok::<Bytes, std::io::Error>)

@@ -1,18 +1,15 @@
 //! Changes to stored objects: the events watches are sent, the bounded history they resume
 //! from, and the subscription controllers follow them with.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::error::ApiError;
-
-/// Watch events kept for clients that resume from a resourceVersion; older ones are compacted
-/// and such clients get 410 Gone.
-const HISTORY: usize = 10_000;
 
 /// A change to one object.
 #[derive(Clone, Debug)]
@@ -82,42 +79,86 @@ impl Subscription {
     }
 }
 
-/// The bounded history of changes that watches resume from.
+/// The watch cache's capacity per resource type: it starts at the lower bound and doubles
+/// while its oldest event is still fresh, up to the upper bound, as the real API server's
+/// watch cache sizes itself (`defaultLowerBoundCapacity`, `defaultUpperBoundCapacity`).
+const LOWER_BOUND: usize = 100;
+const UPPER_BOUND: usize = 100 * 1024;
+/// How long an event is kept however many come after it (below the upper bound): the real
+/// server's `eventFreshDuration`, a bookmark period plus margin, so that a client keeping up
+/// with its watch can always resume where it was.
+const FRESH_FOR: Duration = Duration::from_secs(75);
+
+/// One resource type's bounded history.
+struct TypeHistory {
+    events: VecDeque<(Instant, Event)>,
+    capacity: usize,
+    /// Events of this type up to and including this version were dropped.
+    compacted: u64,
+}
+
+/// The bounded history of changes that watches resume from, kept per resource type (as the
+/// real server keeps a watch cache per resource), so a burst of one type never pushes
+/// another's events out.
 #[derive(Default)]
 pub struct History {
-    events: VecDeque<Event>,
-    /// Events up to and including this version were dropped.
+    types: HashMap<String, TypeHistory>,
+    /// Every event up to and including this version is forgotten, whatever its type.
     compacted: u64,
 }
 
 impl History {
-    /// Keeps `event`, dropping the oldest past [`HISTORY`].
+    /// Keeps `event`, dropping its type's oldest once the type's cache is full and that
+    /// oldest is no longer fresh (or the cache is at its upper bound).
     pub fn push(&mut self, event: Event) {
-        self.events.push_back(event);
-        while self.events.len() > HISTORY {
-            if let Some(old) = self.events.pop_front() {
-                self.compacted = old.rv;
+        self.push_at(event, Instant::now());
+    }
+
+    fn push_at(&mut self, event: Event, now: Instant) {
+        let floor = self.compacted;
+        let history = self
+            .types
+            .entry(event.type_key.clone())
+            .or_insert_with(|| TypeHistory {
+                events: VecDeque::new(),
+                capacity: LOWER_BOUND,
+                compacted: floor,
+            });
+        if history.events.len() >= history.capacity {
+            let fresh = history
+                .events
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) < FRESH_FOR);
+            if fresh && history.capacity < UPPER_BOUND {
+                history.capacity = (history.capacity * 2).min(UPPER_BOUND);
+            } else if let Some((_, old)) = history.events.pop_front() {
+                history.compacted = old.rv;
             }
         }
+        history.events.push_back((now, event));
     }
 
     /// Events of the type `type_key` in `namespace` ("" = all) after `rv`; `Err` when
     /// compacted (410 Gone).
     pub fn since(&self, type_key: &str, namespace: &str, rv: u64) -> Result<Vec<Event>, ApiError> {
-        if rv < self.compacted {
+        let history = self.types.get(type_key);
+        let compacted = history.map_or(self.compacted, |h| h.compacted.max(self.compacted));
+        if rv < compacted {
             let mut gone = ApiError::gone(rv);
             // The real watch cache names the oldest version it can still resume from.
-            gone.message = format!("too old resource version: {rv} ({})", self.compacted);
+            gone.message = format!("too old resource version: {rv} ({compacted})");
             return Err(gone);
         }
-        Ok(self
+        let Some(history) = history else {
+            return Ok(Vec::new());
+        };
+        // Events are in version order: skip those at or before `rv` without looking at them.
+        let first = history.events.partition_point(|(_, e)| e.rv <= rv);
+        Ok(history
             .events
-            .iter()
-            .filter(|e| {
-                e.rv > rv
-                    && e.type_key == type_key
-                    && (namespace.is_empty() || e.namespace == namespace)
-            })
+            .range(first..)
+            .map(|(_, e)| e)
+            .filter(|e| namespace.is_empty() || e.namespace == namespace)
             .cloned()
             .collect())
     }
@@ -125,6 +166,72 @@ impl History {
     /// Forgets every event up to `rv`, the current version.
     pub fn compact(&mut self, rv: u64) {
         self.compacted = rv;
-        self.events.clear();
+        self.types.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(rv: u64, type_key: &str) -> Event {
+        Event {
+            rv,
+            type_key: type_key.to_string(),
+            namespace: "default".to_string(),
+            kind: "ADDED",
+            object: Arc::new(Value::Null),
+        }
+    }
+
+    #[test]
+    fn a_burst_of_one_type_keeps_every_other_types_history() {
+        let mut history = History::default();
+        let now = Instant::now();
+        history.push_at(event(1, "pods"), now);
+        for rv in 2..200_000 {
+            history.push_at(event(rv, "configmaps"), now);
+        }
+        let pods = history
+            .since("pods", "", 0)
+            .expect("pods are not compacted");
+        assert_eq!(pods.len(), 1);
+        // Past the upper bound even fresh events go, oldest first.
+        let gone = history.since("configmaps", "", 1).expect_err("compacted");
+        assert_eq!(gone.code, 410);
+        let kept = history.since("configmaps", "", 200_000 - 1 - UPPER_BOUND as u64);
+        assert_eq!(kept.expect("kept").len(), UPPER_BOUND);
+    }
+
+    #[test]
+    fn fresh_events_are_kept_and_stale_ones_dropped_once_the_cache_is_full() {
+        let mut history = History::default();
+        let start = Instant::now();
+        for rv in 1..=5_000 {
+            history.push_at(event(rv, "pods"), start);
+        }
+        assert_eq!(history.since("pods", "", 0).expect("fresh").len(), 5_000);
+        // Later, the cache is full of stale events: each new one pushes the oldest out.
+        let later = start + FRESH_FOR + Duration::from_secs(1);
+        let capacity = history.types["pods"].capacity;
+        for rv in 5_001..=5_000 + capacity as u64 {
+            history.push_at(event(rv, "pods"), later);
+        }
+        assert_eq!(history.types["pods"].capacity, capacity);
+        assert!(history.since("pods", "", 4_999).is_err());
+        assert_eq!(
+            history.since("pods", "", 5_000).expect("kept").len(),
+            capacity
+        );
+    }
+
+    #[test]
+    fn compaction_forgets_every_type() {
+        let mut history = History::default();
+        history.push(event(1, "pods"));
+        history.compact(2);
+        assert!(history.since("pods", "", 1).is_err());
+        assert!(history.since("configmaps", "", 1).is_err());
+        assert!(history.since("pods", "", 2).expect("current").is_empty());
     }
 }
