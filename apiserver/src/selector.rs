@@ -82,6 +82,11 @@ impl Selector {
     }
 
     /// Matches against `metadata.labels` (an empty selector matches without looking).
+    /// Whether it selects everything (no requirement).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches_labels(&self, obj: &Value) -> bool {
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         self.matches(|k| {

@@ -416,13 +416,16 @@ impl Paging {
         let rv = self.rv.unwrap_or(page.rv);
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if self.limit.is_some()
-            && page.remaining > 0
+            && page.more
             && let Some(last) = page.items.last()
         {
             let text = |p: &str| last.pointer(p).and_then(Value::as_str).unwrap_or_default();
             let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
             metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
-            metadata["remainingItemCount"] = json!(page.remaining);
+            // Unknown (and omitted) when the list has a selector, as from the real server.
+            if let Some(remaining) = page.remaining {
+                metadata["remainingItemCount"] = json!(remaining);
+            }
         }
         metadata
     }

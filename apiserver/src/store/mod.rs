@@ -45,8 +45,11 @@ pub struct Store {
 pub struct Page {
     /// The page's objects, in (namespace, name) order.
     pub items: Vec<Arc<Value>>,
-    /// How many more objects match after the page.
-    pub remaining: usize,
+    /// Whether more objects match after the page.
+    pub more: bool,
+    /// How many more objects there are after the page, when that is known: only for lists
+    /// without selectors, as the real server reports `remainingItemCount`.
+    pub remaining: Option<usize>,
     /// The store's resourceVersion when the page was taken.
     pub rv: u64,
 }
@@ -311,7 +314,8 @@ impl Store {
             Some((ns, _)) if !namespace.is_empty() && ns > namespace => {
                 return Page {
                     items: Vec::new(),
-                    remaining: 0,
+                    more: false,
+                    remaining: Some(0),
                     rv: inner.rv,
                 };
             }
@@ -325,21 +329,35 @@ impl Store {
         } else {
             (key, format!("{namespace}\0"), String::new())
         };
-        let mut matching = inner
-            .objects
-            .range((start, Bound::Excluded(end)))
-            .map(|(_, v)| v)
+        let range = inner.objects.range((start, Bound::Excluded(end)));
+        let limit = limit.unwrap_or(usize::MAX);
+        if labels.is_empty() && fields.is_empty() {
+            // Everything in the range: the page, then a count of what is left.
+            let mut all = range.map(|(_, v)| v);
+            let items: Vec<Arc<Value>> = all.by_ref().take(limit).cloned().collect();
+            let remaining = all.count();
+            return Page {
+                items,
+                more: remaining > 0,
+                remaining: Some(remaining),
+                rv: inner.rv,
+            };
+        }
+        // Matching selectors against every object of a large collection takes a while:
+        // done outside the lock, on the objects as they were, so writes are not held up.
+        let candidates: Vec<Arc<Value>> = range.map(|(_, v)| v.clone()).collect();
+        let rv = inner.rv;
+        drop(inner);
+        let mut matching = candidates
+            .into_iter()
             .filter(|v| labels.matches_labels(v) && fields.matches_fields(v));
-        let items: Vec<Arc<Value>> = matching
-            .by_ref()
-            .take(limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        let remaining = matching.count();
+        let items: Vec<Arc<Value>> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
         Page {
             items,
-            remaining,
-            rv: inner.rv,
+            more,
+            remaining: None,
+            rv,
         }
     }
 
