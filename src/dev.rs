@@ -60,6 +60,11 @@ pub struct DevArgs {
     /// with a session token, is printed as `UI: <url>`.
     #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
     pub ui_address: SocketAddr,
+    /// Run no processes: every container exits 0 as soon as it starts, as kwok simulates
+    /// pods on a real cluster. For measuring the operator at a scale this machine could not
+    /// run as processes.
+    #[arg(long)]
+    pub simulate_pods: bool,
 }
 
 /// The log store URL `charon dev` archives into: `--log-store`, or a directory under
@@ -86,6 +91,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         address,
         token: Some(token.clone()),
         tls: true,
+        simulated_pods: args.simulate_pods,
         ..charon_apiserver::Config::default()
     })
     .await
@@ -168,6 +174,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 allow_privileged_pods: args.allow_privileged_pods,
             },
             launcher: local_launcher(),
+            shards: 1,
         };
         let operator_client =
             crate::operator::client_with_agent(client_config()?, crate::operator::OPERATOR_AGENT)?;

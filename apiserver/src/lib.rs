@@ -280,6 +280,9 @@ pub struct Config {
     /// (see [`RunningServer::ca_pem`]) rather than plain HTTP (the default). kubectl sends
     /// a token only over HTTPS.
     pub tls: bool,
+    /// The kubelet runs no processes: every container exits 0 as soon as it starts (see
+    /// `KubeletConfig::simulated`), so benchmarks can run many thousands of pods.
+    pub simulated_pods: bool,
 }
 
 impl Config {
@@ -299,6 +302,7 @@ impl Config {
             work_dir: None,
             token: None,
             tls: false,
+            simulated_pods: false,
         }
     }
 
@@ -388,6 +392,7 @@ impl ApiServer {
                     backoff: config.restart_backoff,
                     backoff_max: config.restart_backoff_max,
                     work_dir,
+                    simulated: config.simulated_pods,
                 },
             )?;
             server.kubelet = Some(kubelet);

@@ -293,6 +293,37 @@ async fn a_succeeding_job_completes() {
     c.server.shutdown().await;
 }
 
+/// With simulated pods (kwok's way of running many pods without their processes) a
+/// container exits 0 as soon as it starts, whatever its command: a command that would fail or
+/// run for an hour completes its Job at once, with no process started and no log.
+#[tokio::test]
+async fn simulated_pods_complete_without_running_their_command() {
+    let c = cluster_with(charon_apiserver::Config {
+        simulated_pods: true,
+        ..charon_apiserver::Config::default()
+    })
+    .await;
+    let (jobs, pods) = c.apis();
+    let marker = temp_dir("simulated").join("ran");
+    let script = format!("touch {}; sleep 3600; exit 3", marker.display());
+    create_job(&jobs, job("simulated", &script, json!({}))).await;
+    let started = Instant::now();
+    let done = finished(&jobs, "simulated").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let types: Vec<String> = conditions(&done).into_iter().map(|(t, _, _)| t).collect();
+    assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
+    let list = pods_of(&pods, "simulated").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(terminated(&list[0]), (0, "Completed".to_string()));
+    assert!(!marker.exists(), "the command ran");
+    let name = list[0].metadata.name.clone().expect("name");
+    assert_eq!(
+        pods.logs(&name, &LogParams::default()).await.expect("log"),
+        ""
+    );
+    c.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_backoff_limit_counts_failed_pods() {
     let c = cluster().await;

@@ -27,6 +27,10 @@ pub struct KubeletConfig {
     pub backoff_max: Duration,
     /// Where per-pod directories go.
     pub work_dir: PathBuf,
+    /// Run no processes: every container starts and exits 0 at once (one that restarts
+    /// always stays running), with no container Events, as kwok's default stages do for a
+    /// real cluster. For benchmarks of many thousands of pods.
+    pub simulated: bool,
 }
 
 /// The node's state, shared by the kubelet's loop and every pod it runs.

@@ -461,6 +461,32 @@ impl PodCtx {
         self.changed.notify_one();
     }
 
+    /// A container that runs no process: it exits 0 as soon as it starts, unless it would
+    /// restart on success, in which case it runs until the pod stops.
+    async fn simulate(&self, init: bool, i: usize, policy: &str) -> Option<i32> {
+        let id = format!("charon://{}", uuid::Uuid::new_v4().simple());
+        let started = controllers::now();
+        if policy == "Always" && !init {
+            self.set_state(init, i, |c| {
+                c.id = id;
+                c.state = State::Running { started };
+            });
+            while self.pause(Duration::from_secs(3600)).await {}
+            return None;
+        }
+        self.set_state(init, i, |c| {
+            c.id = id;
+            c.state = State::Terminated {
+                exit: 0,
+                reason: "Completed".into(),
+                message: None,
+                started: Some(started.clone()),
+                finished: started,
+            };
+        });
+        Some(0)
+    }
+
     /// Runs one container until it should not restart; returns its last exit code (None if it
     /// never ran).
     async fn run_container(self: Arc<Self>, init: bool, i: usize, policy: &str) -> Option<i32> {
@@ -513,6 +539,9 @@ impl PodCtx {
                 }
                 pull_backoff = (pull_backoff * 2).min(cfg.backoff_max);
                 continue;
+            }
+            if cfg.simulated {
+                return self.simulate(init, i, policy).await;
             }
             if instances == 0 {
                 if text(&spec, "/imagePullPolicy") == "Always" {
