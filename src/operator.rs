@@ -16,6 +16,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::controller::leader::{LeaseConfig, Stop, run_elected};
+use crate::controller::shards::{self, Shards};
 use crate::controller::{self, Clock, EventLevel, Metrics, Options, SystemClock};
 use crate::throttle::{self, RateLimit};
 
@@ -46,6 +47,11 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease and in Events (default: the pod or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Split the workflows into this many shards, each replica acting on those whose Lease
+    /// (`<lease-name>-shard-<i>`) it holds, a fair share each; 1 (the default) is not sharded.
+    /// Replaces `--leader-elect`: every replica works. Use the same value on every replica.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: u32,
     /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_address: SocketAddr,
@@ -116,6 +122,9 @@ pub struct Settings {
     pub log_store: Option<Arc<crate::logstore::LogStore>>,
     /// Where pipelines and arrays get `charon-launcher` from.
     pub launcher: crate::controller::LauncherConfig,
+    /// Shards the workflows are split into across replicas (`--shards`); with more than one,
+    /// `lease` names the shard Leases instead of a leader Lease.
+    pub shards: u32,
 }
 
 /// Default of [`Settings::shutdown_timeout`], as `--shutdown-timeout-seconds`.
@@ -215,7 +224,7 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
         None => None,
     };
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let lease = args.leader_elect.then(|| LeaseConfig {
+    let lease = (args.leader_elect || args.shards > 1).then(|| LeaseConfig {
         namespace: args.lease_namespace.clone(),
         name: args.lease_name.clone(),
         identity: identity.clone(),
@@ -247,6 +256,7 @@ pub async fn main(args: OperatorArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| crate::controller::LauncherConfig::default().image),
             command: args.launcher_command.clone(),
         },
+        shards: args.shards,
     };
     if let (Some(address), Some(ui_client)) = (args.ui_address, ui_client) {
         let namespace = match args.namespaces.as_slice() {
@@ -334,10 +344,16 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
+    let shards = if settings.shards > 1 {
+        Shards::new(settings.shards)
+    } else {
+        Shards::unsharded()
+    };
     let controllers = {
         let client = client.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let shards = shards.clone();
         async move {
             let runs = namespaces.into_iter().map(|namespace| {
                 let options = Options {
@@ -349,6 +365,7 @@ pub async fn run(
                     policy: settings.policy,
                     log_store: settings.log_store.clone(),
                     launcher: settings.launcher.clone(),
+                    shards: shards.clone(),
                 };
                 controller::run(client.clone(), options, shutdown.clone())
             });
@@ -357,6 +374,32 @@ pub async fn run(
     };
     let (grace, release) = stop_budget(settings.shutdown_timeout);
     match settings.lease.clone() {
+        // Sharded: every replica runs the controllers, which act on the shards it holds.
+        Some(lease) if settings.shards > 1 => {
+            let lease_client = settings.lease_client.clone().unwrap_or(client);
+            let sharding = shards::run(
+                lease_client,
+                lease,
+                shards,
+                settings.metrics.clone(),
+                shutdown.clone(),
+                (grace, release),
+            );
+            let overdue = async move {
+                shutdown.await;
+                tokio::time::sleep(grace).await;
+            };
+            let controllers = async move {
+                tokio::select! {
+                    () = controllers => {}
+                    () = overdue => {
+                        tracing::warn!(?grace, "the controllers did not stop in time: leaving them");
+                    }
+                }
+            };
+            tokio::join!(controllers, sharding);
+            Ok(())
+        }
         Some(lease) => {
             let lease_client = settings.lease_client.clone().unwrap_or(client);
             let stop = Stop {

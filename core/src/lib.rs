@@ -19,6 +19,8 @@ pub mod quantity;
 pub mod resources;
 pub mod retry;
 pub mod schedule;
+pub mod shard;
+pub mod slim;
 pub mod status;
 pub mod styx;
 pub mod trigger;

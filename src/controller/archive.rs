@@ -61,6 +61,8 @@ pub struct Archiver {
     clock: Arc<dyn Clock>,
     events: EventRecorder,
     metrics: Arc<Metrics>,
+    /// Only the pods of workflows whose shard this replica holds are archived here.
+    shards: Arc<super::shards::Shards>,
     /// Uids of the pods being archived (or waiting to be tried again).
     active: Mutex<HashSet<String>>,
     permits: Semaphore,
@@ -75,6 +77,7 @@ impl Archiver {
         clock: Arc<dyn Clock>,
         events: EventRecorder,
         metrics: Arc<Metrics>,
+        shards: Arc<super::shards::Shards>,
     ) -> Arc<Archiver> {
         Arc::new(Archiver {
             store,
@@ -82,6 +85,7 @@ impl Archiver {
             clock,
             events,
             metrics,
+            shards,
             active: Mutex::default(),
             permits: Semaphore::new(ARCHIVES_AT_ONCE),
             tasks: Mutex::new(JoinSet::new()),
@@ -101,12 +105,20 @@ impl Archiver {
         if !held(pod) || archive::readiness(pod) == Readiness::Running {
             return;
         }
+        let namespace = pod.namespace().unwrap_or_default();
+        let workflow = pod
+            .labels()
+            .get(charon_core::job::LABEL_WORKFLOW)
+            .cloned()
+            .unwrap_or_default();
+        if !self.shards.owns(&namespace, &workflow) {
+            return;
+        }
         let Some(uid) = pod.uid() else { return };
         if !lock(&self.active).insert(uid.clone()) {
             return;
         }
         let this = self.clone();
-        let namespace = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         lock(&self.tasks).spawn(async move {
             this.archive_until_done(&namespace, &name).await;

@@ -26,6 +26,7 @@ use super::events::{EventRecorder, Severity};
 use super::index::NameIndex;
 use super::memory::Memory;
 use super::metrics::Metrics;
+use super::shards::Shards;
 use charon_core::resources::{Backfill, Pool, Quota, Workflow, WorkflowInstance};
 
 /// What the controllers share.
@@ -76,6 +77,8 @@ pub struct Context {
     pub log_archive: bool,
     /// Where pipelines and arrays get `charon-launcher` from.
     pub launcher: super::LauncherConfig,
+    /// The shards this replica acts on (all of them unless `--shards` is set).
+    pub shards: Arc<Shards>,
 }
 
 impl Context {
@@ -146,13 +149,20 @@ impl Context {
         reconcile: F,
     ) -> Result<Action, Error>
     where
-        K: Charon,
+        K: Charon + Sharded,
         F: Future<Output = Result<Action, Error>>,
     {
+        let namespace = object.namespace().unwrap_or_default();
+        // Another replica acts on this workflow's shard; its gaining replica reconciles
+        // everything of the shard when it takes it over.
+        let Some(_shard) = self.shards.enter(&namespace, &object.workflow_name()) else {
+            object.seen_elsewhere(&self);
+            return Ok(Action::await_change());
+        };
         let span = tracing::info_span!(
             "reconcile",
             kind = K::KIND,
-            namespace = object.namespace().unwrap_or_default(),
+            namespace = namespace,
             name = object.name_any(),
         );
         let _timer = self.metrics.reconcile(K::CONTROLLER);
@@ -284,6 +294,61 @@ charon_resource!(
     false
 );
 charon_resource!(Quota, charon_core::resources::QuotaStatus, "quota", false);
+
+/// Which workflow an object acts for: its shard is that workflow's (see [`Shards`]), so one
+/// replica writes a workflow, its instances, its backfills and their Jobs.
+pub trait Sharded {
+    /// The workflow's name ("" for a Quota, which stands for its whole namespace).
+    fn workflow_name(&self) -> String;
+    /// What a replica that does not act on the object still does with it: only what keeps
+    /// its own objects up to date, never a write.
+    fn seen_elsewhere(&self, _ctx: &Context) {}
+}
+
+impl Sharded for Workflow {
+    fn workflow_name(&self) -> String {
+        self.name_any()
+    }
+
+    /// Its dependencies, so an upstream partition finishing here wakes it there.
+    fn seen_elsewhere(&self, ctx: &Context) {
+        if let Some(namespace) = self.namespace() {
+            let upstream = self.spec.depends_on.iter().map(|d| d.workflow.as_str());
+            ctx.memory
+                .dependents
+                .learn(&namespace, &self.name_any(), upstream);
+        }
+    }
+}
+
+impl Sharded for WorkflowInstance {
+    fn workflow_name(&self) -> String {
+        self.spec.workflow.clone()
+    }
+
+    /// A Done upstream partition wakes the instances here that wait for it.
+    fn seen_elsewhere(&self, ctx: &Context) {
+        let done = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state == charon_core::instance::State::Done);
+        if let (true, Some(namespace)) = (done, self.namespace()) {
+            super::dependencies::wake_dependents(ctx, &namespace, &self.spec.workflow);
+        }
+    }
+}
+
+impl Sharded for Backfill {
+    fn workflow_name(&self) -> String {
+        self.spec.workflow.clone()
+    }
+}
+
+impl Sharded for Quota {
+    fn workflow_name(&self) -> String {
+        String::new()
+    }
+}
 
 /// The text of a caught panic.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -808,20 +808,23 @@ async fn observe(
         .history
         .last()
         .is_some_and(|h| now - h.at >= Duration::from_std(RESYNC).unwrap_or_default());
-    let cached = if quiet {
-        None
-    } else {
-        ctx.jobs.get(&ObjectRef::new(job_name).within(namespace))
-    };
-    let job: Option<Job> = match cached {
-        Some(job) => Some((*job).clone()),
-        None => ctx
+    let cached = ctx.jobs.get(&ObjectRef::new(job_name).within(namespace));
+    let job: Option<Job> = match &cached {
+        Some(job) if !quiet => Some((**job).clone()),
+        _ => ctx
             .api::<Job>(namespace)
             .get_opt(job_name)
             .await
             .map_err(call("get", "Job", namespace, job_name))?,
     };
-    let pods: Vec<Pod> = if quiet {
+    // A quiet attempt's pods are listed afresh only when its Job's cache is behind too: a
+    // list by label walks every pod of the namespace, far too dear to run for each of
+    // thousands of attempts waiting in a burst.
+    let cache_behind = || {
+        let version = |j: &Job| j.metadata.resource_version.clone();
+        cached.as_deref().and_then(version) != job.as_ref().and_then(version)
+    };
+    let pods: Vec<Pod> = if quiet && cache_behind() {
         list_pods(ctx, namespace, job_name).await?
     } else {
         ctx.pod_index

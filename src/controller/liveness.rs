@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
+
 use super::context::Context;
 use super::memory::lock;
 
@@ -119,14 +121,22 @@ pub async fn watch(context: std::sync::Arc<Context>, stop: impl std::future::Fut
     let watching = async {
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
+            // Only what this replica acts on is its work (with `--shards`, some of it).
+            let mine = |namespace: Option<String>, workflow: &str| {
+                context
+                    .shards
+                    .owns(&namespace.unwrap_or_default(), workflow)
+            };
             let unfinished = context.instances.state().iter().any(|i| {
                 i.metadata.deletion_timestamp.is_none()
                     && !i.status.as_ref().is_some_and(|s| s.state.is_terminal())
+                    && mine(i.namespace(), &i.spec.workflow)
             });
             liveness.due(&scope, "instance", unfinished);
             let now = context.clock.now();
             let overdue = context.workflows.state().iter().any(|w| {
                 !w.spec.suspend
+                    && mine(w.namespace(), &w.name_any())
                     && w.status
                         .as_ref()
                         .and_then(|s| s.next_trigger.as_ref())

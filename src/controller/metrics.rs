@@ -67,6 +67,7 @@ pub struct Metrics {
     instances: Family<StateLabels, Gauge>,
     lateness: Histogram,
     leader: Gauge,
+    shards_held: Gauge,
     liveness: super::liveness::Liveness,
     logs_archived: Counter,
     log_bytes_archived: Counter,
@@ -101,6 +102,12 @@ impl Default for Metrics {
         // them), then coarse ones up to an hour.
         let lateness = Histogram::new(LATENESS_BUCKETS.iter().copied());
         let leader = Gauge::default();
+        let shards_held = Gauge::default();
+        registry.register(
+            "shards_held",
+            "Shards whose Lease this replica holds (with --shards N)",
+            shards_held.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -190,6 +197,7 @@ impl Default for Metrics {
             instances,
             lateness,
             leader,
+            shards_held,
             liveness: Default::default(),
         }
     }
@@ -269,6 +277,12 @@ impl Metrics {
                 pool: pool.to_string(),
             })
             .observe(seconds.max(0.0));
+    }
+
+    /// Records how many shards this replica holds.
+    pub fn set_shards_held(&self, held: usize) {
+        self.shards_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// Records whether this replica leads.

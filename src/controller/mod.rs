@@ -24,6 +24,7 @@ mod liveness;
 mod memory;
 mod metrics;
 mod pools;
+pub mod shards;
 mod streams;
 mod workflow;
 
@@ -55,7 +56,7 @@ pub use metrics::Metrics;
 
 use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
-use streams::{FanOut, jumps_stream, relay_instances, stream_of};
+use streams::{FanOut, gained_stream, jumps_stream, relay_instances, stream_of};
 
 /// How the controllers run.
 #[derive(Clone)]
@@ -76,6 +77,8 @@ pub struct Options {
     pub log_store: Option<Arc<crate::logstore::LogStore>>,
     /// Where pipelines and arrays get `charon-launcher` from.
     pub launcher: LauncherConfig,
+    /// The shards this replica acts on ([`shards::Shards::unsharded`]: everything).
+    pub shards: Arc<shards::Shards>,
 }
 
 /// The image holding `charon-launcher` and its path there (`--launcher-image`,
@@ -136,6 +139,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let namespace = options.namespace.as_deref();
+    // The caches hold every workflow and instance: the operator never reads who manages
+    // which field, which is often the larger part of an object. (Jobs and Pods keep even
+    // less: `charon_core::slim`.)
+    fn trim<K: kube::Resource>(object: &mut K) {
+        object.meta_mut().managed_fields = None;
+    }
     let charon_children = watcher::Config::default().labels(charon_core::job::LABEL_INSTANCE);
     let events = EventRecorder::new(client.clone(), &options.identity, options.events);
     let archiver = options.log_store.clone().map(|store| {
@@ -145,6 +154,7 @@ pub async fn run(
             options.clock.clone(),
             events.clone(),
             options.metrics.clone(),
+            options.shards.clone(),
         )
     });
 
@@ -154,6 +164,7 @@ pub async fn run(
     let job_stream = reflector::reflector(
         jobs_writer,
         watcher(api_for::<Job>(&client, namespace), charon_children.clone())
+            .modify(charon_core::slim::job)
             .inspect(move |event| index.follow(event)),
     )
     .default_backoff()
@@ -164,6 +175,7 @@ pub async fn run(
     let pod_archiver = archiver.clone();
     let pod_stream = watcher(api_for::<Pod>(&client, namespace), charon_children)
         .default_backoff()
+        .modify(charon_core::slim::pod)
         .inspect(move |event| {
             index.follow(event);
             if let (Some(archiver), Ok(event)) = (&pod_archiver, event) {
@@ -200,6 +212,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(trim)
     // The index learns of an instance before the cache does, so whoever the change wakes
     // finds it in both.
     .inspect(move |event| index.follow(event))
@@ -227,6 +240,7 @@ pub async fn run(
         backfill::backfill_of(&instance)
     })
     .reconcile_on(stream_of(backfill_woken))
+    .reconcile_all_on(gained_stream(&options.shards))
     // A backfill's status lists every partition: coalesce the many changes of its instances
     // into one reconcile (and one status write) per period.
     .with_config(Config::default().debounce(BACKFILL_DEBOUNCE));
@@ -236,6 +250,7 @@ pub async fn run(
     let pool_controller = namespace.is_none().then(|| {
         Controller::new(Api::<Pool>::all(client.clone()), watcher::Config::default())
             .reconcile_on(stream_of(pool_woken))
+            .reconcile_all_on(gained_stream(&options.shards))
             .with_config(Config::default().debounce(POOL_DEBOUNCE))
     });
     // A Quota's status follows the attempts of its namespace as they start and end.
@@ -245,18 +260,27 @@ pub async fn run(
         watcher::Config::default(),
     )
     .reconcile_on(stream_of(quota_woken))
+    .reconcile_all_on(gained_stream(&options.shards))
     .with_config(Config::default().debounce(POOL_DEBOUNCE));
-    let mut workflow_controller = Controller::new(
+    let (workflows, workflows_writer) = reflector::store();
+    let workflow_stream = watcher(
         api_for::<Workflow>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns_shared_stream(finished_flips(workflow_events, memory.clone()))
-    .reconcile_on(stream_of(workflow_woken))
-    .with_config(Config::default().concurrency(WORKFLOW_RECONCILES));
+    .default_backoff()
+    .modify(trim)
+    .reflect(workflows_writer)
+    .applied_objects();
+    let mut workflow_controller = Controller::for_stream(workflow_stream, workflows)
+        .owns_shared_stream(finished_flips(workflow_events, memory.clone()))
+        .reconcile_on(stream_of(workflow_woken))
+        .reconcile_all_on(gained_stream(&options.shards))
+        .with_config(Config::default().concurrency(WORKFLOW_RECONCILES));
     let mut instance_controller = Controller::for_shared_stream(instance_events, instances)
         .watches_stream(job_stream, |job: Job| instance_of(&job.metadata))
         .watches_stream(pod_stream, |pod: Pod| instance_of(&pod.metadata))
         .reconcile_on(stream_of(woken))
+        .reconcile_all_on(gained_stream(&options.shards))
         .with_config(
             Config::default()
                 .concurrency(INSTANCE_RECONCILES)
@@ -293,6 +317,7 @@ pub async fn run(
         policy: options.policy,
         log_archive: archiver.is_some(),
         launcher: options.launcher.clone(),
+        shards: options.shards.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -335,9 +360,22 @@ pub async fn run(
     let archiving = {
         let (namespace, instances) = (options.namespace.clone(), context.instances.clone());
         let stop = stopped(stop_rx.clone());
+        let (pods, mut gained) = (context.pods.clone(), options.shards.gained());
         async move {
             if let Some(archiver) = archiver {
-                archiver.run(namespace, instances, stop).await;
+                // The held pods of a shard gained were offered when they were seen: offer
+                // them again, this replica now archives them.
+                let reoffer = async {
+                    while gained.changed().await.is_ok() {
+                        for pod in pods.state() {
+                            archiver.offer(&pod);
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = archiver.clone().run(namespace, instances, stop) => {}
+                    () = reoffer => {}
+                }
             }
         }
     };

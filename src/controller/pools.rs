@@ -530,8 +530,12 @@ fn valid(
 
 /// One reconcile of a Pool: wake whom it admits, and write its status.
 pub async fn reconcile_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile("pool");
     let name = pool.name_any();
+    // A Pool is cluster-scoped: its shard is that of a workflow named like it in no namespace.
+    let Some(_shard) = ctx.shards.enter("", &name) else {
+        return Ok(Action::await_change());
+    };
+    let _timer = ctx.metrics.reconcile("pool");
     let now = ctx.clock.now();
     ctx.memory.decisions.pool_slots(&name, pool.spec.slots);
     let seed = Seed {

@@ -115,6 +115,14 @@ pub fn stream_of<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Fires whenever this replica gains a shard: its controllers then reconcile everything, and
+/// act on the objects of the shard gained.
+pub fn gained_stream(
+    shards: &super::shards::Shards,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    jumps_stream(shards.gained())
+}
+
 /// One item per jump of the clock.
 pub fn jumps_stream(
     jumps: tokio::sync::watch::Receiver<u64>,

@@ -148,6 +148,7 @@ impl Cluster {
             policy: self.policy,
             log_store: self.log_store.clone(),
             launcher: launcher(),
+            shards: 1,
         };
         let (stop, stopped) = watch::channel(false);
         let shutdown = async move {

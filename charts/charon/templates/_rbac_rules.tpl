@@ -128,7 +128,15 @@ and tests/helm.rs reads the rendered rules back. Change them here, with the oper
 {{- define "charon.rbac.leaseRules" -}}
 # Leader election: replicas compete for one coordination.k8s.io Lease in the release namespace;
 # the holder renews it by update, a newcomer reads it and creates it if it is missing.
+{{- if gt (int .Values.sharding.shards) 1 }}
+# Sharding: each replica lists the shard and member Leases (by label), takes and renews
+# shard Leases by update, and deletes its member Lease when it stops.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "list", "create", "update", "delete"]
+{{- else }}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "create", "update"]
+{{- end }}
 {{- end }}
