@@ -346,7 +346,9 @@ struct Lateness {
 enum Due {
     /// All at the same top of the hour.
     AtOnce,
-    /// Spread evenly over the hour (offsets 0 s … 3599 s), measured over its first `minutes`.
+    /// Spread evenly over an hour, measured over its first `minutes`. The hour starts a few
+    /// minutes after the workflows are created, at the operator's real clock: moving the
+    /// clock forward would make every trigger it skipped come due at once, as catch-up.
     Spread { minutes: u64 },
 }
 
@@ -360,7 +362,7 @@ impl Due {
             })
     }
 
-    /// Workflow `i`'s trigger offset after the top of the hour, in seconds.
+    /// Workflow `i`'s first trigger after the measured hour starts, in seconds.
     fn offset(self, i: usize, n: usize) -> u64 {
         match self {
             Due::AtOnce => 0,
@@ -368,7 +370,7 @@ impl Due {
         }
     }
 
-    /// How long after the top of the hour the triggers measured fall (None: all of them).
+    /// How long after the start of the hour the triggers measured fall (None: all of them).
     fn window(self) -> Option<u64> {
         match self {
             Due::AtOnce => None,
@@ -410,12 +412,27 @@ async fn triggers(n: usize, limit: Option<RateLimit>, due: Due) -> Lateness {
     let (dev, client) = start_cluster(true).await;
     let clock = Arc::new(ShiftedClock::default());
     let workflows: Api<Workflow> = Api::namespaced(client.clone(), NS);
+    // Spread: the measured hour starts once creating and planning are surely over; each
+    // workflow's offset puts its first trigger `due.offset(i)` seconds into it.
+    let spread_start = (Utc::now() + Duration::seconds(180))
+        .duration_trunc(Duration::seconds(1))
+        .expect("trunc");
+    let start_in_hour = match due {
+        Due::AtOnce => 0,
+        Due::Spread { .. } => {
+            let hour = spread_start
+                .duration_trunc(Duration::hours(1))
+                .expect("trunc");
+            (spread_start - hour).num_seconds() as u64
+        }
+    };
     let objects: Vec<Workflow> = (0..n)
         .map(|i| {
+            let offset = (start_in_hour + due.offset(i, n)) % 3600;
             serde_json::from_value(json!({
                 "apiVersion": "charon.dev/v1alpha1", "kind": "Workflow",
                 "metadata": {"name": format!("w{i:06}")},
-                "spec": {"schedule": "@hourly", "offset": format!("PT{}S", due.offset(i, n)),
+                "spec": {"schedule": "@hourly", "offset": format!("PT{offset}S"),
                     "template": {"image": "busybox", "command": ["true"]}},
             }))
             .expect("workflow")
@@ -455,11 +472,17 @@ async fn triggers(n: usize, limit: Option<RateLimit>, due: Due) -> Lateness {
     drop(workflow_events);
     let planned_in = wait_planned.elapsed();
     let rss_planned = rss_mib();
-    // Move the operator's clock to two seconds before the next top of the hour.
+    // All at once: move the operator's clock to two seconds before the next top of the
+    // hour. Spread: wait for the measured hour to start.
     let now = clock.now();
-    let top: DateTime<Utc> =
-        now.duration_trunc(Duration::hours(1)).expect("trunc") + Duration::hours(1);
-    clock.advance(top - now - Duration::seconds(2));
+    let top: DateTime<Utc> = match due {
+        Due::AtOnce => {
+            let top = now.duration_trunc(Duration::hours(1)).expect("trunc") + Duration::hours(1);
+            clock.advance(top - now - Duration::seconds(2));
+            top
+        }
+        Due::Spread { .. } => spread_start,
+    };
     let before = counter.snapshot();
     let kinds_before = counter
         .by_kind
@@ -553,7 +576,7 @@ async fn triggers(n: usize, limit: Option<RateLimit>, due: Due) -> Lateness {
         ),
     };
     println!(
-        "triggers: {n} hourly workflows ({due_text}), {limited}, simulated pods: created in {:.1}s, planned in {:.1}s; {} instances seen in {:.0}s after the top of the hour; Events: {:?}",
+        "triggers: {n} hourly workflows ({due_text}), {limited}, simulated pods: created in {:.1}s, planned in {:.1}s; {} instances seen in {:.0}s after the first trigger instant; Events: {:?}",
         created_in.as_secs_f64(),
         planned_in.as_secs_f64(),
         names.len(),

@@ -153,9 +153,9 @@ async fn three_replicas_share_the_workflows_and_a_killed_ones_shards_move() {
         killed_at.elapsed()
     );
     // Its Leases expire 4 s after their last renewal (at most a second before the kill);
-    // a live replica looks every second.
+    // a live replica looks every second (the margin is for a busy machine).
     assert!(
-        moved_in < StdDuration::from_secs(8),
+        moved_in < StdDuration::from_secs(15),
         "the killed replica's shards took {moved_in:?} to move"
     );
 
