@@ -1,5 +1,9 @@
 //! Drives the embedded server with kube-rs the way the operator will.
 
+mod common;
+
+use common::client;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
@@ -7,17 +11,7 @@ use kube::api::{
     WatchParams,
 };
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, Config};
 use serde_json::json;
-
-async fn client() -> (charon_apiserver::RunningServer, Client) {
-    let server = charon_apiserver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("server starts");
-    let config = Config::new(server.url().parse().expect("url"));
-    let client = Client::try_from(config).expect("client");
-    (server, client)
-}
 
 fn api_error(err: kube::Error) -> (u16, String, String) {
     match err {

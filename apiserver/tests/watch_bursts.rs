@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::client;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,17 +15,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
-use kube::{Client, Config};
-use serde_json::json;
 
-async fn client() -> (charon_apiserver::RunningServer, Client) {
-    let server = charon_apiserver::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("server starts");
-    let config = Config::new(server.url().parse().expect("url"));
-    let client = Client::try_from(config).expect("client");
-    (server, client)
-}
+use serde_json::json;
 
 /// Creates `count` objects named `{prefix}-{i}` from `body(name)`, 16 at a time.
 async fn create_many<K>(api: &Api<K>, prefix: &str, count: usize, body: impl Fn(&str) -> K)

@@ -50,14 +50,16 @@ enum Outcome {
     Following(String),
 }
 
-fn micro(t: DateTime<Utc>) -> MicroTime {
+/// A Lease time from a chrono time (now, if out of range).
+pub(super) fn micro(t: DateTime<Utc>) -> MicroTime {
     MicroTime(
         k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
             .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
     )
 }
 
-fn chrono(t: &MicroTime) -> Option<DateTime<Utc>> {
+/// A chrono time from a Lease time.
+pub(super) fn chrono(t: &MicroTime) -> Option<DateTime<Utc>> {
     Utc.timestamp_micros(t.0.as_microsecond()).single()
 }
 

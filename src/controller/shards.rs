@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use charon_core::shard::{self, LeaseView, Step};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
 use super::Metrics;
-use super::leader::LeaseConfig;
+use super::leader::{self, LeaseConfig, micro};
 
 /// Label on every Lease of one sharded operator, valued with its Lease name.
 const LABEL_SHARDS: &str = "charon.dev/shards";
@@ -125,17 +124,6 @@ impl Drop for ShardGuard {
     }
 }
 
-fn micro(t: DateTime<Utc>) -> MicroTime {
-    MicroTime(
-        k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros())
-            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
-    )
-}
-
-fn chrono_of(t: &MicroTime) -> Option<DateTime<Utc>> {
-    Utc.timestamp_micros(t.0.as_microsecond()).single()
-}
-
 /// A Lease name from an identity: lower case, with anything but letters, digits, `-` and
 /// `.` as `-`, at most 200 characters.
 fn name_part(identity: &str) -> String {
@@ -159,7 +147,7 @@ fn view(lease: &Lease) -> LeaseView {
     let spec = lease.spec.clone().unwrap_or_default();
     LeaseView {
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
-        renewed: spec.renew_time.as_ref().and_then(chrono_of),
+        renewed: spec.renew_time.as_ref().and_then(leader::chrono),
         duration: chrono::Duration::seconds(i64::from(spec.lease_duration_seconds.unwrap_or(1))),
     }
 }

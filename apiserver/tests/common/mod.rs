@@ -25,3 +25,13 @@ pub async fn raw_get(
     let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The embedded server on an ephemeral port, and a kube-rs client of it.
+pub async fn client() -> (charon_apiserver::RunningServer, kube::Client) {
+    let server = charon_apiserver::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("server starts");
+    let config = kube::Config::new(server.url().parse().expect("url"));
+    let client = kube::Client::try_from(config).expect("client");
+    (server, client)
+}
