@@ -263,11 +263,11 @@ pub async fn run(
     .reconcile_all_on(gained_stream(&options.shards))
     .with_config(Config::default().debounce(POOL_DEBOUNCE));
     let (workflows, workflows_writer) = reflector::store();
+    // As `Controller::new` watches, whose trigger stream backs off on errors itself.
     let workflow_stream = watcher(
         api_for::<Workflow>(&client, namespace),
         watcher::Config::default(),
     )
-    .default_backoff()
     .modify(trim)
     .reflect(workflows_writer)
     .applied_objects();
