@@ -46,8 +46,10 @@ use crate::store::Change;
 
 /// The kubelet's handle on a pod's worker.
 struct Worker {
-    /// The pod as last seen (None once it is gone from the store).
-    pod: watch::Sender<Option<Value>>,
+    /// The pod as last seen (None once it is gone from the store), shared with the store: a
+    /// node keeps thousands of finished pods' workers waiting for their deletion, and a copy
+    /// each would double what their pods cost.
+    pod: watch::Sender<Option<Arc<Value>>>,
     /// What else the worker is asked to do.
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -131,7 +133,7 @@ async fn watch_pods(shared: Arc<Shared>) {
             _ = stop.changed() => return,
             open = changes.next_batch(|change| match change {
                 Change::Event(e) if e.type_key == "/pods" => {
-                    observe(&shared, e.kind, Arc::unwrap_or_clone(e.object));
+                    observe(&shared, e.kind, e.object);
                 }
                 Change::Event(_) => {}
                 Change::Missed => resync(&shared),
@@ -150,7 +152,7 @@ fn resync(shared: &Arc<Shared>) {
     let mut unseen: HashMap<String, String> = lock(&shared.workers)
         .iter()
         .map(|(uid, w)| {
-            let rv = w.pod.borrow().as_ref().map(resource_version);
+            let rv = w.pod.borrow().as_ref().map(|p| resource_version(p));
             (uid.clone(), rv.unwrap_or_default())
         })
         .collect();
@@ -167,7 +169,7 @@ fn resync(shared: &Arc<Shared>) {
     }
     drop(workers);
     for pod in changed {
-        observe(shared, "MODIFIED", pod);
+        observe(shared, "MODIFIED", Arc::new(pod));
     }
 }
 
@@ -177,7 +179,7 @@ fn ours(pod: &Value, node: &str) -> bool {
     bound_to.is_empty() || bound_to == node
 }
 
-fn observe(shared: &Arc<Shared>, kind: &str, pod: Value) {
+fn observe(shared: &Arc<Shared>, kind: &str, pod: Arc<Value>) {
     let uid = text(&pod, "/metadata/uid").to_string();
     let mut workers = lock(&shared.workers);
     if kind == "DELETED" {

@@ -57,7 +57,7 @@ struct PodCtx {
 pub async fn pod_worker(
     node: Arc<Node>,
     uid: &str,
-    mut pod_rx: watch::Receiver<Option<Value>>,
+    mut pod_rx: watch::Receiver<Option<Arc<Value>>>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let Some(pod) = pod_rx.borrow_and_update().clone() else {
@@ -77,13 +77,15 @@ pub async fn pod_worker(
             namespace: namespace.clone(),
             name: name.clone(),
             dir: dir.clone(),
-            pod: Mutex::new(pod),
+            pod: Mutex::new(Value::clone(&pod)),
             run: Mutex::new(Run::default()),
             changed: Notify::new(),
             stop: watch::channel(false).0,
             volumes: Mutex::new(Volumes::default()),
         });
-        ctx.run_pod(&mut pod_rx, commands).await;
+        // Boxed, so that its (large) state is freed once the pod has run: the worker then
+        // waits for the pod's deletion, often for as long as the node runs, holding little.
+        Box::pin(ctx.run_pod(&mut pod_rx, commands)).await;
     }
     // Finished: wait for the delete, finish it, and clean up once the pod is gone.
     let mut stop = node.stop.subscribe();
@@ -152,7 +154,7 @@ impl PodCtx {
 
     async fn run_pod(
         self: &Arc<Self>,
-        pod_rx: &mut watch::Receiver<Option<Value>>,
+        pod_rx: &mut watch::Receiver<Option<Arc<Value>>>,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
         let store = &self.node.state.store;
@@ -247,7 +249,7 @@ impl PodCtx {
                         Some(p) => {
                             let deleting = p.pointer("/metadata/deletionTimestamp").is_some();
                             let grace = p.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
-                            *lock(&self.pod) = p;
+                            *lock(&self.pod) = Value::clone(&p);
                             if deleting {
                                 let grace = grace.unwrap_or(0).max(0);
                                 let at = Instant::now() + Duration::from_secs(grace.unsigned_abs());
@@ -796,7 +798,7 @@ impl PodCtx {
     /// Holds an unscheduled pod while the scheduler's volume binding would reject it (a
     /// claim missing, being deleted or unbound), reporting each new reason as the scheduler
     /// does; false when the pod stopped or went meanwhile.
-    async fn await_claims(&self, pod_rx: &mut watch::Receiver<Option<Value>>) -> bool {
+    async fn await_claims(&self, pod_rx: &mut watch::Receiver<Option<Arc<Value>>>) -> bool {
         let mut reported: Option<String> = None;
         let mut stop = self.node.stop.subscribe();
         loop {
@@ -833,7 +835,7 @@ impl PodCtx {
                 changed = pod_rx.changed() => {
                     let latest = if changed.is_ok() { pod_rx.borrow_and_update().clone() } else { None };
                     match latest {
-                        Some(p) if p.pointer("/metadata/deletionTimestamp").is_none() => *lock(&self.pod) = p,
+                        Some(p) if p.pointer("/metadata/deletionTimestamp").is_none() => *lock(&self.pod) = Value::clone(&p),
                         _ => return false,
                     }
                 }

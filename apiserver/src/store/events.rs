@@ -89,9 +89,42 @@ const UPPER_BOUND: usize = 100 * 1024;
 /// with its watch can always resume where it was.
 const FRESH_FOR: Duration = Duration::from_secs(75);
 
+/// How many of a type's newest events the history keeps as the shared objects the store and
+/// the live watches hold; older ones are kept serialized. Most of a full history is versions
+/// no longer stored (each a copy of its object), and a serialized object takes a fraction of
+/// the memory of a parsed one; only a watch resuming from far back parses them again.
+const SHARED_NEWEST: usize = 1024;
+
+/// The object of a kept event.
+enum Kept {
+    /// Shared with the store (while current) and the watches that sent it.
+    Shared(Arc<Value>),
+    /// Its JSON, for an older event.
+    Serialized(Box<[u8]>),
+}
+
+impl Kept {
+    fn object(&self) -> Arc<Value> {
+        match self {
+            Kept::Shared(object) => object.clone(),
+            // It was serialized from a Value: it parses back (Null if it somehow did not).
+            Kept::Serialized(json) => Arc::new(serde_json::from_slice(json).unwrap_or_default()),
+        }
+    }
+}
+
+/// An event as a type's history keeps it.
+struct KeptEvent {
+    at: Instant,
+    rv: u64,
+    namespace: String,
+    kind: &'static str,
+    object: Kept,
+}
+
 /// One resource type's bounded history.
 struct TypeHistory {
-    events: VecDeque<(Instant, Event)>,
+    events: VecDeque<KeptEvent>,
     capacity: usize,
     /// Events of this type up to and including this version were dropped.
     compacted: u64,
@@ -128,14 +161,31 @@ impl History {
             let fresh = history
                 .events
                 .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) < FRESH_FOR);
+                .is_some_and(|e| now.duration_since(e.at) < FRESH_FOR);
             if fresh && history.capacity < UPPER_BOUND {
                 history.capacity = (history.capacity * 2).min(UPPER_BOUND);
-            } else if let Some((_, old)) = history.events.pop_front() {
+            } else if let Some(old) = history.events.pop_front() {
                 history.compacted = old.rv;
             }
         }
-        history.events.push_back((now, event));
+        history.events.push_back(KeptEvent {
+            at: now,
+            rv: event.rv,
+            namespace: event.namespace,
+            kind: event.kind,
+            object: Kept::Shared(event.object),
+        });
+        // The event that just left the newest: serialize it.
+        if let Some(older) = history
+            .events
+            .len()
+            .checked_sub(SHARED_NEWEST + 1)
+            .and_then(|i| history.events.get_mut(i))
+            && let Kept::Shared(object) = &older.object
+            && let Ok(json) = serde_json::to_vec(&**object)
+        {
+            older.object = Kept::Serialized(json.into_boxed_slice());
+        }
     }
 
     /// Events of the type `type_key` in `namespace` ("" = all) after `rv`; `Err` when
@@ -153,13 +203,18 @@ impl History {
             return Ok(Vec::new());
         };
         // Events are in version order: skip those at or before `rv` without looking at them.
-        let first = history.events.partition_point(|(_, e)| e.rv <= rv);
+        let first = history.events.partition_point(|e| e.rv <= rv);
         Ok(history
             .events
             .range(first..)
-            .map(|(_, e)| e)
             .filter(|e| namespace.is_empty() || e.namespace == namespace)
-            .cloned()
+            .map(|e| Event {
+                rv: e.rv,
+                type_key: type_key.to_string(),
+                namespace: e.namespace.clone(),
+                kind: e.kind,
+                object: e.object.object(),
+            })
             .collect())
     }
 
@@ -223,6 +278,28 @@ mod tests {
             history.since("pods", "", 5_000).expect("kept").len(),
             capacity
         );
+    }
+
+    #[test]
+    fn older_events_come_back_as_they_were_sent() {
+        let mut history = History::default();
+        let now = Instant::now();
+        let total = SHARED_NEWEST as u64 + 10;
+        for rv in 1..=total {
+            let mut e = event(rv, "pods");
+            e.object =
+                Arc::new(serde_json::json!({"metadata": {"resourceVersion": rv.to_string()}}));
+            history.push_at(e, now);
+        }
+        let kept = &history.types["pods"].events;
+        assert!(matches!(kept[9].object, Kept::Serialized(_)));
+        assert!(matches!(kept[10].object, Kept::Shared(_)));
+        let events = history.since("pods", "", 0).expect("kept");
+        assert_eq!(events.len() as u64, total);
+        for (e, rv) in events.iter().zip(1..) {
+            assert_eq!(e.rv, rv);
+            assert_eq!(e.object["metadata"]["resourceVersion"], rv.to_string());
+        }
     }
 
     #[test]
