@@ -817,22 +817,16 @@ async fn observe(
             .await
             .map_err(call("get", "Job", namespace, job_name))?,
     };
-    // A quiet attempt's pods are listed afresh only when its Job's cache is behind too: a
-    // list by label walks every pod of the namespace, far too dear to run for each of
-    // thousands of attempts waiting in a burst.
-    let cache_behind = || {
-        let version = |j: &Job| j.metadata.resource_version.clone();
-        cached.as_deref().and_then(version) != job.as_ref().and_then(version)
-    };
-    let pods: Vec<Pod> = if quiet && cache_behind() {
-        list_pods(ctx, namespace, job_name).await?
-    } else {
-        ctx.pod_index
-            .lookup(&ctx.pods, namespace, job_name)
-            .iter()
-            .map(|p| (**p).clone())
-            .collect()
-    };
+    // Pods come from the cache even for a quiet attempt: the Job read afresh gives the
+    // verdict, and a verdict its cached pods cannot explain (no exit code) reads them afresh
+    // below. A list by label walks every pod of the namespace (in the real API server too),
+    // far too dear to run for each of thousands of attempts waiting in a burst.
+    let pods: Vec<Pod> = ctx
+        .pod_index
+        .lookup(&ctx.pods, namespace, job_name)
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
     let observed = charon_core::observe::job_status(job.as_ref(), &pods);
     // The Job's verdict can reach the cache before its pods' final statuses do: read the pods
     // fresh before concluding that the attempt left no exit code, or which step failed.
