@@ -140,7 +140,12 @@ fn peak_rss_mib() -> f64 {
 
 /// A memory figure of this process from `/proc/self/status`, in MiB.
 fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    process_mib("self", field)
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status`, in MiB (0 if it is gone).
+fn process_mib(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
@@ -627,6 +632,12 @@ async fn triggers(n: usize, limit: Option<RateLimit>, due: Due) -> Lateness {
     println!(
         "  operator RSS {rss:.0} MiB, peak {peak:.0} MiB (before starting it: {rss_before:.0} MiB; with every workflow planned: {rss_planned:.0} MiB; target < 1024 MiB: {})",
         verdict(peak < 1024.0)
+    );
+    let server = dev.child.id().to_string();
+    println!(
+        "  embedded server (charon dev) RSS {:.0} MiB, peak {:.0} MiB",
+        process_mib(&server, "VmRSS:"),
+        process_mib(&server, "VmHWM:")
     );
     if let (Due::AtOnce, Some(sample)) = (due, sample.as_ref()) {
         // Every instance was due at the same instant: the operator created them at n over the
