@@ -241,7 +241,7 @@ async fn sigkills_and_api_faults_neither_duplicate_nor_lose_runs() {
                 .and_then(|b| b.status)
                 .is_some_and(|s| s.state == BackfillState::Completed)
         {
-            println!("the first backfill completed {:?} in", started.elapsed());
+            println!("the first backfill completed in {:?}", started.elapsed());
             create_backfill(&backfills, &backfill("rerun", "history")).await;
             rerun_created = Some(Instant::now());
         }

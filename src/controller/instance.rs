@@ -808,10 +808,14 @@ async fn observe(
         .history
         .last()
         .is_some_and(|h| now - h.at >= Duration::from_std(RESYNC).unwrap_or_default());
-    let cached = ctx.jobs.get(&ObjectRef::new(job_name).within(namespace));
-    let job: Option<Job> = match &cached {
-        Some(job) if !quiet => Some((**job).clone()),
-        _ => ctx
+    let cached = if quiet {
+        None
+    } else {
+        ctx.jobs.get(&ObjectRef::new(job_name).within(namespace))
+    };
+    let job: Option<Job> = match cached {
+        Some(job) => Some((*job).clone()),
+        None => ctx
             .api::<Job>(namespace)
             .get_opt(job_name)
             .await

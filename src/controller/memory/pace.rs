@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const BUSY_WRITES_PER_SECOND: u32 = 20;
 
 /// How long a progress-only status write may be held back while the operator is busy: past
-/// the end of the runs of a large burst (100,000 runs due at once end within six minutes of
+/// the end of the runs of a large burst (100,000 runs due at once end within five minutes of
 /// their trigger on 2 cores), so each of them is still written once.
 pub const BUSY_PROGRESS_WITHIN: Duration = Duration::from_secs(600);
 
