@@ -29,10 +29,39 @@ pub fn job(job: &mut Job) {
 }
 
 /// Drops what no observation of a Pod reads: every container field but its name (and the
-/// array variables of the main container), volumes and the rest of the spec, and who
-/// manages which field. The status is kept whole.
+/// array variables of the main container), volumes and the rest of the spec, who manages
+/// which field, and of the status the pod's conditions, addresses and QoS class and each
+/// container's image, ID, mounts and resources. Phase, reason, message, start time and every
+/// container's state are kept.
 pub fn pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.host_ip = None;
+        status.host_ips = None;
+        status.pod_ip = None;
+        status.pod_ips = None;
+        status.qos_class = None;
+        status.resize = None;
+        status.resource_claim_statuses = None;
+        status.nominated_node_name = None;
+        for statuses in [
+            &mut status.container_statuses,
+            &mut status.init_container_statuses,
+            &mut status.ephemeral_container_statuses,
+        ] {
+            for c in statuses.iter_mut().flatten() {
+                c.image = String::new();
+                c.image_id = String::new();
+                c.container_id = None;
+                c.volume_mounts = None;
+                c.resources = None;
+                c.allocated_resources = None;
+                c.allocated_resources_status = None;
+                c.user = None;
+            }
+        }
+    }
     let named = |c: Container| {
         let env = (c.name == MAIN_CONTAINER)
             .then(|| {
@@ -84,7 +113,9 @@ mod tests {
                             {"name": "CHARON_TASK_STEP", "value": "5"},
                             {"name": "CHARON_PARAMETER", "value": "2026-12-01"}]}],
             },
-            "status": {"phase": "Failed", "containerStatuses": [{"name": "main", "image": "busybox",
+            "status": {"phase": "Failed", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "main", "image": "busybox",
                 "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"terminated": {"exitCode": 3, "reason": "Error",
                     "startedAt": "2026-12-01T10:00:00Z", "finishedAt": "2026-12-01T10:00:05Z"}}}]},
@@ -106,7 +137,30 @@ mod tests {
             crate::archive::readiness(&slim),
             crate::archive::readiness(&whole)
         );
-        assert_eq!(slim.status, whole.status);
+        let states = |p: &Pod| {
+            let status = p.status.clone().unwrap_or_default();
+            let states = status.container_statuses.unwrap_or_default();
+            (
+                status.phase,
+                states
+                    .into_iter()
+                    .map(|c| (c.name, c.state, c.last_state))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            states(&slim),
+            states(&whole),
+            "phase and container states kept"
+        );
+        let status = slim.status.as_ref().expect("status");
+        assert!(status.conditions.is_none() && status.pod_ip.is_none());
+        assert!(
+            status
+                .container_statuses
+                .as_ref()
+                .is_some_and(|c| c[0].image.is_empty())
+        );
         assert_eq!(slim.metadata.annotations, whole.metadata.annotations);
         assert!(slim.metadata.managed_fields.is_none());
         let spec = slim.spec.as_ref().expect("spec");
