@@ -26,6 +26,7 @@ use super::events::{EventRecorder, Severity};
 use super::index::NameIndex;
 use super::memory::Memory;
 use super::metrics::Metrics;
+use super::packed::Packed;
 use super::shards::Shards;
 use charon_core::resources::{Backfill, Pool, Quota, Workflow, WorkflowInstance};
 
@@ -49,14 +50,14 @@ pub struct Context {
     pub quotas: Store<Quota>,
     /// Which cached instances belong to which workflow.
     pub instance_index: Arc<NameIndex<WorkflowInstance>>,
-    /// Cached Jobs created by Charon.
-    pub jobs: Store<Job>,
+    /// Cached Jobs created by Charon, packed.
+    pub jobs: Store<Packed<Job>>,
     /// Jobs by the instance they belong to.
-    pub job_index: Arc<NameIndex<Job>>,
-    /// Cached Pods of those Jobs.
-    pub pods: Store<Pod>,
+    pub job_index: Arc<NameIndex<Packed<Job>>>,
+    /// Cached Pods of those Jobs, packed.
+    pub pods: Store<Packed<Pod>>,
     /// Pods by the Job they belong to.
-    pub pod_index: Arc<NameIndex<Pod>>,
+    pub pod_index: Arc<NameIndex<Packed<Pod>>>,
     /// Event writer.
     pub events: EventRecorder,
     /// Prometheus metrics.

@@ -2,12 +2,13 @@
 //! Job or Pod belongs to. Lookups by owner go through [`NameIndex`], kept from a watch
 //! stream, so a reconcile never scans every object in a cache.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::Context;
@@ -19,10 +20,49 @@ use charon_core::resources::{Workflow, WorkflowInstance};
 /// to (none: not indexed).
 pub struct NameIndex<K> {
     key: fn(&K) -> Option<&str>,
-    by_owner: RwLock<HashMap<(String, String), BTreeSet<String>>>,
+    by_owner: RwLock<HashMap<(String, String), Names>>,
 }
 
-impl<K: kube::Resource> NameIndex<K> {
+/// The names under one owner. Most owners have one (a run's Job, a Job's pod): a set for
+/// each would cost a B-tree node, some 300 bytes, per cached object.
+enum Names {
+    One(String),
+    Many(BTreeSet<String>),
+}
+
+impl Names {
+    fn insert(&mut self, name: String) {
+        match self {
+            Names::One(one) if *one == name => {}
+            Names::One(one) => {
+                *self = Names::Many(BTreeSet::from([std::mem::take(one), name]));
+            }
+            Names::Many(names) => {
+                names.insert(name);
+            }
+        }
+    }
+
+    /// Removes `name`; whether none are left.
+    fn remove(&mut self, name: &str) -> bool {
+        match self {
+            Names::One(one) => one == name,
+            Names::Many(names) => {
+                names.remove(name);
+                names.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match self {
+            Names::One(one) => Box::new(std::iter::once(one)),
+            Names::Many(names) => Box::new(names.iter()),
+        }
+    }
+}
+
+impl<K: Lookup> NameIndex<K> {
     /// An empty index grouping objects by `key`.
     pub fn new(key: fn(&K) -> Option<&str>) -> Self {
         NameIndex {
@@ -33,7 +73,7 @@ impl<K: kube::Resource> NameIndex<K> {
 
     fn key_of(&self, object: &K) -> Option<(String, String)> {
         Some((
-            object.meta().namespace.clone()?,
+            object.namespace()?.into_owned(),
             (self.key)(object)?.to_string(),
         ))
     }
@@ -51,21 +91,26 @@ impl<K: kube::Resource> NameIndex<K> {
     }
 
     fn insert(&self, object: &K) {
-        if let (Some(key), Some(name)) = (self.key_of(object), object.meta().name.clone()) {
-            write(&self.by_owner).entry(key).or_default().insert(name);
+        if let (Some(key), Some(name)) = (self.key_of(object), object.name()) {
+            let name = name.into_owned();
+            match write(&self.by_owner).entry(key) {
+                Entry::Occupied(mut names) => names.get_mut().insert(name),
+                Entry::Vacant(names) => {
+                    names.insert(Names::One(name));
+                }
+            }
         }
     }
 
     fn remove(&self, object: &K) {
-        let (Some(key), Some(name)) = (self.key_of(object), object.meta().name.as_deref()) else {
+        let (Some(key), Some(name)) = (self.key_of(object), object.name()) else {
             return;
         };
         let mut index = write(&self.by_owner);
-        if let Some(names) = index.get_mut(&key) {
-            names.remove(name);
-            if names.is_empty() {
-                index.remove(&key);
-            }
+        if let Some(names) = index.get_mut(&key)
+            && names.remove(&name)
+        {
+            index.remove(&key);
         }
     }
 
@@ -74,13 +119,15 @@ impl<K: kube::Resource> NameIndex<K> {
     /// is looked up in the cache and checked there.
     pub fn lookup(&self, store: &Store<K>, namespace: &str, owner: &str) -> Vec<Arc<K>>
     where
-        K: Clone,
+        K: Clone + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     {
-        read(&self.by_owner)
-            .get(&(namespace.to_string(), owner.to_string()))
-            .into_iter()
-            .flatten()
+        let index = read(&self.by_owner);
+        let Some(names) = index.get(&(namespace.to_string(), owner.to_string())) else {
+            return Vec::new();
+        };
+        names
+            .iter()
             .filter_map(|name| store.get(&ObjectRef::new(name).within(namespace)))
             .filter(|object| (self.key)(object) == Some(owner))
             .collect()

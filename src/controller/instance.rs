@@ -255,7 +255,7 @@ fn read(ctx: &Context, instance: &WorkflowInstance, namespace: String, name: Str
     };
     let status = owed
         .as_ref()
-        .map_or_else(|| stored_status.clone(), |o| o.status.clone());
+        .map_or_else(|| stored_status.clone(), |o| (*o.status).clone());
     let workflow = ctx
         .workflows
         .get(&ObjectRef::new(&instance.spec.workflow).within(&namespace));
@@ -814,7 +814,7 @@ async fn observe(
         ctx.jobs.get(&ObjectRef::new(job_name).within(namespace))
     };
     let job: Option<Job> = match cached {
-        Some(job) => Some((*job).clone()),
+        Some(job) => Some(job.unpack()),
         None => ctx
             .api::<Job>(namespace)
             .get_opt(job_name)
@@ -829,7 +829,7 @@ async fn observe(
         .pod_index
         .lookup(&ctx.pods, namespace, job_name)
         .iter()
-        .map(|p| (**p).clone())
+        .map(|p| p.unpack())
         .collect();
     let observed = charon_core::observe::job_status(job.as_ref(), &pods);
     // The Job's verdict can reach the cache before its pods' final statuses do: read the pods
@@ -1060,6 +1060,7 @@ async fn sweep_jobs(ctx: &Context, read: &Read) -> Result<(), Error> {
         .job_index
         .lookup(&ctx.jobs, &read.namespace, &read.name)
         .iter()
+        .map(|job| job.unpack())
         .filter(|job| job.metadata.deletion_timestamp.is_none())
         .filter(|job| execution_of_job(job).is_some_and(|e| e < current))
         .filter_map(|job| job.metadata.name.clone())

@@ -23,6 +23,7 @@ mod instance;
 mod liveness;
 mod memory;
 mod metrics;
+pub mod packed;
 mod pools;
 pub mod shards;
 mod streams;
@@ -56,6 +57,7 @@ pub use metrics::Metrics;
 
 use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
+use packed::Packed;
 use streams::{FanOut, gained_stream, jumps_stream, relay_instances, stream_of};
 
 /// How the controllers run.
@@ -158,31 +160,35 @@ pub async fn run(
         )
     });
 
-    let (jobs, jobs_writer) = reflector::store();
-    let job_index = Arc::new(NameIndex::new(instance_of_job));
+    // Jobs and Pods are cached packed (`packed`); the watch hands them on whole to wake their
+    // instances.
+    let (jobs, mut jobs_writer) = reflector::store();
+    let job_index = Arc::new(NameIndex::new(Packed::<Job>::owner));
     let index = job_index.clone();
-    let job_stream = reflector::reflector(
-        jobs_writer,
-        watcher(api_for::<Job>(&client, namespace), charon_children.clone())
-            .modify(charon_core::slim::job)
-            .inspect(move |event| index.follow(event)),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (pods, pods_writer) = reflector::store();
-    let pod_index = Arc::new(NameIndex::new(job_of_pod));
+    let job_stream = watcher(api_for::<Job>(&client, namespace), charon_children.clone())
+        .default_backoff()
+        .modify(charon_core::slim::job)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                packed::apply(event, instance_of_job, &index, &mut jobs_writer);
+            }
+        })
+        .touched_objects();
+    let (pods, mut pods_writer) = reflector::store();
+    let pod_index = Arc::new(NameIndex::new(Packed::<Pod>::owner));
     let index = pod_index.clone();
     let pod_archiver = archiver.clone();
     let pod_stream = watcher(api_for::<Pod>(&client, namespace), charon_children)
         .default_backoff()
         .modify(charon_core::slim::pod)
         .inspect(move |event| {
-            index.follow(event);
-            if let (Some(archiver), Ok(event)) = (&pod_archiver, event) {
-                archiver.follow(event);
+            if let Ok(event) = event {
+                packed::apply(event, job_of_pod, &index, &mut pods_writer);
+                if let Some(archiver) = &pod_archiver {
+                    archiver.follow(event);
+                }
             }
         })
-        .reflect(pods_writer)
         .touched_objects();
 
     let (wake, woken) = mpsc::unbounded_channel();
@@ -368,7 +374,7 @@ pub async fn run(
                 let reoffer = async {
                     while gained.changed().await.is_ok() {
                         for pod in pods.state() {
-                            archiver.offer(&pod);
+                            archiver.offer(&pod.unpack());
                         }
                     }
                 };
