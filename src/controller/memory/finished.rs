@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
 
-use super::lock;
+use super::{key, lock};
 use charon_core::resources::WorkflowInstance;
 
 /// Finished or not, per instance, as last seen.
@@ -21,12 +21,12 @@ impl FinishedSeen {
             .status
             .as_ref()
             .is_some_and(|s| s.state.is_terminal());
-        lock(&self.0).insert(ObjectRef::from_obj(instance), finished) != Some(finished)
+        lock(&self.0).insert(key(instance), finished) != Some(finished)
     }
 
     /// Forgets an instance that was deleted.
     pub fn forget(&self, instance: &WorkflowInstance) {
-        lock(&self.0).remove(&ObjectRef::from_obj(instance));
+        lock(&self.0).remove(&key(instance));
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::lock;
+use super::{key, lock};
 use charon_core::resources::Workflow;
 
 /// The held-back status writes, one per workflow.
@@ -29,7 +29,7 @@ impl Held {
     /// Runs `f` on the workflow's hold, if any; a hold left by an earlier workflow of the same
     /// name is dropped first. What `f` leaves in the option is kept.
     fn with<T>(&self, workflow: &Workflow, f: impl FnOnce(&mut Option<Hold>) -> T) -> T {
-        let key = ObjectRef::from_obj(workflow);
+        let key = key(workflow);
         let uid = workflow.metadata.uid.as_deref().unwrap_or_default();
         let mut held = lock(&self.0);
         let mut hold = held.remove(&key).filter(|h| h.uid == uid);

@@ -26,6 +26,7 @@ mod writes;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use charon_core::resources::WorkflowInstance;
+use kube::runtime::reflector::ObjectRef;
 
 pub use admission::{Admission, Entries, Reservation, shared_key};
 pub use burst::TriggerBurst;
@@ -69,6 +70,18 @@ impl Memory {
         self.admission.forget(instance);
         // A deleted instance gives back what it held, or its place in line.
         self.decisions.capacity_changed();
+    }
+}
+
+/// The key an object is remembered under: its namespace and name. (`ObjectRef::from_obj`
+/// would also copy its resource version and uid into every key, two more strings per
+/// object for a map that holds one entry per instance in a burst.)
+pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let meta = object.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(namespace) => ObjectRef::new(name).within(namespace),
+        None => ObjectRef::new(name),
     }
 }
 

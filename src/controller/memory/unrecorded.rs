@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use kube::runtime::reflector::ObjectRef;
 
-use super::lock;
+use super::{key, lock};
 use charon_core::resources::{WorkflowInstance, WorkflowInstanceStatus};
 
 /// The statuses owed, one per instance.
@@ -22,8 +22,9 @@ pub struct Unrecorded(Mutex<HashMap<ObjectRef<WorkflowInstance>, Owed>>);
 pub struct Owed {
     /// The instance's uid: an instance deleted and created again under the name owes nothing.
     pub uid: String,
-    /// The status to write.
-    pub status: WorkflowInstanceStatus,
+    /// The status to write (boxed: the map holds one entry per attempt starting in a burst,
+    /// and its table would otherwise reserve a whole status for every spare slot).
+    pub status: Box<WorkflowInstanceStatus>,
     /// When the Job was created, by the controller's clock.
     pub since: DateTime<Utc>,
 }
@@ -31,7 +32,7 @@ pub struct Owed {
 impl Unrecorded {
     /// What is owed to this instance, as long as its stored status has not moved past it.
     pub fn owed(&self, instance: &WorkflowInstance) -> Option<Owed> {
-        let key = ObjectRef::from_obj(instance);
+        let key = key(instance);
         let mut owed = lock(&self.0);
         let entry = owed.get(&key)?;
         let applies = instance.metadata.uid.as_deref() == Some(entry.uid.as_str())
@@ -54,13 +55,20 @@ impl Unrecorded {
         since: DateTime<Utc>,
     ) {
         if let Some(uid) = instance.metadata.uid.clone() {
-            lock(&self.0).insert(ObjectRef::from_obj(instance), Owed { uid, status, since });
+            lock(&self.0).insert(
+                key(instance),
+                Owed {
+                    uid,
+                    status: Box::new(status),
+                    since,
+                },
+            );
         }
     }
 
     /// Forgets what was owed: written, or the instance is gone.
     pub fn settle(&self, instance: &WorkflowInstance) {
-        lock(&self.0).remove(&ObjectRef::from_obj(instance));
+        lock(&self.0).remove(&key(instance));
     }
 }
 
@@ -83,7 +91,7 @@ mod tests {
         let at = DateTime::<Utc>::UNIX_EPOCH;
         unrecorded.owe(&instance, started.clone(), at);
         let owed = unrecorded.owed(&instance).expect("owed");
-        assert_eq!((owed.status, owed.since), (started.clone(), at));
+        assert_eq!((*owed.status, owed.since), (started.clone(), at));
 
         // An instance created again under the name owes nothing.
         let again = fixtures::instance("u2");
