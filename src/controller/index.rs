@@ -80,12 +80,12 @@ impl<K: Lookup> NameIndex<K> {
 
     /// Follows a watch event (applied before the cache sees it, so whoever the change wakes
     /// finds the object in both).
-    pub fn follow(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+    pub fn follow(&self, event: &watcher::Event<K>) {
         match event {
-            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
                 self.insert(object);
             }
-            Ok(watcher::Event::Delete(object)) => self.remove(object),
+            watcher::Event::Delete(object) => self.remove(object),
             _ => {}
         }
     }
@@ -212,7 +212,7 @@ mod tests {
         let mut writer = reflector::store::Writer::<Pod>::default();
         let store = writer.as_reader();
         let seen = |event: watcher::Event<Pod>, writer: &mut reflector::store::Writer<Pod>| {
-            index.follow(&Ok(event.clone()));
+            index.follow(&event);
             writer.apply_watcher_event(&event);
         };
         for p in [

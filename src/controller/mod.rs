@@ -221,7 +221,11 @@ pub async fn run(
     .modify(trim)
     // The index learns of an instance before the cache does, so whoever the change wakes
     // finds it in both.
-    .inspect(move |event| index.follow(event))
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            index.follow(event);
+        }
+    })
     .reflect(instances_writer);
     let wake_workflow = workflow_wake.clone();
     let forget_logs = archiver.clone();

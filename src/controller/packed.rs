@@ -17,8 +17,8 @@ use kube::runtime::watcher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// One cached object of kind `K`, as its compressed JSON. `owner` is what the cache's index groups it by
-/// (a Job's instance, a Pod's Job), read when the object is packed.
+/// One cached object of kind `K`, as its compressed JSON. `owner` is what the cache's index
+/// groups it by (a Job's instance, a Pod's Job), read when the object is packed.
 pub struct Packed<K> {
     name: String,
     namespace: Option<String>,
@@ -148,7 +148,7 @@ pub fn apply<K>(
     K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
 {
     let packed = pack_event(event, owner);
-    index.follow(&Ok(packed.clone()));
+    index.follow(&packed);
     writer.apply_watcher_event(&packed);
 }
 

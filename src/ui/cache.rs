@@ -72,7 +72,11 @@ impl Cache {
         let instance_watch = watcher(api::<WorkflowInstance>(client, namespace), config())
             .default_backoff()
             .modify(trim)
-            .inspect(move |event| index.follow(event))
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    index.follow(event);
+                }
+            })
             .reflect(instances_writer)
             .for_each(|_| async {});
         let backfill_watch = watcher(api::<Backfill>(client, namespace), config())
@@ -133,7 +137,7 @@ impl Cache {
             for object in objects {
                 let event = watcher::Event::Apply(object);
                 if let Some(index) = index {
-                    index.follow(&Ok(event.clone()));
+                    index.follow(&event);
                 }
                 writer.apply_watcher_event(&event);
             }
