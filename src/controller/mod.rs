@@ -58,7 +58,9 @@ pub use metrics::Metrics;
 use index::{NameIndex, instance_of, instance_of_job, job_of_pod, workflow_name, workflow_of};
 use memory::{Memory, finished_flips};
 use packed::Packed;
-use streams::{FanOut, gained_stream, jumps_stream, relay_instances, stream_of};
+use streams::{
+    FanOut, by_name, gained_stream, jumps_stream, relay_instances, requests_of, stream_of,
+};
 
 /// How the controllers run.
 #[derive(Clone)]
@@ -128,11 +130,34 @@ const INSTANCE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(
 /// Instance changes buffered for each controller before the shared watch waits for it.
 const INSTANCE_EVENTS_BUFFER: usize = 4096;
 
+/// The prefix of the annotations the operator reads on workflows and instances.
+const OWN_ANNOTATIONS: &str = "charon.dev/";
+
 /// How long changes to a backfill's instances are gathered before it is reconciled.
 const BACKFILL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long wake-ups of a pool are gathered before its status is brought up to date.
 const POOL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Trims a cached workflow or instance to what the operator reads.
+///
+/// The caches hold every workflow and instance: the operator never reads who manages which
+/// field (often the larger part of an object), their labels or owners, or any annotation but
+/// its own (`kubectl apply` keeps a copy of the whole manifest in one). Its writes to them are
+/// status writes, which the API server takes the status of alone, and merge patches. (Jobs
+/// and Pods keep even less: `charon_core::slim`.)
+fn trim<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| key.starts_with(OWN_ANNOTATIONS));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
 
 /// Runs the Workflow, WorkflowInstance and Backfill controllers until `shutdown` resolves.
 pub async fn run(
@@ -141,12 +166,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let namespace = options.namespace.as_deref();
-    // The caches hold every workflow and instance: the operator never reads who manages
-    // which field, which is often the larger part of an object. (Jobs and Pods keep even
-    // less: `charon_core::slim`.)
-    fn trim<K: kube::Resource>(object: &mut K) {
-        object.meta_mut().managed_fields = None;
-    }
     let charon_children = watcher::Config::default().labels(charon_core::job::LABEL_INSTANCE);
     let events = EventRecorder::new(client.clone(), &options.identity, options.events);
     let archiver = options.log_store.clone().map(|store| {
@@ -165,25 +184,33 @@ pub async fn run(
     let (jobs, mut jobs_writer) = reflector::store();
     let job_index = Arc::new(NameIndex::new(Packed::<Job>::owner));
     let index = job_index.clone();
+    let dictionary = packed::Dictionary::default();
     let job_stream = watcher(api_for::<Job>(&client, namespace), charon_children.clone())
         .default_backoff()
         .modify(charon_core::slim::job)
         .inspect(move |event| {
             if let Ok(event) = event {
-                packed::apply(event, instance_of_job, &index, &mut jobs_writer);
+                packed::apply(
+                    event,
+                    instance_of_job,
+                    &dictionary,
+                    &index,
+                    &mut jobs_writer,
+                );
             }
         })
         .touched_objects();
     let (pods, mut pods_writer) = reflector::store();
     let pod_index = Arc::new(NameIndex::new(Packed::<Pod>::owner));
     let index = pod_index.clone();
+    let dictionary = packed::Dictionary::default();
     let pod_archiver = archiver.clone();
     let pod_stream = watcher(api_for::<Pod>(&client, namespace), charon_children)
         .default_backoff()
         .modify(charon_core::slim::pod)
         .inspect(move |event| {
             if let Ok(event) = event {
-                packed::apply(event, job_of_pod, &index, &mut pods_writer);
+                packed::apply(event, job_of_pod, &dictionary, &index, &mut pods_writer);
                 if let Some(archiver) = &pod_archiver {
                     archiver.follow(event);
                 }
@@ -273,29 +300,48 @@ pub async fn run(
     .reconcile_all_on(gained_stream(&options.shards))
     .with_config(Config::default().debounce(POOL_DEBOUNCE));
     let (workflows, workflows_writer) = reflector::store();
-    // As `Controller::new` watches, whose trigger stream backs off on errors itself.
     let workflow_stream = watcher(
         api_for::<Workflow>(&client, namespace),
         watcher::Config::default(),
     )
+    .default_backoff()
     .modify(trim)
     .reflect(workflows_writer)
     .applied_objects();
-    let mut workflow_controller = Controller::for_stream(workflow_stream, workflows)
-        .owns_shared_stream(finished_flips(workflow_events, memory.clone()))
-        .reconcile_on(stream_of(workflow_woken))
-        .reconcile_all_on(gained_stream(&options.shards))
-        .with_config(Config::default().concurrency(WORKFLOW_RECONCILES));
-    let mut instance_controller = Controller::for_shared_stream(instance_events, instances)
-        .watches_stream(job_stream, |job: Job| instance_of(&job.metadata))
-        .watches_stream(pod_stream, |pod: Pod| instance_of(&pod.metadata))
-        .reconcile_on(stream_of(woken))
-        .reconcile_all_on(gained_stream(&options.shards))
-        .with_config(
-            Config::default()
-                .concurrency(INSTANCE_RECONCILES)
-                .debounce(INSTANCE_DEBOUNCE),
-        );
+    // Both controllers are woken by name alone (`requests_of`), their own objects included.
+    let mut workflow_controller = Controller::for_stream(
+        futures::stream::pending::<Result<Workflow, watcher::Error>>(),
+        workflows,
+    )
+    .reconcile_on(requests_of(workflow_stream, |workflow: Workflow| {
+        Some(by_name(&workflow))
+    }))
+    // An instance names its workflow in its spec (the cache drops owner references).
+    // Requests by name alone: as related objects, each pending one would carry the
+    // instance's type and version too, at a burst one per workflow.
+    .reconcile_on(
+        finished_flips(workflow_events, memory.clone())
+            .filter_map(|instance| futures::future::ready(workflow_of(&instance))),
+    )
+    .reconcile_on(stream_of(workflow_woken))
+    .reconcile_all_on(gained_stream(&options.shards))
+    .with_config(Config::default().concurrency(WORKFLOW_RECONCILES));
+    let mut instance_controller =
+        Controller::for_shared_stream(futures::stream::pending(), instances)
+            .reconcile_on(instance_events.map(|instance| by_name(&*instance)))
+            .reconcile_on(requests_of(job_stream, |job: Job| {
+                instance_of(&job.metadata)
+            }))
+            .reconcile_on(requests_of(pod_stream, |pod: Pod| {
+                instance_of(&pod.metadata)
+            }))
+            .reconcile_on(stream_of(woken))
+            .reconcile_all_on(gained_stream(&options.shards))
+            .with_config(
+                Config::default()
+                    .concurrency(INSTANCE_RECONCILES)
+                    .debounce(INSTANCE_DEBOUNCE),
+            );
     if let Some(jumps) = options.clock.jumps() {
         workflow_controller = workflow_controller.reconcile_all_on(jumps_stream(jumps.clone()));
         instance_controller = instance_controller.reconcile_all_on(jumps_stream(jumps));
@@ -413,4 +459,55 @@ pub async fn run(
         signal,
         instance_root
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::ObjectRef;
+
+    #[test]
+    fn trimming_keeps_only_what_the_operator_reads() {
+        let mut instance: WorkflowInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "charon.dev/v1alpha1", "kind": "WorkflowInstance",
+            "metadata": {
+                "name": "nightly-1", "namespace": "ns", "uid": "u-1", "resourceVersion": "9",
+                "labels": {"charon.dev/workflow": "nightly"},
+                "annotations": {
+                    "charon.dev/retry-now": "true",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                },
+                "ownerReferences": [{"apiVersion": "charon.dev/v1alpha1", "kind": "Workflow",
+                    "name": "nightly", "uid": "w-1", "controller": true}],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"workflow": "nightly", "parameter": "2026-01-01T00", "logicalTime":
+                "2026-01-01T00:00:00Z", "trigger": {"type": "natural", "id": "natural"}},
+        }))
+        .expect("an instance");
+        trim(&mut instance);
+        let meta = &instance.metadata;
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(meta.labels, None);
+        assert_eq!(meta.owner_references, None);
+        assert_eq!(
+            meta.annotations
+                .as_ref()
+                .map(|a| a.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["charon.dev/retry-now".to_string()]),
+            "Charon's own annotations are kept, others dropped"
+        );
+        assert_eq!(meta.resource_version.as_deref(), Some("9"));
+        assert_eq!(meta.uid.as_deref(), Some("u-1"));
+        assert_eq!(
+            workflow_of(&instance),
+            Some(ObjectRef::new("nightly").within("ns"))
+        );
+
+        let mut foreign_only = instance.clone();
+        foreign_only.metadata.annotations =
+            Some([("example.com/x".to_string(), "1".to_string())].into());
+        trim(&mut foreign_only);
+        assert_eq!(foreign_only.metadata.annotations, None);
+    }
 }

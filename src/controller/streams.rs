@@ -115,6 +115,42 @@ pub fn stream_of<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Reconcile requests read from the objects of a watch (the instance a Job belongs to, a
+/// workflow itself), for `Controller::reconcile_on`. Requests made by name alone are smaller
+/// than the controller's own: handed to it as related objects, each pending request would
+/// carry the type and version of its object as well, and as the controller's own objects,
+/// their uid and version, kept twice by its scheduler; at a burst of 100,000 runs those were a
+/// large part of the operator's memory. The watch backs off on errors itself; they wake no
+/// one and are logged here.
+pub fn requests_of<K, T, S>(
+    watch: S,
+    request: impl Fn(K) -> Option<T> + Send + 'static,
+) -> impl futures::Stream<Item = T> + Send + 'static
+where
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    watch.filter_map(move |object| {
+        let request = match object {
+            Ok(object) => request(object),
+            Err(error) => {
+                tracing::debug!(%error, "watch failed; it backs off");
+                None
+            }
+        };
+        futures::future::ready(request)
+    })
+}
+
+/// A reconcile request for `object`, by namespace and name alone (see [`requests_of`]).
+pub fn by_name<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    match object.meta().namespace.as_deref() {
+        Some(namespace) => ObjectRef::new(name).within(namespace),
+        None => ObjectRef::new(name),
+    }
+}
+
 /// Fires whenever this replica gains a shard: its controllers then reconcile everything, and
 /// act on the objects of the shard gained.
 pub fn gained_stream(
