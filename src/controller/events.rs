@@ -37,8 +37,7 @@ pub enum EventLevel {
 /// Writes Events on behalf of one controller replica.
 #[derive(Clone)]
 pub struct EventRecorder {
-    queue: mpsc::Sender<Event>,
-    instance: String,
+    queue: mpsc::Sender<Pending>,
     level: EventLevel,
     dropped: Arc<Dropped>,
     _writer: Arc<Writer>,
@@ -99,12 +98,14 @@ impl EventRecorder {
     /// Must be called within a Tokio runtime: it starts the task that writes the Events,
     /// which ends when every clone is dropped.
     pub fn new(client: Client, instance: &str, level: EventLevel) -> Self {
-        let (queue, pending) = mpsc::channel::<Event>(QUEUE);
+        let (queue, pending) = mpsc::channel::<Pending>(QUEUE);
+        let reporter: Arc<str> = instance.into();
         let writes = futures::stream::unfold(pending, |mut pending| async move {
             pending.recv().await.map(|event| (event, pending))
         })
-        .map(move |event| {
+        .map(move |pending: Pending| {
             let client = client.clone();
+            let event = pending.event(&reporter);
             async move {
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Event> = Api::namespaced(client, &namespace);
@@ -117,7 +118,6 @@ impl EventRecorder {
         .for_each(|()| futures::future::ready(()));
         EventRecorder {
             queue,
-            instance: instance.to_string(),
             level,
             dropped: Arc::default(),
             _writer: Arc::new(Writer(tokio::spawn(writes))),
@@ -132,34 +132,69 @@ impl EventRecorder {
         if severity == Severity::Normal && self.level == EventLevel::Warnings {
             return;
         }
-        let namespace = object.namespace().unwrap_or_else(|| "default".to_string());
-        let now = Utc::now();
-        let timestamp = k8s_openapi::jiff::Timestamp::from_microsecond(now.timestamp_micros())
+        let pending = Pending {
+            namespace: object.namespace().unwrap_or_else(|| "default".to_string()),
+            api_version: K::api_version(&()).into_owned().into(),
+            kind: K::kind(&()).into_owned().into(),
+            name: object.name_any(),
+            uid: object.meta().uid.clone(),
+            resource_version: object.meta().resource_version.clone(),
+            reason: reason.to_string(),
+            message: truncate(message, 1024),
+            severity,
+            at: Utc::now(),
+        };
+        if self.queue.try_send(pending).is_err() {
+            self.dropped.note(reason, &object.name_any());
+        }
+    }
+}
+
+/// An Event waiting to be written: what it says, without the many empty and repeated fields
+/// of an `Event`, since thousands may wait during a burst.
+struct Pending {
+    namespace: String,
+    api_version: Box<str>,
+    kind: Box<str>,
+    name: String,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    reason: String,
+    message: String,
+    severity: Severity,
+    at: chrono::DateTime<Utc>,
+}
+
+impl Pending {
+    /// The Event, reported by the replica named `instance`.
+    fn event(self, instance: &str) -> Event {
+        let timestamp = k8s_openapi::jiff::Timestamp::from_microsecond(self.at.timestamp_micros())
             .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
         let name = format!(
             "{}.{:x}",
-            object.name_any(),
-            now.timestamp_nanos_opt().unwrap_or_default()
+            self.name,
+            self.at.timestamp_nanos_opt().unwrap_or_default()
         );
-        let event = Event {
+        Event {
             metadata: ObjectMeta {
                 name: Some(name),
-                namespace: Some(namespace.clone()),
+                namespace: Some(self.namespace.clone()),
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some(K::api_version(&()).to_string()),
-                kind: Some(K::kind(&()).to_string()),
-                name: Some(object.name_any()),
-                namespace: Some(namespace.clone()),
-                uid: object.meta().uid.clone(),
-                resource_version: object.meta().resource_version.clone(),
+                api_version: Some(self.api_version.into()),
+                kind: Some(self.kind.into()),
+                name: Some(self.name),
+                namespace: Some(self.namespace),
+                uid: self.uid,
+                resource_version: self.resource_version,
                 field_path: None,
             },
-            reason: Some(reason.to_string()),
-            message: Some(truncate(message, 1024)),
+            action: Some(self.reason.clone()),
+            reason: Some(self.reason),
+            message: Some(self.message),
             type_: Some(
-                match severity {
+                match self.severity {
                     Severity::Normal => "Normal",
                     Severity::Warning => "Warning",
                 }
@@ -169,17 +204,13 @@ impl EventRecorder {
             first_timestamp: Some(Time(timestamp)),
             last_timestamp: Some(Time(timestamp)),
             event_time: Some(MicroTime(timestamp)),
-            action: Some(reason.to_string()),
             reporting_component: Some(COMPONENT.to_string()),
-            reporting_instance: Some(self.instance.clone()),
+            reporting_instance: Some(instance.to_string()),
             source: Some(EventSource {
                 component: Some(COMPONENT.to_string()),
                 host: None,
             }),
             ..Default::default()
-        };
-        if self.queue.try_send(event).is_err() {
-            self.dropped.note(reason, &object.name_any());
         }
     }
 }
@@ -193,4 +224,55 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_event_becomes_the_event_it_describes() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00.000001Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let pending = Pending {
+            namespace: "ns".into(),
+            api_version: "charon.dev/v1alpha1".into(),
+            kind: "WorkflowInstance".into(),
+            name: "nightly-1".into(),
+            uid: Some("u-1".into()),
+            resource_version: Some("7".into()),
+            reason: "Failed".into(),
+            message: "exit code 1".into(),
+            severity: Severity::Warning,
+            at,
+        };
+        let event = pending.event("charon-0");
+        assert_eq!(event.metadata.namespace.as_deref(), Some("ns"));
+        assert!(
+            event
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("nightly-1.")),
+            "{:?}",
+            event.metadata.name
+        );
+        let object = &event.involved_object;
+        assert_eq!(object.kind.as_deref(), Some("WorkflowInstance"));
+        assert_eq!(object.api_version.as_deref(), Some("charon.dev/v1alpha1"));
+        assert_eq!(object.name.as_deref(), Some("nightly-1"));
+        assert_eq!(object.namespace.as_deref(), Some("ns"));
+        assert_eq!(object.uid.as_deref(), Some("u-1"));
+        assert_eq!(event.reason.as_deref(), Some("Failed"));
+        assert_eq!(event.action.as_deref(), Some("Failed"));
+        assert_eq!(event.message.as_deref(), Some("exit code 1"));
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.reporting_instance.as_deref(), Some("charon-0"));
+        assert_eq!(event.reporting_component.as_deref(), Some(COMPONENT));
+        assert_eq!(
+            event.event_time.map(|t| t.0.as_microsecond()),
+            Some(at.timestamp_micros())
+        );
+    }
 }
