@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use kube::runtime::reflector::ObjectRef;
 
-use super::{key, lock};
+use super::{Key, key, lock};
 use charon_core::resources::WorkflowInstance;
 
 /// Finished or not, per instance, as last seen.
 #[derive(Default)]
-pub struct FinishedSeen(Mutex<HashMap<ObjectRef<WorkflowInstance>, bool>>);
+pub struct FinishedSeen(Mutex<HashMap<Key<WorkflowInstance>, bool>>);
 
 impl FinishedSeen {
     /// Whether the instance is new, or finished since it was last seen (or the reverse).

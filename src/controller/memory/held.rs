@@ -5,14 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::ObjectRef;
-
-use super::{key, lock};
+use super::{Key, key, lock};
 use charon_core::resources::Workflow;
 
 /// The held-back status writes, one per workflow.
 #[derive(Default)]
-pub struct Held(Mutex<HashMap<ObjectRef<Workflow>, Hold>>);
+pub struct Held(Mutex<HashMap<Key<Workflow>, Hold>>);
 
 /// One workflow's held-back status write.
 struct Hold {

@@ -26,7 +26,6 @@ mod writes;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use charon_core::resources::WorkflowInstance;
-use kube::runtime::reflector::ObjectRef;
 
 pub use admission::{Admission, Entries, Reservation, shared_key};
 pub use burst::TriggerBurst;
@@ -73,16 +72,42 @@ impl Memory {
     }
 }
 
-/// The key an object is remembered under: its namespace and name. (`ObjectRef::from_obj`
-/// would also copy its resource version and uid into every key, two more strings per
-/// object for a map that holds one entry per instance in a burst.)
-pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+/// The key an object is remembered under: its namespace and name, as one string
+/// (`namespace/name`; neither may hold a `/`). The maps here hold one entry per instance
+/// in a burst: an `ObjectRef` would take six times the room inline and two strings more, and
+/// `ObjectRef::from_obj` would copy the resource version and uid as well.
+pub struct Key<K>(Box<str>, std::marker::PhantomData<fn() -> K>);
+
+// By hand: derived, each would ask the same of `K`, which a key holds none of.
+impl<K> PartialEq for Key<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<K> Eq for Key<K> {}
+
+impl<K> std::hash::Hash for Key<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl<K> std::fmt::Debug for Key<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The key of `object` (see [`Key`]).
+pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> Key<K> {
     let meta = object.meta();
     let name = meta.name.as_deref().unwrap_or_default();
-    match meta.namespace.as_deref() {
-        Some(namespace) => ObjectRef::new(name).within(namespace),
-        None => ObjectRef::new(name),
-    }
+    let joined = match meta.namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    };
+    Key(joined.into_boxed_str(), std::marker::PhantomData)
 }
 
 /// Locks `mutex`, recovering it if a holder panicked (see the module documentation).
@@ -133,6 +158,25 @@ pub(crate) mod fixtures {
 mod tests {
     use super::*;
     use charon_core::resources::{InstanceState, WorkflowInstanceStatus};
+
+    #[test]
+    fn keys_tell_namespaces_and_names_apart_and_ignore_versions() {
+        let a = fixtures::instance("u1");
+        let mut same = fixtures::instance("u2");
+        same.metadata.resource_version = Some("9".into());
+        assert_eq!(
+            key(&a),
+            key(&same),
+            "uid and version are not part of the key"
+        );
+        let mut elsewhere = a.clone();
+        elsewhere.metadata.namespace = Some("other".into());
+        assert_ne!(key(&a), key(&elsewhere));
+        let mut renamed = a.clone();
+        renamed.metadata.name = Some("w-2".into());
+        assert_ne!(key(&a), key(&renamed));
+        assert_eq!(format!("{:?}", key(&a)), "ns/w-1");
+    }
 
     #[test]
     fn a_deleted_instance_is_forgotten_by_every_mechanism() {

@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use kube::runtime::reflector::ObjectRef;
 
-use super::{key, lock};
+use super::{Key, key, lock};
 use charon_core::resources::{WorkflowInstance, WorkflowInstanceStatus};
 
 /// The statuses owed, one per instance.
 #[derive(Default)]
-pub struct Unrecorded(Mutex<HashMap<ObjectRef<WorkflowInstance>, Owed>>);
+pub struct Unrecorded(Mutex<HashMap<Key<WorkflowInstance>, Owed>>);
 
 /// A status not yet written.
 #[derive(Clone, Debug, PartialEq)]
