@@ -475,6 +475,7 @@ async fn triggers(n: usize, limit: Option<RateLimit>, due: Due) -> Lateness {
         }
     }
     drop(workflow_events);
+    drop(planned);
     let planned_in = wait_planned.elapsed();
     let rss_planned = rss_mib();
     // All at once: move the operator's clock to two seconds before the next top of the
