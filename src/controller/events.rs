@@ -144,8 +144,9 @@ impl EventRecorder {
             severity,
             at: Utc::now(),
         };
-        if self.queue.try_send(pending).is_err() {
-            self.dropped.note(reason, &object.name_any());
+        if let Err(full) = self.queue.try_send(pending) {
+            let pending = full.into_inner();
+            self.dropped.note(&pending.reason, &pending.name);
         }
     }
 }
