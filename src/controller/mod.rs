@@ -130,9 +130,6 @@ const INSTANCE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(
 /// Instance changes buffered for each controller before the shared watch waits for it.
 const INSTANCE_EVENTS_BUFFER: usize = 4096;
 
-/// The prefix of the annotations the operator reads on workflows and instances.
-const OWN_ANNOTATIONS: &str = "charon.dev/";
-
 /// How long changes to a backfill's instances are gathered before it is reconciled.
 const BACKFILL_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -152,7 +149,11 @@ fn trim<K: kube::Resource>(object: &mut K) {
     meta.labels = None;
     meta.owner_references = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|key, _| key.starts_with(OWN_ANNOTATIONS));
+        // Charon's own are named in its API group: `charon.dev/...`.
+        annotations.retain(|key, _| {
+            key.strip_prefix(charon_core::resources::GROUP)
+                .is_some_and(|rest| rest.starts_with('/'))
+        });
         if annotations.is_empty() {
             meta.annotations = None;
         }
