@@ -239,11 +239,9 @@ pub struct WorkflowInstanceStatus {
     /// When the current run finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    /// What the current execution runs, snapshotted from the workflow in Prepare. Boxed:
-    /// set only for pipelines and arrays, it would otherwise be a third of every cached
-    /// instance's inline size.
+    /// What the current execution runs, snapshotted from the workflow in Prepare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<Box<ExecutionSnapshot>>,
+    pub snapshot: Option<ExecutionSnapshot>,
     /// State transitions, oldest first, bounded by the workflow's spec.history.limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

@@ -140,9 +140,8 @@ pub struct WorkflowSpec {
     #[schemars(default = "default_priority", range(min = 0, max = 100))]
     pub priority: u32,
 
-    /// The container every execution runs (one Job per execution). Required. Boxed: it is
-    /// most of a workflow's inline size, and an operator caches every workflow.
-    pub template: Box<WorkflowTemplate>,
+    /// The container every execution runs (one Job per execution). Required.
+    pub template: WorkflowTemplate,
 }
 
 /// One entry of `spec.dependsOn`: an upstream workflow and which of its partitions an
