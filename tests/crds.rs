@@ -1030,7 +1030,7 @@ fn what_the_controller_writes_validates() {
         suspended_at: None,
         started_at: Some(t(2)),
         finished_at: None,
-        snapshot: Some(ExecutionSnapshot {
+        snapshot: Some(Box::new(ExecutionSnapshot {
             image: "registry.example.com/report:1.4".into(),
             command: vec!["report".into()],
             args: vec!["--hour".into(), "2024-10-27T02+01:00".into()],
@@ -1052,7 +1052,7 @@ fn what_the_controller_writes_validates() {
                 parallelism: Some(2),
             }),
             tasks: "1,3".into(),
-        }),
+        })),
         steps: vec![charon_core::resources::StepStatus {
             name: "extract".into(),
             state: charon_core::resources::StepState::Failed,

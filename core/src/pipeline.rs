@@ -583,7 +583,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            snapshot: Some(snapshot),
+            snapshot: Some(Box::new(snapshot)),
             ..Default::default()
         }
     }
@@ -671,7 +671,7 @@ mod tests {
         assert_eq!(after.succeeded, [0, 6, 9]);
         assert_eq!(after.failed, [3]);
         let status = WorkflowInstanceStatus {
-            snapshot: Some(first.clone()),
+            snapshot: Some(Box::new(first.clone())),
             array: Some(after.clone()),
             ..Default::default()
         };

@@ -676,7 +676,7 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    s.template = WorkflowTemplate {
+                    *s.template = WorkflowTemplate {
                         image: " ".into(),
                         ..Default::default()
                     }

@@ -491,7 +491,7 @@ async fn start_attempt(
         planned.new_status.steps = pipeline::initial_steps(&snapshot);
         planned.new_status.steps_completed = (!snapshot.steps.is_empty())
             .then(|| pipeline::steps_completed(&planned.new_status.steps));
-        planned.new_status.snapshot = Some(snapshot);
+        planned.new_status.snapshot = Some(Box::new(snapshot));
         if read.owed.is_none() && !is_current(ctx, instance, read).await? {
             // A cache that is behind (a later attempt already ran, its Job deleted) would
             // start an attempt again. (The reservation is put back when dropped.)
@@ -946,11 +946,11 @@ async fn create_job(
         .namespace()
         .ok_or_else(|| incomplete("WorkflowInstance", "", &name, "metadata.namespace"))?;
     let snapshot = status.snapshot.clone().unwrap_or_else(|| {
-        job::snapshot(
+        Box::new(job::snapshot(
             &workflow.spec.template,
             &instance.spec.parameter,
             workflow.metadata.generation,
-        )
+        ))
     });
     let uid = instance
         .uid()

@@ -240,8 +240,10 @@ pub struct WorkflowInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
     /// What the current execution runs, snapshotted from the workflow in Prepare.
+    // Boxed: set only for pipelines and arrays, it would otherwise be a third of every
+    // cached instance's inline size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<ExecutionSnapshot>,
+    pub snapshot: Option<Box<ExecutionSnapshot>>,
     /// State transitions, oldest first, bounded by the workflow's spec.history.limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

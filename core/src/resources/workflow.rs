@@ -141,7 +141,8 @@ pub struct WorkflowSpec {
     pub priority: u32,
 
     /// The container every execution runs (one Job per execution). Required.
-    pub template: WorkflowTemplate,
+    // Boxed: it is most of a workflow's inline size, and an operator caches every workflow.
+    pub template: Box<WorkflowTemplate>,
 }
 
 /// One entry of `spec.dependsOn`: an upstream workflow and which of its partitions an
