@@ -881,9 +881,26 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
         block_owner_deletion: None,
     };
     let foreign = unrecorded_job(&cluster, &workflow, &instances[1], Some(foreign_owner)).await;
+    // The instance's own Job has finished before the operator starts again: no event of it
+    // is left to come.
+    cluster
+        .eventually("the unrecorded Job to succeed", LONG, || async {
+            let job = cluster
+                .jobs()
+                .get(&own.name_any())
+                .await
+                .map_err(|e| e.to_string())?;
+            match job.status.and_then(|s| s.succeeded) {
+                Some(1) => Ok(()),
+                other => Err(format!("succeeded {other:?}")),
+            }
+        })
+        .await;
+    let restarted = std::time::Instant::now();
     cluster.start_operator();
 
-    // The instance's own Job is adopted: one attempt, the same Job, Done.
+    // The instance's own Job is adopted: one attempt, the same Job, Done, as soon as it is
+    // adopted (not once the few seconds an unrecorded attempt may wait have passed).
     let adopted = instances[0].name_any();
     let done = cluster
         .eventually("the adopted attempt to be Done", LONG, || async {
@@ -895,6 +912,11 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
             }
         })
         .await;
+    assert!(
+        restarted.elapsed() < StdDuration::from_secs(4),
+        "Done {:?} after the restart",
+        restarted.elapsed()
+    );
     let status = done.status.expect("status");
     assert_eq!((status.tries, status.execution), (1, 1));
     let jobs = cluster.jobs_of(&adopted).await;

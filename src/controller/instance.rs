@@ -7,8 +7,9 @@
 //! instance's). A new attempt's Job is therefore created *before* the attempt is written,
 //! once a read has shown that the stored instance is the one the attempt was planned from,
 //! and the attempt is recorded when it finishes or [`RECORD_WITHIN`] after its Job was
-//! created (longer while the controller is busy, see [`super::memory::pace`]), whichever
-//! comes first: a short attempt costs one status write, not three.
+//! created (longer when it was created while the controller was busy, see
+//! [`super::memory::pace`]), whichever comes first: a short attempt costs one status write,
+//! not three. An adopted Job is looked at again at once: it may have finished already.
 //! Everything else is written first and acted on after: a halt is on record before its Job
 //! is deleted.
 //!
@@ -64,6 +65,9 @@ const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How soon an instance past its history TTL whose trigger is not on record yet looks again.
 const UNRECORDED_TRIGGER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How soon an attempt whose Job was adopted looks at that Job.
+const ADOPTED_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How soon a status write that conflicted is tried again from the newer object.
 const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -160,7 +164,14 @@ async fn reconcile_instance(
     )
     .await?;
     sweep_jobs(&ctx, &read).await?;
-    next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await
+    let look = next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await?;
+    if started.adopted && recorded.record_by.is_some() {
+        // An adopted Job may have finished before this controller started watching: no
+        // event of it is to come, and until its end is observed the attempt holds its
+        // slots. The next pass plans from the attempt just owed and observes the Job.
+        return Ok(Action::requeue(ADOPTED_RETRY));
+    }
+    Ok(look)
 }
 
 /// Whether Charon could have created `instance` ([`charon_core::validate::instance`]): the
@@ -454,6 +465,8 @@ fn progress(
 struct Started {
     since: Option<DateTime<Utc>>,
     refused: Option<String>,
+    /// The Job was there already (see [`JobCreation::Adopted`]).
+    adopted: bool,
 }
 
 /// Creates a new attempt's Job, before the attempt is recorded, once the stored instance is
@@ -470,6 +483,7 @@ async fn start_attempt(
     let mut started = Started {
         since: read.owed.as_ref().map(|o| o.since),
         refused: None,
+        adopted: false,
     };
     if planned.created_execution.is_some() {
         // Prepare snapshots what this execution runs from the current workflow spec; a retry
@@ -501,6 +515,10 @@ async fn start_attempt(
             if let machine::Action::CreateJob { name: job_name, .. } = action {
                 match create_job(ctx, instance, &planned.new_status, workflow, job_name).await? {
                     JobCreation::Created => started.since = Some(now),
+                    JobCreation::Adopted => {
+                        started.since = Some(now);
+                        started.adopted = true;
+                    }
                     JobCreation::Refused(message) => started.refused = Some(message),
                 }
             }
@@ -590,8 +608,8 @@ struct Recorded {
 }
 
 /// Writes the new status, or, for a started attempt that has not finished, owes it until
-/// it finishes or [`RECORD_WITHIN`] has passed (longer while the controller is busy).
-/// `None`: the write conflicted; the next reconcile sees the newer object.
+/// it finishes or [`RECORD_WITHIN`] has passed (longer when the controller was busy as the
+/// Job was created). `None`: the write conflicted; the next reconcile sees the newer object.
 async fn record(
     ctx: &Context,
     instance: &WorkflowInstance,
@@ -604,17 +622,19 @@ async fn record(
     let record_by = since
         .filter(|_| unfinished)
         .map(|at| {
-            // (Seconds always fit; failing that, it is written now.)
-            let within = Duration::from_std(ctx.memory.pace.progress_within(RECORD_WITHIN))
-                .unwrap_or_default();
-            (at, at + within)
+            let by = record_deadline(at, read.owed.as_ref(), || {
+                // (Seconds always fit; failing that, it is written now.)
+                Duration::from_std(ctx.memory.pace.progress_within(RECORD_WITHIN))
+                    .unwrap_or_default()
+            });
+            (at, by)
         })
         .filter(|(_, by)| now < *by);
     let mut stored = instance.clone();
-    if let Some((since, _)) = record_by {
+    if let Some(owed_for) = record_by {
         ctx.memory
             .unrecorded
-            .owe(instance, planned.new_status.clone(), since);
+            .owe(instance, planned.new_status.clone(), owed_for);
     } else if planned.new_status != read.stored_status {
         stored = match ctx
             .replace_status(instance, planned.new_status.clone())
@@ -632,6 +652,19 @@ async fn record(
         }
     }
     Ok(Some(Recorded { stored, record_by }))
+}
+
+/// Until when an attempt whose Job exists since `since` may go unrecorded: the allowance
+/// given when the Job was created (see `Owed::by`), else `within` after `since`.
+fn record_deadline(
+    since: DateTime<Utc>,
+    owed: Option<&Owed>,
+    within: impl FnOnce() -> Duration,
+) -> DateTime<Utc> {
+    match owed.filter(|o| o.since == since) {
+        Some(owed) => owed.by,
+        None => since + within(),
+    }
 }
 
 fn is_unfinished(status: &WorkflowInstanceStatus) -> bool {
@@ -927,8 +960,11 @@ fn wake_waiting(ctx: &Context, namespace: &str, workflow: &str, except: &str) {
 
 /// What became of a Job create.
 enum JobCreation {
-    /// The Job exists: created now, or by an earlier pass and adopted.
+    /// The Job was created now.
     Created,
+    /// The Job was created by an earlier pass (perhaps by a controller that stopped before
+    /// recording it) and is adopted: it may have run, even finished, already.
+    Adopted,
     /// The API server refused it for good (or it could not be rendered): the message.
     Refused(String),
 }
@@ -997,7 +1033,7 @@ async fn create_job(
                     .any(|owner| owner.uid == uid && owner.controller == Some(true))
             });
             if ours {
-                Ok(JobCreation::Created)
+                Ok(JobCreation::Adopted)
             } else {
                 Err(Error::ForeignJob {
                     job: format!("{namespace}/{job_name}"),
@@ -1194,4 +1230,41 @@ fn random_below(n: u32) -> u32 {
 /// Failed reconciles are retried after a delay.
 pub fn error_policy(instance: Arc<WorkflowInstance>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.requeue_after_error(&*instance, error, None, std::time::Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(since: DateTime<Utc>, by: DateTime<Utc>) -> Owed {
+        Owed {
+            uid: "u".into(),
+            status: Box::default(),
+            since,
+            by,
+        }
+    }
+
+    #[test]
+    fn an_attempt_keeps_the_allowance_its_job_was_created_with() {
+        let created = DateTime::<Utc>::UNIX_EPOCH;
+        let quiet = || Duration::seconds(5);
+        // A Job created in a burst was owed for ten minutes: once the burst is over (the
+        // allowance now would be 5 s), it still is, so its end is written with its start.
+        let burst = owed(created, created + Duration::minutes(10));
+        assert_eq!(
+            record_deadline(created, Some(&burst), quiet),
+            created + Duration::minutes(10)
+        );
+        // A new attempt (another Job) gets the allowance of now.
+        let later = created + Duration::minutes(1);
+        assert_eq!(
+            record_deadline(later, Some(&burst), quiet),
+            later + Duration::seconds(5)
+        );
+        assert_eq!(
+            record_deadline(created, None, || Duration::minutes(10)),
+            created + Duration::minutes(10)
+        );
+    }
 }

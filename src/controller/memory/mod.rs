@@ -191,7 +191,7 @@ mod tests {
                 execution: 1,
                 ..Default::default()
             },
-            chrono::DateTime::UNIX_EPOCH,
+            (chrono::DateTime::UNIX_EPOCH, chrono::DateTime::UNIX_EPOCH),
         );
         assert!(memory.finished.flipped(&instance));
         memory

@@ -26,6 +26,10 @@ pub struct Owed {
     pub status: Box<WorkflowInstanceStatus>,
     /// When the Job was created, by the controller's clock.
     pub since: DateTime<Utc>,
+    /// Until when the attempt may go unrecorded, fixed when the Job was created: an attempt
+    /// started in a burst is held back for the whole burst's allowance even once the
+    /// operator is no longer busy, so each run of the burst still costs one status write.
+    pub by: DateTime<Utc>,
 }
 
 impl Unrecorded {
@@ -51,7 +55,7 @@ impl Unrecorded {
         &self,
         instance: &WorkflowInstance,
         status: WorkflowInstanceStatus,
-        since: DateTime<Utc>,
+        (since, by): (DateTime<Utc>, DateTime<Utc>),
     ) {
         if let Some(uid) = instance.metadata.uid.clone() {
             lock(&self.0).insert(
@@ -60,6 +64,7 @@ impl Unrecorded {
                     uid,
                     status: Box::new(status),
                     since,
+                    by,
                 },
             );
         }
@@ -88,14 +93,14 @@ mod tests {
             ..Default::default()
         };
         let at = DateTime::<Utc>::UNIX_EPOCH;
-        unrecorded.owe(&instance, started.clone(), at);
+        unrecorded.owe(&instance, started.clone(), (at, at));
         let owed = unrecorded.owed(&instance).expect("owed");
         assert_eq!((*owed.status, owed.since), (started.clone(), at));
 
         // An instance created again under the name owes nothing.
         let again = fixtures::instance("u2");
         assert_eq!(unrecorded.owed(&again), None);
-        unrecorded.owe(&instance, started.clone(), at);
+        unrecorded.owe(&instance, started.clone(), (at, at));
 
         // Still queued on record: the owed status stands.
         instance.status = Some(WorkflowInstanceStatus::default());
@@ -105,7 +110,7 @@ mod tests {
         assert_eq!(unrecorded.owed(&instance), None);
         assert_eq!(unrecorded.owed(&again), None, "and stays forgotten");
 
-        unrecorded.owe(&instance, started, at);
+        unrecorded.owe(&instance, started, (at, at));
         unrecorded.settle(&instance);
         instance.status = None;
         assert_eq!(unrecorded.owed(&instance), None, "settled");
