@@ -530,6 +530,62 @@ async fn delete_running(client: &kube::Client, deleted: &mut BTreeSet<String>) -
     }
 }
 
+/// The unfinished instances of the workflows on `pool` and the Jobs of each, one per line,
+/// to show who a pool that reports more than its slots counted.
+async fn holders_of(client: &kube::Client, pool: &str) -> String {
+    let workflows = Api::<charon_core::resources::Workflow>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("workflows")
+        .items;
+    let on_pool: BTreeSet<(String, String)> = workflows
+        .iter()
+        .filter(|w| w.spec.pools.iter().any(|p| p.name == pool))
+        .map(|w| (w.namespace().unwrap_or_default(), w.name_any()))
+        .collect();
+    let jobs = Api::<Job>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("jobs")
+        .items;
+    let mut lines = Vec::new();
+    for instance in Api::<WorkflowInstance>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("instances")
+        .items
+    {
+        let namespace = instance.namespace().unwrap_or_default();
+        let status = instance.status.clone().unwrap_or_default();
+        if !on_pool.contains(&(namespace.clone(), instance.spec.workflow.clone()))
+            || status.state.is_terminal()
+        {
+            continue;
+        }
+        let name = instance.name_any();
+        let own: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.namespace().as_deref() == Some(&namespace))
+            .filter(|j| j.name_any().starts_with(&format!("{name}-")))
+            .map(|j| {
+                let s = j.status.clone().unwrap_or_default();
+                format!(
+                    "{} (active {:?}, succeeded {:?}, failed {:?})",
+                    j.name_any(),
+                    s.active,
+                    s.succeeded,
+                    s.failed
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{namespace}/{name}: {:?} execution {} reason {:?} at rv {:?}; jobs {own:?}",
+            status.state, status.execution, status.reason, instance.metadata.resource_version
+        ));
+    }
+    lines.join("\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
     use charon_core::resources::Pool;
@@ -639,11 +695,16 @@ async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
             } else {
                 BETA_SLOTS
             };
-            assert!(
-                used <= slots,
-                "pool {} reports {used} of {slots} used",
-                pool.name_any()
-            );
+            if used > slots {
+                let name = pool.name_any();
+                panic!(
+                    "pool {name} reports {used} of {slots} used (seed {seed}); status {:?}\n\
+                     its unfinished instances and Jobs:\n{}\noperator log:\n{}",
+                    pool.status,
+                    holders_of(&client, &name).await,
+                    operator.log()
+                );
+            }
         }
         if deleted.len() < 2 && !dice.next().is_multiple_of(3) {
             delete_running(&client, &mut deleted).await;
@@ -695,12 +756,16 @@ async fn contended_pools_never_leak_or_over_admit_under_sigkills() {
         if live.len() + deleted.len() >= expected && done == live.len() {
             break;
         }
-        assert!(
-            Instant::now() < settled,
-            "not settled (seed {seed}): {done} of {} done\noperator log:\n{}",
-            live.len(),
-            operator.log()
-        );
+        if Instant::now() >= settled {
+            panic!(
+                "not settled (seed {seed}): {done} of {} done\non alpha:\n{}\non beta:\n{}\n\
+                 operator log:\n{}",
+                live.len(),
+                holders_of(&client, "alpha").await,
+                holders_of(&client, "beta").await,
+                operator.log()
+            );
+        }
         tokio::time::sleep(StdDuration::from_millis(500)).await;
     }
 

@@ -157,6 +157,7 @@ impl Context {
         // Another replica acts on this workflow's shard; its gaining replica reconciles
         // everything of the shard when it takes it over.
         let Some(_shard) = self.shards.enter(&namespace, &object.workflow_name()) else {
+            tracing::debug!(kind = K::KIND, %namespace, name = object.name_any(), "another replica's shard");
             object.seen_elsewhere(&self);
             return Ok(Action::await_change());
         };
@@ -175,7 +176,10 @@ impl Context {
             .liveness()
             .progressed(self.namespace.as_deref().unwrap_or_default(), K::CONTROLLER);
         match outcome {
-            Ok(result) => result,
+            Ok(result) => {
+                tracing::debug!(parent: &span, ?result, "reconciled");
+                result
+            }
             Err(panic) => {
                 let message = panic_message(&*panic);
                 self.metrics.panic(K::CONTROLLER);

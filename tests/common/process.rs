@@ -25,6 +25,12 @@ impl Operator {
             .args(["--lease-namespace", NS])
             .args(extra)
             .env_remove("RUST_LOG")
+            // A finer log for a test being investigated: `CHARON_TEST_OPERATOR_LOG=debug`.
+            .envs(
+                std::env::var("CHARON_TEST_OPERATOR_LOG")
+                    .ok()
+                    .map(|filter| ("RUST_LOG", filter)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
