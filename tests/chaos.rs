@@ -566,7 +566,7 @@ async fn holders_of(client: &kube::Client, pool: &str) -> String {
         let own: Vec<String> = jobs
             .iter()
             .filter(|j| j.namespace().as_deref() == Some(&namespace))
-            .filter(|j| j.name_any().starts_with(&format!("{name}-")))
+            .filter(|j| j.labels().get(charon_core::job::LABEL_INSTANCE) == Some(&name))
             .map(|j| {
                 let s = j.status.clone().unwrap_or_default();
                 format!(

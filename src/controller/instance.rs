@@ -164,14 +164,16 @@ async fn reconcile_instance(
     )
     .await?;
     sweep_jobs(&ctx, &read).await?;
-    let look = next_look(&ctx, &recorded, &planned, &read.namespace, &workflow, now).await?;
-    if started.adopted && recorded.record_by.is_some() {
-        // An adopted Job may have finished before this controller started watching: no
-        // event of it is to come, and until its end is observed the attempt holds its
-        // slots. The next pass plans from the attempt just owed and observes the Job.
-        return Ok(Action::requeue(ADOPTED_RETRY));
-    }
-    Ok(look)
+    next_look(
+        &ctx,
+        &recorded,
+        &planned,
+        &read.namespace,
+        &workflow,
+        started.adopted,
+        now,
+    )
+    .await
 }
 
 /// Whether Charon could have created `instance` ([`charon_core::validate::instance`]): the
@@ -514,12 +516,11 @@ async fn start_attempt(
         for action in &planned.step.actions {
             if let machine::Action::CreateJob { name: job_name, .. } = action {
                 match create_job(ctx, instance, &planned.new_status, workflow, job_name).await? {
-                    JobCreation::Created => started.since = Some(now),
-                    JobCreation::Adopted => {
-                        started.since = Some(now);
-                        started.adopted = true;
-                    }
                     JobCreation::Refused(message) => started.refused = Some(message),
+                    created => {
+                        started.since = Some(now);
+                        started.adopted = matches!(created, JobCreation::Adopted);
+                    }
                 }
             }
         }
@@ -783,19 +784,27 @@ async fn act(
 }
 
 /// When to look at the instance again: its history TTL once finished, when an unrecorded
-/// attempt is due to be recorded, else when the machine asked (at most [`RESYNC`]).
+/// attempt is due to be recorded (at once if its Job was `adopted`), else when the machine
+/// asked (at most [`RESYNC`]).
 async fn next_look(
     ctx: &Context,
     recorded: &Recorded,
     planned: &Planned<'_>,
     namespace: &str,
     workflow: &Workflow,
+    adopted: bool,
     now: DateTime<Utc>,
 ) -> Result<Action, Error> {
     if planned.step.instance.state.is_terminal() {
         return expire(ctx, &recorded.stored, namespace, Some(workflow), now).await;
     }
     if let Some((_, by)) = recorded.record_by {
+        if adopted {
+            // An adopted Job may have finished before this controller started watching: no
+            // event of it is to come, and until its end is observed the attempt holds its
+            // slots. The next pass plans from the attempt just owed and observes the Job.
+            return Ok(Action::requeue(ADOPTED_RETRY));
+        }
         // Job and Pod events wake it sooner.
         return Ok(Action::requeue((by - now).to_std().unwrap_or_default()));
     }
