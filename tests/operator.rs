@@ -808,34 +808,6 @@ async fn infrastructure_failures_are_retried_without_cost() {
     cluster.stop().await;
 }
 
-/// The Job of an attempt a stopped operator created but never recorded, rendered as the
-/// operator renders it; `owner` replaces the instance as its owner when given.
-async fn unrecorded_job(
-    cluster: &Cluster,
-    workflow: &charon_core::resources::Workflow,
-    instance: &charon_core::resources::WorkflowInstance,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> k8s_openapi::api::batch::v1::Job {
-    let uid = instance.uid().expect("uid");
-    let name = instance.name_any();
-    let snapshot = charon_core::job::snapshot(
-        &workflow.spec.template,
-        &instance.spec.parameter,
-        workflow.metadata.generation,
-    );
-    let execution = charon_core::job::Execution::of(workflow, instance, (NS, &name, &uid), 1, 0);
-    let mut job =
-        charon_core::job::render(&workflow.spec.template, &snapshot, &execution).expect("renders");
-    if let Some(owner) = owner {
-        job.metadata.owner_references = Some(vec![owner]);
-    }
-    cluster
-        .jobs()
-        .create(&Default::default(), &job)
-        .await
-        .expect("create the Job")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
     let mut cluster = Cluster::start().await;
@@ -871,7 +843,7 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
                 .expect("instance"),
         );
     }
-    let own = unrecorded_job(&cluster, &workflow, &instances[0], None).await;
+    let own = common::unrecorded_job(&cluster, &workflow, &instances[0], None).await;
     let foreign_owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
         api_version: "charon.dev/v1alpha1".into(),
         kind: "Workflow".into(),
@@ -880,7 +852,8 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
         controller: Some(true),
         block_owner_deletion: None,
     };
-    let foreign = unrecorded_job(&cluster, &workflow, &instances[1], Some(foreign_owner)).await;
+    let foreign =
+        common::unrecorded_job(&cluster, &workflow, &instances[1], Some(foreign_owner)).await;
     // The instance's own Job has finished before the operator starts again: no event of it
     // is left to come.
     cluster

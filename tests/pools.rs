@@ -503,3 +503,163 @@ async fn kueue_admits_jobs_by_unsuspending_them() {
     assert_eq!(done.status.expect("status").attempts.len(), 1);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_counts_an_unrecorded_job_before_admitting_into_its_pool() {
+    let mut cluster = Cluster::start().await;
+    apply(&cluster, "", "Pool", "solo", json!({"slots": 1})).await;
+    let mut spec = suspended_hourly("sleep 12");
+    spec["pools"] = json!([{"name": "solo"}]);
+    let workflow = cluster.apply_workflow("solo", spec).await;
+    // The operator stops after creating the later partition's Job, before recording it: that
+    // Job holds the pool's one slot.
+    cluster.kill_operator().await;
+    let mut instances = Vec::new();
+    for partition in ["2024-01-01T05", "2024-01-01T06"] {
+        let triggered = charon::controller::triggers::adhoc(
+            &cluster.client,
+            &workflow,
+            charon_core::validate::Policy::default(),
+            partition,
+            Vec::new(),
+            false,
+            Utc::now(),
+        )
+        .await
+        .expect("trigger");
+        instances.push(
+            cluster
+                .instances()
+                .get(&triggered.instance)
+                .await
+                .expect("instance"),
+        );
+    }
+    let holder = common::unrecorded_job(&cluster, &workflow, &instances[1], None).await;
+    // The restarted operator's Job cache is the last to be listed: the Pool and the
+    // instances are seen while the holder is not, and the Pool is looked at then.
+    let faults = |cluster: &Cluster, rate: f64| {
+        cluster
+            .server
+            .as_ref()
+            .expect("server runs")
+            .set_error_rate("list jobs", rate, 503)
+    };
+    faults(&cluster, 1.0);
+    cluster.start_operator();
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    Api::<Pool>::all(cluster.client.clone())
+        .patch(
+            "solo",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"looked-at": "now"}}})),
+        )
+        .await
+        .expect("pool labelled");
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    faults(&cluster, 0.0);
+
+    // The earlier partition waits while the holder runs.
+    let waiting = charon_core::names::job_name(&instances[0].name_any(), 1);
+    until("the unrecorded Job to finish", LONG, || async {
+        let job = cluster
+            .jobs()
+            .get(&holder.name_any())
+            .await
+            .expect("holder");
+        assert!(
+            cluster
+                .jobs()
+                .get_opt(&waiting)
+                .await
+                .expect("get")
+                .is_none(),
+            "{waiting} was created while {} held the pool's only slot",
+            holder.name_any()
+        );
+        job.status.and_then(|s| s.completion_time).map(|_| ())
+    })
+    .await;
+    // Then it runs: the slot was the holder's, not lost.
+    until("both partitions Done", LONG, || async {
+        let all = all_instances(&cluster).await;
+        all.iter()
+            .all(|i| state(i) == InstanceState::Done)
+            .then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_attempt_holds_no_slot_even_before_it_is_recorded() {
+    use futures::StreamExt;
+    let mut cluster = Cluster::start().await;
+    apply(&cluster, "", "Pool", "pair", json!({"slots": 2})).await;
+    let mut spec = suspended_hourly("sleep 6");
+    spec["pools"] = json!([{"name": "pair"}]);
+    let slow = cluster.apply_workflow("slow", spec).await;
+    let mut spec = suspended_hourly("true");
+    spec["pools"] = json!([{"name": "pair"}]);
+    let quick = cluster.apply_workflow("quick", spec).await;
+    // The operator stops with three attempts unrecorded: one whose Job has ended (its slot
+    // was given to one of the others) and two still running.
+    cluster.kill_operator().await;
+    let mut jobs = Vec::new();
+    for (workflow, partition) in [
+        (&quick, "2024-01-01T05"),
+        (&slow, "2024-01-01T05"),
+        (&slow, "2024-01-01T06"),
+    ] {
+        let triggered = charon::controller::triggers::adhoc(
+            &cluster.client,
+            workflow,
+            charon_core::validate::Policy::default(),
+            partition,
+            Vec::new(),
+            false,
+            Utc::now(),
+        )
+        .await
+        .expect("trigger");
+        let instance = cluster
+            .instances()
+            .get(&triggered.instance)
+            .await
+            .expect("instance");
+        jobs.push(common::unrecorded_job(&cluster, workflow, &instance, None).await);
+    }
+    until("the quick attempt's Job to end", LONG, || async {
+        let job = cluster.jobs().get(&jobs[0].name_any()).await.expect("job");
+        job.status.and_then(|s| s.succeeded).filter(|n| *n == 1)
+    })
+    .await;
+
+    // Every status the restarted operator writes counts the two running attempts alone.
+    let pools: Api<Pool> = Api::all(cluster.client.clone());
+    let version = pools
+        .get("pair")
+        .await
+        .expect("pool")
+        .resource_version()
+        .expect("a version");
+    let mut events = pools
+        .watch(&kube::api::WatchParams::default(), &version)
+        .await
+        .expect("watch")
+        .boxed();
+    cluster.start_operator();
+    let mut written = Vec::new();
+    let until_done = tokio::time::Instant::now() + StdDuration::from_secs(5);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until_done, events.next()).await {
+        if let Ok(kube::api::WatchEvent::Modified(pool)) = event {
+            written.extend(pool.status.map(|s| s.used));
+        }
+    }
+    assert!(!written.is_empty(), "the Pool's status was written");
+    assert!(
+        written.iter().all(|used| *used <= 2),
+        "statuses written counted {written:?} of 2 slots used"
+    );
+    cluster.stop().await;
+}

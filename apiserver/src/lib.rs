@@ -153,8 +153,9 @@ impl RunningServer {
     }
 
     /// Fails a share (`rate`, 0.0–1.0) of the requests with RBAC verb `verb` (`"*"` for
-    /// all) with `code`: 500 InternalError, 429 TooManyRequests or 503 ServiceUnavailable
-    /// (both with `Retry-After: 1`). A rate of 0 stops it.
+    /// all; `"list jobs"` for one verb on one resource) with `code`: 500 InternalError, 429
+    /// TooManyRequests or 503 ServiceUnavailable (both with `Retry-After: 1`). A rate of 0
+    /// stops it.
     pub fn set_error_rate(&self, verb: &str, rate: f64, code: u16) {
         self.state.faults.set_error_rate(verb, rate, code);
     }

@@ -1278,8 +1278,17 @@ async fn requests_are_audited_and_faults_injected() {
         }
         other => panic!("expected 500, got {other:?}"),
     }
-    // Throttling comes with Retry-After (checked over plain HTTP: clients retry it).
     c.server.set_error_rate("list", 0.0, 500);
+    // A fault can be aimed at one resource: other resources' lists go through.
+    c.server.set_error_rate("list configmaps", 1.0, 500);
+    assert!(maps.list(&ListParams::default()).await.is_err());
+    Api::<Secret>::namespaced(c.client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("secrets are listed while configmaps fail");
+    c.server.set_error_rate("list configmaps", 0.0, 500);
+    maps.list(&ListParams::default()).await.expect("list again");
+    // Throttling comes with Retry-After (checked over plain HTTP: clients retry it).
     c.server.set_error_rate("*", 1.0, 429);
     let raw = raw_get(
         c.server.address(),

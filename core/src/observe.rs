@@ -77,6 +77,12 @@ fn condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, String)> {
         })
 }
 
+/// Whether the Job has ended (its `Complete` or `Failed` condition is true): its attempt
+/// holds no pool slots any more, recorded or not (SPEC §13).
+pub fn job_ended(job: &Job) -> bool {
+    condition(job, "Complete").is_some() || condition(job, "Failed").is_some()
+}
+
 /// The attempt as seen through the Job of the current execution and its Pods (any order;
 /// the newest pod decides). `job` is `None` when no such Job exists.
 pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
@@ -87,8 +93,7 @@ pub fn job_status(job: Option<&Job>, pods: &[Pod]) -> JobStatus {
     // acted on yet: the pods it lists are still the ones the suspension stopped).
     let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false)
         || condition(job, "Suspended").is_some();
-    let finished = condition(job, "Complete").is_some() || condition(job, "Failed").is_some();
-    if suspended && !finished {
+    if suspended && !job_ended(job) {
         return JobStatus::Suspended;
     }
     // Pods stopped by a suspension say nothing about the attempt's outcome: after a resume
@@ -311,6 +316,26 @@ mod tests {
             "name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
             "state": state
         }]})
+    }
+
+    #[test]
+    fn a_job_has_ended_once_it_is_complete_or_failed() {
+        for (conditions, ended) in [
+            (json!([]), false),
+            (json!([{"type": "Suspended", "status": "True"}]), false),
+            (
+                json!([{"type": "SuccessCriteriaMet", "status": "True"}]),
+                false,
+            ),
+            (json!([{"type": "Complete", "status": "False"}]), false),
+            (json!([{"type": "Complete", "status": "True"}]), true),
+            (
+                json!([{"type": "FailureTarget", "status": "True"}, {"type": "Failed", "status": "True"}]),
+                true,
+            ),
+        ] {
+            assert_eq!(job_ended(&job(conditions.clone())), ended, "{conditions}");
+        }
     }
 
     #[test]

@@ -32,12 +32,33 @@ impl Dictionary {
     }
 }
 
+/// What a cache notes of each object as it packs it, to answer without decoding it.
+pub trait Noted {
+    /// Whether the object is done with: a Job that has ended, a Pod that has terminated.
+    fn ended(&self) -> bool;
+}
+
+impl Noted for k8s_openapi::api::batch::v1::Job {
+    fn ended(&self) -> bool {
+        charon_core::observe::job_ended(self)
+    }
+}
+
+impl Noted for k8s_openapi::api::core::v1::Pod {
+    fn ended(&self) -> bool {
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
+        matches!(phase, Some("Succeeded" | "Failed"))
+    }
+}
+
 /// One cached object of kind `K`, as its compressed JSON. `owner` is what the cache's index
 /// groups it by (a Job's instance, a Pod's Job), read when the object is packed.
 pub struct Packed<K> {
     name: String,
     namespace: Option<String>,
     owner: Option<String>,
+    /// [`Noted::ended`] of the object packed.
+    ended: bool,
     json: Arc<[u8]>,
     /// The dictionary `json` was compressed against (shared by the whole cache).
     dictionary: Arc<[u8]>,
@@ -51,6 +72,7 @@ impl<K> Clone for Packed<K> {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
             owner: self.owner.clone(),
+            ended: self.ended,
             json: self.json.clone(),
             dictionary: self.dictionary.clone(),
             kind: PhantomData,
@@ -69,7 +91,7 @@ impl<K> std::fmt::Debug for Packed<K> {
     }
 }
 
-impl<K: kube::Resource + Serialize + DeserializeOwned> Packed<K> {
+impl<K: kube::Resource + Serialize + DeserializeOwned + Noted> Packed<K> {
     /// Packs `object`, grouped under what `owner` reads from it, against `dictionary`.
     pub fn pack(object: &K, owner: fn(&K) -> Option<&str>, dictionary: &Dictionary) -> Self {
         let meta = object.meta();
@@ -81,6 +103,7 @@ impl<K: kube::Resource + Serialize + DeserializeOwned> Packed<K> {
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone(),
             owner: owner(object).map(str::to_string),
+            ended: object.ended(),
             json: lz4_flex::block::compress_prepend_size_with_dict(&json, &dictionary).into(),
             dictionary,
             kind: PhantomData,
@@ -100,6 +123,11 @@ impl<K: kube::Resource + Serialize + DeserializeOwned> Packed<K> {
     /// What the cache's index groups the object by.
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
+    }
+
+    /// Whether the object packed was done with (see [`Noted`]).
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 }
 
@@ -148,7 +176,7 @@ pub fn pack_event<K>(
     dictionary: &Dictionary,
 ) -> watcher::Event<Packed<K>>
 where
-    K: kube::Resource + Serialize + DeserializeOwned,
+    K: kube::Resource + Serialize + DeserializeOwned + Noted,
 {
     let pack = |o| Packed::pack(o, owner, dictionary);
     match event {
@@ -169,7 +197,7 @@ pub fn apply<K>(
     index: &super::index::NameIndex<Packed<K>>,
     writer: &mut Writer<Packed<K>>,
 ) where
-    K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + Noted,
 {
     let packed = pack_event(event, owner, dictionary);
     index.follow(&packed);

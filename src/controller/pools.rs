@@ -4,9 +4,11 @@
 //!
 //! What an attempt holds is derived every time from the instances' states (the shared
 //! ledger's, fresher than the cache, else the stored ones), never counted up and down. An
-//! instance still `Queued` whose next Job exists (created by an operator that stopped
-//! before recording the attempt) holds its slots too, and is admitted at once: that Job
-//! runs whatever the queue says, so it must be counted.
+//! instance still `Queued` whose next Job exists (an attempt not recorded yet, or created by
+//! an operator that stopped before recording it) holds its slots too while that Job runs,
+//! and is admitted at once: that Job runs whatever the queue says, so it must be counted.
+//! An attempt whose Job has ended holds nothing, recorded or not: a restarted operator
+//! would otherwise count it beside the attempt its predecessor admitted in its place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +39,9 @@ const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 /// How stale a pool's stored usage may get while nothing else about it changes.
 const USAGE_WRITE_EVERY: chrono::Duration = chrono::Duration::seconds(30);
 
+/// When a Pool or Quota whose caches were not listed yet is looked at again.
+const NOT_SYNCED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a reconcile waits for the caches admission reads to finish their first list.
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -44,14 +49,23 @@ const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Job or an active instance could be missing from the count (just after a restart), and
 /// nothing may be admitted.
 pub async fn synced(ctx: &Context) -> bool {
-    let all = async {
-        ctx.jobs.wait_until_ready().await.is_ok()
-            && ctx.instances.wait_until_ready().await.is_ok()
-            && ctx.workflows.wait_until_ready().await.is_ok()
-            && (ctx.namespace.is_some() || ctx.pools.wait_until_ready().await.is_ok())
-            && ctx.quotas.wait_until_ready().await.is_ok()
-    };
-    tokio::time::timeout(SYNC_WAIT, all).await.unwrap_or(false)
+    tokio::time::timeout(SYNC_WAIT, listed(ctx))
+        .await
+        .unwrap_or(false)
+}
+
+/// [`synced`] without waiting.
+fn synced_now(ctx: &Context) -> bool {
+    use futures::FutureExt;
+    listed(ctx).now_or_never().unwrap_or(false)
+}
+
+async fn listed(ctx: &Context) -> bool {
+    ctx.jobs.wait_until_ready().await.is_ok()
+        && ctx.instances.wait_until_ready().await.is_ok()
+        && ctx.workflows.wait_until_ready().await.is_ok()
+        && (ctx.namespace.is_some() || ctx.pools.wait_until_ready().await.is_ok())
+        && ctx.quotas.wait_until_ready().await.is_ok()
 }
 
 /// The waiting message while [`synced`] is not.
@@ -216,12 +230,17 @@ fn gather(
             }
             let status = instance.status.as_ref().unwrap_or(&no_status);
             let state = entries.get(&key).copied().unwrap_or(status.state);
-            if state.is_active()
-                || (state == InstanceState::Queued
-                    && runs_unrecorded(ctx, namespace, &name, status.execution))
-            {
+            let unrecorded = unrecorded_job(ctx, namespace, &name, status.execution);
+            let holds = match &unrecorded {
+                // Its attempt holds while that Job runs, whatever was recorded or decided,
+                // and not once it has ended (SPEC §13).
+                Some(job) => !job.ended(),
+                None => state.is_active(),
+            };
+            if holds {
                 gathered.world.holders.push(claim.clone());
-            } else if state == InstanceState::Queued
+            } else if unrecorded.is_none()
+                && state == InstanceState::Queued
                 && !instance.spec.halted
                 && !instance.spec.suspended
                 && status.reason.as_deref() != Some(waiting::DEPENDENCIES)
@@ -260,8 +279,28 @@ fn created(instance: &WorkflowInstance) -> Option<DateTime<Utc>> {
     super::clock::chrono_of(instance.metadata.creation_timestamp.as_ref()?.0)
 }
 
-/// Whether the Job of an instance's next execution exists although the instance does not
-/// record it: it runs, so it holds its slots.
+/// The latest Job of an instance beyond the execution its status records, if any (an
+/// attempt not recorded yet, or created by an operator that stopped before recording it):
+/// while it runs it holds its slots.
+fn unrecorded_job(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    execution: u32,
+) -> Option<Arc<super::packed::Packed<k8s_openapi::api::batch::v1::Job>>> {
+    let mut latest = None;
+    for next in execution.saturating_add(1)..u32::MAX {
+        let job_name = charon_core::names::job_name(name, next);
+        match ctx.jobs.get(&ObjectRef::new(&job_name).within(namespace)) {
+            Some(job) => latest = Some(job),
+            None => break,
+        }
+    }
+    latest
+}
+
+/// Whether the Job of an instance's next execution exists: it runs whatever the queue says,
+/// so the instance is admitted at once (and adopts it).
 fn runs_unrecorded(ctx: &Context, namespace: &str, name: &str, execution: u32) -> bool {
     let next = charon_core::names::job_name(name, execution + 1);
     ctx.jobs
@@ -386,7 +425,7 @@ pub fn admit(
             return Err(wait.message(namespace, &workflow.name_any()));
         }
     }
-    let epoch = decisions.epoch();
+    let stamp = decisions.stamp();
     let mut gathered = gather(ctx, entries, seed, Some(&key), now);
     gathered.world.queued.push(Candidate {
         key: key.clone(),
@@ -397,7 +436,7 @@ pub fn admit(
     });
     gathered.world.focus = Some(key.clone());
     let decision = Arc::new(admission::decide(&gathered.world));
-    decisions.put(seed_key.clone(), epoch, decision.clone());
+    decisions.put(seed_key.clone(), stamp, decision.clone());
     // Usage moves with time, so this decision may admit others than the one that woke this
     // instance: wake them, or their slots would stay free until the next look.
     for admitted in decision.admitted.iter().filter(|k| **k != key) {
@@ -481,14 +520,14 @@ fn still_waiting(
 /// Wakes the instances a decision around `seed` admits, and returns it.
 fn wake_admitted(ctx: &Context, seed: Seed, now: DateTime<Utc>) -> (Gathered, Arc<Decision>) {
     let seed_key = seed.key();
-    let epoch = ctx.memory.decisions.epoch();
+    let stamp = ctx.memory.decisions.stamp();
     let (gathered, decision) = ctx.memory.admission.with_shared(|entries| {
         let gathered = gather(ctx, entries, seed, None, now);
         let decision = admission::decide(&gathered.world);
         (gathered, decision)
     });
     let decision = Arc::new(decision);
-    ctx.memory.decisions.put(seed_key, epoch, decision.clone());
+    ctx.memory.decisions.put(seed_key, stamp, decision.clone());
     for key in &decision.admitted {
         if let Some((namespace, name)) = gathered.names.get(key) {
             let _ = ctx.wake.send(ObjectRef::new(name).within(namespace));
@@ -500,7 +539,11 @@ fn wake_admitted(ctx: &Context, seed: Seed, now: DateTime<Utc>) -> (Gathered, Ar
 /// Wakes the waiting instances that may take what an instance of `workflow` just freed.
 pub fn wake(ctx: &Context, namespace: &str, workflow: &Workflow) {
     let seed = Seed::of(ctx, namespace, workflow);
-    wake_admitted(ctx, seed, ctx.clock.now());
+    // Before the caches are listed a decision would miss holders (see [`synced`]); the
+    // pools' own reconciles wake the waiting once they are.
+    if synced_now(ctx) {
+        wake_admitted(ctx, seed, ctx.clock.now());
+    }
     for pool in &workflow.spec.pools {
         let _ = ctx.wake_pool.send(ObjectRef::new(&pool.name));
     }
@@ -536,6 +579,12 @@ pub async fn reconcile_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     };
     let _timer = ctx.metrics.reconcile("pool");
+    // A decision made before the caches are listed misses holders (a Job its predecessor
+    // created but did not record), and what it admits would be taken on trust; so would
+    // the usage this status reports.
+    if !synced(&ctx).await {
+        return Ok(Action::requeue(NOT_SYNCED_RETRY));
+    }
     let now = ctx.clock.now();
     ctx.memory.decisions.pool_slots(&name, pool.spec.slots);
     let seed = Seed {
@@ -628,6 +677,10 @@ pub async fn reconcile_quota(quota: Arc<Quota>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn reconcile_quota_inner(quota: Arc<Quota>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // As for a Pool (see [`reconcile_pool`]).
+    if !synced(&ctx).await {
+        return Ok(Action::requeue(NOT_SYNCED_RETRY));
+    }
     let namespace = quota.namespace().unwrap_or_default();
     let now = ctx.clock.now();
     let chosen = quota_of(&ctx, &namespace);

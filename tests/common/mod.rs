@@ -464,3 +464,31 @@ pub fn launcher() -> charon::controller::LauncherConfig {
         command: env!("CARGO_BIN_EXE_charon-launcher").to_string(),
     }
 }
+
+/// The Job of an attempt a stopped operator created but never recorded, rendered as the
+/// operator renders it; `owner` replaces the instance as its owner when given.
+pub async fn unrecorded_job(
+    cluster: &Cluster,
+    workflow: &charon_core::resources::Workflow,
+    instance: &charon_core::resources::WorkflowInstance,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> k8s_openapi::api::batch::v1::Job {
+    let uid = instance.uid().expect("uid");
+    let name = instance.name_any();
+    let snapshot = charon_core::job::snapshot(
+        &workflow.spec.template,
+        &instance.spec.parameter,
+        workflow.metadata.generation,
+    );
+    let execution = charon_core::job::Execution::of(workflow, instance, (NS, &name, &uid), 1, 0);
+    let mut job =
+        charon_core::job::render(&workflow.spec.template, &snapshot, &execution).expect("renders");
+    if let Some(owner) = owner {
+        job.metadata.owner_references = Some(vec![owner]);
+    }
+    cluster
+        .jobs()
+        .create(&Default::default(), &job)
+        .await
+        .expect("create the Job")
+}

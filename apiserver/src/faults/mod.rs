@@ -101,7 +101,8 @@ impl Faults {
         lock(&self.settings)
     }
 
-    /// Fails a share (0.0–1.0) of requests with `verb` ("*" for all) with `code`.
+    /// Fails a share (0.0–1.0) of requests with `verb` ("*" for all, or a verb and a
+    /// resource such as "list jobs" for that resource alone) with `code`.
     pub fn set_error_rate(&self, verb: &str, rate: f64, code: u16) {
         let mut s = self.settings();
         if rate <= 0.0 {
@@ -171,7 +172,8 @@ impl Faults {
     }
 
     /// Waits while paused, sleeps the configured latency, and maybe fails the request.
-    pub async fn before(&self, verb: &str) -> Result<(), ApiError> {
+    /// The most specific setting applies: `"<verb> <resource>"`, then the verb, then `"*"`.
+    pub async fn before(&self, verb: &str, resource: &str) -> Result<(), ApiError> {
         let mut paused = self.paused.subscribe();
         while *paused.borrow_and_update() {
             if paused.changed().await.is_err() {
@@ -180,7 +182,12 @@ impl Faults {
         }
         let (latency, error) = {
             let s = self.settings();
-            let error = s.errors.get(verb).or_else(|| s.errors.get("*")).copied();
+            let error = s
+                .errors
+                .get(&format!("{verb} {resource}"))
+                .or_else(|| s.errors.get(verb))
+                .or_else(|| s.errors.get("*"))
+                .copied();
             (s.latency, error)
         };
         if !latency.is_zero() {

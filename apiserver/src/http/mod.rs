@@ -57,7 +57,7 @@ pub async fn handle(
         }
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    if let Err(err) = app.faults.before(&verb).await {
+    if let Err(err) = app.faults.before(&verb, &attributes.resource).await {
         // 429 and 503 carry `Retry-After` (see `ApiError::into_response`).
         return err.into_response();
     }
