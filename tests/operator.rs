@@ -824,24 +824,7 @@ async fn a_job_created_but_not_recorded_is_adopted_not_run_again() {
     cluster.kill_operator().await;
     let mut instances = Vec::new();
     for partition in ["2024-01-01T05", "2024-01-01T06"] {
-        let triggered = charon::controller::triggers::adhoc(
-            &cluster.client,
-            &workflow,
-            charon_core::validate::Policy::default(),
-            partition,
-            Vec::new(),
-            false,
-            chrono::Utc::now(),
-        )
-        .await
-        .expect("trigger");
-        instances.push(
-            cluster
-                .instances()
-                .get(&triggered.instance)
-                .await
-                .expect("instance"),
-        );
+        instances.push(common::trigger_adhoc(&cluster, &workflow, partition).await);
     }
     let own = common::unrecorded_job(&cluster, &workflow, &instances[0], None).await;
     let foreign_owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {

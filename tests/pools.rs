@@ -516,24 +516,7 @@ async fn a_restarted_operator_counts_an_unrecorded_job_before_admitting_into_its
     cluster.kill_operator().await;
     let mut instances = Vec::new();
     for partition in ["2024-01-01T05", "2024-01-01T06"] {
-        let triggered = charon::controller::triggers::adhoc(
-            &cluster.client,
-            &workflow,
-            charon_core::validate::Policy::default(),
-            partition,
-            Vec::new(),
-            false,
-            Utc::now(),
-        )
-        .await
-        .expect("trigger");
-        instances.push(
-            cluster
-                .instances()
-                .get(&triggered.instance)
-                .await
-                .expect("instance"),
-        );
+        instances.push(common::trigger_adhoc(&cluster, &workflow, partition).await);
     }
     let holder = common::unrecorded_job(&cluster, &workflow, &instances[1], None).await;
     // The restarted operator's Job cache is the last to be listed: the Pool and the
@@ -611,22 +594,7 @@ async fn an_ended_attempt_holds_no_slot_even_before_it_is_recorded() {
         (&slow, "2024-01-01T05"),
         (&slow, "2024-01-01T06"),
     ] {
-        let triggered = charon::controller::triggers::adhoc(
-            &cluster.client,
-            workflow,
-            charon_core::validate::Policy::default(),
-            partition,
-            Vec::new(),
-            false,
-            Utc::now(),
-        )
-        .await
-        .expect("trigger");
-        let instance = cluster
-            .instances()
-            .get(&triggered.instance)
-            .await
-            .expect("instance");
+        let instance = common::trigger_adhoc(&cluster, workflow, partition).await;
         jobs.push(common::unrecorded_job(&cluster, workflow, &instance, None).await);
     }
     until("the quick attempt's Job to end", LONG, || async {

@@ -492,3 +492,28 @@ pub async fn unrecorded_job(
         .await
         .expect("create the Job")
 }
+
+/// Triggers `partition` of `workflow` ad hoc straight through the API (as the CLI does), with
+/// no operator needed, and returns the instance created.
+pub async fn trigger_adhoc(
+    cluster: &Cluster,
+    workflow: &Workflow,
+    partition: &str,
+) -> WorkflowInstance {
+    let triggered = charon::controller::triggers::adhoc(
+        &cluster.client,
+        workflow,
+        charon_core::validate::Policy::default(),
+        partition,
+        Vec::new(),
+        false,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("trigger");
+    cluster
+        .instances()
+        .get(&triggered.instance)
+        .await
+        .expect("instance")
+}
