@@ -575,7 +575,7 @@ async fn a_restarted_operator_counts_an_unrecorded_job_before_admitting_into_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ended_attempt_holds_no_slot_even_before_it_is_recorded() {
+async fn a_pool_reports_an_ended_unrecorded_attempt_as_holding_nothing() {
     use futures::StreamExt;
     let mut cluster = Cluster::start().await;
     apply(&cluster, "", "Pool", "pair", json!({"slots": 2})).await;

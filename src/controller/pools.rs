@@ -5,10 +5,12 @@
 //! What an attempt holds is derived every time from the instances' states (the shared
 //! ledger's, fresher than the cache, else the stored ones), never counted up and down. An
 //! instance still `Queued` whose next Job exists (an attempt not recorded yet, or created by
-//! an operator that stopped before recording it) holds its slots too while that Job runs,
-//! and is admitted at once: that Job runs whatever the queue says, so it must be counted.
-//! An attempt whose Job has ended holds nothing, recorded or not: a restarted operator
-//! would otherwise count it beside the attempt its predecessor admitted in its place.
+//! an operator that stopped before recording it) holds its slots too, and is admitted at
+//! once: that Job runs whatever the queue says, so it must be counted. Once that Job has
+//! ended, admission still counts it until its instance records the end (so no instance's
+//! history shows more attempts at once than the slots), but the Pool and Quota statuses do
+//! not: a restarted operator would otherwise report it beside the attempt its predecessor
+//! admitted in its place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -123,6 +125,22 @@ struct Gathered {
     names: BTreeMap<String, (String, String)>,
     /// Candidate key → since when it is ready to run.
     ready_since: BTreeMap<String, DateTime<Utc>>,
+    /// Which of `world.holders` hold for an attempt whose Job has ended although the
+    /// instance does not record it yet: admission counts them until it does, the statuses
+    /// do not.
+    ended: BTreeSet<usize>,
+}
+
+impl Gathered {
+    /// The holders whose attempts still run: what the Pool and Quota statuses report.
+    fn running(&self) -> impl Iterator<Item = &Claim> {
+        self.world
+            .holders
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.ended.contains(i))
+            .map(|(_, claim)| claim)
+    }
 }
 
 fn claim_of(namespace: &str, workflow: &Workflow) -> Claim {
@@ -218,6 +236,7 @@ fn gather(
         world: World::default(),
         names: BTreeMap::new(),
         ready_since: BTreeMap::new(),
+        ended: BTreeSet::new(),
     };
     let no_status = WorkflowInstanceStatus::default();
     for ((namespace, _), workflow) in &chosen {
@@ -231,16 +250,14 @@ fn gather(
             let status = instance.status.as_ref().unwrap_or(&no_status);
             let state = entries.get(&key).copied().unwrap_or(status.state);
             let unrecorded = unrecorded_job(ctx, namespace, &name, status.execution);
-            let holds = match &unrecorded {
-                // Its attempt holds while that Job runs, whatever was recorded or decided,
-                // and not once it has ended (SPEC §13).
-                Some(job) => !job.ended(),
-                None => state.is_active(),
-            };
-            if holds {
+            if state.is_active() || (state == InstanceState::Queued && unrecorded.is_some()) {
+                // An attempt whose Job has ended is counted until it is recorded: the slot
+                // it frees is given away once its instance's history says it ended.
+                if unrecorded.is_some_and(|job| job.ended()) {
+                    gathered.ended.insert(gathered.world.holders.len());
+                }
                 gathered.world.holders.push(claim.clone());
-            } else if unrecorded.is_none()
-                && state == InstanceState::Queued
+            } else if state == InstanceState::Queued
                 && !instance.spec.halted
                 && !instance.spec.suspended
                 && status.reason.as_deref() != Some(waiting::DEPENDENCIES)
@@ -346,7 +363,10 @@ fn pool_states(
         .collect()
 }
 
-fn held_by_namespace(holders: &[Claim], pool: &str) -> BTreeMap<String, u32> {
+fn held_by_namespace<'a>(
+    holders: impl Iterator<Item = &'a Claim>,
+    pool: &str,
+) -> BTreeMap<String, u32> {
     let mut held = BTreeMap::new();
     for holder in holders {
         for p in holder.pools.iter().filter(|p| p.name == pool) {
@@ -592,7 +612,7 @@ pub async fn reconcile_pool(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action
         namespaces: BTreeSet::new(),
     };
     let (gathered, decision) = wake_admitted(&ctx, seed, now);
-    let held = held_by_namespace(&gathered.world.holders, &name);
+    let held = held_by_namespace(gathered.running(), &name);
     let mut queued: BTreeMap<String, u32> = BTreeMap::new();
     for candidate in &gathered.world.queued {
         if candidate.claim.pools.iter().any(|p| p.name == name) && !decision.admits(&candidate.key)
@@ -700,7 +720,7 @@ async fn reconcile_quota_inner(quota: Arc<Quota>, ctx: Arc<Context>) -> Result<A
         };
         let (gathered, decision) = wake_admitted(&ctx, seed, now);
         let mine = |c: &&Claim| c.namespace == namespace;
-        let holders: Vec<&Claim> = gathered.world.holders.iter().filter(mine).collect();
+        let holders: Vec<&Claim> = gathered.running().filter(mine).collect();
         let queued = gathered
             .world
             .queued
