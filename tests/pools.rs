@@ -114,6 +114,18 @@ where
     }
 }
 
+/// A suspended hourly workflow in the test namespace running `script` on `pool`.
+async fn pooled(
+    cluster: &Cluster,
+    name: &str,
+    script: &str,
+    pool: &str,
+) -> charon_core::resources::Workflow {
+    let mut spec = suspended_hourly(script);
+    spec["pools"] = json!([{"name": pool}]);
+    cluster.apply_workflow(name, spec).await
+}
+
 async fn pool(cluster: &Cluster, name: &str) -> Pool {
     Api::<Pool>::all(cluster.client.clone())
         .get(name)
@@ -508,9 +520,7 @@ async fn kueue_admits_jobs_by_unsuspending_them() {
 async fn a_restarted_operator_counts_an_unrecorded_job_before_admitting_into_its_pool() {
     let mut cluster = Cluster::start().await;
     apply(&cluster, "", "Pool", "solo", json!({"slots": 1})).await;
-    let mut spec = suspended_hourly("sleep 12");
-    spec["pools"] = json!([{"name": "solo"}]);
-    let workflow = cluster.apply_workflow("solo", spec).await;
+    let workflow = pooled(&cluster, "solo", "sleep 12", "solo").await;
     // The operator stops after creating the later partition's Job, before recording it: that
     // Job holds the pool's one slot.
     cluster.kill_operator().await;
@@ -579,12 +589,8 @@ async fn a_pool_reports_an_ended_unrecorded_attempt_as_holding_nothing() {
     use futures::StreamExt;
     let mut cluster = Cluster::start().await;
     apply(&cluster, "", "Pool", "pair", json!({"slots": 2})).await;
-    let mut spec = suspended_hourly("sleep 6");
-    spec["pools"] = json!([{"name": "pair"}]);
-    let slow = cluster.apply_workflow("slow", spec).await;
-    let mut spec = suspended_hourly("true");
-    spec["pools"] = json!([{"name": "pair"}]);
-    let quick = cluster.apply_workflow("quick", spec).await;
+    let slow = pooled(&cluster, "slow", "sleep 6", "pair").await;
+    let quick = pooled(&cluster, "quick", "true", "pair").await;
     // The operator stops with three attempts unrecorded: one whose Job has ended (its slot
     // was given to one of the others) and two still running.
     cluster.kill_operator().await;

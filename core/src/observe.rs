@@ -78,7 +78,7 @@ fn condition<'a>(job: &'a Job, type_: &str) -> Option<(&'a str, String)> {
 }
 
 /// Whether the Job has ended (its `Complete` or `Failed` condition is true): its attempt
-/// holds no pool slots any more, recorded or not (SPEC §13).
+/// no longer runs, whether or not its instance records that yet.
 pub fn job_ended(job: &Job) -> bool {
     condition(job, "Complete").is_some() || condition(job, "Failed").is_some()
 }

@@ -319,10 +319,7 @@ fn unrecorded_job(
 /// Whether the Job of an instance's next execution exists: it runs whatever the queue says,
 /// so the instance is admitted at once (and adopts it).
 fn runs_unrecorded(ctx: &Context, namespace: &str, name: &str, execution: u32) -> bool {
-    let next = charon_core::names::job_name(name, execution + 1);
-    ctx.jobs
-        .get(&ObjectRef::new(&next).within(namespace))
-        .is_some()
+    unrecorded_job(ctx, namespace, name, execution).is_some()
 }
 
 /// An instance's priority: its backfill's `spec.priority` if it has one, else its workflow's.
